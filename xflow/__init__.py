@@ -1,0 +1,1 @@
+"""xflow: event-driven workflows on pluggable transports, providers and trackers."""

@@ -1,0 +1,1 @@
+"""The engine core: model, config, plugin interfaces and manager, runtime, tracking."""

@@ -1,0 +1,31 @@
+"""The one handled-error type: a user mistake or an unreachable backend, printed in one line."""
+
+from __future__ import annotations
+
+
+class XflowError(Exception):
+    """A problem the user can fix. The CLI prints ``error: MESSAGE (hint: HINT)`` and exits 2.
+
+    Anything that is not an XflowError is a bug in xflow or a plugin and keeps its traceback.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, hint: str | None = None, *, lines: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        #: extra lines printed after the message (used to list every problem of a workflow file)
+        self.lines = lines or []
+
+    def __str__(self) -> str:
+        return f"{self.message} (hint: {self.hint})" if self.hint else self.message
+
+
+class WorkflowFileError(XflowError):
+    """An invalid workflow file: every problem, each as ``FILE:LINE: dotted.path: message``."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        noun = "problem" if len(problems) == 1 else "problems"
+        super().__init__(f"{path}: {len(problems)} {noun}", lines=problems)
+        self.problems = problems

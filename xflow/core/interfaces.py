@@ -1,0 +1,251 @@
+"""The three plugin interfaces (Transport, FunctionProvider, TrackerStore) and the records they exchange.
+
+Every backend, built-in or third-party, implements one of these classes and is registered
+through the pluggy hooks in :mod:`xflow.core.hookspecs`. Keep them small: the engine relies
+only on what is declared here, and :mod:`xflow.testing` checks exactly this behaviour.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+if TYPE_CHECKING:
+    from xflow.core.model import Workflow
+
+Action = Literal["create", "update", "delete"]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One change that setup or teardown makes: shown by ``--dry-run``, run by the executor.
+
+    ``resource`` reads ``KIND:NAME`` (``stream:word_count-FileUploaded``). ``apply`` performs
+    the change; it is never called on a dry run.
+    """
+
+    action: Action
+    resource: str
+    apply: Callable[[], None] = field(compare=False, repr=False)
+    detail: str = ""
+
+    def as_change(self) -> dict[str, str]:
+        return {"action": self.action, "resource": self.resource}
+
+
+@dataclass(frozen=True)
+class PluginContext:
+    """What every plugin is constructed with.
+
+    ``options`` holds only keys the plugin declared in ``options`` (already checked), as
+    strings or YAML scalars. ``workflow`` is None when a plugin is used on its own (for
+    example by the conformance kit).
+    """
+
+    workflow_id: str
+    options: Mapping[str, Any]
+    state_dir: Path
+    workflow: Workflow | None = None
+
+    def option(self, key: str, default: Any = None) -> Any:
+        value = self.options.get(key)
+        return default if value is None or value == "" else value
+
+
+@dataclass(frozen=True)
+class Record:
+    """A message to publish: ``key`` is the partition key (the execution id)."""
+
+    key: str
+    value: bytes
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A message read from a stream by a consumer group.
+
+    ``position`` is the transport's own offset/sequence number (as text); ``partition``
+    identifies the shard/partition it came from. ``event`` is the workflow event name of
+    the stream it was read from.
+    """
+
+    event: str
+    partition: str
+    position: str
+    key: str | None
+    value: bytes
+
+
+class Consumer(abc.ABC):
+    """A consumer group's view of some streams. Not thread-safe; one per worker thread."""
+
+    @abc.abstractmethod
+    def poll(self, max_records: int, timeout: float) -> list[Delivery]:
+        """Return up to ``max_records`` deliveries, waiting at most ``timeout`` seconds for one.
+
+        Deliveries of one partition come in order. Deliveries returned but not committed are
+        delivered again to the group after this consumer closes or dies.
+        """
+
+    @abc.abstractmethod
+    def commit(self, deliveries: Sequence[Delivery]) -> None:
+        """Mark these deliveries (and everything before them in their partitions) as done."""
+
+    def close(self) -> None:
+        """Leave the group; uncommitted deliveries go to other members."""
+
+
+class Plugin(abc.ABC):
+    """What the three kinds share: a name, a description, declared options, the errors they raise."""
+
+    #: the name users type: ``--transport NAME``
+    name: ClassVar[str]
+    #: one line for ``xflow plugins``
+    description: ClassVar[str] = ""
+    #: option key -> one-line description; any other key is a user error
+    options: ClassVar[Mapping[str, str]] = {}
+    #: exceptions that mean "the backend could not be reached"; the engine reports them in one line
+    connection_errors: ClassVar[tuple[type[BaseException], ...]] = ()
+
+    def __init__(self, context: PluginContext) -> None:
+        self.context = context
+
+    @property
+    def workflow_id(self) -> str:
+        return self.context.workflow_id
+
+    def close(self) -> None:
+        """Release connections. Called once by the engine."""
+
+
+class Transport(Plugin):
+    """Carries events: one stream (topic) per workflow event, consumer groups per function."""
+
+    #: the largest message ``publish`` accepts, in bytes
+    max_record_bytes: ClassVar[int] = 1_000_000
+
+    def stream_name(self, event: str) -> str:
+        """The name of the stream (topic) that carries ``event`` for this workflow."""
+        return f"{self.workflow_id}-{event}"
+
+    @abc.abstractmethod
+    def plan_setup(self, events: Sequence[str]) -> list[Step]:
+        """Steps that make exactly these events' streams exist (and remove this workflow's others)."""
+
+    @abc.abstractmethod
+    def plan_teardown(self, events: Sequence[str]) -> list[Step]:
+        """Steps that remove every stream this workflow has on the transport."""
+
+    @abc.abstractmethod
+    def publish(self, event: str, records: Sequence[Record]) -> None:
+        """Append records to the event's stream, each partitioned by its key.
+
+        Raises :class:`xflow.core.errors.XflowError` for a record over ``max_record_bytes`` or a
+        missing stream; nothing of the batch may be lost silently.
+        """
+
+    @abc.abstractmethod
+    def subscribe(self, group: str, events: Sequence[str]) -> Consumer:
+        """A consumer in group ``group`` (a function name) reading these events' streams."""
+
+    def dead_letter(self, group: str, delivery: Delivery, reason: str) -> None:  # noqa: B027
+        """Keep a delivery that failed for good, with the reason. Optional."""
+
+
+class FunctionProvider(Plugin):
+    """Deploys functions. Providers with ``runs_locally`` have their handlers run by ``xflow worker``."""
+
+    #: True when handlers run in xflow's own worker processes (the ``local`` provider)
+    runs_locally: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def plan_setup(self, workflow: Workflow, transport: Transport, tracker: TrackerStore) -> list[Step]:
+        """Steps that deploy and subscribe exactly the workflow's functions."""
+
+    @abc.abstractmethod
+    def plan_teardown(self, workflow: Workflow, transport: Transport, tracker: TrackerStore) -> list[Step]:
+        """Steps that remove everything ``plan_setup`` created."""
+
+
+DeliveryStatus = Literal["succeeded", "retrying", "failed"]
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """An event seen in an execution. ``event_id`` is unique; recording it twice is a no-op."""
+
+    execution_id: str
+    event_id: str
+    event: str
+    published_at: float
+    producer: str = ""
+    data: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    """One attempt of one function on one event.
+
+    ``status`` is ``succeeded``, ``retrying`` (failed, will be tried again) or ``failed``
+    (failed for good: dead-lettered).
+    """
+
+    execution_id: str
+    event_id: str
+    event: str
+    function: str
+    attempt: int
+    status: DeliveryStatus
+    started_at: float
+    duration: float = 0.0
+    error: str | None = None
+    logs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExecutionHistory:
+    """Everything a tracker knows about one execution, each list ordered by time."""
+
+    events: list[EventRecord]
+    deliveries: list[DeliveryRecord]
+
+
+class TrackerStore(Plugin):
+    """Records published events and delivery outcomes per execution, and reads them back."""
+
+    @abc.abstractmethod
+    def plan_setup(self, workflow: Workflow) -> list[Step]:
+        """Steps that create the store for this workflow (idempotent: none when it exists)."""
+
+    @abc.abstractmethod
+    def plan_teardown(self, workflow: Workflow) -> list[Step]:
+        """Steps that remove the store for this workflow."""
+
+    @abc.abstractmethod
+    def record_event(self, record: EventRecord) -> None:
+        """Store an event; a second record with the same ``event_id`` is ignored."""
+
+    @abc.abstractmethod
+    def record_delivery(self, record: DeliveryRecord) -> None:
+        """Store one delivery attempt's outcome."""
+
+    @abc.abstractmethod
+    def history(self, execution_id: str) -> ExecutionHistory:
+        """All records of one execution, oldest first; empty lists when unknown."""
+
+    def has_succeeded(self, execution_id: str, event_id: str, function: str) -> bool:
+        """Whether ``function`` already handled ``event_id`` successfully (used to drop duplicates)."""
+        return any(
+            d.event_id == event_id and d.function == function and d.status == "succeeded"
+            for d in self.history(execution_id).deliveries
+        )
+
+
+KINDS: dict[str, type[Plugin]] = {
+    "transport": Transport,
+    "provider": FunctionProvider,
+    "tracker": TrackerStore,
+}

@@ -1,0 +1,79 @@
+"""The validated workflow: plain dataclasses, no I/O. Built by :mod:`xflow.core.config`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Function:
+    """One step: a handler that subscribes to events and may publish others."""
+
+    name: str
+    handler: str
+    source: str
+    #: ``source`` resolved against the workflow file's folder when it is a local path
+    source_path: Path | None
+    runtime: str = "python3.12"
+    description: str = ""
+    publishes: tuple[str, ...] = ()
+    retries: int = 2
+    timeout: float = 30.0
+    memory: int = 128
+    batch_size: int = 100
+    starting_position: str = "TRIM_HORIZON"
+    bisect_on_error: bool = True
+    environment: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Subscription:
+    event: str
+    subscribers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PluginChoice:
+    """A ``transport:`` / ``provider:`` / ``tracker:`` block: an optional default name and its options."""
+
+    name: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Workflow:
+    id: str
+    path: Path
+    functions: Mapping[str, Function]
+    subscriptions: tuple[Subscription, ...]
+    #: every event name, in flow order (the ``flow:`` list if given, else subscriptions' order,
+    #: then events that are only published)
+    flow: tuple[str, ...]
+    general: Mapping[str, Any] = field(default_factory=dict)
+    aws: Mapping[str, Any] = field(default_factory=dict)
+    plugins: Mapping[str, PluginChoice] = field(default_factory=dict)
+
+    @property
+    def events(self) -> tuple[str, ...]:
+        return self.flow
+
+    def subscribers(self, event: str) -> tuple[str, ...]:
+        found: list[str] = []
+        for sub in self.subscriptions:
+            if sub.event == event:
+                found.extend(s for s in sub.subscribers if s not in found)
+        return tuple(found)
+
+    def subscriptions_of(self, function: str) -> tuple[str, ...]:
+        """The events ``function`` subscribes to, in flow order."""
+        return tuple(e for e in self.flow if function in self.subscribers(e))
+
+    @property
+    def first_event(self) -> str:
+        return self.flow[0]
+
+    def plugin_choice(self, kind: str) -> PluginChoice:
+        return self.plugins.get(kind, PluginChoice())

@@ -1,0 +1,1 @@
+"""Built-in function providers: local worker processes, AWS Lambda."""

@@ -1,0 +1,1 @@
+"""Where function code comes from: local paths, s3:// objects, git and GitHub links."""

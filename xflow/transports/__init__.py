@@ -1,0 +1,1 @@
+"""Built-in transports: local (SQLite log), kinesis, kafka."""
