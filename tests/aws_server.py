@@ -1,0 +1,96 @@
+"""Session fixture: a real moto AWS-API server process on a free loopback port.
+
+``aws_endpoint`` starts ``python -m moto.server`` in a temporary folder, switches its Lambda
+backend to the one that stores functions without Docker (xflow's own ``emulate`` runs the code),
+and points boto3 in this process and in the processes it starts at it through
+``AWS_ENDPOINT_URL``, dummy credentials and a region. The server is stopped at the end.
+
+Use it from a test module with ``from aws_server import aws_endpoint  # noqa: F401``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+REGION = "us-east-1"
+ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": REGION,
+    "AWS_REGION": REGION,
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_moto(folder: str) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a moto server; return the process and its endpoint URL once it answers."""
+    pytest.importorskip("moto.server", reason="moto[server] is not installed (source .ci/install-aws.sh)")
+    port = _free_port()
+    log = open(os.path.join(folder, "moto.log"), "wb")  # noqa: SIM115 - lives as long as the server
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(ENV)
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            cwd=folder, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"moto server exited with {proc.returncode}; see {folder}/moto.log")
+        try:
+            with urllib.request.urlopen(url + "/moto-api/", timeout=2):
+                break
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"moto server did not answer on {url}; see {folder}/moto.log") from None
+            time.sleep(0.2)
+    request = urllib.request.Request(url + "/moto-api/config", method="POST",
+                                     data=json.dumps({"lambda": {"use_docker": False}}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5):
+        pass
+    return proc, url
+
+
+def stop_moto(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def aws_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The endpoint URL of a moto server; AWS_* variables point at it for the whole session."""
+    folder = tmp_path_factory.mktemp("moto")
+    proc, url = start_moto(str(folder))
+    saved = {k: os.environ.get(k) for k in [*ENV, "AWS_ENDPOINT_URL", "AWS_PROFILE"]}
+    os.environ.update(ENV)
+    os.environ["AWS_ENDPOINT_URL"] = url
+    os.environ.pop("AWS_PROFILE", None)
+    try:
+        yield url
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        stop_moto(proc)

@@ -1,0 +1,140 @@
+"""The kinesis transport against a moto server process: setup plans, publish limits, consumers."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from xflow.core.errors import XflowError
+from xflow.core.interfaces import PluginContext, Record
+from xflow.core.runtime import decode_event, encode_event
+
+try:
+    from aws_server import aws_endpoint  # noqa: F401
+except ImportError:  # tests/ imported as a package
+    from tests.aws_server import aws_endpoint  # noqa: F401
+
+pytestmark = pytest.mark.aws
+
+
+def make_transport(tmp_path: Path, workflow_id: str | None = None, **options):
+    from xflow.transports.kinesis import KinesisTransport
+
+    wid = workflow_id or f"wf{uuid.uuid4().hex[:8]}"
+    return KinesisTransport(PluginContext(wid, options, tmp_path))
+
+
+def apply(steps):
+    for step in steps:
+        step.apply()
+    return [step.as_change() for step in steps]
+
+
+def test_setup_is_idempotent_and_removes_dropped_streams(aws_endpoint, tmp_path):  # noqa: F811
+    import boto3
+
+    transport = make_transport(tmp_path, shards=2)
+    wid = transport.workflow_id
+    changes = apply(transport.plan_setup(["A", "B"]))
+    assert changes == [{"action": "create", "resource": f"stream:{wid}-A"},
+                       {"action": "create", "resource": f"stream:{wid}-B"}]
+    client = boto3.client("kinesis")
+    summary = client.describe_stream_summary(StreamName=f"{wid}-A")["StreamDescriptionSummary"]
+    assert summary["OpenShardCount"] == 2
+    assert transport.plan_setup(["A", "B"]) == []
+    # a foreign stream sharing the prefix but not the tag is left alone
+    client.create_stream(StreamName=f"{wid}-foreign", ShardCount=1)
+    changes = apply(transport.plan_setup(["A"]))
+    assert changes == [{"action": "delete", "resource": f"stream:{wid}-B"}]
+    names = client.list_streams()["StreamNames"]
+    assert f"{wid}-B" not in names and f"{wid}-foreign" in names
+    resharded = make_transport(tmp_path, wid, shards=3)
+    assert apply(resharded.plan_setup(["A"])) == [{"action": "update", "resource": f"stream:{wid}-A"}]
+    assert apply(resharded.plan_teardown(["A"])) == [{"action": "delete", "resource": f"stream:{wid}-A"}]
+    assert resharded.plan_teardown(["A"]) == []
+
+
+def _event(i: int, execution_id: str, size: int = 10) -> Record:
+    value = encode_event("A", {"i": i, "pad": "x" * size}, execution_id, f"id-{execution_id}-{i}", "test")
+    return Record(key=execution_id, value=value)
+
+
+def test_publish_batches_and_consumer_group_reads_each_record_once(aws_endpoint, tmp_path):  # noqa: F811
+    transport = make_transport(tmp_path, shards=2)
+    apply(transport.plan_setup(["A"]))
+    records = [_event(i, f"exec-{i % 7}") for i in range(1203)]
+    transport.publish("A", records)
+    assert transport.put_calls == 3  # 500 + 500 + 203
+    consumer = transport.subscribe("fn", ["A"])
+    seen = []
+    while True:
+        batch = consumer.poll(500, 1.0)
+        if not batch:
+            break
+        seen.extend(batch)
+        consumer.commit(batch)
+    assert sorted(decode_event(d.value, "x").data["i"] for d in seen) == list(range(1203))
+    # per execution (partition key) order is kept
+    by_key: dict[str, list[int]] = {}
+    for d in seen:
+        by_key.setdefault(d.key, []).append(decode_event(d.value, "x").data["i"])
+    assert all(v == sorted(v) for v in by_key.values())
+    consumer.close()
+    # a new member of the group starts after the checkpoints; another group starts from the beginning
+    transport.publish("A", [_event(5000, "exec-x")])
+    again = transport.subscribe("fn", ["A"])
+    got = again.poll(100, 3.0)
+    assert [decode_event(d.value, "x").data["i"] for d in got] == [5000]
+    again.close()
+    other = transport.subscribe("other", ["A"])
+    total = 0
+    while batch := other.poll(1000, 1.0):
+        total += len(batch)
+    assert total == 1204
+    other.close()
+    apply(transport.plan_teardown(["A"]))
+
+
+def test_uncommitted_deliveries_come_back_to_the_group(aws_endpoint, tmp_path):  # noqa: F811
+    transport = make_transport(tmp_path)
+    apply(transport.plan_setup(["A"]))
+    transport.publish("A", [_event(i, "e1") for i in range(10)])
+    first = transport.subscribe("fn", ["A"])
+    batch = first.poll(4, 2.0)
+    assert len(batch) == 4
+    first.commit(batch[:2])
+    # while the first member holds the lease, a second member of the group reads nothing
+    second = transport.subscribe("fn", ["A"])
+    assert second.poll(10, 0.5) == []
+    first.close()
+    second.shards and [setattr(s, "tried_at", 0.0) for s in second.shards.values()]
+    rest = second.poll(100, 3.0)
+    assert [decode_event(d.value, "x").data["i"] for d in rest] == list(range(2, 10))
+    second.close()
+    apply(transport.plan_teardown(["A"]))
+
+
+def test_publish_errors_are_clear(aws_endpoint, tmp_path):  # noqa: F811
+    transport = make_transport(tmp_path)
+    with pytest.raises(XflowError, match="stream .*-Missing does not exist"):
+        transport.publish("Missing", [_event(1, "e")])
+    apply(transport.plan_setup(["A"]))
+    with pytest.raises(XflowError, match="event A: a record of .* bytes is over the Kinesis limit"):
+        transport.publish("A", [_event(1, "e", size=1024 * 1024)])
+    apply(transport.plan_teardown(["A"]))
+
+
+def test_unreachable_endpoint_is_an_xflow_error_in_seconds(tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    for key, value in {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b", "AWS_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    transport = make_transport(tmp_path)
+    with pytest.raises(XflowError, match="cannot be reached"):
+        transport.plan_setup(["A"])

@@ -1,0 +1,469 @@
+"""Transport ``kinesis``: one Amazon Kinesis data stream per workflow event (boto3).
+
+- stream name: ``<workflow_id>-<event>``, tagged ``xflow:workflow=<workflow_id>``; shard count from
+  the ``shards`` option (default 1); setup creates missing streams, reshards, removes this
+  workflow's streams that the file no longer names;
+- publish: ``PutRecords`` in batches within 500 records / 5 MB, partition key = execution id,
+  partially failed records retried with backoff; a record over 1 MB is an error naming the event;
+- subscribe (for the ``local`` provider / ``xflow worker``): reads shards with GetShardIterator /
+  GetRecords. Each (group, stream, shard) has a lease and a checkpoint in a DynamoDB table per
+  workflow (``xflow-<workflow_id>-checkpoints``, created on first subscribe), so several worker
+  processes share a group: a shard is read by one lease holder at a time, a checkpoint is written
+  only by it and only after success, and a dead worker's shards are taken over when its lease
+  expires.
+
+Endpoint and credentials: :mod:`xflow.core.aws` (``AWS_ENDPOINT_URL`` honoured).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from xflow.core.aws import AwsSession, is_client_error, translate_errors
+from xflow.core.errors import XflowError
+from xflow.core.hookspecs import hookimpl
+from xflow.core.interfaces import Consumer, Delivery, PluginContext, Record, Step, Transport
+
+log = logging.getLogger("xflow.kinesis")
+
+MAX_RECORDS_PER_CALL = 500
+MAX_BYTES_PER_CALL = 5 * 1024 * 1024
+MAX_RECORD_BYTES = 1024 * 1024
+MAX_KEY_CHARS = 256
+TAG_KEY = "xflow:workflow"
+PUT_ATTEMPTS = 8
+
+
+def _session_for(context: PluginContext) -> AwsSession:
+    aws = dict(context.workflow.aws) if context.workflow is not None else {}
+    return AwsSession(aws, region=context.option("region"))
+
+
+class KinesisTransport(Transport):
+    name = "kinesis"
+    description = "Amazon Kinesis Data Streams: one stream per event, partition key = execution id"
+    options = {
+        "shards": "shards per stream (default 1)",
+        "region": "AWS region (default: aws.region in the file, else AWS_REGION)",
+        "lease_seconds": "how long a worker's shard lease lasts without renewal (default 20)",
+        "checkpoint_table": "DynamoDB table for consumer checkpoints (default xflow-<workflow_id>-checkpoints)",
+    }
+    max_record_bytes = MAX_RECORD_BYTES
+
+    def __init__(self, context: PluginContext) -> None:
+        super().__init__(context)
+        self.aws = _session_for(context)
+        try:
+            self.shards = int(context.option("shards", 1))
+        except (TypeError, ValueError):
+            raise XflowError(f"kinesis option shards must be a whole number: {context.option('shards')!r}") from None
+        if self.shards < 1:
+            raise XflowError("kinesis option shards must be at least 1")
+        self.lease_seconds = float(context.option("lease_seconds", 20))
+        self.checkpoint_table = str(context.option("checkpoint_table", f"xflow-{self.workflow_id}-checkpoints"))
+        #: PutRecords calls made by this instance (for benchmarks)
+        self.put_calls = 0
+
+    @property
+    def kinesis(self) -> Any:
+        return self.aws.client("kinesis")
+
+    def stream_arn(self, event: str) -> str:
+        region = self.aws.require_region()
+        return f"arn:aws:kinesis:{region}:{self.aws.account_id()}:stream/{self.stream_name(event)}"
+
+    # ------------------------------------------------------------------ setup / teardown
+
+    def _existing_streams(self) -> dict[str, dict[str, Any]]:
+        """This workflow's streams (by name prefix, confirmed by tag) with their open shard counts."""
+        prefix = f"{self.workflow_id}-"
+        found: dict[str, dict[str, Any]] = {}
+        with translate_errors("listing Kinesis streams"):
+            paginator = self.kinesis.get_paginator("list_streams")
+            for page in paginator.paginate():
+                for summary in page.get("StreamSummaries", []):
+                    name = summary["StreamName"]
+                    if name.startswith(prefix):
+                        found[name] = {"arn": summary.get("StreamARN"), "status": summary.get("StreamStatus")}
+                if not page.get("StreamSummaries"):
+                    for name in page.get("StreamNames", []):
+                        if name.startswith(prefix):
+                            found[name] = {"arn": None, "status": None}
+        return found
+
+    def _is_ours(self, name: str) -> bool:
+        with translate_errors(f"reading tags of stream {name}"):
+            tags = self.kinesis.list_tags_for_stream(StreamName=name).get("Tags", [])
+        return any(t.get("Key") == TAG_KEY and t.get("Value") == self.workflow_id for t in tags)
+
+    def _open_shards(self, name: str) -> int:
+        with translate_errors(f"describing stream {name}"):
+            summary = self.kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]
+        return int(summary.get("OpenShardCount", 0))
+
+    def plan_setup(self, events: Sequence[str]) -> list[Step]:
+        existing = self._existing_streams()
+        steps: list[Step] = []
+        wanted = {self.stream_name(e) for e in events}
+        for event in events:
+            name = self.stream_name(event)
+            if name not in existing:
+                steps.append(Step("create", f"stream:{name}", lambda n=name: self._create_stream(n),
+                                  f"{self.shards} shard(s)"))
+            else:
+                current = self._open_shards(name)
+                if current != self.shards:
+                    steps.append(Step("update", f"stream:{name}", lambda n=name: self._reshard(n),
+                                      f"{current} -> {self.shards} shards"))
+        for name in sorted(set(existing) - wanted):
+            if self._is_ours(name):
+                steps.append(Step("delete", f"stream:{name}", lambda n=name: self._delete_stream(n)))
+        return steps
+
+    def plan_teardown(self, events: Sequence[str]) -> list[Step]:
+        existing = self._existing_streams()
+        wanted = {self.stream_name(e) for e in events}
+        steps = [Step("delete", f"stream:{name}", lambda n=name: self._delete_stream(n))
+                 for name in sorted(existing) if name in wanted or self._is_ours(name)]
+        if self._table_exists():
+            steps.append(Step("delete", f"table:{self.checkpoint_table}", self._delete_table))
+        return steps
+
+    def _create_stream(self, name: str) -> None:
+        with translate_errors(f"creating stream {name}"):
+            try:
+                self.kinesis.create_stream(StreamName=name, ShardCount=self.shards,
+                                           StreamModeDetails={"StreamMode": "PROVISIONED"})
+            except Exception as exc:
+                if not is_client_error(exc, "ResourceInUseException"):
+                    raise
+            self._wait_active(name)
+            self.kinesis.add_tags_to_stream(StreamName=name, Tags={TAG_KEY: self.workflow_id})
+
+    def _wait_active(self, name: str) -> None:
+        with translate_errors(f"waiting for stream {name}"):
+            self.kinesis.get_waiter("stream_exists").wait(StreamName=name,
+                                                          WaiterConfig={"Delay": 1, "MaxAttempts": 120})
+
+    def _reshard(self, name: str) -> None:
+        with translate_errors(f"resharding stream {name}"):
+            self.kinesis.update_shard_count(StreamName=name, TargetShardCount=self.shards,
+                                            ScalingType="UNIFORM_SCALING")
+            self._wait_active(name)
+
+    def _delete_stream(self, name: str) -> None:
+        with translate_errors(f"deleting stream {name}"):
+            try:
+                self.kinesis.delete_stream(StreamName=name, EnforceConsumerDeletion=True)
+            except Exception as exc:
+                if not is_client_error(exc, "ResourceNotFoundException"):
+                    raise
+
+    # ------------------------------------------------------------------ publish
+
+    def publish(self, event: str, records: Sequence[Record]) -> None:
+        name = self.stream_name(event)
+        entries: list[dict[str, Any]] = []
+        for record in records:
+            key = record.key or "-"
+            if len(key) > MAX_KEY_CHARS:
+                raise XflowError(f"event {event}: partition key (execution id) longer than {MAX_KEY_CHARS} characters")
+            size = len(record.value) + len(key.encode("utf-8"))
+            if size > MAX_RECORD_BYTES:
+                raise XflowError(
+                    f"event {event}: a record of {size} bytes is over the Kinesis limit of {MAX_RECORD_BYTES} bytes",
+                    "publish a reference (an s3:// path) instead of the content",
+                )
+            entries.append({"Data": record.value, "PartitionKey": key})
+        batch: list[dict[str, Any]] = []
+        batch_bytes = 0
+        for entry in entries:
+            size = len(entry["Data"]) + len(entry["PartitionKey"].encode("utf-8"))
+            if batch and (len(batch) >= MAX_RECORDS_PER_CALL or batch_bytes + size > MAX_BYTES_PER_CALL):
+                self._put_batch(event, name, batch)
+                batch, batch_bytes = [], 0
+            batch.append(entry)
+            batch_bytes += size
+        if batch:
+            self._put_batch(event, name, batch)
+
+    def _put_batch(self, event: str, name: str, batch: list[dict[str, Any]]) -> None:
+        pending = batch
+        last_error = ""
+        for attempt in range(PUT_ATTEMPTS):
+            if attempt:
+                time.sleep(min(0.05 * 2 ** attempt, 2.0))
+            with translate_errors(f"publishing {event} to stream {name}"):
+                try:
+                    self.put_calls += 1
+                    response = self.kinesis.put_records(StreamName=name, Records=pending)
+                except Exception as exc:
+                    if is_client_error(exc, "ResourceNotFoundException"):
+                        raise XflowError(f"event {event}: stream {name} does not exist",
+                                         "run xflow setup for this workflow first") from None
+                    if is_client_error(exc, "ProvisionedThroughputExceededException", "LimitExceededException",
+                                       "InternalFailure", "ServiceUnavailable"):
+                        last_error = str(exc)
+                        continue
+                    raise
+            if not response.get("FailedRecordCount"):
+                return
+            failed = [entry for entry, result in zip(pending, response["Records"], strict=True)
+                      if result.get("ErrorCode")]
+            codes = {r.get("ErrorCode") for r in response["Records"] if r.get("ErrorCode")}
+            last_error = ", ".join(sorted(c for c in codes if c))
+            pending = failed
+        raise XflowError(f"event {event}: {len(pending)} record(s) not accepted by stream {name} after "
+                         f"{PUT_ATTEMPTS} attempts ({last_error})", "the stream is throttled: add shards")
+
+    # ------------------------------------------------------------------ subscribe
+
+    def subscribe(self, group: str, events: Sequence[str]) -> Consumer:
+        self._ensure_table()
+        starting = "TRIM_HORIZON"
+        workflow = self.context.workflow
+        if workflow is not None and group in workflow.functions:
+            starting = workflow.functions[group].starting_position or starting
+        return KinesisConsumer(self, group, list(events), starting)
+
+    def dead_letter(self, group: str, delivery: Delivery, reason: str) -> None:
+        folder = Path(self.context.state_dir) / "dead-letters"
+        folder.mkdir(parents=True, exist_ok=True)
+        line = {"workflow_id": self.workflow_id, "group": group, "event": delivery.event,
+                "partition": delivery.partition, "position": delivery.position, "key": delivery.key,
+                "value": delivery.value.decode("utf-8", "replace"), "reason": reason, "at": time.time()}
+        with open(folder / f"kinesis-{self.workflow_id}.jsonl", "a", encoding="utf-8") as out:
+            out.write(json.dumps(line) + "\n")
+
+    @property
+    def dynamodb(self) -> Any:
+        return self.aws.client("dynamodb")
+
+    def _table_exists(self) -> bool:
+        with translate_errors(f"describing table {self.checkpoint_table}"):
+            try:
+                self.dynamodb.describe_table(TableName=self.checkpoint_table)
+                return True
+            except Exception as exc:
+                if is_client_error(exc, "ResourceNotFoundException"):
+                    return False
+                raise
+
+    def _ensure_table(self) -> None:
+        if self._table_exists():
+            return
+        with translate_errors(f"creating table {self.checkpoint_table}"):
+            try:
+                self.dynamodb.create_table(
+                    TableName=self.checkpoint_table,
+                    KeySchema=[{"AttributeName": "lease", "KeyType": "HASH"}],
+                    AttributeDefinitions=[{"AttributeName": "lease", "AttributeType": "S"}],
+                    BillingMode="PAY_PER_REQUEST",
+                    Tags=[{"Key": TAG_KEY, "Value": self.workflow_id}],
+                )
+            except Exception as exc:
+                if not is_client_error(exc, "ResourceInUseException"):
+                    raise
+            self.dynamodb.get_waiter("table_exists").wait(TableName=self.checkpoint_table,
+                                                          WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+
+    def _delete_table(self) -> None:
+        with translate_errors(f"deleting table {self.checkpoint_table}"):
+            try:
+                self.dynamodb.delete_table(TableName=self.checkpoint_table)
+            except Exception as exc:
+                if not is_client_error(exc, "ResourceNotFoundException"):
+                    raise
+
+
+class _Shard:
+    def __init__(self, event: str, stream: str, shard_id: str) -> None:
+        self.event = event
+        self.stream = stream
+        self.shard_id = shard_id
+        self.lease = ""
+        self.iterator: str | None = None
+        self.owned = False
+        self.renewed_at = 0.0
+        self.tried_at = 0.0
+        self.ended = False
+
+
+class KinesisConsumer(Consumer):
+    """Reads the shards this process holds leases on; checkpoints in DynamoDB after success."""
+
+    RESCAN_SECONDS = 5.0
+
+    def __init__(self, transport: KinesisTransport, group: str, events: list[str], starting_position: str) -> None:
+        self.transport = transport
+        self.group = group
+        self.events = events
+        self.starting_position = starting_position if starting_position in ("TRIM_HORIZON", "LATEST") \
+            else "TRIM_HORIZON"
+        self.owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.shards: dict[str, _Shard] = {}
+        self.scanned_at = 0.0
+        self.cursor = 0
+
+    @property
+    def table(self) -> str:
+        return self.transport.checkpoint_table
+
+    def _scan(self) -> None:
+        kinesis = self.transport.kinesis
+        for event in self.events:
+            stream = self.transport.stream_name(event)
+            with translate_errors(f"listing shards of stream {stream}"):
+                try:
+                    shards = kinesis.list_shards(StreamName=stream).get("Shards", [])
+                except Exception as exc:
+                    if is_client_error(exc, "ResourceNotFoundException"):
+                        raise XflowError(f"stream {stream} does not exist", "run xflow setup first") from None
+                    raise
+            for shard in shards:
+                lease = f"{self.group}|{stream}|{shard['ShardId']}"
+                if lease not in self.shards:
+                    item = _Shard(event, stream, shard["ShardId"])
+                    item.lease = lease
+                    self.shards[lease] = item
+        self.scanned_at = time.monotonic()
+
+    def _acquire_or_renew(self, shard: _Shard) -> None:
+        """Take the lease if free, expired or ours; keep the checkpoint it holds."""
+        now = time.time()
+        ddb = self.transport.dynamodb
+        try:
+            with translate_errors(f"taking the lease on {shard.lease}"):
+                response = ddb.update_item(
+                    TableName=self.table,
+                    Key={"lease": {"S": shard.lease}},
+                    UpdateExpression="SET #o = :me, expires = :exp",
+                    ConditionExpression="attribute_not_exists(#o) OR #o = :me OR #o = :none OR expires < :now",
+                    ExpressionAttributeNames={"#o": "owner"},
+                    ExpressionAttributeValues={":me": {"S": self.owner}, ":none": {"S": ""},
+                                               ":exp": {"N": str(now + self.transport.lease_seconds)},
+                                               ":now": {"N": str(now)}},
+                    ReturnValues="ALL_NEW",
+                )
+        except XflowError as exc:
+            if "ConditionalCheckFailed" in exc.message:
+                if shard.owned:
+                    log.info("lost the lease on %s", shard.lease)
+                shard.owned, shard.iterator = False, None
+                return
+            raise
+        was_owned = shard.owned
+        shard.owned, shard.renewed_at = True, time.monotonic()
+        if not was_owned:
+            checkpoint = response.get("Attributes", {}).get("checkpoint", {}).get("S")
+            shard.iterator = self._iterator(shard, checkpoint)
+            shard.ended = False
+
+    def _iterator(self, shard: _Shard, checkpoint: str | None) -> str | None:
+        kwargs: dict[str, Any] = {"StreamName": shard.stream, "ShardId": shard.shard_id}
+        if checkpoint:
+            kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=checkpoint)
+        else:
+            kwargs["ShardIteratorType"] = self.starting_position
+        with translate_errors(f"reading shard {shard.shard_id} of {shard.stream}"):
+            return self.transport.kinesis.get_shard_iterator(**kwargs).get("ShardIterator")
+
+    def _maintain(self) -> None:
+        now = time.monotonic()
+        if not self.shards or now - self.scanned_at > self.RESCAN_SECONDS:
+            self._scan()
+        for shard in self.shards.values():
+            if shard.owned and now - shard.renewed_at < self.transport.lease_seconds / 3:
+                continue
+            if not shard.owned and now - shard.tried_at < 2.0:
+                continue
+            shard.tried_at = now
+            self._acquire_or_renew(shard)
+
+    def poll(self, max_records: int, timeout: float) -> list[Delivery]:
+        deadline = time.monotonic() + max(timeout, 0.0)
+        kinesis = self.transport.kinesis
+        while True:
+            self._maintain()
+            owned = [s for s in self.shards.values() if s.owned and s.iterator and not s.ended]
+            found: list[Delivery] = []
+            for i in range(len(owned)):
+                shard = owned[(self.cursor + i) % len(owned)]
+                if len(found) >= max_records:
+                    break
+                with translate_errors(f"reading shard {shard.shard_id} of {shard.stream}"):
+                    try:
+                        response = kinesis.get_records(ShardIterator=shard.iterator,
+                                                       Limit=min(10000, max(1, max_records - len(found))))
+                    except Exception as exc:
+                        if is_client_error(exc, "ExpiredIteratorException"):
+                            shard.owned = False
+                            continue
+                        if is_client_error(exc, "ProvisionedThroughputExceededException"):
+                            continue
+                        raise
+                shard.iterator = response.get("NextShardIterator")
+                if shard.iterator is None:
+                    shard.ended = True
+                for rec in response.get("Records", []):
+                    found.append(Delivery(shard.event, shard.shard_id, rec["SequenceNumber"],
+                                          rec.get("PartitionKey"), bytes(rec["Data"])))
+            self.cursor += 1
+            if found or time.monotonic() >= deadline:
+                return found
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+    def commit(self, deliveries: Sequence[Delivery]) -> None:
+        latest: dict[tuple[str, str], Delivery] = {}
+        for d in deliveries:
+            key = (d.event, d.partition)
+            if key not in latest or int(d.position) > int(latest[key].position):
+                latest[key] = d
+        ddb = self.transport.dynamodb
+        for (event, partition), delivery in latest.items():
+            lease = f"{self.group}|{self.transport.stream_name(event)}|{partition}"
+            try:
+                with translate_errors(f"checkpointing {lease}"):
+                    ddb.update_item(
+                        TableName=self.table,
+                        Key={"lease": {"S": lease}},
+                        UpdateExpression="SET checkpoint = :seq",
+                        ConditionExpression="#o = :me",
+                        ExpressionAttributeNames={"#o": "owner"},
+                        ExpressionAttributeValues={":seq": {"S": delivery.position}, ":me": {"S": self.owner}},
+                    )
+            except XflowError as exc:
+                if "ConditionalCheckFailed" not in exc.message:
+                    raise
+                log.warning("lease on %s was taken over; its records will be delivered again", lease)
+                shard = self.shards.get(lease)
+                if shard:
+                    shard.owned, shard.iterator = False, None
+
+    def close(self) -> None:
+        ddb = self.transport.dynamodb
+        for shard in self.shards.values():
+            if not shard.owned:
+                continue
+            try:
+                ddb.update_item(
+                    TableName=self.table, Key={"lease": {"S": shard.lease}},
+                    UpdateExpression="SET #o = :none, expires = :zero", ConditionExpression="#o = :me",
+                    ExpressionAttributeNames={"#o": "owner"},
+                    ExpressionAttributeValues={":none": {"S": ""}, ":zero": {"N": "0"}, ":me": {"S": self.owner}},
+                )
+            except Exception as exc:  # leaving is best effort: the lease expires anyway
+                log.debug("releasing %s: %s", shard.lease, exc)
+            shard.owned = False
+
+
+@hookimpl
+def xflow_transports() -> list[type[Transport]]:
+    return [KinesisTransport]
