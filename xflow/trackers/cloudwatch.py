@@ -1,0 +1,276 @@
+"""Tracker ``cloudwatch``: a CloudWatch Logs group per workflow, a log stream per execution.
+
+Every record is one JSON line: ``{"xflow": "event", ...}`` for an event and ``{"xflow":
+"delivery", ...}`` for a delivery outcome. The group is ``/xflow/<workflow_id>`` (option
+``log_group``), kept ``retention_days`` (default 7); setup creates it, teardown removes it.
+
+When the workflow runs on Lambda, events are written by the ``tracker_<workflow_id>`` function
+(same line format) and each function's runtime shim prints its delivery outcomes to the
+function's own group ``/aws/lambda/<function>``; :meth:`CloudWatchTracker.history` reads those
+too, filtered by execution id, and drops duplicates by event id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from xflow.core.aws import AwsSession, is_client_error, translate_errors
+from xflow.core.hookspecs import hookimpl
+from xflow.core.interfaces import (
+    DeliveryRecord,
+    EventRecord,
+    ExecutionHistory,
+    PluginContext,
+    Step,
+    TrackerStore,
+)
+
+if TYPE_CHECKING:
+    from xflow.core.model import Workflow
+
+log = logging.getLogger("xflow.cloudwatch")
+
+#: CloudWatch takes events up to 256 KB; event data above this is left out of the line
+MAX_DATA_CHARS = 200_000
+LAMBDA_LOG_PREFIX = "/aws/lambda/"
+
+
+def log_stream_name(execution_id: str) -> str:
+    """Log stream names may not hold ':' or '*' and are at most 512 characters."""
+    return re.sub(r"[:*]", "_", execution_id)[:512]
+
+
+def event_line(record: EventRecord) -> str:
+    line: dict[str, Any] = {
+        "xflow": "event", "execution_id": record.execution_id, "event_id": record.event_id,
+        "event": record.event, "published_at": record.published_at, "producer": record.producer,
+        "data": dict(record.data) if record.data is not None else None,
+    }
+    text = json.dumps(line, ensure_ascii=False, default=str)
+    if len(text) > MAX_DATA_CHARS:
+        line["data"], line["data_truncated"] = None, True
+        text = json.dumps(line, ensure_ascii=False, default=str)
+    return text
+
+
+def delivery_line(record: DeliveryRecord) -> str:
+    logs = list(record.logs)
+    line = {
+        "xflow": "delivery", "execution_id": record.execution_id, "event_id": record.event_id,
+        "event": record.event, "function": record.function, "attempt": record.attempt,
+        "status": record.status, "started_at": record.started_at, "duration": record.duration,
+        "error": record.error, "logs": logs,
+    }
+    text = json.dumps(line, ensure_ascii=False, default=str)
+    while len(text) > MAX_DATA_CHARS and line["logs"]:
+        line["logs"] = line["logs"][len(line["logs"]) // 2 + 1:]
+        text = json.dumps(line, ensure_ascii=False, default=str)
+    return text
+
+
+def parse_line(message: str) -> EventRecord | DeliveryRecord | None:
+    """The record a log line holds, or None for any other line."""
+    start = message.find('{"xflow"')
+    if start < 0:
+        return None
+    try:
+        line = json.loads(message[start:])
+    except ValueError:
+        return None
+    try:
+        if line.get("xflow") == "event":
+            return EventRecord(str(line["execution_id"]), str(line["event_id"]), str(line["event"]),
+                               float(line.get("published_at") or 0.0), str(line.get("producer") or ""),
+                               line.get("data"))
+        if line.get("xflow") == "delivery":
+            return DeliveryRecord(str(line["execution_id"]), str(line["event_id"]), str(line["event"]),
+                                  str(line["function"]), int(line.get("attempt") or 1), line["status"],
+                                  float(line.get("started_at") or 0.0), float(line.get("duration") or 0.0),
+                                  line.get("error"), tuple(str(x) for x in line.get("logs") or ()))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return None
+
+
+class CloudWatchTracker(TrackerStore):
+    name = "cloudwatch"
+    description = "CloudWatch Logs: a log group per workflow (7 days), a log stream per execution"
+    options = {
+        "log_group": "log group name (default /xflow/<workflow_id>)",
+        "retention_days": "days CloudWatch keeps the records (default 7)",
+        "region": "AWS region (default: aws.region in the file, else AWS_REGION)",
+        "function_logs": "read delivery outcomes from /aws/lambda/<function> groups too (default true)",
+    }
+
+    def __init__(self, context: PluginContext) -> None:
+        super().__init__(context)
+        aws = dict(context.workflow.aws) if context.workflow is not None else {}
+        self.aws = AwsSession(aws, region=context.option("region"))
+        self.log_group = str(context.option("log_group", f"/xflow/{self.workflow_id}"))
+        self.retention_days = int(context.option("retention_days", 7))
+        self.function_logs = str(context.option("function_logs", "true")).lower() not in ("0", "false", "no")
+        self._streams: set[str] = set()
+
+    @property
+    def logs(self) -> Any:
+        return self.aws.client("logs")
+
+    # ------------------------------------------------------------------ setup / teardown
+
+    def _group(self, name: str) -> dict[str, Any] | None:
+        with translate_errors(f"describing log group {name}"):
+            pages = self.logs.get_paginator("describe_log_groups").paginate(logGroupNamePrefix=name)
+            for page in pages:
+                for group in page.get("logGroups", []):
+                    if group["logGroupName"] == name:
+                        return dict(group)
+        return None
+
+    def plan_setup(self, workflow: Workflow) -> list[Step]:
+        group = self._group(self.log_group)
+        if group is None:
+            return [Step("create", f"log-group:{self.log_group}", self._create, f"{self.retention_days} days")]
+        if group.get("retentionInDays") != self.retention_days:
+            return [Step("update", f"log-group:{self.log_group}", self._set_retention,
+                         f"retention {group.get('retentionInDays')} -> {self.retention_days} days")]
+        return []
+
+    def plan_teardown(self, workflow: Workflow) -> list[Step]:
+        if self._group(self.log_group) is None:
+            return []
+        return [Step("delete", f"log-group:{self.log_group}", self._delete)]
+
+    def _create(self) -> None:
+        with translate_errors(f"creating log group {self.log_group}"):
+            try:
+                self.logs.create_log_group(logGroupName=self.log_group, tags={"xflow:workflow": self.workflow_id})
+            except Exception as exc:
+                if not is_client_error(exc, "ResourceAlreadyExistsException"):
+                    raise
+        self._set_retention()
+
+    def _set_retention(self) -> None:
+        with translate_errors(f"setting the retention of log group {self.log_group}"):
+            self.logs.put_retention_policy(logGroupName=self.log_group, retentionInDays=self.retention_days)
+
+    def _delete(self) -> None:
+        with translate_errors(f"deleting log group {self.log_group}"):
+            try:
+                self.logs.delete_log_group(logGroupName=self.log_group)
+            except Exception as exc:
+                if not is_client_error(exc, "ResourceNotFoundException"):
+                    raise
+
+    # ------------------------------------------------------------------ writing
+
+    def _put(self, execution_id: str, message: str) -> None:
+        stream = log_stream_name(execution_id)
+        # the record's own times are in the line; CloudWatch rejects timestamps older than 14 days
+        event = {"timestamp": int(time.time() * 1000), "message": message}
+        with translate_errors(f"writing to log group {self.log_group}"):
+            for attempt in range(3):
+                if stream not in self._streams:
+                    try:
+                        self.logs.create_log_stream(logGroupName=self.log_group, logStreamName=stream)
+                    except Exception as exc:
+                        if not is_client_error(exc, "ResourceAlreadyExistsException"):
+                            if is_client_error(exc, "ResourceNotFoundException"):
+                                from xflow.core.errors import XflowError
+
+                                raise XflowError(f"log group {self.log_group} does not exist",
+                                                 "run xflow setup for this workflow first") from None
+                            raise
+                    self._streams.add(stream)
+                try:
+                    self.logs.put_log_events(logGroupName=self.log_group, logStreamName=stream, logEvents=[event])
+                    return
+                except Exception as exc:
+                    if is_client_error(exc, "ResourceNotFoundException") and attempt < 2:
+                        self._streams.discard(stream)
+                        continue
+                    raise
+
+    def record_event(self, record: EventRecord) -> None:
+        self._put(record.execution_id, event_line(record))
+
+    def record_delivery(self, record: DeliveryRecord) -> None:
+        self._put(record.execution_id, delivery_line(record))
+
+    # ------------------------------------------------------------------ reading
+
+    def _own_lines(self, execution_id: str) -> list[tuple[int, str]]:
+        stream = log_stream_name(execution_id)
+        found: list[tuple[int, str]] = []
+        token = None
+        with translate_errors(f"reading log group {self.log_group}"):
+            while True:
+                kwargs: dict[str, Any] = {"logGroupName": self.log_group, "logStreamName": stream,
+                                          "startFromHead": True}
+                if token:
+                    kwargs["nextToken"] = token
+                try:
+                    page = self.logs.get_log_events(**kwargs)
+                except Exception as exc:
+                    if is_client_error(exc, "ResourceNotFoundException"):
+                        return found
+                    raise
+                found.extend((e["timestamp"], e["message"]) for e in page.get("events", []))
+                if not page.get("events") or page.get("nextForwardToken") in (None, token):
+                    return found
+                token = page["nextForwardToken"]
+
+    def function_log_lines(self, function: str, execution_id: str) -> list[tuple[int, str]]:
+        """The lines of ``/aws/lambda/<function>`` that mention ``execution_id``."""
+        group = LAMBDA_LOG_PREFIX + function
+        found: list[tuple[int, str]] = []
+        with translate_errors(f"reading log group {group}"):
+            paginator = self.logs.get_paginator("filter_log_events")
+            try:
+                pattern = '"' + execution_id.replace('"', "") + '"'
+                for page in paginator.paginate(logGroupName=group, filterPattern=pattern):
+                    found.extend((e["timestamp"], e["message"]) for e in page.get("events", []))
+            except Exception as exc:
+                if is_client_error(exc, "ResourceNotFoundException"):
+                    return []
+                raise
+        return found
+
+    def _functions(self) -> Iterable[str]:
+        workflow = self.context.workflow
+        return list(workflow.functions) if workflow is not None else []
+
+    def _history(self, execution_id: str, with_functions: bool) -> ExecutionHistory:
+        lines = self._own_lines(execution_id)
+        if with_functions and self.function_logs:
+            for function in self._functions():
+                lines.extend(self.function_log_lines(function, execution_id))
+        events: dict[str, EventRecord] = {}
+        deliveries: dict[tuple[Any, ...], DeliveryRecord] = {}
+        for _, message in sorted(lines, key=lambda x: x[0]):
+            record = parse_line(message)
+            if record is None or record.execution_id != execution_id:
+                continue
+            if isinstance(record, EventRecord):
+                events.setdefault(record.event_id, record)
+            else:
+                key = (record.event_id, record.function, record.attempt, record.status, record.started_at)
+                deliveries.setdefault(key, record)
+        return ExecutionHistory(sorted(events.values(), key=lambda e: e.published_at),
+                                sorted(deliveries.values(), key=lambda d: d.started_at))
+
+    def history(self, execution_id: str) -> ExecutionHistory:
+        return self._history(execution_id, with_functions=True)
+
+    def has_succeeded(self, execution_id: str, event_id: str, function: str) -> bool:
+        return any(d.event_id == event_id and d.function == function and d.status == "succeeded"
+                   for d in self._history(execution_id, with_functions=False).deliveries)
+
+
+@hookimpl
+def xflow_tracker_stores() -> list[type[TrackerStore]]:
+    return [CloudWatchTracker]
