@@ -1,0 +1,412 @@
+"""The ``xflow`` command: a thin layer over :class:`xflow.core.engine.Engine`.
+
+Exit status: 0 success, 1 the work failed, 2 bad usage or bad input. Heavy modules (the
+engine, marshmallow, rich, backends' clients) are imported inside commands, never at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from xflow.core.engine import Engine
+
+KINDS = ("transport", "provider", "tracker")
+OUTPUT = click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True,
+                      help="Human tables, or machine-readable JSON.")
+
+
+def _plugin_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--transport/--provider/--tracker/--option, shared by every command that touches a backend."""
+    decorators = [
+        click.option("--transport", metavar="NAME", help="Transport plugin (see 'xflow plugins')."),
+        click.option("--provider", metavar="NAME", help="Function provider plugin."),
+        click.option("--tracker", metavar="NAME", help="Tracker store plugin."),
+        click.option("--option", "options", metavar="[KIND.]KEY=VALUE", multiple=True,
+                     help="A plugin option, e.g. partitions=2 or transport.path=/tmp/log.db (repeatable)."),
+    ]
+    for decorator in reversed(decorators):
+        command = decorator(command)
+    return command
+
+
+def _parse_options(pairs: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    from xflow.core.errors import XflowError
+
+    parsed: dict[str, dict[str, str]] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise XflowError(f"--option {pair!r} is not KEY=VALUE", "write for example --option partitions=2")
+        kind, dot, bare = key.partition(".")
+        if dot and kind in KINDS:
+            parsed.setdefault(kind, {})[bare] = value
+        else:
+            parsed.setdefault("any", {})[key] = value
+    return parsed
+
+
+def _engine(ctx: click.Context, file: str, *, transport: str | None = None, provider: str | None = None,
+            tracker: str | None = None, options: tuple[str, ...] = (), aws_defaults: bool = False) -> Engine:
+    from xflow.core.engine import AWS_DEFAULTS, LOCAL_DEFAULTS, Engine
+
+    engine = Engine(file, transport=transport, provider=provider, tracker=tracker, options=_parse_options(options),
+                    state_dir=ctx.obj["state_dir"], defaults=AWS_DEFAULTS if aws_defaults else LOCAL_DEFAULTS)
+    ctx.call_on_close(engine.close)
+    return engine
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal:
+        console.width = 160  # piped output: no truncated columns
+    return console
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="xflow")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), envvar="XFLOW_STATE_DIR",
+              default=".xflow", show_default=True, help="Where setup records and embedded backends keep state.")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.pass_context
+def cli(ctx: click.Context, state_dir: Path, verbose: int) -> None:
+    """xflow: event-driven workflows of functions subscribed to streams.
+
+    Runs on your machine with no cloud (xflow run), on AWS Kinesis + Lambda (xflow setup),
+    or on Kafka; every execution is tracked by its execution_id (xflow track).
+    """
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    root = logging.getLogger("xflow")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    logging.addLevelName(logging.WARNING, "warning")
+    ctx.ensure_object(dict)["state_dir"] = state_dir
+
+
+# -- validate ---------------------------------------------------------------------------------
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@OUTPUT
+def validate(file: Path, output: str) -> None:
+    """Validate a workflow file; every problem is reported as FILE:LINE: path: message."""
+    from xflow.core.config import load_workflow
+    from xflow.core.errors import WorkflowFileError
+
+    try:
+        workflow = load_workflow(file)
+    except WorkflowFileError as exc:
+        if output == "json":
+            _print_json({"file": str(file), "valid": False, "problems": exc.problems})
+            sys.exit(2)
+        raise
+    if output == "json":
+        _print_json({"file": str(file), "valid": True, "workflow_id": workflow.id,
+                     "functions": list(workflow.functions), "events": list(workflow.flow)})
+        return
+    click.echo(f"{file}: valid: workflow {workflow.id!r}, {len(workflow.functions)} functions, "
+               f"{len(workflow.flow)} events ({' -> '.join(workflow.flow)})")
+
+
+# -- setup / teardown -------------------------------------------------------------------------
+def _report_changes(report: Any, output: str, verb: str) -> None:
+    data = report.as_dict()
+    if output == "json":
+        _print_json(data)
+        return
+    plugins = ", ".join(f"{k} {data[k]}" for k in KINDS)
+    prefix = "would " if report.dry_run else ""
+    if not data["changes"]:
+        click.echo(f"{data['workflow_id']}: nothing to {verb}; everything is as the file says ({plugins})")
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{data['workflow_id']} ({plugins})", title_justify="left")
+    table.add_column("change")
+    table.add_column("resource")
+    table.add_column("detail")
+    for step in report.steps:
+        table.add_row(f"{prefix}{step.action}", step.resource, step.detail)
+    _console().print(table)
+    if report.dry_run:
+        click.echo("dry run: nothing was changed")
+
+
+def _progress(output: str) -> Callable[..., None] | None:
+    if output == "json":
+        return None
+    console = _console(stderr=True)
+
+    def show(step: Any, index: int, total: int) -> None:
+        console.print(f"[{index + 1}/{total}] {step.action} {step.resource}", style="dim")
+
+    return show
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path), required=False)
+@click.option("-file", "seed_file", type=click.Path(dir_okay=False, path_type=Path), hidden=True)
+@_plugin_options
+@click.option("--dry-run", is_flag=True, help="Print the plan only; change nothing.")
+@OUTPUT
+@click.pass_context
+def setup(ctx: click.Context, file: Path | None, seed_file: Path | None, transport: str | None, provider: str | None,
+          tracker: str | None, options: tuple[str, ...], dry_run: bool, output: str) -> None:
+    """Create or update streams, functions and tracker for FILE (idempotent).
+
+    Defaults: --transport kinesis --provider lambda --tracker cloudwatch. `-file FILE` works too.
+    """
+    path = file or seed_file
+    if path is None:
+        raise click.UsageError("give the workflow file: xflow setup FILE")
+    engine = _engine(ctx, str(path), transport=transport, provider=provider, tracker=tracker, options=options,
+                     aws_defaults=True)
+    report = engine.setup(dry_run=dry_run, on_step=_progress(output))
+    _report_changes(report, output, "change")
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@_plugin_options
+@click.option("--dry-run", is_flag=True, help="Print what would be removed; remove nothing.")
+@OUTPUT
+@click.pass_context
+def teardown(ctx: click.Context, file: Path, transport: str | None, provider: str | None, tracker: str | None,
+             options: tuple[str, ...], dry_run: bool, output: str) -> None:
+    """Remove everything setup created for FILE (uses what setup recorded)."""
+    engine = _engine(ctx, str(file), transport=transport, provider=provider, tracker=tracker, options=options)
+    report = engine.teardown(dry_run=dry_run, on_step=_progress(output))
+    _report_changes(report, output, "remove")
+
+
+# -- publish / run / worker -------------------------------------------------------------------
+def _json_object(text: str, what: str) -> dict[str, Any]:
+    from xflow.core.errors import XflowError
+
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise XflowError(f"{what}: cannot read {text[1:]}: {exc}") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise XflowError(f"{what} is not valid JSON: {exc}", """write a JSON object, e.g. '{"path": "in.txt"}'""") from None
+    if not isinstance(data, dict):
+        raise XflowError(f"{what} must be a JSON object, got a JSON {type(data).__name__}",
+                         """write a JSON object, e.g. '{"path": "in.txt"}'""")
+    return data
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("event")
+@click.argument("data")
+@click.option("--execution-id", help="Execution id (default: the data's execution_id, else a new one).")
+@_plugin_options
+@click.pass_context
+def publish(ctx: click.Context, file: Path, event: str, data: str, execution_id: str | None, transport: str | None,
+            provider: str | None, tracker: str | None, options: tuple[str, ...]) -> None:
+    """Publish EVENT with DATA (a JSON object, or @file.json); prints the execution id."""
+    payload = _json_object(data, "DATA")
+    engine = _engine(ctx, str(file), transport=transport, provider=provider, tracker=tracker, options=options)
+    click.echo(engine.publish(event, payload, execution_id))
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--event", help="Event to publish (default: the first in flow order).")
+@click.option("--data", default="{}", show_default=True, help="The event's data: a JSON object, or @file.json.")
+@click.option("--execution-id", help="Execution id (default: a new one).")
+@click.option("--timeout", type=float, default=300, show_default=True, help="Seconds to wait for the execution to settle.")
+@_plugin_options
+@OUTPUT
+@click.pass_context
+def run(ctx: click.Context, file: Path, event: str | None, data: str, execution_id: str | None, timeout: float,
+        transport: str | None, provider: str | None, tracker: str | None, options: tuple[str, ...],
+        output: str) -> None:
+    """Set up (local/local/sqlite by default), publish, process until the execution settles.
+
+    Prints the final event's data and the tracking summary; exit 0 if it succeeded, 1 if not.
+    """
+    payload = _json_object(data, "--data")
+    engine = _engine(ctx, str(file), transport=transport, provider=provider, tracker=tracker, options=options)
+    summary = engine.run(event, payload, execution_id, timeout=timeout)
+    if output == "json":
+        _print_json(summary)
+    else:
+        click.echo(json.dumps(summary["result"], indent=2, ensure_ascii=False))
+        _print_summary(summary)
+        if "timed_out_after_seconds" in summary:
+            click.echo(f"the execution did not settle within {timeout:g} s (--timeout)", err=True)
+    sys.exit(0 if summary["status"] == "succeeded" else 1)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--function", "functions", metavar="NAME", multiple=True,
+              help="Run only these functions (repeatable; default: all).")
+@_plugin_options
+@click.pass_context
+def worker(ctx: click.Context, file: Path, functions: tuple[str, ...], transport: str | None, provider: str | None,
+           tracker: str | None, options: tuple[str, ...]) -> None:
+    """Process the workflow's subscriptions until stopped (SIGTERM or Ctrl-C); start several to scale out."""
+    engine = _engine(ctx, str(file), transport=transport, provider=provider, tracker=tracker, options=options)
+    names = engine.plugin_names()
+    click.echo(f"worker for {engine.workflow.id}: transport {names['transport']}, tracker {names['tracker']}; "
+               "stop with Ctrl-C", err=True)
+    handled = engine.work(list(functions) or None, install_signal_handlers=True)
+    click.echo(f"worker stopped after {handled} deliveries", err=True)
+
+
+# -- track ------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("file", required=False)
+@click.argument("execution_id", required=False)
+@click.option("-flow", "--flow", "flow", metavar="WORKFLOW_ID", help="Workflow id set up in this state folder.")
+@click.option("-execution_id", "--execution-id", "execution_option", metavar="ID", help="The execution to track.")
+@_plugin_options
+@OUTPUT
+@click.pass_context
+def track(ctx: click.Context, file: str | None, execution_id: str | None, flow: str | None,
+          execution_option: str | None, transport: str | None, provider: str | None, tracker: str | None,
+          options: tuple[str, ...], output: str) -> None:
+    """Show an execution's state: FILE EXECUTION_ID, or -flow WORKFLOW -execution_id ID.
+
+    Exit status 1 when the execution failed.
+    """
+    from xflow.core.engine import read_setup_record
+    from xflow.core.errors import XflowError
+
+    execution = execution_option or execution_id
+    if file and not execution and flow:
+        execution = file  # `xflow track -flow word_count 112233`
+        file = None
+    if not execution:
+        raise click.UsageError("give the execution id: xflow track FILE EXECUTION_ID (or -execution_id ID)")
+    if file is None:
+        if not flow:
+            raise click.UsageError("give the workflow file, or -flow WORKFLOW_ID")
+        record = read_setup_record(ctx.obj["state_dir"], flow)
+        if record is None:
+            raise XflowError(f"workflow {flow!r} has not been set up in {ctx.obj['state_dir']}",
+                             "run from the folder where 'xflow setup' ran, pass --state-dir, or give the workflow file")
+        file = record["workflow_file"]
+    engine = _engine(ctx, str(file), transport=transport, provider=provider, tracker=tracker, options=options)
+    if flow and flow != engine.workflow.id:
+        raise XflowError(f"-flow {flow!r} does not match the workflow id {engine.workflow.id!r} of {file}")
+    summary = engine.track(execution)
+    if output == "json":
+        _print_json(summary)
+    else:
+        _print_summary(summary)
+    sys.exit(1 if summary["status"] == "failed" else 0)
+
+
+STATE_STYLE = {"processed": "green", "succeeded": "green", "failed": "bold red", "pending": "yellow",
+               "not_reached": "dim", "running": "yellow"}
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    console = _console()
+    status = summary["status"]
+    table = Table(title=f"workflow {summary['workflow_id']}  execution {summary['execution_id']}  "
+                        f"[{STATE_STYLE[status]}]{status}[/]", title_justify="left")
+    for column in ("event", "state", "count", "first published", "subscribers"):
+        table.add_column(column)
+    for event in summary["events"]:
+        subscribers = ", ".join(f"{s['name']} [{STATE_STYLE[s['state']]}]{s['state']}[/] ({s['attempts']}x)"
+                                for s in event["subscribers"]) or "-"
+        table.add_row(event["name"], f"[{STATE_STYLE[event['state']]}]{event['state']}[/]", str(event["count"]),
+                      event["first_published_at"] or "-", subscribers)
+    console.print(table)
+    last = summary["last_unprocessed_event"]
+    console.print(f"last unprocessed event: {last or 'none, every event was processed'}")
+    for event in summary["events"]:
+        for subscriber in event["subscribers"]:
+            if subscriber["state"] == "failed":
+                console.print(f"[bold red]{subscriber['name']} failed on {event['name']}[/] after "
+                              f"{subscriber['attempts']} attempts: {subscriber['error']}")
+                for line in subscriber["logs"]:
+                    console.print(f"  | {line}", markup=False)
+
+
+# -- plugins / graph --------------------------------------------------------------------------
+@cli.group(invoke_without_command=True)
+@OUTPUT
+@click.pass_context
+def plugins(ctx: click.Context, output: str) -> None:
+    """List installed transports, providers and trackers with their distributions."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from xflow.core.plugins import PluginRegistry
+
+    infos = [info.as_dict() for info in PluginRegistry().infos()]
+    if output == "json":
+        _print_json(infos)
+        return
+    from rich.table import Table
+
+    table = Table()
+    for column in ("kind", "name", "distribution", "version", "description"):
+        table.add_column(column)
+    for info in infos:
+        description = info["description"] if info["status"] == "ok" else f"[red]broken: {info['error']}[/]"
+        table.add_row(info["kind"], info["name"], info["distribution"], info["version"], description)
+    _console().print(table)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["mermaid", "dot"]), default="mermaid", show_default=True)
+def graph(file: Path, fmt: str) -> None:
+    """Print the workflow as a graph: events (rounded) feed functions (boxes) that publish events."""
+    from xflow.core.config import load_workflow
+    from xflow.core.graph import to_dot, to_mermaid
+
+    workflow = load_workflow(file)
+    click.echo(to_mermaid(workflow) if fmt == "mermaid" else to_dot(workflow))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``xflow`` console script."""
+    try:
+        cli.main(args=argv, prog_name="xflow", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2 if exc.exit_code in (1, 2) else exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        from xflow.core.errors import XflowError
+
+        if not isinstance(exc, XflowError):
+            raise
+        click.echo(f"error: {exc}", err=True)
+        for line in exc.lines:
+            click.echo(line, err=True)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,375 @@
+"""The public Python API: an :class:`Engine` sets up, publishes to, runs, tracks and tears down a workflow.
+
+The CLI is a thin layer over this module. Embedding example::
+
+    from xflow import Engine
+
+    engine = Engine("examples/word_count/word_count.yaml")          # local / local / sqlite
+    result = engine.run(data={"path": "examples/word_count/sample.txt"})
+    print(result["status"], result["result"]["total"])
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xflow.core.config import load_workflow
+from xflow.core.errors import XflowError
+from xflow.core.interfaces import FunctionProvider, Plugin, PluginContext, Step, TrackerStore, Transport
+from xflow.core.model import Workflow
+from xflow.core.plugins import PluginInfo, PluginRegistry, check_options, env_options
+from xflow.core.runtime import new_event_id
+from xflow.core.tracking import final_result, summarize
+from xflow.core.worker import Dispatcher, OutgoingEvent, publish_events
+
+log = logging.getLogger("xflow")
+
+#: defaults of ``xflow run`` / ``worker`` (embedded) and of ``xflow setup`` (AWS)
+LOCAL_DEFAULTS = {"transport": "local", "provider": "local", "tracker": "sqlite"}
+AWS_DEFAULTS = {"transport": "kinesis", "provider": "lambda", "tracker": "cloudwatch"}
+KIND_ORDER = ("transport", "provider", "tracker")
+SECRET_WORDS = ("password", "secret", "token", "credential", "sasl_plain")
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("XFLOW_STATE_DIR") or ".xflow")
+
+
+def setup_record_path(state_dir: Path, workflow_id: str) -> Path:
+    return Path(state_dir) / workflow_id / "setup.json"
+
+
+def read_setup_record(state_dir: Path, workflow_id: str) -> dict[str, Any] | None:
+    """What ``setup`` recorded for a workflow in this state folder, or None."""
+    path = setup_record_path(state_dir, workflow_id)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise XflowError(f"{path} is unreadable ({exc})", "remove it and run 'xflow setup' again") from None
+
+
+@dataclass
+class SetupReport:
+    """What ``setup`` or ``teardown`` changed (or, on a dry run, would change)."""
+
+    workflow_id: str
+    plugins: dict[str, str]
+    steps: list[Step]
+    dry_run: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"workflow_id": self.workflow_id, **self.plugins, "changes": [s.as_change() for s in self.steps]}
+
+
+@dataclass
+class _Choice:
+    kind: str
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    instance: Plugin | None = None
+
+
+class Engine:
+    """One workflow bound to a transport, a function provider and a tracker store.
+
+    ``transport`` / ``provider`` / ``tracker`` are plugin names or ready instances. Names not given
+    come from what ``setup`` recorded in ``state_dir``, then the workflow file's blocks, then
+    ``defaults`` (:data:`LOCAL_DEFAULTS`). ``options`` maps a kind to ``{key: value}``; they are
+    merged over the file's block options and ``XFLOW_<PLUGIN>_<KEY>`` variables.
+    """
+
+    def __init__(self, workflow: Workflow | str | os.PathLike[str], *,
+                 transport: str | Transport | None = None, provider: str | FunctionProvider | None = None,
+                 tracker: str | TrackerStore | None = None,
+                 options: Mapping[str, Mapping[str, Any]] | None = None,
+                 state_dir: str | os.PathLike[str] | None = None,
+                 defaults: Mapping[str, str] = LOCAL_DEFAULTS,
+                 registry: PluginRegistry | None = None, use_setup_record: bool = True) -> None:
+        self.workflow = workflow if isinstance(workflow, Workflow) else load_workflow(workflow)
+        self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
+        self._registry = registry
+        self.record = read_setup_record(self.state_dir, self.workflow.id) if use_setup_record else None
+        given = {"transport": transport, "provider": provider, "tracker": tracker}
+        options = options or {}
+        self._choices: dict[str, _Choice] = {}
+        for kind in KIND_ORDER:
+            value = given[kind]
+            if isinstance(value, Plugin):
+                self._choices[kind] = _Choice(kind, value.name, dict(value.context.options), value)
+                continue
+            recorded = (self.record or {}).get(kind) or {}
+            block = self.workflow.plugin_choice(kind)
+            name = value or recorded.get("name") or block.name or defaults[kind]
+            merged: dict[str, Any] = {}
+            if block.name in (None, name):
+                merged.update(block.options)
+            if recorded.get("name") == name:
+                merged.update(recorded.get("options") or {})
+            self._choices[kind] = _Choice(kind, name, merged)
+        self._explicit_options = {k: dict(v) for k, v in options.items()}
+        self._step_owner: dict[int, PluginInfo] = {}
+        self._routed: dict[str, dict[str, Any]] | None = None
+
+    # -- plugins ------------------------------------------------------------------------------
+    @property
+    def registry(self) -> PluginRegistry:
+        if self._registry is None:
+            self._registry = PluginRegistry()
+        return self._registry
+
+    def plugin_names(self) -> dict[str, str]:
+        return {kind: choice.name for kind, choice in self._choices.items()}
+
+    def _info(self, kind: str) -> PluginInfo:
+        return self.registry.get(kind, self._choices[kind].name)
+
+    def _options(self, kind: str) -> dict[str, Any]:
+        choice = self._choices[kind]
+        info = self._info(kind)
+        assert info.cls is not None
+        merged = dict(choice.options)
+        merged.update(env_options(choice.name, info.cls.options))
+        merged.update(self._given_options(kind))
+        return check_options(info, merged, "the workflow file, XFLOW_* variables or --option")
+
+    def _declared(self, kind: str) -> Mapping[str, str]:
+        instance = self._choices[kind].instance
+        cls = type(instance) if instance is not None else self._info(kind).cls
+        return cls.options if cls is not None else {}
+
+    def _given_options(self, kind: str) -> dict[str, Any]:
+        """Options given in code or by --option: per kind, plus un-prefixed keys routed to the plugin that declares them."""
+        if self._routed is None:
+            routed: dict[str, dict[str, Any]] = {k: dict(self._explicit_options.get(k, {})) for k in KIND_ORDER}
+            for key, value in self._explicit_options.get("any", {}).items():
+                takers = [k for k in KIND_ORDER if key in self._declared(k)]
+                if not takers:
+                    accepted = "; ".join(f"{k} {self._choices[k].name}: {', '.join(sorted(self._declared(k))) or 'none'}"
+                                         for k in KIND_ORDER)
+                    raise XflowError(f"no chosen plugin accepts option {key!r} ({accepted})")
+                if len(takers) > 1:
+                    raise XflowError(f"option {key!r} is accepted by the {' and the '.join(takers)}",
+                                     f"say which: --option {takers[0]}.{key}=VALUE")
+                routed[takers[0]][key] = value
+            self._routed = routed
+        return self._routed[kind]
+
+    def check_plugins(self) -> None:
+        """Resolve every plugin and check its options, creating nothing."""
+        for kind in KIND_ORDER:
+            if self._choices[kind].instance is None:
+                self._options(kind)
+
+    def _plugin(self, kind: str) -> Any:
+        choice = self._choices[kind]
+        if choice.instance is None:
+            info = self._info(kind)
+            options = self._options(kind)
+            context = PluginContext(self.workflow.id, options, self.state_dir, self.workflow)
+            assert info.cls is not None
+            choice.instance = _guard(info, "start", lambda: info.cls(context))  # type: ignore[misc]
+            choice.options = options
+        return choice.instance
+
+    @property
+    def transport(self) -> Transport:
+        return self._plugin("transport")
+
+    @property
+    def provider(self) -> FunctionProvider:
+        return self._plugin("provider")
+
+    @property
+    def tracker(self) -> TrackerStore:
+        return self._plugin("tracker")
+
+    def close(self) -> None:
+        for choice in self._choices.values():
+            if choice.instance is not None:
+                choice.instance.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- setup / teardown ---------------------------------------------------------------------
+    def _planned(self, kind: str, call: Callable[[], list[Step]]) -> list[Step]:
+        info = self._info(kind)
+        steps = list(_guard(info, "plan", call))
+        for step in steps:
+            self._step_owner[id(step)] = info
+        return steps
+
+    def plan(self) -> list[Step]:
+        """The steps ``setup`` would take: transport streams, tracker store, then functions."""
+        self.check_plugins()
+        transport, tracker, provider = self.transport, self.tracker, self.provider
+        return (self._planned("transport", lambda: transport.plan_setup(self.workflow.events))
+                + self._planned("tracker", lambda: tracker.plan_setup(self.workflow))
+                + self._planned("provider", lambda: provider.plan_setup(self.workflow, transport, tracker)))
+
+    def setup(self, dry_run: bool = False,
+              on_step: Callable[[Step, int, int], None] | None = None) -> SetupReport:
+        """Create or update everything the workflow needs; idempotent. ``dry_run`` only plans."""
+        steps = self.plan()
+        if not dry_run:
+            self._apply(steps, on_step)
+            self._write_record()
+        return SetupReport(self.workflow.id, self.plugin_names(), steps, dry_run)
+
+    def teardown(self, dry_run: bool = False,
+                 on_step: Callable[[Step, int, int], None] | None = None) -> SetupReport:
+        """Remove everything ``setup`` created (functions, tracker store, streams)."""
+        self.check_plugins()
+        transport, tracker, provider = self.transport, self.tracker, self.provider
+        steps = (self._planned("provider", lambda: provider.plan_teardown(self.workflow, transport, tracker))
+                 + self._planned("tracker", lambda: tracker.plan_teardown(self.workflow))
+                 + self._planned("transport", lambda: transport.plan_teardown(self.workflow.events)))
+        if not dry_run:
+            self._apply(steps, on_step)
+            record = setup_record_path(self.state_dir, self.workflow.id)
+            record.unlink(missing_ok=True)
+            for folder in (record.parent, self.state_dir):
+                if folder.exists() and not any(folder.iterdir()):
+                    folder.rmdir()
+        return SetupReport(self.workflow.id, self.plugin_names(), steps, dry_run)
+
+    def _apply(self, steps: Sequence[Step], on_step: Callable[[Step, int, int], None] | None) -> None:
+        for index, step in enumerate(steps):
+            if on_step is not None:
+                on_step(step, index, len(steps))
+            try:
+                _guard(self._step_owner.get(id(step), self._info("transport")), f"{step.action} {step.resource}", step.apply)
+            except XflowError as exc:
+                done = ", ".join(f"{s.action} {s.resource}" for s in steps[:index]) or "nothing"
+                raise XflowError(f"{exc.message}; already done before it: {done}",
+                                 exc.hint or "fix the cause and run the same command again: it resumes") from None
+
+    def _write_record(self) -> None:
+        path = setup_record_path(self.state_dir, self.workflow.id)
+        record = {
+            "workflow_id": self.workflow.id,
+            "workflow_file": str(self.workflow.path),
+            "set_up_at": time.time(),
+        }
+        for kind, choice in self._choices.items():
+            explicit = self._given_options(kind)
+            kept = {k: v for k, v in explicit.items() if not any(w in k.lower() for w in SECRET_WORDS)}
+            record[kind] = {"name": choice.name, "options": kept}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(record, indent=2, default=str))
+        except OSError as exc:
+            raise XflowError(f"cannot write {path}: {exc}", "choose a writable state folder with --state-dir") from None
+
+    # -- publish ------------------------------------------------------------------------------
+    def publish(self, event: str, data: Mapping[str, Any], execution_id: str | None = None) -> str:
+        """Publish one event; returns the execution id (``data['execution_id']``, the argument, or a new one)."""
+        if event not in self.workflow.flow:
+            raise XflowError(f"workflow {self.workflow.id!r} has no event {event!r}",
+                             f"its events are: {', '.join(self.workflow.flow)}")
+        if not isinstance(data, Mapping):
+            raise XflowError(f"the data of {event!r} must be a JSON object, got {type(data).__name__}")
+        in_data = data.get("execution_id")
+        if in_data is not None and not isinstance(in_data, str):
+            raise XflowError(f"execution_id in the data must be a string, got {type(in_data).__name__}")
+        if execution_id and in_data and execution_id != in_data:
+            raise XflowError(f"--execution-id {execution_id!r} contradicts execution_id {in_data!r} in the data",
+                             "give one of them, or the same value in both")
+        execution_id = execution_id or in_data or new_event_id()
+        publish_events(self.workflow, self.transport, self.tracker, [
+            OutgoingEvent(event, dict(data, execution_id=execution_id), execution_id, new_event_id(), "xflow/cli")])
+        return execution_id
+
+    # -- work ---------------------------------------------------------------------------------
+    def dispatcher(self, functions: Sequence[str] | None = None) -> Dispatcher:
+        provider = self.provider
+        if not provider.runs_locally:
+            raise XflowError(f"the {provider.name!r} provider runs functions itself; 'xflow worker' and 'xflow run' "
+                             "run them with --provider local")
+        options = provider.context.options
+        return Dispatcher(
+            self.workflow, self.transport, self.tracker, functions=functions,
+            cache_dir=self.state_dir / self.workflow.id / "sources",
+            batch_size=int(options.get("batch_size") or 100),
+            backoff_seconds=float(options.get("backoff_seconds") or 0.2),
+            backoff_max_seconds=float(options.get("backoff_max_seconds") or 5.0),
+        )
+
+    def work(self, functions: Sequence[str] | None = None, *, until: Callable[[], bool] | None = None,
+             install_signal_handlers: bool = False) -> int:
+        """Run the local dispatch loop until ``until()`` is true or SIGTERM/SIGINT; returns deliveries handled."""
+        stop = threading.Event()
+        if install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: stop.set())
+        dispatcher = self.dispatcher(functions)
+        dispatcher.run(lambda: stop.is_set() or (until is not None and until()))
+        return dispatcher.handled
+
+    # -- track --------------------------------------------------------------------------------
+    def track(self, execution_id: str) -> dict[str, Any]:
+        """The tracking summary (the ``xflow track --output json`` object)."""
+        return summarize(self.workflow, execution_id, self.tracker.history(execution_id))
+
+    def result(self, execution_id: str) -> dict[str, Any] | None:
+        """The data of the last event, in flow order, that the execution published."""
+        return final_result(self.workflow, self.tracker.history(execution_id))
+
+    # -- run ----------------------------------------------------------------------------------
+    def run(self, event: str | None = None, data: Mapping[str, Any] | None = None,
+            execution_id: str | None = None, timeout: float = 300.0, setup: bool = True) -> dict[str, Any]:
+        """Set up, publish one event, process until the execution settles; the track object plus ``result``."""
+        if setup:
+            self.setup()
+        event = event or self.workflow.first_event
+        execution_id = self.publish(event, data or {}, execution_id)
+        deadline = time.monotonic() + timeout
+        last_check = 0.0
+        summary: dict[str, Any] = {}
+
+        def settled() -> bool:
+            nonlocal last_check, summary
+            now = time.monotonic()
+            if now - last_check < 0.05:
+                return False
+            last_check = now
+            summary = self.track(execution_id)
+            return summary["status"] != "running" or now > deadline
+
+        self.work(until=settled, install_signal_handlers=threading.current_thread() is threading.main_thread())
+        summary = self.track(execution_id)
+        summary["result"] = self.result(execution_id)
+        if summary["status"] == "running":
+            summary["timed_out_after_seconds"] = timeout
+        return summary
+
+
+def _guard(info: PluginInfo, what: str, call: Callable[[], Any]) -> Any:
+    """Run a plugin call; turn its connection errors and crashes into one-line errors naming it."""
+    try:
+        return call()
+    except XflowError:
+        raise
+    except Exception as exc:
+        cls = info.cls
+        expected = cls.connection_errors if cls is not None else ()
+        label = f"{info.kind} {info.name!r} ({info.distribution} {info.version})".replace(" )", ")")
+        if expected and isinstance(exc, expected):
+            raise XflowError(f"{label} cannot reach its backend during {what}: {exc}",
+                             "check that the server is running and the connection options") from None
+        raise XflowError(f"{label} failed during {what}: {type(exc).__name__}: {exc}",
+                         f"this is a problem in {info.distribution}; report it there") from exc

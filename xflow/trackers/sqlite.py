@@ -1,0 +1,131 @@
+"""The ``sqlite`` tracker store: every event and delivery outcome of a workflow in one SQLite file.
+
+Options: ``path`` (default ``STATE_DIR/WORKFLOW/tracker.db``). Safe for many worker processes on
+one machine (WAL mode); events are keyed by event id, so recording one twice is a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from xflow.core.errors import XflowError
+from xflow.core.hookspecs import hookimpl
+from xflow.core.interfaces import DeliveryRecord, EventRecord, ExecutionHistory, PluginContext, Step, TrackerStore
+from xflow.transports.local import connect
+
+if TYPE_CHECKING:
+    from xflow.core.model import Workflow
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events(event_id TEXT PRIMARY KEY, execution_id TEXT NOT NULL, event TEXT NOT NULL,
+    published_at REAL NOT NULL, producer TEXT, data TEXT);
+CREATE INDEX IF NOT EXISTS events_by_execution ON events(execution_id, published_at);
+CREATE TABLE IF NOT EXISTS deliveries(id INTEGER PRIMARY KEY AUTOINCREMENT, execution_id TEXT NOT NULL,
+    event_id TEXT NOT NULL, event TEXT NOT NULL, function TEXT NOT NULL, attempt INTEGER NOT NULL,
+    status TEXT NOT NULL, started_at REAL NOT NULL, duration REAL, error TEXT, logs TEXT);
+CREATE INDEX IF NOT EXISTS deliveries_by_execution ON deliveries(execution_id, id);
+CREATE INDEX IF NOT EXISTS deliveries_by_event ON deliveries(event_id, function, status);
+"""
+
+
+class SqliteTrackerStore(TrackerStore):
+    name = "sqlite"
+    description = "Embedded tracker: events and delivery outcomes in a SQLite file under the state folder"
+    options: ClassVar[dict[str, str]] = {"path": "database file (default STATE_DIR/WORKFLOW/tracker.db)"}
+    connection_errors = (sqlite3.OperationalError,)
+
+    def __init__(self, context: PluginContext) -> None:
+        super().__init__(context)
+        self.path = Path(context.option("path", Path(context.state_dir) / context.workflow_id / "tracker.db"))
+        self._connection: sqlite3.Connection | None = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._connection is None:
+            if not self.path.exists():
+                raise XflowError(f"the tracker database {self.path} does not exist",
+                                 "run 'xflow setup FILE --tracker sqlite' (or 'xflow run') first")
+            self._connection = connect(self.path)
+        return self._connection
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def plan_setup(self, workflow: Workflow) -> list[Step]:
+        if self.path.exists():
+            return []
+        return [Step("create", f"tracker:{self.path}", self._create)]
+
+    def _create(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with closing(connect(self.path)) as connection:
+                connection.executescript(SCHEMA)
+        except (OSError, sqlite3.OperationalError) as exc:
+            raise XflowError(f"cannot create the tracker database {self.path}: {exc}",
+                             "choose a writable state folder with --state-dir") from None
+
+    def plan_teardown(self, workflow: Workflow) -> list[Step]:
+        if not self.path.exists():
+            return []
+        return [Step("delete", f"tracker:{self.path}", self._remove)]
+
+    def _remove(self) -> None:
+        self.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        if self.path.parent.exists() and not any(self.path.parent.iterdir()):
+            self.path.parent.rmdir()
+
+    def record_event(self, record: EventRecord) -> None:
+        data = json.dumps(dict(record.data), ensure_ascii=False) if record.data is not None else None
+        self.db.execute(
+            "INSERT OR IGNORE INTO events(event_id, execution_id, event, published_at, producer, data) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (record.event_id, record.execution_id, record.event, record.published_at, record.producer, data))
+
+    def record_delivery(self, record: DeliveryRecord) -> None:
+        self.db.execute(
+            "INSERT INTO deliveries(execution_id, event_id, event, function, attempt, status, started_at, duration, "
+            "error, logs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (record.execution_id, record.event_id, record.event, record.function, record.attempt, record.status,
+             record.started_at, record.duration, record.error, json.dumps(list(record.logs), ensure_ascii=False)))
+
+    def history(self, execution_id: str) -> ExecutionHistory:
+        events = [
+            EventRecord(execution_id, event_id, event, published_at, producer or "",
+                        json.loads(data) if data is not None else None)
+            for event_id, event, published_at, producer, data in self.db.execute(
+                "SELECT event_id, event, published_at, producer, data FROM events WHERE execution_id = ? "
+                "ORDER BY published_at, rowid", (execution_id,))
+        ]
+        deliveries = [
+            DeliveryRecord(execution_id, event_id, event, function, attempt, status, started_at, duration or 0.0,
+                           error, tuple(json.loads(logs or "[]")))
+            for event_id, event, function, attempt, status, started_at, duration, error, logs in self.db.execute(
+                "SELECT event_id, event, function, attempt, status, started_at, duration, error, logs "
+                "FROM deliveries WHERE execution_id = ? ORDER BY id", (execution_id,))
+        ]
+        return ExecutionHistory(events, deliveries)
+
+    def has_succeeded(self, execution_id: str, event_id: str, function: str) -> bool:
+        return self.db.execute(
+            "SELECT 1 FROM deliveries WHERE event_id = ? AND function = ? AND status = 'succeeded' LIMIT 1",
+            (event_id, function)).fetchone() is not None
+
+    def executions(self) -> list[str]:
+        """Execution ids known to this store, most recent first."""
+        rows = self.db.execute("SELECT execution_id, MAX(published_at) AS t FROM events GROUP BY execution_id "
+                               "ORDER BY t DESC").fetchall()
+        return [row[0] for row in rows]
+
+
+@hookimpl
+def xflow_tracker_stores() -> list[type[TrackerStore]]:
+    return [SqliteTrackerStore]

@@ -1,0 +1,337 @@
+"""The ``kafka`` transport: one Kafka topic per workflow event, one consumer group per function.
+
+Supports: idempotent topic setup (missing topics created, partitions grown, topics of events no
+longer in the file deleted), publish keyed by ``execution_id`` with ``acks=all``, consumer
+groups ``xflow.<workflow>.<function>`` with manual commits (at-least-once: what a worker has
+not committed is delivered again, after a rebalance to the partition's new owner), and a
+dead-letter topic ``<topic>.dlq`` per event topic whose records carry the reason in headers.
+
+Connection: ``bootstrap_servers`` is a comma-separated ``host:port`` list. Two clients sit behind
+the same behaviour: ``client: kafka-python`` (default, ``pip install 'xflow[kafka]'``) and
+``client: confluent`` (librdkafka, ``pip install 'xflow[kafka-fast]'``). Security settings
+(``security_protocol``, ``sasl_*``, ``ssl_*``) are passed to the client; ``client_config`` takes
+any other client setting as a JSON object, verbatim. Every option may also come from an
+``XFLOW_KAFKA_<KEY>`` environment variable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from xflow.core.errors import XflowError
+from xflow.core.hookspecs import hookimpl
+from xflow.core.interfaces import Consumer, Delivery, PluginContext, Record, Step, Transport
+from xflow.transports.kafka_clients import (
+    CLIENTS,
+    ClientSettings,
+    KafkaClientError,
+    Outgoing,
+    group_offsets,
+)
+
+log = logging.getLogger("xflow.kafka")
+
+DLQ_SUFFIX = ".dlq"
+_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_SECURITY_KEYS = (
+    "security_protocol", "sasl_mechanism", "sasl_plain_username", "sasl_plain_password",
+    "ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password",
+)
+_HINT_UNREACHABLE = "check bootstrap_servers (--option bootstrap_servers=HOST:PORT or XFLOW_KAFKA_BOOTSTRAP_SERVERS)"
+
+
+class KafkaConsumer(Consumer):
+    """One member of the consumer group ``xflow.<workflow>.<function>``."""
+
+    def __init__(self, transport: KafkaTransport, group_id: str, topics: dict[str, str]) -> None:
+        self.transport = transport
+        self.group_id = group_id
+        self.topics = topics  # topic -> event
+        self._member = transport._guard(
+            "joining the consumer group",
+            lambda: transport.client.consumer(group_id, list(topics), transport._offset_reset(group_id)),
+        )
+
+    def poll(self, max_records: int, timeout: float) -> list[Delivery]:
+        try:
+            messages = self._member.poll(max(1, max_records), max(0.0, timeout))
+        except KafkaClientError as exc:
+            if exc.unreachable or exc.rebalanced:
+                log.warning("kafka poll of %s: %s (retrying)", self.group_id, exc)
+                return []
+            raise XflowError(f"kafka transport: {exc}") from exc
+        return [
+            Delivery(
+                event=self.topics.get(m.topic, m.topic),
+                partition=str(m.partition),
+                position=str(m.offset),
+                key=m.key.decode("utf-8", "replace") if m.key is not None else None,
+                value=m.value,
+            )
+            for m in messages
+        ]
+
+    def commit(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        stream = self.transport.stream_name
+        offsets = group_offsets((stream(d.event), int(d.partition), int(d.position)) for d in deliveries)
+        for attempt in range(3):
+            try:
+                self._member.commit(offsets)
+                return
+            except KafkaClientError as exc:
+                if exc.rebalanced:
+                    # the partitions moved to another member, which will read these records again;
+                    # the engine drops what it has already handled
+                    log.warning("kafka commit of %s lost to a rebalance: %s", self.group_id, exc)
+                    return
+                if attempt == 2:
+                    log.warning("kafka commit of %s failed: %s (the records will be delivered again)",
+                                self.group_id, exc)
+                    return
+                time.sleep(0.5 * (attempt + 1))
+
+    def close(self) -> None:
+        self._member.close()
+
+
+class KafkaTransport(Transport):
+    """Kafka topics, consumer groups and ``.dlq`` dead-letter topics."""
+
+    name: ClassVar[str] = "kafka"
+    description: ClassVar[str] = "Apache Kafka (or a compatible broker): topic per event, consumer group per function"
+    options: ClassVar[dict[str, str]] = {
+        "bootstrap_servers": "comma-separated host:port list of the brokers (default localhost:9092)",
+        "client": "kafka-python (default) or confluent (librdkafka, pip install 'xflow[kafka-fast]')",
+        "partitions": "partitions per topic created by setup (default 3)",
+        "replication_factor": "replicas per topic created by setup (default 1)",
+        "topic_prefix": "prepended to every topic name (default none)",
+        "session_timeout_ms": "consumer group session timeout: how soon a dead worker's partitions move (default 10000)",
+        "connect_timeout_ms": "how long to wait for the first broker connection (default 5000)",
+        "request_timeout_ms": "how long to wait for one broker request (default 15000)",
+        "publish_timeout_ms": "how long publish waits for all acknowledgements (default 30000)",
+        "client_config": "JSON object of further client settings, passed verbatim to the client",
+        **{key: "passed to the client" for key in _SECURITY_KEYS},
+    }
+
+    def __init__(self, context: PluginContext) -> None:
+        super().__init__(context)
+        self.prefix = str(context.option("topic_prefix", ""))
+        self.partitions = self._int_option("partitions", 3)
+        self.replication_factor = self._int_option("replication_factor", 1)
+        self.publish_timeout = self._int_option("publish_timeout_ms", 30000) / 1000
+        client_name = str(context.option("client", "kafka-python"))
+        if client_name not in CLIENTS:
+            raise XflowError(f"kafka transport: unknown client {client_name!r}",
+                             f"use one of: {', '.join(CLIENTS)}")
+        extra = context.option("client_config", {})
+        if isinstance(extra, str):
+            try:
+                extra = json.loads(extra)
+            except ValueError as exc:
+                raise XflowError(f"kafka transport: client_config is not JSON: {exc}",
+                                 'give a JSON object, e.g. {"linger_ms": 5}') from None
+        if not isinstance(extra, dict):
+            raise XflowError("kafka transport: client_config must be a JSON object / mapping")
+        settings = ClientSettings(
+            bootstrap_servers=str(context.option("bootstrap_servers", "localhost:9092")),
+            connect_timeout_ms=self._int_option("connect_timeout_ms", 5000),
+            request_timeout_ms=self._int_option("request_timeout_ms", 15000),
+            session_timeout_ms=self._int_option("session_timeout_ms", 10000),
+            security={k: str(context.option(k)) for k in _SECURITY_KEYS if context.option(k) is not None},
+            extra=extra,
+        )
+        self.client = CLIENTS[client_name](settings)
+        self._known_topics: set[str] = set()
+
+    def _int_option(self, key: str, default: int) -> int:
+        value = self.context.option(key, default)
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise XflowError(f"kafka transport: option {key} must be a whole number, not {value!r}") from None
+        if number < 1:
+            raise XflowError(f"kafka transport: option {key} must be at least 1, not {number}")
+        return number
+
+    def _as_error(self, doing: str, exc: KafkaClientError) -> XflowError:
+        """A client failure as a one-line XflowError."""
+        if exc.unreachable:
+            servers = self.client.settings.bootstrap_servers
+            return XflowError(f"kafka transport: cannot reach the brokers at {servers} while {doing}",
+                              _HINT_UNREACHABLE)
+        return XflowError(f"kafka transport: {doing} failed: {exc}")
+
+    def _guard(self, doing: str, call: Any) -> Any:
+        """Run a client call; client failures become one-line XflowErrors."""
+        try:
+            return call()
+        except KafkaClientError as exc:
+            raise self._as_error(doing, exc) from exc
+
+    # -- names ----------------------------------------------------------------------------
+    def stream_name(self, event: str) -> str:
+        topic = f"{self.prefix}{self.workflow_id}-{event}"
+        if not _TOPIC_NAME.match(topic):
+            raise XflowError(f"kafka transport: {topic!r} is not a valid Kafka topic name",
+                             "use letters, digits, '.', '_' and '-' in workflow ids, events and topic_prefix")
+        return topic
+
+    def group_id(self, group: str) -> str:
+        return f"{self.prefix}xflow.{self.workflow_id}.{group}"
+
+    def _owned(self, topics: dict[str, int]) -> list[str]:
+        """This workflow's topics on the cluster (and their dead-letter topics)."""
+        start = f"{self.prefix}{self.workflow_id}-"
+        found = []
+        for topic in topics:
+            if not topic.startswith(start):
+                continue
+            rest = topic[len(start):]
+            rest = rest[: -len(DLQ_SUFFIX)] if rest.endswith(DLQ_SUFFIX) else rest
+            # another workflow whose id starts with ours ("wf" vs "wf-v2") has a '-' left over
+            if rest and "-" not in rest:
+                found.append(topic)
+        return sorted(found)
+
+    def _topics(self) -> dict[str, int]:
+        topics = self._guard("listing topics", self.client.topic_partitions)
+        self._known_topics = set(topics)
+        return topics
+
+    # -- setup / teardown -----------------------------------------------------------------
+    def plan_setup(self, events: Sequence[str]) -> list[Step]:
+        existing = self._topics()
+        wanted = {self.stream_name(e) for e in events}
+        steps: list[Step] = []
+        for event in events:
+            topic = self.stream_name(event)
+            count = existing.get(topic)
+            if count is None:
+                steps.append(Step("create", f"topic:{topic}", self._creator(topic),
+                                  f"{self.partitions} partitions, replication factor {self.replication_factor}"))
+            elif count < self.partitions:
+                steps.append(Step("update", f"topic:{topic}", self._grower(topic),
+                                  f"partitions {count} -> {self.partitions}"))
+        dlq_of_wanted = {t + DLQ_SUFFIX for t in wanted}
+        for topic in self._owned(existing):
+            if topic not in wanted and topic not in dlq_of_wanted:
+                steps.append(Step("delete", f"topic:{topic}", self._deleter([topic]), "no longer in the workflow"))
+        return steps
+
+    def plan_teardown(self, events: Sequence[str]) -> list[Step]:
+        existing = self._topics()
+        return [Step("delete", f"topic:{topic}", self._deleter([topic])) for topic in self._owned(existing)]
+
+    def _creator(self, topic: str, partitions: int | None = None) -> Any:
+        def apply() -> None:
+            self._create(topic, partitions or self.partitions)
+        return apply
+
+    def _create(self, topic: str, partitions: int) -> None:
+        try:
+            self.client.create_topic(topic, partitions, self.replication_factor)
+        except KafkaClientError as exc:
+            if not exc.exists:
+                raise self._as_error(f"creating topic {topic}", exc) from exc
+        self._wait_for(topic, present=True)
+
+    def _grower(self, topic: str) -> Any:
+        def apply() -> None:
+            self._guard(f"adding partitions to {topic}", lambda: self.client.add_partitions(topic, self.partitions))
+        return apply
+
+    def _deleter(self, topics: list[str]) -> Any:
+        def apply() -> None:
+            try:
+                self.client.delete_topics(topics)
+            except KafkaClientError as exc:
+                if not exc.missing:
+                    raise self._as_error("deleting topics", exc) from exc
+            for topic in topics:
+                self._wait_for(topic, present=False)
+        return apply
+
+    def _wait_for(self, topic: str, present: bool, timeout: float = 15.0) -> None:
+        """Topic creation and deletion are asynchronous on the broker: wait until metadata agrees."""
+        deadline = time.monotonic() + timeout
+        while (topic in self._topics()) != present:
+            if time.monotonic() > deadline:
+                state = "appear" if present else "go away"
+                raise XflowError(f"kafka transport: topic {topic} did not {state} within {timeout:.0f} s")
+            time.sleep(0.2)
+
+    # -- publish --------------------------------------------------------------------------
+    def _require(self, topic: str, event: str) -> None:
+        if topic in self._known_topics or topic in self._topics():
+            return
+        raise XflowError(f"kafka transport: topic {topic} for event {event!r} does not exist",
+                         "run `xflow setup FILE --transport kafka` first")
+
+    def publish(self, event: str, records: Sequence[Record]) -> None:
+        if not records:
+            return
+        topic = self.stream_name(event)
+        for record in records:
+            if len(record.value) > self.max_record_bytes:
+                raise XflowError(
+                    f"kafka transport: a record of {len(record.value)} bytes for {event!r} "
+                    f"(execution {record.key}) is over the limit of {self.max_record_bytes} bytes",
+                    "publish a reference (a path or URL) instead of the payload")
+        self._require(topic, event)
+        outgoing = [Outgoing(topic, r.key.encode("utf-8"), r.value) for r in records]
+        self._send(outgoing, f"publishing {event!r}")
+
+    def _send(self, outgoing: list[Outgoing], doing: str) -> None:
+        try:
+            self.client.produce(outgoing, self.publish_timeout)
+        except KafkaClientError as exc:
+            if exc.too_large:
+                raise XflowError(f"kafka transport: the broker refused a record as too large while {doing}",
+                                 "publish a reference (a path or URL) instead of the payload") from exc
+            if exc.missing:
+                raise XflowError(f"kafka transport: a topic is missing while {doing}",
+                                 "run `xflow setup FILE --transport kafka` first") from exc
+            raise self._as_error(doing, exc) from exc
+
+    # -- consume --------------------------------------------------------------------------
+    def _offset_reset(self, group: str) -> str:
+        workflow = self.context.workflow
+        function = workflow.functions.get(group) if workflow is not None else None
+        if function is not None and function.starting_position.upper() == "LATEST":
+            return "latest"
+        return "earliest"
+
+    def subscribe(self, group: str, events: Sequence[str]) -> Consumer:
+        topics = {self.stream_name(e): e for e in events}
+        for topic, event in topics.items():
+            self._require(topic, event)
+        return KafkaConsumer(self, self.group_id(group), topics)
+
+    def dead_letter(self, group: str, delivery: Delivery, reason: str) -> None:
+        topic = self.stream_name(delivery.event) + DLQ_SUFFIX
+        if topic not in self._known_topics and topic not in self._topics():
+            self._create(topic, self.partitions)
+        headers = (
+            ("xflow-reason", reason.encode("utf-8", "replace")[:16000]),
+            ("xflow-group", group.encode("utf-8")),
+            ("xflow-event", delivery.event.encode("utf-8")),
+            ("xflow-partition", delivery.partition.encode("utf-8")),
+            ("xflow-offset", delivery.position.encode("utf-8")),
+        )
+        key = delivery.key.encode("utf-8") if delivery.key is not None else None
+        self._send([Outgoing(topic, key, delivery.value, headers)], f"dead-lettering to {topic}")
+
+    def close(self) -> None:
+        self.client.close()
+
+
+@hookimpl
+def xflow_transports() -> list[type[Transport]]:
+    return [KafkaTransport]

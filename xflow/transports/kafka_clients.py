@@ -1,0 +1,437 @@
+"""The two Kafka client libraries behind the ``kafka`` transport, reduced to what it needs.
+
+:class:`PythonKafkaClient` wraps kafka-python (pure Python, the default); :class:`ConfluentClient`
+wraps confluent-kafka (librdkafka, ``client: confluent``, many times faster). Both offer the same
+small surface: topic admin, a producer that sends a batch and waits for every acknowledgement,
+and a consumer-group member with manual commits. Client libraries are imported when a client
+is built, never at import time; every client error leaves here as :class:`KafkaClientError`
+(with ``unreachable`` / ``too_large`` / ``rebalanced`` flags the transport turns into messages).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from xflow.core.errors import XflowError
+
+log = logging.getLogger("xflow.kafka")
+
+
+class KafkaClientError(Exception):
+    """A failure reported by a client library, classified."""
+
+    def __init__(self, message: str, *, unreachable: bool = False, too_large: bool = False,
+                 rebalanced: bool = False, exists: bool = False, missing: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
+        self.too_large = too_large
+        self.rebalanced = rebalanced
+        self.exists = exists
+        self.missing = missing
+
+
+@dataclass(frozen=True)
+class Message:
+    """A record read by a consumer."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A record to produce."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """Everything a client needs, in the transport's own (kafka-python style) names."""
+
+    bootstrap_servers: str
+    connect_timeout_ms: int
+    request_timeout_ms: int
+    session_timeout_ms: int
+    security: Mapping[str, str]
+    extra: Mapping[str, Any]
+
+
+def _install_hint(package: str, extra: str) -> XflowError:
+    return XflowError(f"the kafka transport needs the {package} package, which is not installed",
+                      f"pip install 'xflow[{extra}]'")
+
+
+class PythonKafkaClient:
+    """kafka-python: admin, producer and consumers created on first use."""
+
+    name = "kafka-python"
+
+    def __init__(self, settings: ClientSettings) -> None:
+        try:
+            import kafka  # noqa: F401
+        except ImportError:
+            raise _install_hint("kafka-python", "kafka") from None
+        self.settings = settings
+        self._admin: Any = None
+        self._producer: Any = None
+
+    def _common(self) -> dict[str, Any]:
+        s = self.settings
+        config: dict[str, Any] = {
+            "bootstrap_servers": s.bootstrap_servers.split(","),
+            "bootstrap_timeout_ms": s.connect_timeout_ms,
+            "request_timeout_ms": s.request_timeout_ms,
+            "reconnect_backoff_max_ms": 2000,
+        }
+        config.update(s.security)
+        return config
+
+    def _error(self, exc: BaseException, doing: str) -> KafkaClientError:
+        from kafka import errors
+
+        text = f"{doing}: {type(exc).__name__}: {exc}"
+        if isinstance(exc, errors.KafkaTimeoutError | errors.KafkaConnectionError | errors.NodeNotReadyError):
+            return KafkaClientError(text, unreachable=True)
+        if isinstance(exc, errors.MessageSizeTooLargeError | errors.RecordListTooLargeError):
+            return KafkaClientError(text, too_large=True)
+        if isinstance(exc, errors.TopicAlreadyExistsError):
+            return KafkaClientError(text, exists=True)
+        if isinstance(exc, errors.UnknownTopicOrPartitionError):
+            return KafkaClientError(text, missing=True)
+        if isinstance(exc, errors.CommitFailedError | errors.RebalanceInProgressError
+                      | errors.IllegalGenerationError | errors.UnknownMemberIdError):
+            return KafkaClientError(text, rebalanced=True)
+        return KafkaClientError(text)
+
+    def _call(self, doing: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        from kafka import errors
+
+        try:
+            return fn(*args, **kwargs)
+        except errors.KafkaError as exc:
+            raise self._error(exc, doing) from exc
+
+    @property
+    def admin(self) -> Any:
+        if self._admin is None:
+            from kafka import KafkaAdminClient
+
+            self._admin = self._call("connecting", KafkaAdminClient, **self._common(), **self.settings.extra)
+        return self._admin
+
+    # -- topics ---------------------------------------------------------------------------
+    def topic_partitions(self) -> dict[str, int]:
+        """Every topic of the cluster and its partition count."""
+        topics = self._call("listing topics", self.admin.describe_topics)
+        return {t["name"]: len(t["partitions"]) for t in topics if not t.get("is_internal")}
+
+    def create_topic(self, topic: str, partitions: int, replication_factor: int) -> None:
+        spec = {topic: {"num_partitions": partitions, "replication_factor": replication_factor}}
+        self._call(f"creating topic {topic}", self.admin.create_topics, spec)
+
+    def add_partitions(self, topic: str, total: int) -> None:
+        self._call(f"adding partitions to {topic}", self.admin.create_partitions, {topic: total})
+
+    def delete_topics(self, topics: Sequence[str]) -> None:
+        self._call("deleting topics", self.admin.delete_topics, list(topics))
+
+    # -- producing ------------------------------------------------------------------------
+    def produce(self, records: Sequence[Outgoing], timeout: float) -> None:
+        """Send every record and wait until each is acknowledged by all in-sync replicas."""
+        if self._producer is None:
+            from kafka import KafkaProducer
+
+            self._producer = self._call(
+                "connecting", KafkaProducer, acks="all", retries=5, linger_ms=0,
+                max_block_ms=int(timeout * 1000), delivery_timeout_ms=max(int(timeout * 1000), 2000),
+                max_request_size=16 * 1024 * 1024, allow_auto_create_topics=False,
+                **self._common(), **self.settings.extra,
+            )
+        producer = self._producer
+        futures = [
+            self._call("sending", producer.send, r.topic, key=r.key, value=r.value,
+                       headers=[(k, v) for k, v in r.headers] or None)
+            for r in records
+        ]
+        self._call("flushing", producer.flush, timeout)
+        for future in futures:
+            self._call("sending", future.get, timeout)
+
+    # -- consuming ------------------------------------------------------------------------
+    def consumer(self, group_id: str, topics: Sequence[str], offset_reset: str) -> PythonKafkaConsumer:
+        from kafka import KafkaConsumer
+
+        session = self.settings.session_timeout_ms
+        consumer = self._call(
+            "connecting", KafkaConsumer, group_id=group_id, enable_auto_commit=False,
+            auto_offset_reset=offset_reset, session_timeout_ms=session,
+            heartbeat_interval_ms=max(100, session // 3), allow_auto_create_topics=False,
+            **self._common(), **self.settings.extra,
+        )
+        self._call("subscribing", consumer.subscribe, list(topics))
+        return PythonKafkaConsumer(self, consumer)
+
+    def close(self) -> None:
+        for client in (self._producer, self._admin):
+            if client is not None:
+                try:
+                    client.close()
+                except Exception as exc:  # closing must not mask what happened before
+                    log.debug("closing kafka-python client: %s", exc)
+        self._producer = self._admin = None
+
+
+class PythonKafkaConsumer:
+    def __init__(self, client: PythonKafkaClient, consumer: Any) -> None:
+        self.client = client
+        self.consumer = consumer
+
+    def poll(self, max_records: int, timeout: float) -> list[Message]:
+        batches = self.client._call("polling", self.consumer.poll, timeout_ms=int(timeout * 1000),
+                                    max_records=max_records)
+        return [
+            Message(m.topic, m.partition, m.offset, m.key, m.value)
+            for tp in sorted(batches, key=lambda tp: (tp.topic, tp.partition))
+            for m in batches[tp]
+        ]
+
+    def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        from kafka import OffsetAndMetadata, TopicPartition
+
+        self.client._call("committing offsets", self.consumer.commit, {
+            TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
+            for (topic, partition), offset in offsets.items()
+        })
+
+    def close(self) -> None:
+        try:
+            self.consumer.close(autocommit=False)
+        except Exception as exc:
+            log.debug("closing kafka-python consumer: %s", exc)
+
+
+_CONFLUENT_NAMES = {
+    "security_protocol": "security.protocol",
+    "sasl_mechanism": "sasl.mechanism",
+    "sasl_plain_username": "sasl.username",
+    "sasl_plain_password": "sasl.password",
+    "ssl_cafile": "ssl.ca.location",
+    "ssl_certfile": "ssl.certificate.location",
+    "ssl_keyfile": "ssl.key.location",
+    "ssl_password": "ssl.key.password",
+}
+
+
+class ConfluentClient:
+    """confluent-kafka (librdkafka)."""
+
+    name = "confluent"
+
+    def __init__(self, settings: ClientSettings) -> None:
+        try:
+            import confluent_kafka  # noqa: F401
+        except ImportError:
+            raise _install_hint("confluent-kafka", "kafka-fast") from None
+        self.settings = settings
+        self._admin: Any = None
+        self._producer: Any = None
+
+    def _common(self) -> dict[str, Any]:
+        s = self.settings
+        config: dict[str, Any] = {
+            "bootstrap.servers": s.bootstrap_servers,
+            "socket.timeout.ms": s.request_timeout_ms,
+            "reconnect.backoff.max.ms": 2000,
+        }
+        for key, value in s.security.items():
+            config[_CONFLUENT_NAMES.get(key, key)] = value
+        return config
+
+    def _error(self, exc: BaseException, doing: str) -> KafkaClientError:
+        from confluent_kafka import KafkaError, KafkaException
+
+        code = None
+        if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+            code = exc.args[0].code()
+        text = f"{doing}: {exc}"
+        if code in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT,
+                    KafkaError._MSG_TIMED_OUT, KafkaError.REQUEST_TIMED_OUT):
+            return KafkaClientError(text, unreachable=True)
+        if code in (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError._MSG_SIZE_TOO_LARGE):
+            return KafkaClientError(text, too_large=True)
+        if code == KafkaError.TOPIC_ALREADY_EXISTS:
+            return KafkaClientError(text, exists=True)
+        if code in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
+            return KafkaClientError(text, missing=True)
+        if code in (KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION,
+                    KafkaError.UNKNOWN_MEMBER_ID, KafkaError._NO_OFFSET, KafkaError._ASSIGNMENT_LOST,
+                    KafkaError._STATE):
+            return KafkaClientError(text, rebalanced=True)
+        return KafkaClientError(text)
+
+    def _wait(self, doing: str, futures: Mapping[str, Any], timeout: float) -> None:
+        from confluent_kafka import KafkaException
+
+        for future in futures.values():
+            try:
+                future.result(timeout)
+            except KafkaException as exc:
+                raise self._error(exc, doing) from exc
+            except TimeoutError as exc:
+                raise KafkaClientError(f"{doing}: no answer in {timeout:.0f} s", unreachable=True) from exc
+
+    @property
+    def admin(self) -> Any:
+        if self._admin is None:
+            from confluent_kafka.admin import AdminClient
+
+            self._admin = AdminClient({**self._common(), **self.settings.extra})
+        return self._admin
+
+    @property
+    def _timeout(self) -> float:
+        return self.settings.connect_timeout_ms / 1000
+
+    def topic_partitions(self) -> dict[str, int]:
+        from confluent_kafka import KafkaException
+
+        try:
+            metadata = self.admin.list_topics(timeout=self._timeout)
+        except KafkaException as exc:
+            raise self._error(exc, "listing topics") from exc
+        return {name: len(t.partitions) for name, t in metadata.topics.items() if not name.startswith("__")}
+
+    def create_topic(self, topic: str, partitions: int, replication_factor: int) -> None:
+        from confluent_kafka.admin import NewTopic
+
+        futures = self.admin.create_topics([NewTopic(topic, partitions, replication_factor)],
+                                           request_timeout=self.settings.request_timeout_ms / 1000)
+        self._wait(f"creating topic {topic}", futures, self.settings.request_timeout_ms / 1000)
+
+    def add_partitions(self, topic: str, total: int) -> None:
+        from confluent_kafka.admin import NewPartitions
+
+        futures = self.admin.create_partitions([NewPartitions(topic, total)])
+        self._wait(f"adding partitions to {topic}", futures, self.settings.request_timeout_ms / 1000)
+
+    def delete_topics(self, topics: Sequence[str]) -> None:
+        futures = self.admin.delete_topics(list(topics), request_timeout=self.settings.request_timeout_ms / 1000)
+        self._wait("deleting topics", futures, self.settings.request_timeout_ms / 1000)
+
+    def produce(self, records: Sequence[Outgoing], timeout: float) -> None:
+        from confluent_kafka import KafkaException, Producer
+
+        if self._producer is None:
+            self._producer = Producer({
+                **self._common(), "acks": "all", "linger.ms": 0, "enable.idempotence": False,
+                "message.timeout.ms": max(int(timeout * 1000), 2000), "message.max.bytes": 16 * 1024 * 1024,
+                **self.settings.extra,
+            })
+        producer = self._producer
+        failures: list[Any] = []
+
+        def delivered(err: Any, _msg: Any) -> None:
+            if err is not None:
+                failures.append(err)
+
+        for r in records:
+            while True:
+                try:
+                    producer.produce(r.topic, value=r.value, key=r.key, headers=list(r.headers) or None,
+                                     on_delivery=delivered)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+                except KafkaException as exc:
+                    raise self._error(exc, "sending") from exc
+        deadline = time.monotonic() + timeout + 1
+        while producer.flush(0.5) > 0:
+            if time.monotonic() > deadline:
+                raise KafkaClientError(f"sending: not acknowledged within {timeout:.0f} s", unreachable=True)
+        if failures:
+            raise self._error(KafkaException(failures[0]), "sending")
+
+    def consumer(self, group_id: str, topics: Sequence[str], offset_reset: str) -> ConfluentConsumer:
+        from confluent_kafka import Consumer
+
+        consumer = Consumer({
+            **self._common(), "group.id": group_id, "enable.auto.commit": False,
+            "enable.auto.offset.store": False, "auto.offset.reset": offset_reset,
+            "session.timeout.ms": self.settings.session_timeout_ms,
+            "heartbeat.interval.ms": max(100, self.settings.session_timeout_ms // 3),
+            "fetch.queue.backoff.ms": 10, "allow.auto.create.topics": False,
+            **self.settings.extra,
+        })
+        consumer.subscribe(list(topics))
+        return ConfluentConsumer(self, consumer)
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(1)
+        self._producer = self._admin = None
+
+
+class ConfluentConsumer:
+    def __init__(self, client: ConfluentClient, consumer: Any) -> None:
+        self.client = client
+        self.consumer = consumer
+
+    def poll(self, max_records: int, timeout: float) -> list[Message]:
+        from confluent_kafka import KafkaError, KafkaException
+
+        try:
+            messages = self.consumer.consume(num_messages=max_records, timeout=timeout)
+        except KafkaException as exc:
+            raise self.client._error(exc, "polling") from exc
+        found = []
+        for m in messages:
+            err = m.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("kafka consumer: %s", err)
+                continue
+            found.append(Message(m.topic(), m.partition(), m.offset(), m.key(), m.value() or b""))
+        # consume() interleaves partitions but keeps each partition's order; a stable sort keeps it
+        found.sort(key=lambda m: (m.topic, m.partition))
+        return found
+
+    def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        from confluent_kafka import KafkaException, TopicPartition
+
+        try:
+            self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                                 asynchronous=False)
+        except KafkaException as exc:
+            raise self.client._error(exc, "committing offsets") from exc
+
+    def close(self) -> None:
+        try:
+            self.consumer.close()
+        except Exception as exc:
+            log.debug("closing confluent consumer: %s", exc)
+
+
+CLIENTS: dict[str, type[PythonKafkaClient] | type[ConfluentClient]] = {
+    "kafka-python": PythonKafkaClient,
+    "confluent": ConfluentClient,
+}
+
+
+def group_offsets(entries: Iterable[tuple[str, int, int]]) -> dict[tuple[str, int], int]:
+    """The offsets to commit: the highest offset + 1 per (topic, partition)."""
+    offsets: dict[tuple[str, int], int] = {}
+    for topic, partition, offset in entries:
+        key = (topic, partition)
+        offsets[key] = max(offsets.get(key, 0), offset + 1)
+    return offsets
