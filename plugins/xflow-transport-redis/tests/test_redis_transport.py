@@ -1,0 +1,152 @@
+"""The redis transport against a real redis-server: the conformance kit, then what only Redis does."""
+
+from __future__ import annotations
+
+import pytest
+from xflow_transport_redis.transport import RedisTransport
+
+from xflow.core.errors import XflowError
+from xflow.core.interfaces import PluginContext, Record
+from xflow.testing import TransportContract, apply_steps, drain, new_workflow_id
+
+
+class TestRedisTransport(TransportContract):
+    @pytest.fixture
+    def transport_factory(self, redis_url, tmp_path):
+        return lambda workflow_id: RedisTransport(PluginContext(workflow_id, {"url": redis_url}, tmp_path))
+
+
+class TestRedisTransportOnePartition(TransportContract):
+    @pytest.fixture
+    def transport_factory(self, redis_url, tmp_path):
+        options = {"url": redis_url, "partitions": "1", "maxlen": "1000"}
+        return lambda workflow_id: RedisTransport(PluginContext(workflow_id, options, tmp_path))
+
+
+@pytest.fixture
+def make(redis_url, tmp_path):
+    """Build redis transports on one fresh workflow; tear it down at the end."""
+    workflow_id = new_workflow_id("redis")
+    made: list[RedisTransport] = []
+
+    def build(**options: str) -> RedisTransport:
+        transport = RedisTransport(PluginContext(workflow_id, {"url": redis_url, **options}, tmp_path))
+        made.append(transport)
+        return transport
+
+    yield build
+    if made:
+        apply_steps(made[0].plan_teardown(["Uploaded"]))
+    for transport in made:
+        transport.close()
+
+
+def test_a_killed_consumers_deliveries_go_to_another_after_claim_idle(make):
+    transport = make(claim_idle="0.5", partitions="2")
+    apply_steps(transport.plan_setup(["Uploaded"]))
+    values = [f'{{"i": {i}}}'.encode() for i in range(6)]
+    transport.publish("Uploaded", [Record(f"exec-{i % 3}", v) for i, v in enumerate(values)])
+    doomed = transport.subscribe("reader", ["Uploaded"])
+    assert len(drain(doomed, 6, 10)) == 6  # read, never committed, never closed: the worker was killed
+
+    survivor = make(claim_idle="0.5").subscribe("reader", ["Uploaded"])
+    got = drain(survivor, 6, 20)
+    assert sorted(d.value for d in got) == sorted(values)
+    for key in ("exec-0", "exec-1", "exec-2"):
+        assert [d.value for d in got if d.key == key] == [v for i, v in enumerate(values) if f"exec-{i % 3}" == key]
+    survivor.commit(got)
+    survivor.close()
+
+
+def test_consumers_of_one_group_split_the_partitions_and_keep_order(make):
+    transport = make(partitions="4")
+    apply_steps(transport.plan_setup(["Uploaded"]))
+    first = transport.subscribe("reader", ["Uploaded"])
+    second = make().subscribe("reader", ["Uploaded"])
+    first.rebalance(force=True)
+    assert len(first.owned) == 4
+    second.rebalance(force=True)
+    first.rebalance(force=True)  # gives up what is over its share now that two are alive
+    second.rebalance(force=True)
+    assert len(first.owned) == len(second.owned) == 2
+    assert not first.owned & second.owned
+
+    sent = [Record(f"exec-{i % 8}", f'{{"i": {i}}}'.encode()) for i in range(80)]
+    transport.publish("Uploaded", sent)
+    received = []
+    for _ in range(40):
+        for consumer in (first, second):
+            batch = consumer.poll(7, 0.2)
+            assert {(d.event, int(d.partition)) for d in batch} <= consumer.owned
+            consumer.commit(batch)
+            received.extend(batch)
+        if len(received) >= 80:
+            break
+    assert sorted(d.value for d in received) == sorted(r.value for r in sent)
+    for key in {r.key for r in sent}:
+        assert [d.value for d in received if d.key == key] == [r.value for r in sent if r.key == key]
+    first.close()
+    second.close()
+
+
+def test_dead_letters_are_kept_with_their_reason(make):
+    transport = make()
+    apply_steps(transport.plan_setup(["Uploaded"]))
+    transport.publish("Uploaded", [Record("e1", b"\xff not json")])
+    consumer = transport.subscribe("reader", ["Uploaded"])
+    [delivery] = drain(consumer, 1, 10)
+    transport.dead_letter("reader", delivery, "not a JSON document")
+    consumer.commit([delivery])
+    [letter] = transport.dead_letters()
+    assert letter["reason"] == "not a JSON document"
+    assert letter["value"] == b"\xff not json"
+    assert (letter["group"], letter["event"], letter["key"]) == ("reader", "Uploaded", "e1")
+    consumer.close()
+    teardown = transport.plan_teardown(["Uploaded"])
+    assert "consumer-state:" + transport.workflow_id in [s.resource for s in teardown]
+
+
+def test_an_unreachable_server_is_one_clear_error(tmp_path):
+    from plugin_servers import free_port
+
+    url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
+    transport = RedisTransport(PluginContext(new_workflow_id(), {"url": url}, tmp_path))
+    with pytest.raises(XflowError) as caught:
+        transport.plan_setup(["Uploaded"])
+    message = str(caught.value)
+    assert "cannot reach redis://:***@127.0.0.1" in message
+    assert "s3cret" not in message
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"url": "http://localhost"}, "not a redis:// URL"),
+    ({"partitions": "many"}, "not a whole number"),
+    ({"partitions": "0"}, "at least 1"),
+    ({"claim_idle": "soon"}, "not a number of seconds"),
+])
+def test_bad_options_are_clear_errors(tmp_path, options, words):
+    with pytest.raises(XflowError, match=words):
+        RedisTransport(PluginContext("w", options, tmp_path))
+
+
+def test_shrinking_partitions_is_refused(make):
+    apply_steps(make(partitions="4").plan_setup(["Uploaded"]))
+    with pytest.raises(XflowError, match="would drop some"):
+        make(partitions="2").plan_setup(["Uploaded"])
+    grow = make(partitions="6").plan_setup(["Uploaded"])
+    assert [(s.action, s.detail) for s in grow] == [("update", "partitions 4 -> 6")]
+
+
+def test_installed_plugin_is_found_by_name_and_checks_option_keys():
+    from xflow.core.plugins import PluginRegistry, check_options
+
+    info = PluginRegistry().get("transport", "redis")
+    assert info.cls is RedisTransport
+    assert info.distribution == "xflow-transport-redis"
+    with pytest.raises(XflowError, match="it accepts: claim_idle, maxlen, partitions, url"):
+        check_options(info, {"host": "x"}, "--option")
+
+
+def test_url_comes_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("XFLOW_REDIS_URL", "redis://example.invalid:6390/2")
+    assert RedisTransport(PluginContext("w", {}, tmp_path)).url == "redis://example.invalid:6390/2"

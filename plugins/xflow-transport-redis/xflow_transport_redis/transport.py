@@ -1,0 +1,493 @@
+"""The ``redis`` transport: xflow events on Redis Streams, one consumer group per function.
+
+Connection: option ``url`` (``redis://[:PASSWORD@]HOST:PORT/DB`` or ``rediss://`` for TLS),
+also read from ``XFLOW_REDIS_URL``; default ``redis://localhost:6379/0``. Needs Redis ≥ 6.2.
+
+What it supports: at-least-once delivery (entries are acknowledged with XACK only when the
+worker commits them); order per ``execution_id`` with any number of workers per function;
+a killed worker's deliveries redelivered to the others after ``claim_idle`` seconds;
+dead letters kept in a stream; optional trimming of old entries (``maxlen``).
+
+How it lays out a workflow ``W`` on the server (every key starts with ``xflow:{W}:``):
+
+- ``xflow:{W}:streams`` — a hash, event name → number of partitions, written by setup;
+- ``xflow:{W}:s:EVENT:P`` — one stream per event and partition ``P``; an entry holds
+  ``k`` (the execution id) and ``v`` (the message); a record goes to partition
+  ``crc32(execution_id) % partitions``, so one execution's events stay in order;
+- ``xflow:{W}:g:GROUP:members`` — a sorted set of the group's live consumers (heartbeats);
+- ``xflow:{W}:g:GROUP:lease:EVENT:P`` — the consumer that reads that partition now. A
+  consumer takes at most its fair share of partitions and renews its leases on every poll;
+  the lease of a consumer that stopped polling expires after ``claim_idle`` seconds, and the
+  next owner takes over the partition's pending entries with XAUTOCLAIM before reading new ones;
+- ``xflow:{W}:dead`` — dead letters (group, event, partition, position, key, value, reason).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import socket
+import time
+import uuid
+import zlib
+from collections import deque
+from collections.abc import Iterator, Sequence
+from functools import partial
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from xflow.core.errors import XflowError
+from xflow.core.interfaces import Consumer, Delivery, PluginContext, Record, Step, Transport
+
+DEFAULT_URL = "redis://localhost:6379/0"
+DEFAULT_PARTITIONS = 4
+DEFAULT_CLAIM_IDLE = 30.0
+SETUP_GROUP = "xflow-setup"
+DEAD_LETTER_MAXLEN = 100_000
+
+_HEARTBEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
+redis.call('PEXPIRE', KEYS[1], ttl * 2)
+return redis.call('ZCARD', KEYS[1])
+"""
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _import_redis() -> Any:
+    try:
+        import redis
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise XflowError("the redis transport needs the 'redis' package",
+                         "pip install xflow-transport-redis (or: pip install redis)") from None
+    return redis
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _id_tuple(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+class RedisTransport(Transport):
+    """Redis Streams: one stream per event (split in partitions), consumer groups per function."""
+
+    name = "redis"
+    description = "Redis Streams with consumer groups (url=redis://HOST:PORT/DB)"
+    options = {
+        "url": f"redis://[:PASSWORD@]HOST:PORT/DB of the server (default {DEFAULT_URL})",
+        "partitions": f"sub-streams per event; one execution's events stay in one, in order (default "
+                      f"{DEFAULT_PARTITIONS}); read when setup creates a stream",
+        "maxlen": "keep about this many entries per sub-stream, trimming the oldest (default: keep all)",
+        "claim_idle": f"seconds after which a silent consumer's partitions and unacknowledged deliveries "
+                      f"go to the group's other consumers (default {DEFAULT_CLAIM_IDLE:g})",
+    }
+    max_record_bytes = 1_000_000
+
+    def __init__(self, context: PluginContext) -> None:
+        super().__init__(context)
+        self.url = str(context.option("url") or os.environ.get("XFLOW_REDIS_URL") or DEFAULT_URL)
+        if not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise XflowError(f"redis transport: option url={self.url!r} is not a redis:// URL",
+                             "use --option url=redis://HOST:PORT/DB")
+        self.partitions = self._int_option("partitions", DEFAULT_PARTITIONS, minimum=1)
+        maxlen = context.option("maxlen")
+        self.maxlen = None if maxlen is None else self._int_option("maxlen", 0, minimum=1)
+        self.claim_idle = self._float_option("claim_idle", DEFAULT_CLAIM_IDLE, minimum=0.2)
+        self.prefix = f"xflow:{{{self.workflow_id}}}:"
+        self._redis: Any = None
+        self._scripts: dict[str, Any] = {}
+        self._partition_counts: dict[str, int] = {}
+
+    # -- options and connection ----------------------------------------------------------------
+
+    def _int_option(self, key: str, default: int, minimum: int) -> int:
+        raw = self.context.option(key, default)
+        try:
+            value = int(raw)
+        except (TypeError, ValueError):
+            raise XflowError(f"redis transport: option {key}={raw!r} is not a whole number") from None
+        if value < minimum:
+            raise XflowError(f"redis transport: option {key}={value} must be at least {minimum}")
+        return value
+
+    def _float_option(self, key: str, default: float, minimum: float) -> float:
+        raw = self.context.option(key, default)
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise XflowError(f"redis transport: option {key}={raw!r} is not a number of seconds") from None
+        if value < minimum:
+            raise XflowError(f"redis transport: option {key}={value:g} must be at least {minimum:g} seconds")
+        return value
+
+    @property
+    def client(self) -> Any:
+        if self._redis is None:
+            redis = _import_redis()
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
+            self._redis = redis.Redis.from_url(
+                self.url, socket_connect_timeout=3, socket_timeout=15, retry=Retry(NoBackoff(), 1),
+                health_check_interval=30,
+            )
+        return self._redis
+
+    def script(self, name: str, source: str) -> Any:
+        if name not in self._scripts:
+            self._scripts[name] = self.client.register_script(source)
+        return self._scripts[name]
+
+    @contextlib.contextmanager
+    def talking(self, doing: str) -> Iterator[None]:
+        """Turn an unreachable server into one clear XflowError."""
+        redis = _import_redis()
+        try:
+            yield
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise XflowError(f"redis transport: cannot reach {_safe_url(self.url)} while {doing}: {exc}",
+                             "start redis-server, or pass --option url=redis://HOST:PORT/DB "
+                             "(or set XFLOW_REDIS_URL)") from None
+
+    def close(self) -> None:
+        if self._redis is not None:
+            with contextlib.suppress(Exception):
+                self._redis.close()
+            self._redis = None
+
+    # -- key names -----------------------------------------------------------------------------
+
+    @property
+    def registry_key(self) -> str:
+        return self.prefix + "streams"
+
+    def partition_key(self, event: str, partition: int) -> str:
+        return f"{self.prefix}s:{event}:{partition}"
+
+    def group_key(self, group: str, suffix: str) -> str:
+        return f"{self.prefix}g:{group}:{suffix}"
+
+    @property
+    def dead_letter_key(self) -> str:
+        return self.prefix + "dead"
+
+    # -- setup / teardown ----------------------------------------------------------------------
+
+    def _existing(self) -> dict[str, int]:
+        with self.talking("reading which streams exist"):
+            raw = self.client.hgetall(self.registry_key)
+        return {_text(k): int(v) for k, v in raw.items()}
+
+    def plan_setup(self, events: Sequence[str]) -> list[Step]:
+        existing = self._existing()
+        steps: list[Step] = []
+        for event in events:
+            resource = f"stream:{self.stream_name(event)}"
+            have = existing.get(event)
+            if have is None:
+                steps.append(Step("create", resource, partial(self._create, event, 0, self.partitions),
+                                  f"{self.partitions} partitions"))
+            elif have < self.partitions:
+                steps.append(Step("update", resource, partial(self._create, event, have, self.partitions),
+                                  f"partitions {have} -> {self.partitions}"))
+            elif have > self.partitions:
+                raise XflowError(
+                    f"redis transport: stream {self.stream_name(event)} has {have} partitions; "
+                    f"partitions={self.partitions} would drop some",
+                    "keep partitions at least as large, or run xflow teardown first")
+        for event in existing:
+            if event not in events:
+                steps.append(Step("delete", f"stream:{self.stream_name(event)}", partial(self._delete, event)))
+        return steps
+
+    def _create(self, event: str, first: int, count: int) -> None:
+        with self.talking(f"creating stream {self.stream_name(event)}"):
+            pipe = self.client.pipeline(transaction=True)
+            for p in range(first, count):
+                # a stream key exists only with an entry or a group: make one, then drop the group
+                pipe.xgroup_create(self.partition_key(event, p), SETUP_GROUP, id="$", mkstream=True)
+                pipe.xgroup_destroy(self.partition_key(event, p), SETUP_GROUP)
+            pipe.hset(self.registry_key, event, count)
+            pipe.execute()
+        self._partition_counts.pop(event, None)
+
+    def _delete(self, event: str) -> None:
+        with self.talking(f"deleting stream {self.stream_name(event)}"):
+            count = int(self.client.hget(self.registry_key, event) or 0)
+            keys = [self.partition_key(event, p) for p in range(count)]
+            keys += list(self.client.scan_iter(match=_glob_escape(self.prefix) + "g:*:lease:" + _glob_escape(event)
+                                               + ":*", count=500))
+            pipe = self.client.pipeline(transaction=True)
+            if keys:
+                pipe.delete(*keys)
+            pipe.hdel(self.registry_key, event)
+            pipe.execute()
+        self._partition_counts.pop(event, None)
+
+    def _other_keys(self) -> list[bytes]:
+        """Consumer-group state and dead letters: every key of the workflow but its streams."""
+        with self.talking("listing the workflow's keys"):
+            found = self.client.scan_iter(match=_glob_escape(self.prefix) + "*", count=500)
+            return [k for k in found if not _text(k).startswith((self.prefix + "s:", self.registry_key))]
+
+    def _delete_keys(self) -> None:
+        keys = self._other_keys()
+        if keys:
+            with self.talking("deleting consumer state"):
+                self.client.delete(*keys)
+
+    def plan_teardown(self, events: Sequence[str]) -> list[Step]:
+        steps = [Step("delete", f"stream:{self.stream_name(event)}", partial(self._delete, event))
+                 for event in self._existing()]
+        if self._other_keys():
+            steps.append(Step("delete", f"consumer-state:{self.workflow_id}", self._delete_keys,
+                              "consumer groups, leases and dead letters"))
+        return steps
+
+    # -- publish -------------------------------------------------------------------------------
+
+    def partition_count(self, event: str) -> int:
+        count = self._partition_counts.get(event)
+        if count is None:
+            with self.talking(f"looking up stream {self.stream_name(event)}"):
+                raw = self.client.hget(self.registry_key, event)
+            if raw is None:
+                raise XflowError(f"redis transport: stream {self.stream_name(event)} does not exist on "
+                                 f"{_safe_url(self.url)}", "run xflow setup first")
+            count = self._partition_counts[event] = int(raw)
+        return count
+
+    def partition_of(self, key: str, count: int) -> int:
+        return zlib.crc32(key.encode("utf-8")) % count
+
+    def publish(self, event: str, records: Sequence[Record]) -> None:
+        for record in records:
+            if len(record.value) > self.max_record_bytes:
+                raise XflowError(
+                    f"redis transport: a {event} record of execution {record.key!r} is {len(record.value)} bytes; "
+                    f"at most {self.max_record_bytes} are accepted",
+                    "keep large data elsewhere (a file or object store) and publish a reference to it")
+        if not records:
+            return
+        count = self.partition_count(event)
+        with self.talking(f"publishing to {self.stream_name(event)}"):
+            pipe = self.client.pipeline(transaction=True)
+            for record in records:
+                key = self.partition_key(event, self.partition_of(record.key, count))
+                pipe.xadd(key, {"k": record.key.encode("utf-8"), "v": record.value}, maxlen=self.maxlen,
+                          approximate=True, nomkstream=True)
+            results = pipe.execute()
+        if any(r is None for r in results):
+            self._partition_counts.pop(event, None)
+            raise XflowError(f"redis transport: stream {self.stream_name(event)} was removed while publishing; "
+                             f"{sum(r is None for r in results)} of {len(results)} records were not stored",
+                             "run xflow setup again, then publish again")
+
+    # -- subscribe -----------------------------------------------------------------------------
+
+    def subscribe(self, group: str, events: Sequence[str]) -> Consumer:
+        return RedisConsumer(self, group, list(events))
+
+    def dead_letter(self, group: str, delivery: Delivery, reason: str) -> None:
+        fields = {
+            "group": group, "event": delivery.event, "partition": delivery.partition,
+            "position": delivery.position, "key": (delivery.key or "").encode("utf-8"),
+            "value": delivery.value, "reason": reason.encode("utf-8"), "at": f"{time.time():.3f}",
+        }
+        with self.talking("storing a dead letter"):
+            self.client.xadd(self.dead_letter_key, fields, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
+
+    def dead_letters(self) -> list[dict[str, str | bytes]]:
+        """The stored dead letters, oldest first (values stay bytes, the rest is text)."""
+        with self.talking("reading dead letters"):
+            entries = self.client.xrange(self.dead_letter_key)
+        return [{_text(k): (v if _text(k) == "value" else _text(v)) for k, v in fields.items()}
+                for _id, fields in entries]
+
+
+Part = tuple[str, int]
+
+
+class RedisConsumer(Consumer):
+    """One member of a consumer group: leases a fair share of the partitions and reads them in order."""
+
+    def __init__(self, transport: RedisTransport, group: str, events: list[str]) -> None:
+        self.transport = transport
+        self.group = group
+        self.events = events
+        self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.ttl_ms = int(transport.claim_idle * 1000)
+        self.parts: list[Part] = [(e, p) for e in events for p in range(transport.partition_count(e))]
+        self.owned: set[Part] = set()
+        #: partitions just taken over: XAUTOCLAIM cursor of their pending entries still to redeliver
+        self.recovering: dict[Part, str] = {}
+        #: ids handed out (or buffered) and not yet committed, per partition, in order
+        self.outstanding: dict[Part, list[str]] = {}
+        self.buffer: deque[Delivery] = deque()
+        self.last_rebalance = 0.0
+        self.closed = False
+        with transport.talking(f"creating consumer group {group}"):
+            for event, p in self.parts:
+                try:
+                    transport.client.xgroup_create(transport.partition_key(event, p), group, id="0")
+                except _import_redis().exceptions.ResponseError as exc:
+                    if "BUSYGROUP" not in str(exc):
+                        raise
+
+    # -- partition leases ----------------------------------------------------------------------
+
+    def lease_key(self, part: Part) -> str:
+        return self.transport.group_key(self.group, f"lease:{part[0]}:{part[1]}")
+
+    def rebalance(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_rebalance < min(1.0, self.transport.claim_idle / 3):
+            return
+        self.last_rebalance = now
+        t = self.transport
+        live = int(t.script("heartbeat", _HEARTBEAT)(keys=[t.group_key(self.group, "members")],
+                                                      args=[self.id, self.ttl_ms]))
+        share = math.ceil(len(self.parts) / max(live, 1))
+        renew = t.script("renew", _RENEW)
+        for part in sorted(self.owned):
+            if not renew(keys=[self.lease_key(part)], args=[self.id, self.ttl_ms]):
+                self.owned.discard(part)
+                self.recovering.pop(part, None)
+        release = t.script("release", _RELEASE)
+        for part in sorted(self.owned, reverse=True):
+            if len(self.owned) <= share:
+                break
+            if not self.outstanding.get(part):
+                release(keys=[self.lease_key(part)], args=[self.id])
+                self.owned.discard(part)
+                self.recovering.pop(part, None)
+        if len(self.owned) < share:
+            start = zlib.crc32(self.id.encode()) % len(self.parts)
+            for part in self.parts[start:] + self.parts[:start]:
+                if len(self.owned) >= share:
+                    break
+                if part in self.owned:
+                    continue
+                if t.client.set(self.lease_key(part), self.id, nx=True, px=self.ttl_ms):
+                    self.owned.add(part)
+                    self.recovering[part] = "0-0"
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _deliver(self, part: Part, entries: list[Any]) -> None:
+        for entry_id, fields in entries:
+            if not fields:  # an entry trimmed away while pending
+                continue
+            position = _text(entry_id)
+            key = fields.get(b"k")
+            self.buffer.append(Delivery(event=part[0], partition=str(part[1]), position=position,
+                                        key=None if key is None else key.decode("utf-8"), value=fields.get(b"v", b"")))
+            self.outstanding.setdefault(part, []).append(position)
+
+    def _recover(self, max_records: int) -> None:
+        t = self.transport
+        for part in sorted(self.recovering):
+            cursor = self.recovering[part]
+            reply = t.client.xautoclaim(t.partition_key(*part), self.group, self.id, min_idle_time=0,
+                                        start_id=cursor, count=max_records)
+            next_cursor, entries = _text(reply[0]), reply[1]
+            known = set(self.outstanding.get(part, []))
+            self._deliver(part, [e for e in entries if _text(e[0]) not in known])
+            if next_cursor == "0-0":
+                del self.recovering[part]
+            else:
+                self.recovering[part] = next_cursor
+            if len(self.buffer) >= max_records:
+                return
+
+    def _read_new(self, max_records: int, block_seconds: float) -> None:
+        t = self.transport
+        readable = sorted(p for p in self.owned if p not in self.recovering)
+        if not readable:
+            if block_seconds > 0:
+                time.sleep(min(block_seconds, 0.2))
+            return
+        streams = {t.partition_key(*part): ">" for part in readable}
+        by_key = {t.partition_key(*part): part for part in readable}
+        block = int(block_seconds * 1000)
+        reply = t.client.xreadgroup(self.group, self.id, streams, count=max_records,
+                                    block=block if block > 0 else None)
+        for stream_key, entries in reply or []:
+            self._deliver(by_key[_text(stream_key)], entries)
+
+    def poll(self, max_records: int, timeout: float) -> list[Delivery]:
+        deadline = time.monotonic() + max(timeout, 0.0)
+        with self.transport.talking(f"reading for group {self.group}"):
+            while True:
+                if not self.buffer:
+                    self.rebalance()
+                    self._recover(max_records)
+                if not self.buffer:
+                    left = deadline - time.monotonic()
+                    self._read_new(max_records, max(0.0, min(left, self.transport.claim_idle / 3, 1.0)))
+                if self.buffer:
+                    return [self.buffer.popleft() for _ in range(min(max_records, len(self.buffer)))]
+                if time.monotonic() >= deadline:
+                    return []
+
+    def commit(self, deliveries: Sequence[Delivery]) -> None:
+        upto: dict[Part, tuple[int, int]] = {}
+        extra: dict[Part, set[str]] = {}
+        for d in deliveries:
+            part = (d.event, int(d.partition))
+            position = _id_tuple(d.position)
+            if part not in upto or position > upto[part]:
+                upto[part] = position
+            extra.setdefault(part, set()).add(d.position)
+        t = self.transport
+        with t.talking(f"acknowledging for group {self.group}"):
+            pipe = t.client.pipeline(transaction=False)
+            for part, last in upto.items():
+                pending = self.outstanding.get(part, [])
+                done = [i for i in pending if _id_tuple(i) <= last]
+                self.outstanding[part] = [i for i in pending if _id_tuple(i) > last]
+                pipe.xack(t.partition_key(*part), self.group, *sorted(set(done) | extra[part], key=_id_tuple))
+            pipe.execute()
+
+    def close(self) -> None:
+        """Leave the group: leases are released so others take over the pending entries at once."""
+        if self.closed:
+            return
+        self.closed = True
+        t = self.transport
+        with contextlib.suppress(Exception), t.talking(f"leaving group {self.group}"):
+            release = t.script("release", _RELEASE)
+            for part in self.owned:
+                release(keys=[self.lease_key(part)], args=[self.id])
+            t.client.zrem(t.group_key(self.group, "members"), self.id)
+        self.owned.clear()
+        self.buffer.clear()
