@@ -202,7 +202,7 @@ class TransportContract:
         cls = type(transport)
         assert isinstance(cls.name, str) and cls.name
         assert all(isinstance(k, str) and isinstance(v, str) for k, v in cls.options.items())
-        assert isinstance(cls.max_record_bytes, int) and cls.max_record_bytes > self.large_record_margin
+        assert isinstance(transport.max_record_bytes, int) and transport.max_record_bytes > self.large_record_margin
         assert isinstance(cls.connection_errors, tuple)
         assert transport.stream_name("Uploaded") != transport.stream_name("Parsed")
 
@@ -321,7 +321,7 @@ class TransportContract:
     def test_large_and_non_ascii_payloads(self, transport: Transport, consumers: list[Consumer]) -> None:
         text = "Grüße, 世界 — ça va? 🎉"
         small = json.dumps({"text": text}, ensure_ascii=False).encode("utf-8")
-        size = type(transport).max_record_bytes - self.large_record_margin
+        size = transport.max_record_bytes - self.large_record_margin
         filler = size - len(b'{"pad": ""}')
         large = b'{"pad": "' + b"x" * filler + b'"}'
         assert len(large) == size
@@ -334,7 +334,7 @@ class TransportContract:
         assert got[0].key == "exécution-1"
 
     def test_oversize_record_is_rejected(self, transport: Transport, consumers: list[Consumer]) -> None:
-        too_big = b"x" * (type(transport).max_record_bytes + 1)
+        too_big = b"x" * (transport.max_record_bytes + 1)
         with pytest.raises(XflowError):
             transport.publish("Uploaded", [Record("e1", too_big)])
         transport.publish("Uploaded", [Record("e1", b'{"after": 1}')])
