@@ -1,0 +1,620 @@
+"""Provider ``lambda``: each function an AWS Lambda function, subscribed to its Kinesis streams.
+
+Setup is desired state → plan → execute. The desired state is computed from the file (one
+deployment zip per function: the user's code, :mod:`xflow.providers.lambda_shim` and a copy of
+:mod:`xflow.core.runtime`), compared with what exists (code by SHA-256 against ``CodeSha256``,
+configuration field by field), and the differences become Steps:
+
+- the execution role (``aws.lambda_execution_role_name``, default ``xflow-<workflow_id>-lambda``;
+  created if missing) with an inline policy ``xflow-<workflow_id>`` scoped to this workflow's
+  stream ARNs and log groups;
+- a log group ``/aws/lambda/<function>`` per function, kept as long as the tracker's records;
+- the functions, and ``tracker_<workflow_id>`` which writes every event to the tracker's group;
+- one event source mapping per (event, subscriber), plus the tracker's on every stream, with
+  batch size, starting position, retries, bisect-on-error and ReportBatchItemFailures;
+- deletion of this workflow's functions and mappings the file no longer names.
+
+A second setup of an unchanged file reads only, and plans nothing. Every zip built is kept in
+the state folder by its SHA-256 (``lambda-artifacts/``): ``xflow emulate`` runs exactly that code.
+Needs the ``kinesis`` transport and the ``cloudwatch`` tracker.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import logging
+import math
+import tempfile
+import time
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from xflow.core.aws import AwsSession, is_client_error, translate_errors
+from xflow.core.errors import XflowError
+from xflow.core.hookspecs import hookimpl
+from xflow.core.interfaces import FunctionProvider, PluginContext, Step, TrackerStore, Transport
+
+if TYPE_CHECKING:
+    from xflow.core.model import Function, Workflow
+
+log = logging.getLogger("xflow.lambda")
+
+#: the Python runtimes AWS Lambda accepts for new functions
+SUPPORTED_RUNTIMES = ("python3.11", "python3.12", "python3.13", "python3.14")
+SHIM_HANDLER = "lambda_shim.handle"
+TRACKER_HANDLER = "lambda_shim.track"
+TAG_KEY = "xflow:workflow"
+ENV_WORKFLOW = "XFLOW_WORKFLOW_ID"
+ARTIFACTS = "lambda-artifacts"
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+EXCLUDED_PARTS = {"__pycache__", ".git", ".xflow", ".venv", "node_modules"}
+TRUST_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
+                   "Action": "sts:AssumeRole"}],
+}
+
+
+def tracker_function_name(workflow_id: str) -> str:
+    return f"tracker_{workflow_id}"[:64]
+
+
+def code_sha256(data: bytes) -> str:
+    """What Lambda reports as ``CodeSha256``: base64 of the SHA-256 digest."""
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def artifact_path(state_dir: Path, sha: str) -> Path:
+    """Where setup keeps the zip whose ``CodeSha256`` is ``sha``."""
+    return Path(state_dir) / ARTIFACTS / (base64.b64decode(sha).hex() + ".zip")
+
+
+@dataclass
+class FunctionSpec:
+    """One Lambda function as the file wants it."""
+
+    name: str
+    handler: str
+    runtime: str
+    timeout: int
+    memory: int
+    description: str
+    environment: dict[str, str]
+    zip_bytes: bytes = field(repr=False)
+    sha: str = ""
+
+    def configuration(self, role_arn: str) -> dict[str, Any]:
+        return {"Runtime": self.runtime, "Handler": self.handler, "Timeout": self.timeout,
+                "MemorySize": self.memory, "Description": self.description, "Role": role_arn,
+                "Environment": {"Variables": dict(self.environment)}}
+
+
+@dataclass(frozen=True)
+class MappingSpec:
+    """One event source mapping as the file wants it."""
+
+    event: str
+    stream_arn: str
+    function: str
+    batch_size: int
+    starting_position: str
+    retries: int
+    bisect: bool
+
+    def parameters(self) -> dict[str, Any]:
+        return {"BatchSize": self.batch_size, "MaximumRetryAttempts": self.retries,
+                "BisectBatchOnFunctionError": self.bisect, "FunctionResponseTypes": ["ReportBatchItemFailures"]}
+
+
+class _ZipBuilder:
+    """A deterministic zip: sorted names, fixed dates and modes, so equal code has an equal hash."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+
+    def add(self, name: str, data: bytes) -> None:
+        self.files[name] = data
+
+    def add_tree(self, source: Path, prefix: str) -> None:
+        if source.is_file():
+            self.add(f"{prefix}/{source.name}", source.read_bytes())
+            return
+        for path in sorted(source.rglob("*")):
+            rel = path.relative_to(source)
+            if path.is_dir() or EXCLUDED_PARTS.intersection(rel.parts) or path.suffix == ".pyc":
+                continue
+            self.add(f"{prefix}/{rel.as_posix()}", path.read_bytes())
+
+    def build(self) -> bytes:
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+            for name in sorted(self.files):
+                info = zipfile.ZipInfo(name, ZIP_DATE)
+                info.external_attr = 0o644 << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                archive.writestr(info, self.files[name])
+        return out.getvalue()
+
+
+def _shim_files() -> dict[str, bytes]:
+    here = Path(__file__).resolve()
+    return {
+        "lambda_shim.py": (here.parent / "lambda_shim.py").read_bytes(),
+        "xflow_runtime.py": (here.parent.parent / "core" / "runtime.py").read_bytes(),
+    }
+
+
+def _normalized(document: Any) -> str:
+    if isinstance(document, str):
+        import urllib.parse
+
+        document = json.loads(urllib.parse.unquote(document))
+    return json.dumps(document, sort_keys=True)
+
+
+class LambdaProvider(FunctionProvider):
+    name = "lambda"
+    description = "AWS Lambda functions subscribed to Kinesis streams by event source mappings"
+    options = {
+        "region": "AWS region (default: aws.region in the file, else AWS_REGION)",
+        "role_name": "execution role (default: aws.lambda_execution_role_name, else xflow-<workflow_id>-lambda)",
+    }
+    runs_locally = False
+
+    def __init__(self, context: PluginContext) -> None:
+        super().__init__(context)
+        aws = dict(context.workflow.aws) if context.workflow is not None else {}
+        self.aws = AwsSession(aws, region=context.option("region"))
+        self.role_name = str(context.option("role_name") or aws.get("lambda_execution_role_name")
+                             or f"xflow-{self.workflow_id}-lambda")
+        self.policy_name = f"xflow-{self.workflow_id}"
+
+    @property
+    def lam(self) -> Any:
+        return self.aws.client("lambda")
+
+    @property
+    def iam(self) -> Any:
+        return self.aws.client("iam")
+
+    @property
+    def logs(self) -> Any:
+        return self.aws.client("logs")
+
+    # ------------------------------------------------------------------ desired state
+
+    def _check(self, workflow: Workflow, transport: Transport, tracker: TrackerStore) -> None:
+        if transport.name != "kinesis" or not hasattr(transport, "stream_arn"):
+            raise XflowError(f"the lambda provider runs on the kinesis transport, not {transport.name!r}",
+                             "use --transport kinesis, or --provider local with this transport")
+        if tracker.name != "cloudwatch" or not hasattr(tracker, "log_group"):
+            raise XflowError(f"the lambda provider needs the cloudwatch tracker (Lambda functions write there), "
+                             f"not {tracker.name!r}", "use --tracker cloudwatch")
+        for function in workflow.functions.values():
+            if function.runtime not in SUPPORTED_RUNTIMES:
+                raise XflowError(f"function {function.name}: runtime {function.runtime!r} is not accepted by "
+                                 f"AWS Lambda; supported: {', '.join(SUPPORTED_RUNTIMES)}",
+                                 "set runtime: python3.12 (or remove it: that is the default)")
+
+    def _function_config(self, workflow: Workflow, transport: Transport, tracker: TrackerStore,
+                         function: Function | None) -> dict[str, Any]:
+        streams = {event: transport.stream_name(event) for event in workflow.events}
+        if function is None:
+            return {"workflow_id": workflow.id, "function": tracker_function_name(workflow.id), "mode": "tracker",
+                    "streams": streams, "log_group": tracker.log_group}  # type: ignore[attr-defined]
+        return {"workflow_id": workflow.id, "function": function.name, "mode": "function",
+                "handler": function.handler, "source": "", "publishes": list(function.publishes),
+                "streams": streams, "retries": function.retries}
+
+    def desired_functions(self, workflow: Workflow, transport: Transport, tracker: TrackerStore) -> list[FunctionSpec]:
+        from xflow.sources.resolve import check_handler, fetch_source
+
+        specs: list[FunctionSpec] = []
+        shim = _shim_files()
+        with tempfile.TemporaryDirectory(prefix="xflow-src-") as tmp:
+            for index, function in enumerate(workflow.functions.values()):
+                source = fetch_source(function, Path(tmp) / str(index), self.aws)
+                check_handler(function, source)
+                config = self._function_config(workflow, transport, tracker, function)
+                config["source"] = f"function/{source.name}" if source.is_file() else "function"
+                builder = _ZipBuilder()
+                for name, data in shim.items():
+                    builder.add(name, data)
+                builder.add_tree(source, "function")
+                builder.add("xflow_function.json", json.dumps(config, sort_keys=True, indent=1).encode())
+                env = {str(k): str(v) for k, v in function.environment.items()}
+                env[ENV_WORKFLOW] = workflow.id
+                specs.append(FunctionSpec(function.name, SHIM_HANDLER, function.runtime,
+                                          max(1, min(900, math.ceil(function.timeout))), function.memory,
+                                          (function.description or "")[:256], env, builder.build()))
+        builder = _ZipBuilder()
+        for name, data in shim.items():
+            builder.add(name, data)
+        config = self._function_config(workflow, transport, tracker, None)
+        builder.add("xflow_function.json", json.dumps(config, sort_keys=True, indent=1).encode())
+        specs.append(FunctionSpec(tracker_function_name(workflow.id), TRACKER_HANDLER, "python3.12", 60, 128,
+                                  f"xflow tracker of workflow {workflow.id}", {ENV_WORKFLOW: workflow.id},
+                                  builder.build()))
+        for spec in specs:
+            spec.sha = code_sha256(spec.zip_bytes)
+            self._keep_artifact(spec)
+        return specs
+
+    def _keep_artifact(self, spec: FunctionSpec) -> None:
+        path = artifact_path(self.context.state_dir, spec.sha)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(spec.zip_bytes)
+            tmp.replace(path)
+
+    def desired_mappings(self, workflow: Workflow, transport: Any) -> list[MappingSpec]:
+        found = []
+        for event in workflow.events:
+            arn = transport.stream_arn(event)
+            for name in workflow.subscribers(event):
+                fn = workflow.functions[name]
+                found.append(MappingSpec(event, arn, name, fn.batch_size, fn.starting_position, fn.retries,
+                                         fn.bisect_on_error))
+            found.append(MappingSpec(event, arn, tracker_function_name(workflow.id), 100, "TRIM_HORIZON", 10, True))
+        return found
+
+    def function_log_groups(self, names: list[str]) -> list[str]:
+        return [f"/aws/lambda/{name}" for name in names]
+
+    def policy_document(self, workflow: Workflow, transport: Any, tracker: Any, functions: list[str]) -> dict:
+        region, account = self.aws.require_region(), self.aws.account_id()
+        streams = sorted(transport.stream_arn(event) for event in workflow.events)
+        groups = sorted([tracker.log_group, *self.function_log_groups(functions)])
+        group_arns = []
+        for group in groups:
+            group_arns += [f"arn:aws:logs:{region}:{account}:log-group:{group}",
+                           f"arn:aws:logs:{region}:{account}:log-group:{group}:*"]
+        return {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Sid": "WorkflowStreams", "Effect": "Allow",
+                 "Action": ["kinesis:DescribeStream", "kinesis:DescribeStreamSummary", "kinesis:GetRecords",
+                            "kinesis:GetShardIterator", "kinesis:ListShards", "kinesis:PutRecord",
+                            "kinesis:PutRecords", "kinesis:SubscribeToShard"],
+                 "Resource": streams},
+                {"Sid": "WorkflowLogs", "Effect": "Allow",
+                 "Action": ["logs:CreateLogStream", "logs:PutLogEvents", "logs:FilterLogEvents",
+                            "logs:GetLogEvents"],
+                 "Resource": group_arns},
+            ],
+        }
+
+    # ------------------------------------------------------------------ what exists
+
+    def _get_function(self, name: str) -> dict[str, Any] | None:
+        with translate_errors(f"reading Lambda function {name}"):
+            try:
+                return dict(self.lam.get_function(FunctionName=name)["Configuration"])
+            except Exception as exc:
+                if is_client_error(exc, "ResourceNotFoundException"):
+                    return None
+                raise
+
+    def _workflow_functions(self, workflow_id: str) -> dict[str, dict[str, Any]]:
+        """Functions deployed for this workflow (marked by their XFLOW_WORKFLOW_ID variable)."""
+        found = {}
+        with translate_errors("listing Lambda functions"):
+            for page in self.lam.get_paginator("list_functions").paginate():
+                for config in page.get("Functions", []):
+                    variables = (config.get("Environment") or {}).get("Variables") or {}
+                    if variables.get(ENV_WORKFLOW) == workflow_id:
+                        found[config["FunctionName"]] = dict(config)
+        return found
+
+    def _mappings_of(self, function: str) -> list[dict[str, Any]]:
+        with translate_errors(f"listing event source mappings of {function}"):
+            found = []
+            for page in self.lam.get_paginator("list_event_source_mappings").paginate(FunctionName=function):
+                found.extend(page.get("EventSourceMappings", []))
+            return found
+
+    def _log_group_retention(self, name: str) -> int | None | bool:
+        """False when the group does not exist, else its retention (None: forever)."""
+        with translate_errors(f"describing log group {name}"):
+            for page in self.logs.get_paginator("describe_log_groups").paginate(logGroupNamePrefix=name):
+                for group in page.get("logGroups", []):
+                    if group["logGroupName"] == name:
+                        return group.get("retentionInDays")
+        return False
+
+    def _group_is_ours(self, group: str) -> bool:
+        with translate_errors(f"reading the tags of log group {group}"):
+            try:
+                tags = self.logs.list_tags_log_group(logGroupName=group).get("tags", {})
+            except Exception as exc:
+                if is_client_error(exc, "ResourceNotFoundException"):
+                    return False
+                raise
+        return tags.get(TAG_KEY) == self.workflow_id
+
+    # ------------------------------------------------------------------ plans
+
+    def plan_setup(self, workflow: Workflow, transport: Transport, tracker: TrackerStore) -> list[Step]:
+        self._check(workflow, transport, tracker)
+        specs = self.desired_functions(workflow, transport, tracker)
+        names = [s.name for s in specs]
+        steps: list[Step] = []
+        role_arn, role_steps = self._plan_role(workflow, transport, tracker, names)
+        steps += role_steps
+        retention = int(getattr(tracker, "retention_days", 7))
+        for group in self.function_log_groups(names):
+            current = self._log_group_retention(group)
+            if current is False:
+                steps.append(Step("create", f"log-group:{group}", lambda g=group: self._create_group(g, retention)))
+            elif current != retention:
+                steps.append(Step("update", f"log-group:{group}", lambda g=group: self._set_retention(g, retention)))
+        for spec in specs:
+            steps += self._plan_function(spec, role_arn)
+        deployed = self._workflow_functions(workflow.id)
+        wanted = self.desired_mappings(workflow, transport)
+        existing: list[dict[str, Any]] = []
+        for name in sorted(set(names) | set(deployed)):
+            if name in deployed or self._get_function(name) is not None:
+                existing.extend(self._mappings_of(name))
+        steps += self._plan_mappings(wanted, existing)
+        for name in sorted(set(deployed) - set(names)):
+            steps.append(Step("delete", f"function:{name}", lambda n=name: self._delete_function(n)))
+            steps.append(Step("delete", f"log-group:/aws/lambda/{name}",
+                              lambda n=name: self._delete_group(f"/aws/lambda/{n}")))
+        return steps
+
+    def plan_teardown(self, workflow: Workflow, transport: Transport, tracker: TrackerStore) -> list[Step]:
+        deployed = self._workflow_functions(workflow.id)
+        names = sorted(deployed)
+        steps: list[Step] = []
+        for name in names:
+            for mapping in self._mappings_of(name):
+                steps.append(Step("delete", f"mapping:{_stream_of(mapping)}->{name}",
+                                  lambda u=mapping["UUID"]: self._delete_mapping(u)))
+        for name in names:
+            steps.append(Step("delete", f"function:{name}", lambda n=name: self._delete_function(n)))
+        candidates = set(names) | set(workflow.functions) | {tracker_function_name(workflow.id)}
+        for group in self.function_log_groups(sorted(candidates)):
+            if self._log_group_retention(group) is not False and self._group_is_ours(group):
+                steps.append(Step("delete", f"log-group:{group}", lambda g=group: self._delete_group(g)))
+        steps += self._plan_role_teardown()
+        return steps
+
+    def _plan_role(self, workflow: Workflow, transport: Any, tracker: Any,
+                   names: list[str]) -> tuple[str, list[Step]]:
+        document = self.policy_document(workflow, transport, tracker, names)
+        account = self.aws.account_id()
+        with translate_errors(f"reading IAM role {self.role_name}"):
+            try:
+                role = self.iam.get_role(RoleName=self.role_name)["Role"]
+            except Exception as exc:
+                if not is_client_error(exc, "NoSuchEntity"):
+                    raise
+                role = None
+        if role is None:
+            arn = f"arn:aws:iam::{account}:role/{self.role_name}"
+            return arn, [Step("create", f"role:{self.role_name}", lambda: self._create_role(document),
+                              f"policy {self.policy_name} on {len(workflow.events)} stream(s)")]
+        with translate_errors(f"reading policy {self.policy_name} of role {self.role_name}"):
+            try:
+                current = self.iam.get_role_policy(RoleName=self.role_name, PolicyName=self.policy_name)
+                current_doc = _normalized(current["PolicyDocument"])
+            except Exception as exc:
+                if not is_client_error(exc, "NoSuchEntity"):
+                    raise
+                current_doc = None
+        if current_doc != _normalized(document):
+            return role["Arn"], [Step("update", f"role-policy:{self.role_name}/{self.policy_name}",
+                                      lambda: self._put_policy(document))]
+        return role["Arn"], []
+
+    def _plan_function(self, spec: FunctionSpec, role_arn: str) -> list[Step]:
+        current = self._get_function(spec.name)
+        wanted = spec.configuration(role_arn)
+        if current is None:
+            return [Step("create", f"function:{spec.name}", lambda: self._create_function(spec, role_arn),
+                         f"{len(spec.zip_bytes)} bytes, {spec.runtime}")]
+        owner = ((current.get("Environment") or {}).get("Variables") or {}).get(ENV_WORKFLOW)
+        if owner != self.workflow_id:
+            raise XflowError(f"a Lambda function named {spec.name} already exists and does not belong to workflow "
+                             f"{self.workflow_id} (it belongs to {owner or 'no xflow workflow'})",
+                             "rename the function in the file, or remove the existing one")
+        steps = []
+        if current.get("CodeSha256") != spec.sha:
+            steps.append(Step("update", f"function-code:{spec.name}", lambda: self._update_code(spec)))
+        differs = {key: value for key, value in wanted.items() if _config_value(current, key) != value}
+        if differs:
+            steps.append(Step("update", f"function-config:{spec.name}", lambda: self._update_config(spec, wanted),
+                              ", ".join(sorted(differs))))
+        return steps
+
+    def _plan_mappings(self, wanted: list[MappingSpec], existing: list[dict[str, Any]]) -> list[Step]:
+        steps: list[Step] = []
+        kept: set[str] = set()
+        by_key: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for mapping in existing:
+            by_key.setdefault((mapping["EventSourceArn"], _function_of(mapping)), []).append(mapping)
+        for spec in wanted:
+            resource = f"mapping:{spec.stream_arn.rpartition('/')[2]}->{spec.function}"
+            candidates = by_key.get((spec.stream_arn, spec.function), [])
+            current = candidates[0] if candidates else None
+            if current is not None and current.get("StartingPosition", spec.starting_position) != spec.starting_position:
+                current = None  # cannot be changed in place: deleted below, created anew
+            if current is None:
+                steps.append(Step("create", resource, lambda s=spec: self._create_mapping(s)))
+                continue
+            kept.add(current["UUID"])
+            params = spec.parameters()
+            if any(current.get(k) != v for k, v in params.items()):
+                steps.append(Step("update", resource,
+                                  lambda u=current["UUID"], p=params: self._update_mapping(u, p)))
+        deletions = [Step("delete", f"mapping:{_stream_of(m)}->{_function_of(m)}",
+                          lambda u=m["UUID"]: self._delete_mapping(u))
+                     for m in existing if m["UUID"] not in kept]
+        return deletions + steps
+
+    def _plan_role_teardown(self) -> list[Step]:
+        with translate_errors(f"reading IAM role {self.role_name}"):
+            try:
+                self.iam.get_role(RoleName=self.role_name)
+            except Exception as exc:
+                if is_client_error(exc, "NoSuchEntity"):
+                    return []
+                raise
+            policies = self.iam.list_role_policies(RoleName=self.role_name).get("PolicyNames", [])
+            tags = self.iam.list_role_tags(RoleName=self.role_name).get("Tags", [])
+        steps = []
+        if self.policy_name in policies:
+            steps.append(Step("delete", f"role-policy:{self.role_name}/{self.policy_name}", self._delete_policy))
+        ours = any(t["Key"] == TAG_KEY and t["Value"] == self.workflow_id for t in tags)
+        if ours and set(policies) <= {self.policy_name}:
+            steps.append(Step("delete", f"role:{self.role_name}", self._delete_role))
+        return steps
+
+    # ------------------------------------------------------------------ apply
+
+    def _create_role(self, document: dict[str, Any]) -> None:
+        with translate_errors(f"creating IAM role {self.role_name}"):
+            try:
+                self.iam.create_role(RoleName=self.role_name, AssumeRolePolicyDocument=json.dumps(TRUST_POLICY),
+                                     Description=f"xflow workflow {self.workflow_id}: Lambda execution role",
+                                     Tags=[{"Key": TAG_KEY, "Value": self.workflow_id}])
+            except Exception as exc:
+                if not is_client_error(exc, "EntityAlreadyExists"):
+                    raise
+        self._put_policy(document)
+
+    def _put_policy(self, document: dict[str, Any]) -> None:
+        with translate_errors(f"writing policy {self.policy_name} of role {self.role_name}"):
+            self.iam.put_role_policy(RoleName=self.role_name, PolicyName=self.policy_name,
+                                     PolicyDocument=json.dumps(document))
+
+    def _delete_policy(self) -> None:
+        with translate_errors(f"deleting policy {self.policy_name}"):
+            try:
+                self.iam.delete_role_policy(RoleName=self.role_name, PolicyName=self.policy_name)
+            except Exception as exc:
+                if not is_client_error(exc, "NoSuchEntity"):
+                    raise
+
+    def _delete_role(self) -> None:
+        with translate_errors(f"deleting IAM role {self.role_name}"):
+            try:
+                self.iam.delete_role(RoleName=self.role_name)
+            except Exception as exc:
+                if not is_client_error(exc, "NoSuchEntity"):
+                    raise
+
+    def _create_group(self, group: str, retention: int) -> None:
+        with translate_errors(f"creating log group {group}"):
+            try:
+                self.logs.create_log_group(logGroupName=group, tags={TAG_KEY: self.workflow_id})
+            except Exception as exc:
+                if not is_client_error(exc, "ResourceAlreadyExistsException"):
+                    raise
+        self._set_retention(group, retention)
+
+    def _set_retention(self, group: str, retention: int) -> None:
+        with translate_errors(f"setting the retention of log group {group}"):
+            self.logs.put_retention_policy(logGroupName=group, retentionInDays=retention)
+
+    def _delete_group(self, group: str) -> None:
+        with translate_errors(f"deleting log group {group}"):
+            try:
+                self.logs.delete_log_group(logGroupName=group)
+            except Exception as exc:
+                if not is_client_error(exc, "ResourceNotFoundException"):
+                    raise
+
+    def _create_function(self, spec: FunctionSpec, role_arn: str) -> None:
+        kwargs = dict(spec.configuration(role_arn), FunctionName=spec.name, Code={"ZipFile": spec.zip_bytes},
+                      Publish=False, Tags={TAG_KEY: self.workflow_id}, PackageType="Zip")
+        deadline = time.monotonic() + 60
+        with translate_errors(f"creating Lambda function {spec.name}"):
+            while True:
+                try:
+                    self.lam.create_function(**kwargs)
+                    break
+                except Exception as exc:
+                    # a new role takes a few seconds to become usable by Lambda
+                    if is_client_error(exc, "InvalidParameterValueException") and "role" in str(exc).lower() \
+                            and time.monotonic() < deadline:
+                        time.sleep(3)
+                        continue
+                    raise
+            self._wait(spec.name, "function_active_v2")
+
+    def _wait(self, name: str, waiter: str) -> None:
+        try:
+            self.lam.get_waiter(waiter).wait(FunctionName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 120})
+        except Exception as exc:
+            if "Waiter" in type(exc).__name__:
+                raise XflowError(f"Lambda function {name} did not become ready: {exc}") from None
+            raise
+
+    def _update_code(self, spec: FunctionSpec) -> None:
+        with translate_errors(f"updating the code of {spec.name}"):
+            self.lam.update_function_code(FunctionName=spec.name, ZipFile=spec.zip_bytes, Publish=False)
+            self._wait(spec.name, "function_updated_v2")
+
+    def _update_config(self, spec: FunctionSpec, wanted: dict[str, Any]) -> None:
+        with translate_errors(f"updating the configuration of {spec.name}"):
+            self._wait(spec.name, "function_updated_v2")
+            self.lam.update_function_configuration(FunctionName=spec.name, **wanted)
+            self._wait(spec.name, "function_updated_v2")
+
+    def _delete_function(self, name: str) -> None:
+        with translate_errors(f"deleting Lambda function {name}"):
+            for mapping in self._mappings_of(name):
+                self._delete_mapping(mapping["UUID"])
+            try:
+                self.lam.delete_function(FunctionName=name)
+            except Exception as exc:
+                if not is_client_error(exc, "ResourceNotFoundException"):
+                    raise
+
+    def _create_mapping(self, spec: MappingSpec) -> None:
+        with translate_errors(f"subscribing {spec.function} to {spec.event}"):
+            self.lam.create_event_source_mapping(EventSourceArn=spec.stream_arn, FunctionName=spec.function,
+                                                 StartingPosition=spec.starting_position, Enabled=True,
+                                                 **spec.parameters())
+
+    def _update_mapping(self, uuid: str, params: Mapping[str, Any]) -> None:
+        with translate_errors(f"updating event source mapping {uuid}"):
+            self.lam.update_event_source_mapping(UUID=uuid, **params)
+
+    def _delete_mapping(self, uuid: str) -> None:
+        with translate_errors(f"deleting event source mapping {uuid}"):
+            try:
+                self.lam.delete_event_source_mapping(UUID=uuid)
+            except Exception as exc:
+                if not is_client_error(exc, "ResourceNotFoundException"):
+                    raise
+
+
+def _config_value(current: Mapping[str, Any], key: str) -> Any:
+    if key == "Environment":
+        return {"Variables": dict((current.get("Environment") or {}).get("Variables") or {})}
+    if key == "Description":
+        return current.get("Description") or ""
+    return current.get(key)
+
+
+def _function_of(mapping: Mapping[str, Any]) -> str:
+    return str(mapping["FunctionArn"]).rpartition(":function:")[2].partition(":")[0]
+
+
+def _stream_of(mapping: Mapping[str, Any]) -> str:
+    return str(mapping["EventSourceArn"]).rpartition("/")[2]
+
+
+@hookimpl
+def xflow_function_providers() -> list[type[FunctionProvider]]:
+    return [LambdaProvider]

@@ -1,0 +1,230 @@
+"""The runtime shim packaged into every xflow Lambda zip (standard library + boto3 only).
+
+The zip holds this module as ``lambda_shim.py``, xflow's handler runtime as ``xflow_runtime.py``,
+``xflow_function.json`` (what this function is) and the user's code under ``function/``.
+
+``handle`` (user functions): decodes the Kinesis records of the batch, calls the handler with the
+same contract as locally (``xflow_runtime.call_handler``), publishes the handler's events to their
+streams with ids derived from the handled event's id, prints one JSON line per delivery outcome
+(``{"xflow": "delivery", execution_id, event_id, function, attempt, status, error, logs}``) and
+answers ``{"batchItemFailures": [...]}``: the first failing record and those after it on its
+shard, so Lambda retries from there and keeps order. The attempt number is counted from the
+function's earlier failure lines; once ``retries`` is used up the failure is final (``failed``)
+and the shard moves on, as when Lambda discards a record after its last retry.
+
+``track`` (the ``tracker_<workflow_id>`` function): writes every event of the batch into the
+workflow's log group, one log stream per execution id.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import xflow_runtime as runtime  # noqa: E402  (the copy of xflow/core/runtime.py next to this file)
+
+CONFIG_FILE = "xflow_function.json"
+MAX_LINE_CHARS = 200_000
+_config: dict[str, Any] | None = None
+_clients: dict[str, Any] = {}
+
+
+def config() -> dict[str, Any]:
+    global _config
+    if _config is None:
+        _config = json.loads((HERE / CONFIG_FILE).read_text(encoding="utf-8"))
+    return _config
+
+
+def client(service: str) -> Any:
+    if service not in _clients:
+        import boto3
+        from botocore.config import Config
+
+        _clients[service] = boto3.client(service, config=Config(connect_timeout=3, read_timeout=20,
+                                                                 retries={"max_attempts": 3, "mode": "standard"}))
+    return _clients[service]
+
+
+def emit(line: Mapping[str, Any]) -> None:
+    """Print one JSON line (Lambda sends stdout to /aws/lambda/<function>)."""
+    data = dict(line)
+    text = json.dumps(data, ensure_ascii=False, default=str)
+    while len(text) > MAX_LINE_CHARS and data.get("logs"):
+        data["logs"] = data["logs"][len(data["logs"]) // 2 + 1:]
+        text = json.dumps(data, ensure_ascii=False, default=str)
+    print(text, flush=True)
+
+
+def kinesis_records(event: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The batch's records: item id (sequence number), stream name, shard, partition key, bytes."""
+    found = []
+    for record in event.get("Records") or []:
+        kinesis = record.get("kinesis") or {}
+        arn = str(record.get("eventSourceARN", ""))
+        event_id = str(record.get("eventID", ""))
+        found.append({
+            "item": kinesis.get("sequenceNumber", ""),
+            "stream": arn.rpartition("/")[2],
+            "shard": event_id.partition(":")[0],
+            "key": kinesis.get("partitionKey"),
+            "value": base64.b64decode(kinesis.get("data", "")),
+        })
+    return found
+
+
+def _earlier_failures(function: str, execution_id: str, event_id: str) -> int:
+    """How many failed attempts this function already logged for this event (best effort)."""
+    group = f"/aws/lambda/{function}"
+    count = 0
+    try:
+        paginator = client("logs").get_paginator("filter_log_events")
+        for page in paginator.paginate(logGroupName=group, filterPattern='"' + event_id + '"'):
+            for item in page.get("events", []):
+                message = item.get("message", "")
+                start = message.find('{"xflow"')
+                if start < 0:
+                    continue
+                try:
+                    line = json.loads(message[start:])
+                except ValueError:
+                    continue
+                if (line.get("xflow") == "delivery" and line.get("event_id") == event_id
+                        and line.get("execution_id") == execution_id and line.get("status") != "succeeded"):
+                    count += 1
+    except Exception:  # no log group yet, or no permission: count what we know
+        return count
+    return count
+
+
+def _publish(cfg: Mapping[str, Any], published: list[tuple[str, dict[str, Any]]], parent_id: str,
+             execution_id: str) -> None:
+    by_stream: dict[str, list[dict[str, Any]]] = {}
+    for index, (name, data) in enumerate(published):
+        stream = cfg["streams"].get(name)
+        if stream is None:
+            raise ValueError(f"published {name!r}, which is not an event of workflow {cfg['workflow_id']!r}")
+        event_id = runtime.derive_event_id(parent_id, cfg["function"], index)
+        value = runtime.encode_event(name, data, execution_id, event_id, cfg["function"])
+        by_stream.setdefault(stream, []).append({"Data": value, "PartitionKey": execution_id})
+    kinesis = client("kinesis") if by_stream else None
+    for stream, entries in by_stream.items():
+        for start in range(0, len(entries), 500):
+            pending = entries[start:start + 500]
+            for attempt in range(6):
+                response = kinesis.put_records(StreamName=stream, Records=pending)
+                if not response.get("FailedRecordCount"):
+                    break
+                pending = [e for e, r in zip(pending, response["Records"], strict=True) if r.get("ErrorCode")]
+                time.sleep(0.1 * 2 ** attempt)
+            else:
+                raise RuntimeError(f"{len(pending)} record(s) not accepted by stream {stream}")
+
+
+def handle(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
+    """The Lambda handler of a user function (Kinesis event source, ReportBatchItemFailures)."""
+    cfg = config()
+    function, workflow_id = cfg["function"], cfg["workflow_id"]
+    events_by_stream = {stream: name for name, stream in cfg["streams"].items()}
+    retries = int(cfg.get("retries", 0))
+    failures: list[dict[str, str]] = []
+    logger = logging.getLogger(f"xflow.function.{function}")
+    logger.setLevel(logging.DEBUG)
+    for record in kinesis_records(event):
+        if failures:  # keep per-shard order: everything after a failure is retried with it
+            failures.append({"itemIdentifier": record["item"]})
+            continue
+        event_name = events_by_stream.get(record["stream"], record["stream"])
+        fallback = f"{record['stream']}:{record['shard']}:{record['item']}"
+        try:
+            decoded = runtime.decode_event(record["value"], fallback_id=fallback)
+        except runtime.BadMessage as exc:
+            emit({"xflow": "dead_letter", "function": function, "event": event_name, "event_id": fallback,
+                  "error": str(exc)})
+            continue
+        started = time.time()
+        known = _attempts.get(decoded.event_id, 0)
+        ctx = runtime.HandlerContext(decoded.execution_id, event_name, decoded.event_id, known + 1, workflow_id,
+                                     function, logger)
+        try:
+            handler = runtime.load_handler(HERE / cfg["source"], cfg["handler"])
+        except runtime.HandlerLoadError as exc:
+            outcome = runtime.HandlerOutcome(False, [], [], f"HandlerLoadError: {exc}", 0.0)
+        else:
+            outcome = runtime.call_handler(handler, decoded.data, ctx, list(cfg.get("publishes", [])))
+        error = outcome.error
+        if outcome.ok:
+            try:
+                _publish(cfg, outcome.published, decoded.event_id, decoded.execution_id)
+            except Exception as exc:
+                error = f"publishing failed: {type(exc).__name__}: {exc}"
+        line = {"xflow": "delivery", "execution_id": decoded.execution_id, "event_id": decoded.event_id,
+                "event": event_name, "function": function, "workflow_id": workflow_id,
+                "started_at": started, "duration": outcome.duration, "logs": outcome.logs}
+        if error is None:
+            emit({**line, "attempt": known + 1, "status": "succeeded", "error": None})
+            _attempts.pop(decoded.event_id, None)
+            continue
+        attempt = max(known, _earlier_failures(function, decoded.execution_id, decoded.event_id)) + 1
+        _attempts[decoded.event_id] = attempt
+        final = attempt > retries
+        emit({**line, "attempt": attempt, "status": "failed" if final else "retrying", "error": error})
+        if not final:
+            failures.append({"itemIdentifier": record["item"]})
+    return {"batchItemFailures": failures}
+
+
+#: failed attempts seen by this (warm) process, per event id
+_attempts: dict[str, int] = {}
+
+
+def _stream_name(execution_id: str) -> str:
+    return re.sub(r"[:*]", "_", execution_id)[:512]
+
+
+def track(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
+    """The Lambda handler of ``tracker_<workflow_id>``: every event into the workflow's log group."""
+    cfg = config()
+    group = cfg["log_group"]
+    events_by_stream = {stream: name for name, stream in cfg["streams"].items()}
+    lines: dict[str, list[dict[str, Any]]] = {}
+    now = int(time.time() * 1000)
+    for record in kinesis_records(event):
+        event_name = events_by_stream.get(record["stream"], record["stream"])
+        fallback = f"{record['stream']}:{record['shard']}:{record['item']}"
+        try:
+            decoded = runtime.decode_event(record["value"], fallback_id=fallback)
+        except runtime.BadMessage as exc:
+            emit({"xflow": "dead_letter", "function": cfg["function"], "event": event_name, "event_id": fallback,
+                  "error": str(exc)})
+            continue
+        line = {"xflow": "event", "execution_id": decoded.execution_id, "event_id": decoded.event_id,
+                "event": event_name, "published_at": decoded.published_at, "producer": decoded.producer,
+                "data": decoded.data}
+        text = json.dumps(line, ensure_ascii=False, default=str)
+        if len(text) > MAX_LINE_CHARS:
+            line["data"], line["data_truncated"] = None, True
+            text = json.dumps(line, ensure_ascii=False, default=str)
+        lines.setdefault(_stream_name(decoded.execution_id), []).append({"timestamp": now, "message": text})
+    logs = client("logs")
+    for stream, items in lines.items():
+        try:
+            logs.create_log_stream(logGroupName=group, logStreamName=stream)
+        except Exception as exc:
+            if "ResourceAlreadyExists" not in type(exc).__name__ + str(exc):
+                raise
+        for start in range(0, len(items), 1000):
+            logs.put_log_events(logGroupName=group, logStreamName=stream, logEvents=items[start:start + 1000])
+    print(json.dumps({"xflow": "tracked", "records": sum(len(v) for v in lines.values())}), flush=True)
+    return {"batchItemFailures": []}
