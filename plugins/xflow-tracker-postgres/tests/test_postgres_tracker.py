@@ -1,0 +1,94 @@
+"""The postgres tracker against a real PostgreSQL server: the conformance kit, then what only it does."""
+
+from __future__ import annotations
+
+import pytest
+from xflow_tracker_postgres.tracker import PostgresTrackerStore
+
+from xflow.core.errors import XflowError
+from xflow.core.interfaces import EventRecord, PluginContext
+from xflow.testing import TrackerStoreContract, apply_steps, kit_workflow, new_workflow_id
+
+
+class TestPostgresTracker(TrackerStoreContract):
+    @pytest.fixture
+    def tracker_factory(self, postgres_dsn, tmp_path):
+        return lambda workflow_id: PostgresTrackerStore(PluginContext(workflow_id, {"dsn": postgres_dsn}, tmp_path))
+
+
+@pytest.fixture
+def tracker(postgres_dsn, tmp_path):
+    workflow = kit_workflow(new_workflow_id("pg"), tmp_path)
+    store = PostgresTrackerStore(PluginContext(workflow.id, {"dsn": postgres_dsn}, tmp_path))
+    apply_steps(store.plan_setup(workflow))
+    yield store
+    apply_steps(store.plan_teardown(workflow))
+    store.close()
+
+
+def test_one_execution_is_read_through_the_indexes(tracker):
+    tracker.record_event(EventRecord("ex1", "ev1", "Uploaded", 1.0))
+    conn = tracker._connect()
+    conn.execute("SET enable_seqscan = off")
+    try:
+        for table in ("xflow_events", "xflow_deliveries"):
+            plan = "\n".join(row[0] for row in conn.execute(
+                f"EXPLAIN SELECT * FROM {table} WHERE workflow_id = %s AND execution_id = %s "
+                f"ORDER BY {'published_at, seq' if table == 'xflow_events' else 'started_at, id'}",
+                (tracker.workflow_id, "ex1")))
+            assert f"{table}_by_execution" in plan, plan
+            assert "Sort" not in plan, plan
+    finally:
+        conn.execute("RESET enable_seqscan")
+
+
+def test_executions_lists_the_most_recent_first(tracker):
+    tracker.record_event(EventRecord("older", "e1", "Uploaded", 10.0))
+    tracker.record_event(EventRecord("newer", "e2", "Uploaded", 20.0))
+    assert tracker.executions() == ["newer", "older"]
+
+
+def test_records_before_setup_ask_for_setup(postgres_dsn, tmp_path):
+    store = PostgresTrackerStore(PluginContext("w", {"dsn": postgres_dsn, "schema": "nowhere"}, tmp_path))
+    with pytest.raises(XflowError, match="run xflow setup first"):
+        store.history("x")
+    store.close()
+
+
+def test_an_unreachable_server_is_one_clear_error(tmp_path):
+    from plugin_servers import free_port
+
+    dsn = f"postgresql://xflow:s3cret@127.0.0.1:{free_port()}/postgres"
+    store = PostgresTrackerStore(PluginContext("w", {"dsn": dsn}, tmp_path))
+    with pytest.raises(XflowError) as caught:
+        store.history("x")
+    message = str(caught.value)
+    assert "cannot reach postgresql://xflow:***@127.0.0.1" in message
+    assert "s3cret" not in message
+
+
+def test_a_dropped_connection_is_reopened(tracker, postgres_dsn):
+    tracker.record_event(EventRecord("ex2", "ev1", "Uploaded", 1.0))
+    pid = tracker._connect().info.backend_pid
+    import psycopg
+
+    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    assert [e.event_id for e in tracker.history("ex2").events] == ["ev1"]
+
+
+def test_bad_schema_option(tmp_path):
+    with pytest.raises(XflowError, match="not a plain SQL name"):
+        PostgresTrackerStore(PluginContext("w", {"schema": "x; drop table y"}, tmp_path))
+
+
+def test_installed_plugin_is_found_by_name(monkeypatch, tmp_path):
+    from xflow.core.plugins import PluginRegistry, check_options
+
+    info = PluginRegistry().get("tracker", "postgres")
+    assert info.cls is PostgresTrackerStore
+    assert info.distribution == "xflow-tracker-postgres"
+    with pytest.raises(XflowError, match="it accepts: dsn, schema"):
+        check_options(info, {"url": "x"}, "--option")
+    monkeypatch.setenv("XFLOW_POSTGRES_DSN", "postgresql://u@db.example:5433/x")
+    assert PostgresTrackerStore(PluginContext("w", {}, tmp_path)).dsn == "postgresql://u@db.example:5433/x"
