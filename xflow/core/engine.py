@@ -53,7 +53,7 @@ def read_setup_record(state_dir: Path, workflow_id: str) -> dict[str, Any] | Non
     path = setup_record_path(state_dir, workflow_id)
     try:
         return json.loads(path.read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except (OSError, ValueError) as exc:
         raise XflowError(f"{path} is unreadable ({exc})", "remove it and run 'xflow setup' again") from None

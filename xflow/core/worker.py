@@ -96,6 +96,7 @@ class Dispatcher:
         self.batch_size, self.idle_sleep = batch_size, idle_sleep
         self.backoff_seconds, self.backoff_max_seconds = backoff_seconds, backoff_max_seconds
         self.handled = 0
+        self.commit_interval = 1.0
         self._handlers: dict[str, Callable[..., Any]] = {}
 
     def load_handlers(self) -> None:
@@ -129,9 +130,7 @@ class Dispatcher:
                     deliveries = consumer.poll(self.batch_size, 0)
                     if deliveries:
                         busy = True
-                        for delivery in deliveries:
-                            self.handle(function, delivery)
-                        consumer.commit(deliveries)
+                        self._settle(function, consumer, deliveries)
                     if should_stop():
                         break
                 if not busy:
@@ -141,6 +140,19 @@ class Dispatcher:
         finally:
             for _, consumer in consumers:
                 consumer.close()
+
+    def _settle(self, function: Function, consumer: Consumer, deliveries: list[Delivery]) -> None:
+        """Handle a batch, committing at least every ``commit_interval`` seconds (keeps slow batches' leases alive)."""
+        done: list[Delivery] = []
+        last_commit = time.monotonic()
+        for delivery in deliveries:
+            self.handle(function, delivery)
+            done.append(delivery)
+            if time.monotonic() - last_commit >= self.commit_interval:
+                consumer.commit(done)
+                done, last_commit = [], time.monotonic()
+        if done:
+            consumer.commit(done)
 
     def handle(self, function: Function, delivery: Delivery) -> None:
         """Settle one delivery: skip a duplicate, or run the handler with retries, or dead-letter."""

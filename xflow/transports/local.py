@@ -223,6 +223,7 @@ class LocalConsumer(Consumer):
         self.units: list[Unit] = [(s, p) for s in streams for p in range(transport.partitions_of(s))]
         self.fetched: dict[Unit, int] = {}
         self.next_heartbeat = 0.0
+        self.next_renewal = 0.0
 
     def _rebalance(self) -> None:
         now = time.time()
@@ -251,7 +252,7 @@ class LocalConsumer(Consumer):
             committed = {(s, p): pos for s, p, pos in db.execute(
                 "SELECT stream, part, position FROM offsets WHERE grp = ?", (self.group,))}
         self.fetched = {u: self.fetched.get(u, committed.get(u, 0)) for u in mine}
-        self.next_heartbeat = now + self.transport.lease_seconds / 3
+        self.next_heartbeat = self.next_renewal = now + self.transport.lease_seconds / 3
 
     def poll(self, max_records: int, timeout: float) -> list[Delivery]:
         deadline = time.monotonic() + timeout
@@ -281,6 +282,12 @@ class LocalConsumer(Consumer):
         if not latest:
             return
         with _immediate(self.db) as db:
+            now = time.time()
+            if now >= self.next_renewal:
+                expires = now + self.transport.lease_seconds
+                db.execute("UPDATE leases SET expires_at = ? WHERE grp = ? AND owner = ?", (expires, self.group, self.owner))
+                db.execute("UPDATE members SET expires_at = ? WHERE grp = ? AND owner = ?", (expires, self.group, self.owner))
+                self.next_renewal = now + self.transport.lease_seconds / 3
             for (stream, part), position in latest.items():
                 owner = db.execute("SELECT owner FROM leases WHERE grp = ? AND stream = ? AND part = ?",
                                    (self.group, stream, part)).fetchone()

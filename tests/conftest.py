@@ -1,0 +1,88 @@
+"""Shared test helpers: run the ``xflow`` CLI in a subprocess, in an isolated folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+WORD_COUNT = ROOT / "examples" / "word_count" / "word_count.yaml"
+SAMPLE = ROOT / "examples" / "word_count" / "sample.txt"
+SEED = Path(__file__).resolve().parent / "fixtures" / "seed" / "word_count.cfg"
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment for a CLI subprocess: no XFLOW_* leaking in from the caller."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XFLOW_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def xflow_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "xflow.cli", *args]
+
+
+class CLI:
+    """Runs ``xflow ARGS`` in ``cwd`` and returns the finished process (text mode)."""
+
+    def __init__(self, cwd: Path, env: dict[str, str] | None = None) -> None:
+        self.cwd, self.env = cwd, env
+
+    def __call__(self, *args: str | os.PathLike[str], timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+        environment = clean_env(**(self.env or {}), **env)
+        return subprocess.run(xflow_command(*map(str, args)), cwd=self.cwd, env=environment, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def json(self, *args: str | os.PathLike[str], expect: int = 0, **kw: Any) -> Any:
+        done = self(*args, "--output", "json", **kw)
+        assert done.returncode == expect, f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+        return json.loads(done.stdout)
+
+    def popen(self, *args: str | os.PathLike[str], **env: str) -> subprocess.Popen[str]:
+        log = open(self.cwd / f"proc-{len(list(self.cwd.glob('proc-*')))}.log", "w")  # noqa: SIM115
+        return subprocess.Popen(xflow_command(*map(str, args)), cwd=self.cwd, env=clean_env(**(self.env or {}), **env),
+                                stdout=log, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> CLI:
+    """The xflow CLI, run in a fresh temporary folder (its state folder is ``tmp_path/.xflow``)."""
+    return CLI(tmp_path)
+
+
+@pytest.fixture
+def make_workflow(tmp_path: Path) -> Callable[..., Path]:
+    """Write a workflow file and handler modules into a folder of ``tmp_path``; returns the file."""
+
+    def make(yaml_text: str, handlers: dict[str, str] | None = None, name: str = "flow.yaml",
+             folder: str = "flows") -> Path:
+        base = tmp_path / folder
+        base.mkdir(exist_ok=True)
+        for filename, code in (handlers or {}).items():
+            (base / filename).write_text(textwrap.dedent(code))
+        path = base / name
+        path.write_text(textwrap.dedent(yaml_text))
+        return path
+
+    return make
+
+
+def word_counts(text: str) -> dict[str, int]:
+    """An independent count: maximal runs of str.isalpha() characters, lowercased."""
+    from itertools import groupby
+
+    counts: dict[str, int] = {}
+    for is_word, chars in groupby(text, key=str.isalpha):
+        if is_word:
+            word = "".join(chars).lower()
+            counts[word] = counts.get(word, 0) + 1
+    return counts
