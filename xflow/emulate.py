@@ -1,0 +1,464 @@
+"""``xflow emulate``: run a workflow deployed with the lambda provider on this machine, without Docker.
+
+Against any AWS-API endpoint (``AWS_ENDPOINT_URL``: moto, LocalStack, or AWS itself) the emulator
+does what the Lambda service does for Kinesis event source mappings:
+
+- reads the event source mappings that exist on the endpoint for the workflow's functions (and
+  ``tracker_<workflow_id>``), with their batch size, starting position, retry limit, bisect flag;
+- polls the mapped streams' shards and invokes the function's *deployed code* in a subprocess
+  with the Lambda Kinesis event format. The code is the zip the function's code location serves,
+  else the artifact setup kept in the state folder — accepted only when its SHA-256 equals the
+  function's ``CodeSha256`` on the endpoint;
+- honours the partial-batch response (``batchItemFailures``): retries from the first failed
+  record, drops it once the mapping's retries are used up; a failed invocation is retried whole
+  (halved when bisect-on-error is on);
+- writes the function's output to CloudWatch Logs ``/aws/lambda/<name>`` as Lambda does.
+
+Positions are kept per mapping and shard in ``<state>/<workflow_id>/emulate.json``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from xflow.core.aws import AwsSession, is_client_error, translate_errors
+from xflow.core.errors import XflowError
+
+log = logging.getLogger("xflow.emulate")
+
+#: runs a Lambda handler from a task folder: argv = task root, handler, event file, result file
+RUNNER = r"""
+import importlib, json, sys, traceback
+root, handler, event_file, result_file = sys.argv[1:5]
+sys.path.insert(0, root)
+class Context:
+    def __init__(self):
+        import os
+        self.function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "")
+        self.aws_request_id = os.environ.get("XFLOW_REQUEST_ID", "")
+        self.memory_limit_in_mb = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "")
+    def get_remaining_time_in_millis(self):
+        return 60000
+try:
+    module_name, _, function_name = handler.rpartition(".")
+    function = getattr(importlib.import_module(module_name), function_name)
+    with open(event_file) as f:
+        event = json.load(f)
+    result = function(event, Context())
+    with open(result_file, "w") as f:
+        json.dump(result, f)
+except Exception as exc:
+    traceback.print_exc()
+    with open(result_file, "w") as f:
+        json.dump({"errorType": type(exc).__name__, "errorMessage": str(exc)}, f)
+    sys.exit(1)
+"""
+
+
+@dataclass
+class DeployedFunction:
+    name: str
+    handler: str
+    timeout: float
+    memory: int
+    environment: dict[str, str]
+    task_root: Path
+    log_stream: str
+
+
+@dataclass
+class ShardCursor:
+    """Where one mapping is in one shard."""
+
+    checkpoint: str | None = None
+    iterator: str | None = None
+    batch_limit: int | None = None
+    failures: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class EmulatorReport:
+    invocations: int = 0
+    records: int = 0
+    failed_invocations: int = 0
+    discarded_records: int = 0
+    idle: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"invocations": self.invocations, "records": self.records,
+                "failed_invocations": self.failed_invocations, "discarded_records": self.discarded_records,
+                "idle": self.idle}
+
+
+class Emulator:
+    """Polls the mapped streams and invokes the deployed functions; see the module docstring."""
+
+    def __init__(self, workflow: Any, state_dir: Path, aws: AwsSession,
+                 echo: Callable[[str], None] | None = None) -> None:
+        from xflow.providers.aws_lambda import tracker_function_name
+
+        self.workflow = workflow
+        self.state_dir = Path(state_dir)
+        self.aws = aws
+        self.echo = echo or (lambda line: None)
+        self.function_names = [*workflow.functions, tracker_function_name(workflow.id)]
+        self.functions: dict[str, DeployedFunction] = {}
+        self.mappings: list[dict[str, Any]] = []
+        self.cursors: dict[tuple[str, str], ShardCursor] = {}
+        self.position_file = self.state_dir / workflow.id / "emulate.json"
+        self._tmp = tempfile.TemporaryDirectory(prefix="xflow-emulate-")
+        self.report = EmulatorReport()
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+    # ------------------------------------------------------------------ loading
+
+    def load(self) -> None:
+        lam = self.aws.client("lambda")
+        run_id = uuid.uuid4().hex
+        day = time.strftime("%Y/%m/%d", time.gmtime())
+        for name in self.function_names:
+            with translate_errors(f"reading Lambda function {name}"):
+                try:
+                    response = lam.get_function(FunctionName=name)
+                except Exception as exc:
+                    if is_client_error(exc, "ResourceNotFoundException"):
+                        raise XflowError(f"function {name} is not deployed on this endpoint",
+                                         "run 'xflow setup' for this workflow first") from None
+                    raise
+            config = response["Configuration"]
+            data = self._code(name, config["CodeSha256"], (response.get("Code") or {}).get("Location"))
+            root = Path(self._tmp.name) / name
+            from xflow.sources.archive import safe_extract_zip
+
+            safe_extract_zip(data, root, f"the deployed code of {name}")
+            self.functions[name] = DeployedFunction(
+                name, config["Handler"], float(config.get("Timeout", 3)), int(config.get("MemorySize", 128)),
+                dict((config.get("Environment") or {}).get("Variables") or {}), root, f"{day}/[$LATEST]{run_id}")
+            with translate_errors(f"listing the event source mappings of {name}"):
+                for page in lam.get_paginator("list_event_source_mappings").paginate(FunctionName=name):
+                    for mapping in page.get("EventSourceMappings", []):
+                        if mapping.get("State", "Enabled") in ("Enabled", "Creating", "Updating", "Enabling") \
+                                and ":kinesis:" in mapping.get("EventSourceArn", ""):
+                            self.mappings.append(dict(mapping, FunctionName=name))
+        self._load_positions()
+
+    def _code(self, name: str, sha: str, location: str | None) -> bytes:
+        from xflow.providers.aws_lambda import artifact_path, code_sha256
+
+        if location and location.startswith(("http://", "https://")) and self._serves_code(location):
+            try:
+                with urllib.request.urlopen(location, timeout=5) as response:  # noqa: S310 (http(s) only)
+                    data = response.read()
+                if code_sha256(data) == sha:
+                    return data
+            except OSError as exc:
+                log.debug("code location of %s not readable: %s", name, exc)
+        path = artifact_path(self.state_dir, sha)
+        if not path.exists():
+            raise XflowError(
+                f"function {name}: the endpoint does not serve its code and {self.state_dir} holds no artifact "
+                f"with its CodeSha256 {sha}",
+                "the deployed code differs from what setup kept here: run 'xflow setup' again from this folder")
+        data = path.read_bytes()
+        if code_sha256(data) != sha:
+            raise XflowError(f"function {name}: artifact {path} does not match the deployed CodeSha256 {sha}",
+                             "run 'xflow setup' again from this folder")
+        return data
+
+    @staticmethod
+    def _serves_code(location: str) -> bool:
+        """Real AWS serves code at a presigned URL; an emulated endpoint only on its own host."""
+        endpoint = os.environ.get("AWS_ENDPOINT_URL")
+        if not endpoint:
+            return True
+        return urllib.parse.urlsplit(location).netloc == urllib.parse.urlsplit(endpoint).netloc
+
+    def _load_positions(self) -> None:
+        try:
+            saved = json.loads(self.position_file.read_text())
+        except (FileNotFoundError, ValueError):
+            saved = {}
+        for key, checkpoint in saved.items():
+            uuid_, _, shard = key.partition("|")
+            self.cursors[(uuid_, shard)] = ShardCursor(checkpoint=checkpoint)
+
+    def _save_positions(self) -> None:
+        data = {f"{u}|{s}": c.checkpoint for (u, s), c in self.cursors.items() if c.checkpoint}
+        self.position_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.position_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        tmp.replace(self.position_file)
+
+    # ------------------------------------------------------------------ polling
+
+    def run_pass(self) -> int:
+        """One pass over every mapping and shard; returns how many records were handled."""
+        handled = 0
+        kinesis = self.aws.client("kinesis")
+        for mapping in self.mappings:
+            stream = mapping["EventSourceArn"].rpartition("/")[2]
+            with translate_errors(f"listing the shards of {stream}"):
+                try:
+                    shards = kinesis.list_shards(StreamName=stream).get("Shards", [])
+                except Exception as exc:
+                    if is_client_error(exc, "ResourceNotFoundException"):
+                        continue
+                    raise
+            for shard in shards:
+                handled += self._poll_shard(mapping, stream, shard["ShardId"])
+        return handled
+
+    def _poll_shard(self, mapping: dict[str, Any], stream: str, shard_id: str) -> int:
+        kinesis = self.aws.client("kinesis")
+        cursor = self.cursors.setdefault((mapping["UUID"], shard_id), ShardCursor())
+        with translate_errors(f"reading shard {shard_id} of {stream}"):
+            if cursor.iterator is None:
+                kwargs: dict[str, Any] = {"StreamName": stream, "ShardId": shard_id}
+                if cursor.checkpoint:
+                    kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=cursor.checkpoint)
+                else:
+                    kwargs["ShardIteratorType"] = mapping.get("StartingPosition") or "TRIM_HORIZON"
+                cursor.iterator = kinesis.get_shard_iterator(**kwargs)["ShardIterator"]
+            limit = cursor.batch_limit or int(mapping.get("BatchSize") or 100)
+            response = kinesis.get_records(ShardIterator=cursor.iterator, Limit=limit)
+        records = response.get("Records", [])
+        if not records:
+            cursor.iterator = response.get("NextShardIterator")
+            return 0
+        self._invoke_batch(mapping, stream, shard_id, cursor, records, response.get("NextShardIterator"))
+        return len(records)
+
+    def _invoke_batch(self, mapping: dict[str, Any], stream: str, shard_id: str, cursor: ShardCursor,
+                      records: list[dict[str, Any]], next_iterator: str | None) -> None:
+        function = self.functions[mapping["FunctionName"]]
+        event = {"Records": [self._lambda_record(mapping, shard_id, r) for r in records]}
+        ok, result = self.invoke(function, event)
+        self.report.invocations += 1
+        self.report.records += len(records)
+        max_retries = int(mapping.get("MaximumRetryAttempts", -1))
+        first = records[0]["SequenceNumber"]
+        if ok:
+            failed = [str(item.get("itemIdentifier")) for item in (result or {}).get("batchItemFailures") or []]
+            if not failed:
+                self._advance(cursor, records[-1]["SequenceNumber"], next_iterator)
+                return
+            lowest = min(int(f) for f in failed)
+            done = [r for r in records if int(r["SequenceNumber"]) < lowest]
+            if done:
+                cursor.failures.clear()
+                self._advance(cursor, done[-1]["SequenceNumber"], None)
+                return
+            key = str(lowest)
+            cursor.failures[key] = cursor.failures.get(key, 0) + 1
+            if 0 <= max_retries < cursor.failures[key]:
+                self.report.discarded_records += 1
+                self.echo(f"{function.name}: record {key} of {stream} failed {cursor.failures[key]} times; discarded")
+                cursor.failures.pop(key)
+                self._advance(cursor, key, None)
+            else:
+                cursor.iterator = None
+            return
+        self.report.failed_invocations += 1
+        cursor.failures[first] = cursor.failures.get(first, 0) + 1
+        if 0 <= max_retries < cursor.failures[first]:
+            self.report.discarded_records += len(records)
+            self.echo(f"{function.name}: a batch of {len(records)} record(s) from {stream} failed "
+                      f"{cursor.failures[first]} times; discarded")
+            cursor.failures.pop(first)
+            cursor.batch_limit = None
+            self._advance(cursor, records[-1]["SequenceNumber"], None)
+            return
+        if mapping.get("BisectBatchOnFunctionError") and len(records) > 1:
+            cursor.batch_limit = max(1, len(records) // 2)
+        cursor.iterator = None
+
+    def _advance(self, cursor: ShardCursor, checkpoint: str, next_iterator: str | None) -> None:
+        cursor.checkpoint = checkpoint
+        cursor.iterator = next_iterator
+        cursor.batch_limit = None
+        self._save_positions()
+
+    def _lambda_record(self, mapping: dict[str, Any], shard_id: str, record: dict[str, Any]) -> dict[str, Any]:
+        arrived = record.get("ApproximateArrivalTimestamp")
+        return {
+            "kinesis": {
+                "kinesisSchemaVersion": "1.0",
+                "partitionKey": record.get("PartitionKey"),
+                "sequenceNumber": record["SequenceNumber"],
+                "data": base64.b64encode(bytes(record["Data"])).decode(),
+                "approximateArrivalTimestamp": arrived.timestamp() if hasattr(arrived, "timestamp") else time.time(),
+            },
+            "eventSource": "aws:kinesis",
+            "eventVersion": "1.0",
+            "eventID": f"{shard_id}:{record['SequenceNumber']}",
+            "eventName": "aws:kinesis:record",
+            "invokeIdentityArn": "",
+            "awsRegion": self.aws.region,
+            "eventSourceARN": mapping["EventSourceArn"],
+        }
+
+    # ------------------------------------------------------------------ invoking
+
+    def _environment(self, function: DeployedFunction, request_id: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("XFLOW_", "PYTHON"))}
+        credentials = self.aws.session.get_credentials()
+        if credentials is not None:
+            frozen = credentials.get_frozen_credentials()
+            env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"] = frozen.access_key, frozen.secret_key
+            if frozen.token:
+                env["AWS_SESSION_TOKEN"] = frozen.token
+            else:
+                env.pop("AWS_SESSION_TOKEN", None)
+        region = self.aws.require_region()
+        env.update(function.environment)
+        env.update({
+            "AWS_REGION": region, "AWS_DEFAULT_REGION": region, "AWS_LAMBDA_FUNCTION_NAME": function.name,
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(function.memory), "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+            "AWS_LAMBDA_FUNCTION_TIMEOUT": str(int(function.timeout)), "LAMBDA_TASK_ROOT": str(function.task_root),
+            "_HANDLER": function.handler, "XFLOW_REQUEST_ID": request_id, "PYTHONUNBUFFERED": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        })
+        return env
+
+    def invoke(self, function: DeployedFunction, event: dict[str, Any]) -> tuple[bool, Any]:
+        """Run the function once on ``event`` in a subprocess; (succeeded, its result)."""
+        request_id = str(uuid.uuid4())
+        folder = Path(self._tmp.name) / "invocations"
+        folder.mkdir(exist_ok=True)
+        event_file, result_file = folder / f"{request_id}.event.json", folder / f"{request_id}.result.json"
+        event_file.write_text(json.dumps(event))
+        started = time.perf_counter()
+        lines = [f"START RequestId: {request_id} Version: $LATEST"]
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", RUNNER, str(function.task_root), function.handler, str(event_file),
+                 str(result_file)],
+                cwd=function.task_root, env=self._environment(function, request_id), capture_output=True,
+                text=True, timeout=function.timeout, check=False)
+            output = (done.stdout + done.stderr).splitlines()
+            ok = done.returncode == 0
+        except subprocess.TimeoutExpired as exc:
+            output = [x for x in ((exc.stdout or b"").decode("utf-8", "replace") if isinstance(exc.stdout, bytes)
+                                  else (exc.stdout or "")).splitlines()]
+            output.append(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {request_id} "
+                          f"Task timed out after {function.timeout:.2f} seconds")
+            ok = False
+        result = None
+        if result_file.exists():
+            with contextlib.suppress(ValueError):
+                result = json.loads(result_file.read_text() or "null")
+        if not ok and isinstance(result, dict) and result.get("errorMessage"):
+            output.append(json.dumps(result))
+        elapsed = (time.perf_counter() - started) * 1000
+        lines += output
+        lines += [f"END RequestId: {request_id}",
+                  f"REPORT RequestId: {request_id}\tDuration: {elapsed:.2f} ms\tMemory Size: {function.memory} MB"]
+        self._write_logs(function, lines)
+        event_file.unlink(missing_ok=True)
+        result_file.unlink(missing_ok=True)
+        return ok, result
+
+    def _write_logs(self, function: DeployedFunction, lines: list[str]) -> None:
+        logs = self.aws.client("logs")
+        group = f"/aws/lambda/{function.name}"
+        now = int(time.time() * 1000)
+        events = [{"timestamp": now, "message": line[:250_000]} for line in lines if line]
+        with translate_errors(f"writing to log group {group}"):
+            for create, kwargs in ((logs.create_log_group, {"logGroupName": group}),
+                                   (logs.create_log_stream, {"logGroupName": group,
+                                                             "logStreamName": function.log_stream})):
+                try:
+                    create(**kwargs)
+                except Exception as exc:
+                    if not is_client_error(exc, "ResourceAlreadyExistsException"):
+                        raise
+            for start in range(0, len(events), 1000):
+                logs.put_log_events(logGroupName=group, logStreamName=function.log_stream,
+                                    logEvents=events[start:start + 1000])
+
+    # ------------------------------------------------------------------ loops
+
+    def run(self, until_idle: bool = False, poll_interval: float = 1.0, timeout: float | None = None) -> EmulatorReport:
+        deadline = time.monotonic() + timeout if timeout else None
+        while True:
+            handled = self.run_pass()
+            if handled == 0 and until_idle:
+                self.report.idle = True
+                return self.report
+            if deadline is not None and time.monotonic() > deadline:
+                return self.report
+            if handled == 0:
+                time.sleep(poll_interval)
+
+
+def emulate(workflow: Any, state_dir: Path, aws: AwsSession, *, until_idle: bool = False,
+            poll_interval: float = 1.0, timeout: float | None = None,
+            echo: Callable[[str], None] | None = None) -> EmulatorReport:
+    """Load the deployed functions and mappings of ``workflow`` and run them (see the module docstring)."""
+    emulator = Emulator(workflow, state_dir, aws, echo)
+    try:
+        emulator.load()
+        if not emulator.mappings:
+            raise XflowError(f"no event source mappings of workflow {workflow.id} on this endpoint",
+                             "run 'xflow setup' for this workflow first")
+        return emulator.run(until_idle=until_idle, poll_interval=poll_interval, timeout=timeout)
+    finally:
+        emulator.close()
+
+
+@click.command("emulate")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--until-idle", is_flag=True, help="Return once no mapped stream has anything left to process.")
+@click.option("--poll-interval", type=float, default=1.0, show_default=True, help="Seconds between idle passes.")
+@click.option("--timeout", type=float, default=None, help="Stop after this many seconds (exit 1 if not idle).")
+@click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.pass_context
+def emulate_command(ctx: click.Context, file: Path, until_idle: bool, poll_interval: float, timeout: float | None,
+                    output: str) -> None:
+    """Run FILE's Lambda deployment on this machine against AWS_ENDPOINT_URL (no Docker)."""
+    from xflow.core.engine import AWS_DEFAULTS, Engine
+
+    state_dir = (ctx.obj or {}).get("state_dir") or Path(os.environ.get("XFLOW_STATE_DIR") or ".xflow")
+    engine = Engine(file, state_dir=state_dir, defaults=AWS_DEFAULTS)
+    try:
+        provider = engine.provider
+        aws = getattr(provider, "aws", None)
+        if provider.name != "lambda" or aws is None:
+            raise XflowError(f"workflow {engine.workflow.id} is set up with provider {provider.name!r}; "
+                             "emulate runs lambda deployments", "use 'xflow worker' for local providers")
+        echo = (lambda line: click.echo(line, err=True)) if output == "text" else None
+        try:
+            report = emulate(engine.workflow, Path(state_dir), aws, until_idle=until_idle,
+                             poll_interval=poll_interval, timeout=timeout, echo=echo)
+        except KeyboardInterrupt:
+            click.echo("stopped", err=True)
+            return
+    finally:
+        engine.close()
+    if output == "json":
+        click.echo(json.dumps(report.as_dict()))
+    else:
+        click.echo(f"{report.invocations} invocation(s), {report.records} record(s), "
+                   f"{report.failed_invocations} failed invocation(s), {report.discarded_records} discarded record(s)"
+                   + ("; idle" if report.idle else ""))
+    if (until_idle or timeout) and not report.idle:
+        ctx.exit(1)
