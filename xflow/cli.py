@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from xflow.emulate import emulate_command
+from xflow.scaffold import new_plugin_command
+
 if TYPE_CHECKING:
     from xflow.core.engine import Engine
 
@@ -371,6 +374,10 @@ def plugins(ctx: click.Context, output: str) -> None:
         description = info["description"] if info["status"] == "ok" else f"[red]broken: {info['error']}[/]"
         table.add_row(info["kind"], info["name"], info["distribution"], info["version"], description)
     _console().print(table)
+
+
+plugins.add_command(new_plugin_command)
+cli.add_command(emulate_command)
 
 
 @cli.command()

@@ -198,7 +198,8 @@ class TransportContract:
 
     # -- declaration -------------------------------------------------------------------------
 
-    def test_declares_name_options_and_limit(self, transport: Transport) -> None:
+    def test_declares_name_options_and_limit(self, make_transport: Callable[[], Transport]) -> None:
+        transport = make_transport()
         cls = type(transport)
         assert isinstance(cls.name, str) and cls.name
         assert all(isinstance(k, str) and isinstance(v, str) for k, v in cls.options.items())
@@ -424,8 +425,8 @@ class TrackerStoreContract:
                               attempt=attempt, status=status, started_at=started_at,  # type: ignore[arg-type]
                               duration=0.25, error=error, logs=logs)
 
-    def test_declares_name_and_options(self, tracker: TrackerStore) -> None:
-        cls = type(tracker)
+    def test_declares_name_and_options(self, make_tracker: Callable[[], TrackerStore]) -> None:
+        cls = type(make_tracker())
         assert isinstance(cls.name, str) and cls.name
         assert all(isinstance(k, str) and isinstance(v, str) for k, v in cls.options.items())
 
