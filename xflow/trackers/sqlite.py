@@ -27,7 +27,7 @@ CREATE INDEX IF NOT EXISTS events_by_execution ON events(execution_id, published
 CREATE TABLE IF NOT EXISTS deliveries(id INTEGER PRIMARY KEY AUTOINCREMENT, execution_id TEXT NOT NULL,
     event_id TEXT NOT NULL, event TEXT NOT NULL, function TEXT NOT NULL, attempt INTEGER NOT NULL,
     status TEXT NOT NULL, started_at REAL NOT NULL, duration REAL, error TEXT, logs TEXT);
-CREATE INDEX IF NOT EXISTS deliveries_by_execution ON deliveries(execution_id, id);
+CREATE INDEX IF NOT EXISTS deliveries_by_execution ON deliveries(execution_id, started_at);
 CREATE INDEX IF NOT EXISTS deliveries_by_event ON deliveries(event_id, function, status);
 """
 
@@ -110,7 +110,7 @@ class SqliteTrackerStore(TrackerStore):
                            error, tuple(json.loads(logs or "[]")))
             for event_id, event, function, attempt, status, started_at, duration, error, logs in self.db.execute(
                 "SELECT event_id, event, function, attempt, status, started_at, duration, error, logs "
-                "FROM deliveries WHERE execution_id = ? ORDER BY id", (execution_id,))
+                "FROM deliveries WHERE execution_id = ? ORDER BY started_at, id", (execution_id,))
         ]
         return ExecutionHistory(events, deliveries)
 
