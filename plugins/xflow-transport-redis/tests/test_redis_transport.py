@@ -150,3 +150,48 @@ def test_installed_plugin_is_found_by_name_and_checks_option_keys():
 def test_url_comes_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("XFLOW_REDIS_URL", "redis://example.invalid:6390/2")
     assert RedisTransport(PluginContext("w", {}, tmp_path)).url == "redis://example.invalid:6390/2"
+
+
+def word_counts(text: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    word = ""
+    for char in text + " ":
+        if char.isalpha():
+            word += char
+        elif word:
+            counts[word.lower()] = counts.get(word.lower(), 0) + 1
+            word = ""
+    return counts
+
+
+def test_word_count_end_to_end_through_the_cli(redis_url, tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import redis
+
+    examples = Path(__file__).resolve().parents[3] / "examples" / "word_count"
+    sample = examples / "sample.txt"
+
+    def xflow(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", "from xflow.cli import main; main()",
+                               "--state-dir", str(tmp_path / "state"), *args],
+                              capture_output=True, text=True, cwd=tmp_path, timeout=300)
+
+    run = xflow("run", str(examples / "word_count.yaml"), "--transport", "redis", "--option", f"url={redis_url}",
+                "--data", json.dumps({"path": str(sample)}), "--output", "json")
+    assert run.returncode == 0, run.stdout + run.stderr
+    summary = json.loads(run.stdout)
+    assert summary["status"] == "succeeded"
+    assert summary["result"]["counts"] == word_counts(sample.read_text(encoding="utf-8"))
+    assert summary["result"]["total"] == sum(summary["result"]["counts"].values())
+
+    client = redis.Redis.from_url(redis_url)
+    assert client.hlen("xflow:{word_count}:streams") == 6
+    teardown = xflow("teardown", str(examples / "word_count.yaml"), "--transport", "redis",
+                     "--option", f"url={redis_url}")
+    assert teardown.returncode == 0, teardown.stdout + teardown.stderr
+    assert list(client.scan_iter(match="xflow:{word_count}:*")) == []
+    client.close()
