@@ -312,7 +312,7 @@ xflow plugins            # lists: $kind  $name  $dist
 | --- | --- | --- |
 | `url` | `XFLOW_${env}_URL` | TODO |
 
-Give them in the workflow file (`$kind: {name: $name, url: ...}`), as `--option url=...`, or
+Give them in the workflow file (`$kind: {name: $name, options: {url: ...}}`), as `--option url=...`, or
 through the environment variable.
 
 ## Develop
