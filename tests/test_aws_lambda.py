@@ -158,6 +158,13 @@ def test_word_count_on_lambda_end_to_end(aws_endpoint, project):  # noqa: F811
                              cwd=project).stdout)
     assert later["status"] == "succeeded"
 
+    # --- emulate refuses code it cannot match with what is deployed
+    artifacts = project / ".xflow" / "lambda-artifacts"
+    artifacts.rename(project / "moved")
+    refused = xflow("emulate", wf, "--until-idle", cwd=project, check=False)
+    assert refused.returncode == 2 and "CodeSha256" in refused.stderr and "Traceback" not in refused.stderr
+    (project / "moved").rename(artifacts)
+
     # --- teardown leaves nothing
     xflow("teardown", wf, cwd=project)
     assert not [s for s in kinesis.list_streams()["StreamNames"] if s.startswith("word_count-")]
@@ -216,6 +223,24 @@ def test_oversize_publish_names_the_event(aws_endpoint, project):  # noqa: F811
     finally:
         xflow("teardown", wf, cwd=project)
     assert _streams("wc_big-") == []
+
+
+def test_local_provider_runs_on_kinesis_and_cloudwatch(aws_endpoint, project):  # noqa: F811
+    text = (EXAMPLE / "word_count.yaml").read_text().replace("- id: word_count", "- id: wc_local")
+    wf = _workflow(project, text)
+    data = json.dumps({"path": str(project / "input.txt")})
+    done = xflow("run", wf, "--transport", "kinesis", "--provider", "local", "--tracker", "cloudwatch",
+                 "--data", data, "--output", "json", cwd=project)
+    summary = json.loads(done.stdout)
+    assert summary["status"] == "succeeded"
+    assert [(e["state"], e["count"]) for e in summary["events"]] == [("processed", 1)] * 6
+    expected = expected_counts(TEXT)
+    assert summary["result"]["counts"] == dict(expected) and summary["result"]["total"] == sum(expected.values())
+    tracked = json.loads(xflow("track", "-flow", "wc_local", "-execution_id", summary["execution_id"],
+                               "--output", "json", cwd=project).stdout)
+    assert tracked["status"] == "succeeded"
+    xflow("teardown", wf, cwd=project)
+    assert _streams("wc_local-") == []
 
 
 def test_unreachable_endpoint_and_missing_credentials(project, tmp_path):

@@ -160,6 +160,8 @@ class Emulator:
                                 and ":kinesis:" in mapping.get("EventSourceArn", ""):
                             self.mappings.append(dict(mapping, FunctionName=name))
         self._load_positions()
+        current = {m["UUID"] for m in self.mappings}
+        self.cursors = {key: cursor for key, cursor in self.cursors.items() if key[0] in current}
 
     def _code(self, name: str, sha: str, location: str | None) -> bytes:
         from xflow.providers.aws_lambda import artifact_path, code_sha256
