@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from xflow.core.aws import AwsSession, is_client_error, translate_errors
+from xflow.core.errors import XflowError
 from xflow.core.hookspecs import hookimpl
 from xflow.core.interfaces import (
     DeliveryRecord,
@@ -180,14 +181,17 @@ class CloudWatchTracker(TrackerStore):
                     except Exception as exc:
                         if not is_client_error(exc, "ResourceAlreadyExistsException"):
                             if is_client_error(exc, "ResourceNotFoundException"):
-                                from xflow.core.errors import XflowError
-
                                 raise XflowError(f"log group {self.log_group} does not exist",
                                                  "run xflow setup for this workflow first") from None
                             raise
                     self._streams.add(stream)
                 try:
-                    self.logs.put_log_events(logGroupName=self.log_group, logStreamName=stream, logEvents=[event])
+                    response = self.logs.put_log_events(logGroupName=self.log_group, logStreamName=stream,
+                                                        logEvents=[event])
+                    rejected = response.get("rejectedLogEventsInfo")
+                    if rejected:
+                        raise XflowError(f"CloudWatch Logs rejected a record of execution {execution_id} in "
+                                         f"{self.log_group}: {rejected}")
                     return
                 except Exception as exc:
                     if is_client_error(exc, "ResourceNotFoundException") and attempt < 2:
