@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
@@ -138,3 +139,31 @@ def test_unreachable_endpoint_is_an_xflow_error_in_seconds(tmp_path, monkeypatch
     transport = make_transport(tmp_path)
     with pytest.raises(XflowError, match="cannot be reached"):
         transport.plan_setup(["A"])
+
+
+def test_two_members_of_a_group_share_the_shards(aws_endpoint, tmp_path):  # noqa: F811
+    transport = make_transport(tmp_path, shards=2, lease_seconds=3)
+    apply(transport.plan_setup(["A"]))
+    transport.publish("A", [_event(i, f"exec-{i}") for i in range(200)])
+    first = transport.subscribe("fn", ["A"])
+    seen: list[int] = []
+    batch = first.poll(20, 3.0)
+    assert batch
+    first.commit(batch)
+    seen += [decode_event(d.value, "x").data["i"] for d in batch]
+    assert sum(s.owned for s in first.shards.values()) == 2  # alone in the group: every shard
+    second = make_transport(tmp_path, transport.workflow_id, shards=2, lease_seconds=3).subscribe("fn", ["A"])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for consumer in (first, second):
+            got = consumer.poll(20, 0.2)
+            consumer.commit(got)
+            seen += [decode_event(d.value, "x").data["i"] for d in got]
+        owned = [sum(s.owned for s in c.shards.values()) for c in (first, second)]
+        if owned == [1, 1] and len(seen) == 200:
+            break
+    assert owned == [1, 1]
+    assert sorted(seen) == list(range(200))  # nothing lost, nothing twice
+    first.close()
+    second.close()
+    apply(transport.plan_teardown(["A"]))

@@ -9,8 +9,8 @@
   GetRecords. Each (group, stream, shard) has a lease and a checkpoint in a DynamoDB table per
   workflow (``xflow-<workflow_id>-checkpoints``, created on first subscribe), so several worker
   processes share a group: a shard is read by one lease holder at a time, a checkpoint is written
-  only by it and only after success, and a dead worker's shards are taken over when its lease
-  expires.
+  only by it and only after success, shards are spread over the group's live members, and a dead
+  worker's shards are taken over when its lease expires.
 
 Endpoint and credentials: :mod:`xflow.core.aws` (``AWS_ENDPOINT_URL`` honoured).
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 import uuid
@@ -284,20 +285,27 @@ class KinesisTransport(Transport):
 
 
 class _Shard:
-    def __init__(self, event: str, stream: str, shard_id: str) -> None:
+    def __init__(self, event: str, stream: str, shard_id: str, lease: str) -> None:
         self.event = event
         self.stream = stream
         self.shard_id = shard_id
-        self.lease = ""
+        self.lease = lease
         self.iterator: str | None = None
         self.owned = False
         self.renewed_at = 0.0
         self.tried_at = 0.0
         self.ended = False
+        #: positions handed out by poll and not committed yet
+        self.pending: set[str] = set()
 
 
 class KinesisConsumer(Consumer):
-    """Reads the shards this process holds leases on; checkpoints in DynamoDB after success."""
+    """Reads the shards this process holds leases on; checkpoints in DynamoDB after success.
+
+    Members of a group announce themselves with a heartbeat item; each takes free or expired
+    leases up to its fair share (shards / live members) and hands back, once it has nothing
+    uncommitted on it, a shard above that share, so a second worker gets half the shards.
+    """
 
     RESCAN_SECONDS = 5.0
 
@@ -310,11 +318,16 @@ class KinesisConsumer(Consumer):
         self.owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.shards: dict[str, _Shard] = {}
         self.scanned_at = 0.0
+        self.heartbeat_at = 0.0
+        self.members = 1
         self.cursor = 0
 
     @property
     def table(self) -> str:
         return self.transport.checkpoint_table
+
+    def _lease_key(self, stream: str, shard_id: str) -> str:
+        return f"{self.group}|{stream}|{shard_id}"
 
     def _scan(self) -> None:
         kinesis = self.transport.kinesis
@@ -328,12 +341,27 @@ class KinesisConsumer(Consumer):
                         raise XflowError(f"stream {stream} does not exist", "run xflow setup first") from None
                     raise
             for shard in shards:
-                lease = f"{self.group}|{stream}|{shard['ShardId']}"
+                lease = self._lease_key(stream, shard["ShardId"])
                 if lease not in self.shards:
-                    item = _Shard(event, stream, shard["ShardId"])
-                    item.lease = lease
-                    self.shards[lease] = item
+                    self.shards[lease] = _Shard(event, stream, shard["ShardId"], lease)
         self.scanned_at = time.monotonic()
+
+    def _heartbeat(self) -> None:
+        """Say this member is alive and count the group's live members."""
+        ddb = self.transport.dynamodb
+        now = time.time()
+        prefix = f"member|{self.group}|"
+        with translate_errors(f"announcing a member of group {self.group}"):
+            ddb.put_item(TableName=self.table, Item={"lease": {"S": prefix + self.owner},
+                                                     "expires": {"N": str(now + self.transport.lease_seconds)}})
+            live = 0
+            for page in ddb.get_paginator("scan").paginate(
+                    TableName=self.table, FilterExpression="begins_with(#l, :p) AND expires > :now",
+                    ExpressionAttributeNames={"#l": "lease"},
+                    ExpressionAttributeValues={":p": {"S": prefix}, ":now": {"N": str(now)}}):
+                live += len(page.get("Items", []))
+        self.members = max(1, live)
+        self.heartbeat_at = time.monotonic()
 
     def _acquire_or_renew(self, shard: _Shard) -> None:
         """Take the lease if free, expired or ours; keep the checkpoint it holds."""
@@ -356,7 +384,7 @@ class KinesisConsumer(Consumer):
             if "ConditionalCheckFailed" in exc.message:
                 if shard.owned:
                     log.info("lost the lease on %s", shard.lease)
-                shard.owned, shard.iterator = False, None
+                self._drop(shard)
                 return
             raise
         was_owned = shard.owned
@@ -365,6 +393,24 @@ class KinesisConsumer(Consumer):
             checkpoint = response.get("Attributes", {}).get("checkpoint", {}).get("S")
             shard.iterator = self._iterator(shard, checkpoint)
             shard.ended = False
+            shard.pending.clear()
+
+    def _drop(self, shard: _Shard) -> None:
+        shard.owned, shard.iterator = False, None
+        shard.pending.clear()
+
+    def _release(self, shard: _Shard) -> None:
+        try:
+            self.transport.dynamodb.update_item(
+                TableName=self.table, Key={"lease": {"S": shard.lease}},
+                UpdateExpression="SET #o = :none, expires = :zero", ConditionExpression="#o = :me",
+                ExpressionAttributeNames={"#o": "owner"},
+                ExpressionAttributeValues={":none": {"S": ""}, ":zero": {"N": "0"}, ":me": {"S": self.owner}},
+            )
+        except Exception as exc:  # handing back is best effort: the lease expires anyway
+            log.debug("releasing %s: %s", shard.lease, exc)
+        self._drop(shard)
+        shard.tried_at = time.monotonic()
 
     def _iterator(self, shard: _Shard, checkpoint: str | None) -> str | None:
         kwargs: dict[str, Any] = {"StreamName": shard.stream, "ShardId": shard.shard_id}
@@ -379,10 +425,23 @@ class KinesisConsumer(Consumer):
         now = time.monotonic()
         if not self.shards or now - self.scanned_at > self.RESCAN_SECONDS:
             self._scan()
+        if now - self.heartbeat_at > self.transport.lease_seconds / 3:
+            self._heartbeat()
+        fair = math.ceil(len(self.shards) / self.members)
+        owned = [s for s in self.shards.values() if s.owned]
+        for shard in owned:
+            if now - shard.renewed_at >= self.transport.lease_seconds / 3:
+                self._acquire_or_renew(shard)
+        owned = [s for s in self.shards.values() if s.owned]
+        if len(owned) > fair:
+            idle = [s for s in owned if not s.pending]
+            if idle:
+                self._release(idle[-1])
+            return
         for shard in self.shards.values():
-            if shard.owned and now - shard.renewed_at < self.transport.lease_seconds / 3:
-                continue
-            if not shard.owned and now - shard.tried_at < 2.0:
+            if len([s for s in self.shards.values() if s.owned]) >= fair:
+                break
+            if shard.owned or now - shard.tried_at < 2.0:
                 continue
             shard.tried_at = now
             self._acquire_or_renew(shard)
@@ -404,7 +463,7 @@ class KinesisConsumer(Consumer):
                                                        Limit=min(10000, max(1, max_records - len(found))))
                     except Exception as exc:
                         if is_client_error(exc, "ExpiredIteratorException"):
-                            shard.owned = False
+                            self._drop(shard)
                             continue
                         if is_client_error(exc, "ProvisionedThroughputExceededException"):
                             continue
@@ -413,6 +472,7 @@ class KinesisConsumer(Consumer):
                 if shard.iterator is None:
                     shard.ended = True
                 for rec in response.get("Records", []):
+                    shard.pending.add(rec["SequenceNumber"])
                     found.append(Delivery(shard.event, shard.shard_id, rec["SequenceNumber"],
                                           rec.get("PartitionKey"), bytes(rec["Data"])))
             self.cursor += 1
@@ -428,7 +488,7 @@ class KinesisConsumer(Consumer):
                 latest[key] = d
         ddb = self.transport.dynamodb
         for (event, partition), delivery in latest.items():
-            lease = f"{self.group}|{self.transport.stream_name(event)}|{partition}"
+            lease = self._lease_key(self.transport.stream_name(event), partition)
             try:
                 with translate_errors(f"checkpointing {lease}"):
                     ddb.update_item(
@@ -445,23 +505,22 @@ class KinesisConsumer(Consumer):
                 log.warning("lease on %s was taken over; its records will be delivered again", lease)
                 shard = self.shards.get(lease)
                 if shard:
-                    shard.owned, shard.iterator = False, None
+                    self._drop(shard)
+                continue
+            shard = self.shards.get(lease)
+            if shard:
+                done = int(delivery.position)
+                shard.pending = {p for p in shard.pending if int(p) > done}
 
     def close(self) -> None:
-        ddb = self.transport.dynamodb
         for shard in self.shards.values():
-            if not shard.owned:
-                continue
-            try:
-                ddb.update_item(
-                    TableName=self.table, Key={"lease": {"S": shard.lease}},
-                    UpdateExpression="SET #o = :none, expires = :zero", ConditionExpression="#o = :me",
-                    ExpressionAttributeNames={"#o": "owner"},
-                    ExpressionAttributeValues={":none": {"S": ""}, ":zero": {"N": "0"}, ":me": {"S": self.owner}},
-                )
-            except Exception as exc:  # leaving is best effort: the lease expires anyway
-                log.debug("releasing %s: %s", shard.lease, exc)
-            shard.owned = False
+            if shard.owned:
+                self._release(shard)
+        try:
+            self.transport.dynamodb.delete_item(TableName=self.table,
+                                                Key={"lease": {"S": f"member|{self.group}|{self.owner}"}})
+        except Exception as exc:  # best effort: the heartbeat expires anyway
+            log.debug("leaving group %s: %s", self.group, exc)
 
 
 @hookimpl
