@@ -258,3 +258,23 @@ def test_unreachable_endpoint_and_missing_credentials(project, tmp_path):
                AWS_EC2_METADATA_DISABLED="true")
     done = xflow("setup", "word_count/word_count.yaml", cwd=project, check=False, env=env, timeout=60)
     assert done.returncode == 2 and "credentials" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_credentials_in_the_file_are_used_but_never_shown(aws_endpoint, project):  # noqa: F811
+    secret = "s3cr3t-Value-xflow-7261"
+    text = (EXAMPLE / "word_count.yaml").read_text().replace("- id: word_count", "- id: wc_creds")
+    text = text.replace("  lambda_execution_role_name:",
+                        f"  aws_access_key_id: AKIAXFLOWTEST7261\n  aws_secret_access_key: {secret}\n"
+                        "  lambda_execution_role_name:")
+    wf = _workflow(project, text)
+    env = {k: v for k, v in os.environ.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                                             "AWS_SESSION_TOKEN")}
+    env.update(AWS_SHARED_CREDENTIALS_FILE=str(project / "none"), AWS_CONFIG_FILE=str(project / "none"),
+               AWS_EC2_METADATA_DISABLED="true")
+    done = xflow("-vv", "setup", wf, "--dry-run", "--output", "json", cwd=project, env=env)
+    assert json.loads(done.stdout)["changes"]  # the endpoint answered: the file's credentials were used
+    shown = done.stdout + done.stderr
+    for path in (project / ".xflow").rglob("*"):
+        if path.is_file() and path.suffix != ".zip":
+            shown += path.read_text(errors="replace")
+    assert secret not in shown and "AKIAXFLOWTEST7261" not in shown
