@@ -581,10 +581,21 @@ class LambdaProvider(FunctionProvider):
                     raise
 
     def _create_mapping(self, spec: MappingSpec) -> None:
+        deadline = time.monotonic() + 60
         with translate_errors(f"subscribing {spec.function} to {spec.event}"):
-            self.lam.create_event_source_mapping(EventSourceArn=spec.stream_arn, FunctionName=spec.function,
-                                                 StartingPosition=spec.starting_position, Enabled=True,
-                                                 **spec.parameters())
+            while True:
+                try:
+                    self.lam.create_event_source_mapping(EventSourceArn=spec.stream_arn, FunctionName=spec.function,
+                                                         StartingPosition=spec.starting_position, Enabled=True,
+                                                         **spec.parameters())
+                    return
+                except Exception as exc:
+                    # Lambda checks the role's access to the stream; a fresh policy takes seconds to apply
+                    if is_client_error(exc, "InvalidParameterValueException") and "role" in str(exc).lower() \
+                            and time.monotonic() < deadline:
+                        time.sleep(3)
+                        continue
+                    raise
 
     def _update_mapping(self, uuid: str, params: Mapping[str, Any]) -> None:
         with translate_errors(f"updating event source mapping {uuid}"):
