@@ -259,7 +259,9 @@ class Emulator:
         max_retries = int(mapping.get("MaximumRetryAttempts", -1))
         first = records[0]["SequenceNumber"]
         if ok:
-            failed = [str(item.get("itemIdentifier")) for item in (result or {}).get("batchItemFailures") or []]
+            reports = "ReportBatchItemFailures" in (mapping.get("FunctionResponseTypes") or [])
+            answer = result if isinstance(result, dict) and reports else {}
+            failed = [str(item.get("itemIdentifier")) for item in answer.get("batchItemFailures") or []]
             if not failed:
                 self._advance(cursor, records[-1]["SequenceNumber"], next_iterator)
                 return
