@@ -111,14 +111,15 @@ class Emulator:
     """Polls the mapped streams and invokes the deployed functions; see the module docstring."""
 
     def __init__(self, workflow: Any, state_dir: Path, aws: AwsSession,
-                 echo: Callable[[str], None] | None = None) -> None:
+                 echo: Callable[[str], None] | None = None, functions: list[str] | None = None) -> None:
         from xflow.providers.aws_lambda import tracker_function_name
 
         self.workflow = workflow
         self.state_dir = Path(state_dir)
         self.aws = aws
         self.echo = echo or (lambda line: None)
-        self.function_names = [*workflow.functions, tracker_function_name(workflow.id)]
+        #: the deployed functions to run: the workflow's and its tracker, unless given
+        self.function_names = functions or [*workflow.functions, tracker_function_name(workflow.id)]
         self.functions: dict[str, DeployedFunction] = {}
         self.mappings: list[dict[str, Any]] = []
         self.cursors: dict[tuple[str, str], ShardCursor] = {}
@@ -261,26 +262,15 @@ class Emulator:
         if ok:
             reports = "ReportBatchItemFailures" in (mapping.get("FunctionResponseTypes") or [])
             answer = result if isinstance(result, dict) and reports else {}
-            failed = [str(item.get("itemIdentifier")) for item in answer.get("batchItemFailures") or []]
+            failed = [str(item.get("itemIdentifier")) for item in answer.get("batchItemFailures") or []
+                      if isinstance(item, dict)]
+            sequences = {r["SequenceNumber"] for r in records}
             if not failed:
                 self._advance(cursor, records[-1]["SequenceNumber"], next_iterator)
                 return
-            lowest = min(int(f) for f in failed)
-            done = [r for r in records if int(r["SequenceNumber"]) < lowest]
-            if done:
-                cursor.failures.clear()
-                self._advance(cursor, done[-1]["SequenceNumber"], None)
+            if set(failed) <= sequences:  # an unknown identifier fails the whole batch, as on Lambda
+                self._partial_failure(function, stream, cursor, records, min(int(f) for f in failed), max_retries)
                 return
-            key = str(lowest)
-            cursor.failures[key] = cursor.failures.get(key, 0) + 1
-            if 0 <= max_retries < cursor.failures[key]:
-                self.report.discarded_records += 1
-                self.echo(f"{function.name}: record {key} of {stream} failed {cursor.failures[key]} times; discarded")
-                cursor.failures.pop(key)
-                self._advance(cursor, key, None)
-            else:
-                cursor.iterator = None
-            return
         self.report.failed_invocations += 1
         cursor.failures[first] = cursor.failures.get(first, 0) + 1
         if 0 <= max_retries < cursor.failures[first]:
@@ -295,7 +285,26 @@ class Emulator:
             cursor.batch_limit = max(1, len(records) // 2)
         cursor.iterator = None
 
+    def _partial_failure(self, function: DeployedFunction, stream: str, cursor: ShardCursor,
+                         records: list[dict[str, Any]], lowest: int, max_retries: int) -> None:
+        """Records before the first failed one are done; that one is retried, or dropped after its retries."""
+        done = [r for r in records if int(r["SequenceNumber"]) < lowest]
+        if done:
+            cursor.failures.clear()
+            self._advance(cursor, done[-1]["SequenceNumber"], None)
+            return
+        key = str(lowest)
+        cursor.failures[key] = cursor.failures.get(key, 0) + 1
+        if 0 <= max_retries < cursor.failures[key]:
+            self.report.discarded_records += 1
+            self.echo(f"{function.name}: record {key} of {stream} failed {cursor.failures[key]} times; discarded")
+            cursor.failures.pop(key)
+            self._advance(cursor, key, None)
+        else:
+            cursor.iterator = None
+
     def _advance(self, cursor: ShardCursor, checkpoint: str, next_iterator: str | None) -> None:
+        cursor.failures = {k: v for k, v in cursor.failures.items() if int(k) > int(checkpoint)}
         cursor.checkpoint = checkpoint
         cursor.iterator = next_iterator
         cursor.batch_limit = None
