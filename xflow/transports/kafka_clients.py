@@ -109,6 +109,9 @@ class PythonKafkaClient:
             return KafkaClientError(text, exists=True)
         if isinstance(exc, errors.UnknownTopicOrPartitionError):
             return KafkaClientError(text, missing=True)
+        if isinstance(exc, errors.InvalidSessionTimeoutError):
+            return KafkaClientError(f"{text} (the broker's group.min/max.session.timeout.ms exclude "
+                                    "session_timeout_ms)")
         if isinstance(exc, errors.CommitFailedError | errors.RebalanceInProgressError
                       | errors.IllegalGenerationError | errors.UnknownMemberIdError):
             return KafkaClientError(text, rebalanced=True)
@@ -198,13 +201,26 @@ class PythonKafkaConsumer:
         self.consumer = consumer
 
     def poll(self, max_records: int, timeout: float) -> list[Message]:
-        batches = self.client._call("polling", self.consumer.poll, timeout_ms=int(timeout * 1000),
-                                    max_records=max_records)
+        timeout_ms = int(timeout * 1000)
+        if self._joining():
+            # kafka-python (3.0.x) makes no progress on a group join in a poll with a zero timeout, and
+            # if the join completes while no poll is waiting for it, it starts the join over; so while
+            # joining, poll long enough for the broker to answer (Tansu answers after about half the
+            # session timeout)
+            timeout_ms = max(timeout_ms, self.client.settings.session_timeout_ms)
+        batches = self.client._call("polling", self.consumer.poll, timeout_ms=timeout_ms, max_records=max_records)
         return [
             Message(m.topic, m.partition, m.offset, m.key, m.value)
             for tp in sorted(batches, key=lambda tp: (tp.topic, tp.partition))
             for m in batches[tp]
         ]
+
+    def _joining(self) -> bool:
+        if not self.consumer.assignment():
+            return True
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        need_rejoin = getattr(coordinator, "need_rejoin", None)
+        return bool(need_rejoin()) if callable(need_rejoin) else False
 
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
         from kafka import OffsetAndMetadata, TopicPartition
