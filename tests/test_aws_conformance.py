@@ -36,3 +36,32 @@ class TestCloudWatchTracker(testing.TrackerStoreContract):
             return CloudWatchTracker(PluginContext(workflow_id, {}, tmp_path))
 
         return make
+
+
+class TestLambdaProvider(testing.FunctionProviderContract):
+    @pytest.fixture
+    def provider_transport(self, aws_endpoint, workflow, tmp_path):  # noqa: F811
+        from xflow.transports.kinesis import KinesisTransport
+
+        transport = KinesisTransport(PluginContext(workflow.id, {}, tmp_path, workflow))
+        testing.apply_steps(transport.plan_setup(workflow.events))
+        yield transport
+        testing.apply_steps(transport.plan_teardown(workflow.events))
+
+    @pytest.fixture
+    def provider_tracker(self, aws_endpoint, workflow, tmp_path):  # noqa: F811
+        from xflow.trackers.cloudwatch import CloudWatchTracker
+
+        tracker = CloudWatchTracker(PluginContext(workflow.id, {}, tmp_path, workflow))
+        testing.apply_steps(tracker.plan_setup(workflow))
+        yield tracker
+        testing.apply_steps(tracker.plan_teardown(workflow))
+
+    @pytest.fixture
+    def provider_factory(self, aws_endpoint, workflow, tmp_path):  # noqa: F811
+        from xflow.providers.aws_lambda import LambdaProvider
+
+        def make(workflow_id):
+            return LambdaProvider(PluginContext(workflow_id, {}, tmp_path, workflow))
+
+        return make
