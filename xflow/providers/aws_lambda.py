@@ -343,6 +343,9 @@ class LambdaProvider(FunctionProvider):
 
     def plan_setup(self, workflow: Workflow, transport: Transport, tracker: TrackerStore) -> list[Step]:
         self._check(workflow, transport, tracker)
+        if workflow.aws.get("vpc_id"):
+            log.warning("aws.vpc_id is not applied: the functions run outside a VPC (Kinesis and CloudWatch "
+                        "Logs need no VPC access)")
         specs = self.desired_functions(workflow, transport, tracker)
         names = [s.name for s in specs]
         steps: list[Step] = []
