@@ -237,12 +237,24 @@ class CloudWatchTracker(TrackerStore):
             try:
                 pattern = '"' + execution_id.replace('"', "") + '"'
                 for page in paginator.paginate(logGroupName=group, filterPattern=pattern):
-                    found.extend((e["timestamp"], e["message"]) for e in page.get("events", []))
+                    found.extend((e["timestamp"], e["message"]) for e in page.get("events", [])
+                                 if self._this_workflow(e["message"]))
             except Exception as exc:
                 if is_client_error(exc, "ResourceNotFoundException"):
                     return []
                 raise
         return found
+
+    def _this_workflow(self, message: str) -> bool:
+        """A function's line belongs here unless it names another workflow (same function names, two flows)."""
+        start = message.find('{"xflow"')
+        if start < 0:
+            return False
+        try:
+            owner = json.loads(message[start:]).get("workflow_id")
+        except ValueError:
+            return False
+        return owner in (None, self.workflow_id)
 
     def _functions(self) -> Iterable[str]:
         workflow = self.context.workflow
