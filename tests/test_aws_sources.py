@@ -74,6 +74,8 @@ def test_plain_git_url_with_commit_and_path(repo, tmp_path):
     folder = fetch_source(fn(f"git+{bare.as_uri()}@{sha}#path=flows/word_count", "summary.summarize"),
                           tmp_path / "dl")
     assert folder.is_dir() and (folder / "summary.py").read_text() == SUMMARY
+    path = fetch_source(fn(f"{bare.as_uri()}/flows/word_count/summary.py?ref=main"), tmp_path / "dl1")
+    assert path.name == "summary.py" and path.read_text() == SUMMARY
     with pytest.raises(XflowError, match="no 'flows/missing.py'"):
         fetch_source(fn(f"git+{bare.as_uri()}@main#path=flows/missing.py"), tmp_path / "dl2")
     with pytest.raises(XflowError, match="outside the repository"):
@@ -116,6 +118,8 @@ def test_link_forms_are_parsed():
     assert (spec.repo, spec.ref, spec.path) == ("https://github.com/acme/flows.git", "v1.2", "a/b.py")
     spec = parse_git_source("git+https://example.com/x/y.git@abc123#path=src")
     assert (spec.repo, spec.ref, spec.path) == ("https://example.com/x/y.git", "abc123", "src")
+    spec = parse_git_source("https://git.example.com/team/flows.git/steps/a.py?ref=release%2F2")
+    assert (spec.repo, spec.ref, spec.path) == ("https://git.example.com/team/flows.git", "release/2", "steps/a.py")
     with pytest.raises(XflowError, match="not a git link"):
         parse_git_source("git://project/tree-without-blob")
     with pytest.raises(XflowError, match="cannot fetch"):

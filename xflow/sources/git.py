@@ -1,5 +1,7 @@
 """Function code from git: ``git://HOST/REPO/blob/REF/PATH``, GitHub ``https://github.com/O/R/blob/REF/PATH``
-(or ``/tree/``), and any git URL as ``git+URL@REF#path=PATH`` (``@REF`` optional).
+(or ``/tree/``), and any git URL with a path: ``git+URL@REF#path=PATH`` (``@REF`` optional), or a
+URL whose repository ends in ``.git`` followed by the path, ``https://host/team/repo.git/PATH?ref=REF``
+(``file://`` and ``ssh://`` too; without ``ref`` the default branch).
 
 The repository is cloned shallowly at ``REF`` with the ``git`` command (no prompts, bounded
 time); when ``REF`` is a commit id, the checked-out commit is verified against it. ``PATH`` must
@@ -29,8 +31,12 @@ class GitSource:
     path: str
 
 
+_DOT_GIT = re.compile(r"^((?:https?|ssh|file|git)://.+?\.git)/([^?#]+)(?:\?ref=([^#]+))?$")
+
+
 def is_git_source(source: str) -> bool:
-    return source.startswith(("git://", "git+")) or bool(re.match(r"^https?://(www\.)?github\.com/", source))
+    return (source.startswith(("git://", "git+")) or bool(re.match(r"^https?://(www\.)?github\.com/", source))
+            or bool(_DOT_GIT.match(source)))
 
 
 def parse_git_source(source: str) -> GitSource:
@@ -53,6 +59,10 @@ def parse_git_source(source: str) -> GitSource:
         base = os.environ.get("XFLOW_GITHUB_URL", "https://github.com").rstrip("/")
         repo = repo.removesuffix(".git")
         return GitSource(f"{base}/{owner}/{repo}.git", ref, path)
+    dot_git = _DOT_GIT.match(source)
+    if dot_git and "/blob/" not in source:
+        repo, path, ref = dot_git.groups()
+        return GitSource(repo, urllib.parse.unquote(ref) if ref else None, urllib.parse.unquote(path))
     if source.startswith("git://") and "/blob/" in source:
         repo, _, rest = source.partition("/blob/")
         ref, _, path = rest.partition("/")
@@ -60,7 +70,8 @@ def parse_git_source(source: str) -> GitSource:
             return GitSource(repo, ref, path)
     raise XflowError(
         f"source {source!r} is not a git link I can read",
-        "use git://HOST/REPO/blob/REF/PATH, https://github.com/OWNER/REPO/blob/REF/PATH or git+URL@REF#path=PATH",
+        "use git://HOST/REPO/blob/REF/PATH, https://github.com/OWNER/REPO/blob/REF/PATH, "
+        "https://HOST/REPO.git/PATH?ref=REF or git+URL@REF#path=PATH",
     )
 
 
