@@ -166,7 +166,7 @@ class KafkaTransport(Transport):
             servers = self.client.settings.bootstrap_servers
             return XflowError(f"kafka transport: cannot reach the brokers at {servers} while {doing}",
                               _HINT_UNREACHABLE)
-        return XflowError(f"kafka transport: {doing} failed: {exc}")
+        return XflowError(f"kafka transport: {exc}")
 
     def _guard(self, doing: str, call: Any) -> Any:
         """Run a client call; client failures become one-line XflowErrors."""
@@ -245,6 +245,9 @@ class KafkaTransport(Transport):
     def _grower(self, topic: str) -> Any:
         def apply() -> None:
             self._guard(f"adding partitions to {topic}", lambda: self.client.add_partitions(topic, self.partitions))
+            deadline = time.monotonic() + 15
+            while self._topics().get(topic, 0) < self.partitions and time.monotonic() < deadline:
+                time.sleep(0.2)
         return apply
 
     def _deleter(self, topics: list[str]) -> Any:

@@ -284,7 +284,7 @@ class ConfluentClient:
         if code in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT,
                     KafkaError._MSG_TIMED_OUT, KafkaError.REQUEST_TIMED_OUT):
             return KafkaClientError(text, unreachable=True)
-        if code in (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError._MSG_SIZE_TOO_LARGE):
+        if code in (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_MSG_SIZE):
             return KafkaClientError(text, too_large=True)
         if code == KafkaError.TOPIC_ALREADY_EXISTS:
             return KafkaClientError(text, exists=True)

@@ -1,0 +1,233 @@
+"""The kafka transport on real brokers, beyond the conformance kit: errors, dead letters, groups, restarts."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from xflow.core.errors import XflowError
+from xflow.core.interfaces import Consumer, Delivery, PluginContext, Record, Transport
+
+try:
+    from kafka_brokers import free_port, kafka_broker  # noqa: F401
+except ImportError:  # tests/ imported as a package
+    from tests.kafka_brokers import free_port, kafka_broker  # noqa: F401
+
+pytestmark = pytest.mark.kafka
+EVENTS = ["Uploaded", "Parsed"]
+
+
+@pytest.fixture(params=["kafka-python", "confluent"])
+def client(request):
+    pytest.importorskip("kafka" if request.param == "kafka-python" else "confluent_kafka")
+    return request.param
+
+
+@pytest.fixture
+def make(kafka_broker, client, tmp_path):  # noqa: F811
+    """Build transports for one fresh workflow id; tear down its topics at the end."""
+    workflow_id = f"wf{uuid.uuid4().hex[:10]}"
+    made: list[Transport] = []
+
+    def build(**options: str) -> Transport:
+        from xflow.transports.kafka import KafkaTransport
+
+        transport = KafkaTransport(PluginContext(workflow_id, kafka_broker.transport_options(client=client, **options),
+                                                 tmp_path))
+        made.append(transport)
+        return transport
+
+    yield build
+    if made:
+        for step in made[0].plan_teardown(EVENTS):
+            step.apply()
+    for transport in made:
+        transport.close()
+
+
+def _drain(consumer: Consumer, count: int, timeout: float = 30.0) -> list[Delivery]:
+    got: list[Delivery] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        got.extend(consumer.poll(100, 0.5))
+    return got
+
+
+def _raw_records(kafka_broker, topic: str, count: int, timeout: float = 30.0):  # noqa: F811
+    """Read a topic with kafka-python directly (not through xflow): (key, value, headers) tuples."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(topic, bootstrap_servers=kafka_broker.bootstrap, group_id=f"raw-{uuid.uuid4().hex}",
+                             auto_offset_reset="earliest", enable_auto_commit=False, session_timeout_ms=3000,
+                             heartbeat_interval_ms=1000)
+    found = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(found) < count and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=3000).values():
+                found.extend((r.key, r.value, dict(r.headers)) for r in records)
+    finally:
+        consumer.close()
+    return found
+
+
+def test_unreachable_broker_is_a_clear_error_within_seconds(client, tmp_path):
+    from xflow.transports.kafka import KafkaTransport
+
+    options = {"bootstrap_servers": f"127.0.0.1:{free_port()}", "client": client, "connect_timeout_ms": "2000"}
+    transport = KafkaTransport(PluginContext("nowhere", options, tmp_path))
+    for action in (lambda: transport.plan_setup(EVENTS), lambda: transport.publish("Uploaded", [Record("e", b"{}")])):
+        started = time.monotonic()
+        with pytest.raises(XflowError) as caught:
+            action()
+        assert time.monotonic() - started < 15
+        assert "cannot reach the brokers" in str(caught.value)
+        assert "bootstrap_servers" in str(caught.value)
+    transport.close()
+
+
+def test_bad_options_are_clear_errors(tmp_path):
+    from xflow.transports.kafka import KafkaTransport
+
+    for options, words in [({"client": "java"}, "unknown client"), ({"partitions": "many"}, "whole number"),
+                           ({"client_config": "{nope"}, "not JSON"), ({"topic_prefix": "bad/prefix"}, "topic name")]:
+        with pytest.raises(XflowError, match=words):
+            KafkaTransport(PluginContext("wf", options, tmp_path)).stream_name("Uploaded")
+
+
+def test_setup_creates_topics_with_partitions_and_grows_them(make, kafka_broker):  # noqa: F811
+    transport = make(partitions="2")
+    plan = transport.plan_setup(EVENTS)
+    assert [(s.action, s.resource) for s in plan] == [("create", f"topic:{transport.stream_name(e)}") for e in EVENTS]
+    for step in plan:
+        step.apply()
+    assert transport.client.topic_partitions()[transport.stream_name("Uploaded")] == 2
+    grown = make(partitions="4")
+    plan = grown.plan_setup(EVENTS)
+    assert {s.action for s in plan} == {"update"} and len(plan) == 2
+    if kafka_broker.kind == "tansu":
+        # Tansu (v0.6) has no CreatePartitions: the update is refused in one clear line
+        with pytest.raises(XflowError, match="adding partitions"):
+            plan[0].apply()
+        return
+    for step in plan:
+        step.apply()
+    assert grown.plan_setup(EVENTS) == []
+    assert grown.client.topic_partitions()[grown.stream_name("Parsed")] == 4
+
+
+def test_setup_leaves_other_workflows_topics_alone(make, kafka_broker, client, tmp_path):  # noqa: F811
+    from xflow.transports.kafka import KafkaTransport
+
+    transport = make()
+    for step in transport.plan_setup(EVENTS):
+        step.apply()
+    # a workflow whose id starts with ours plus '-': its topics must not look like ours
+    other = KafkaTransport(PluginContext(f"{transport.workflow_id}-v2",
+                                         kafka_broker.transport_options(client=client), tmp_path))
+    try:
+        for step in other.plan_setup(["Uploaded"]):
+            step.apply()
+        assert transport.plan_setup(EVENTS) == []
+        assert {s.resource for s in transport.plan_teardown(EVENTS)} == {
+            f"topic:{transport.stream_name(e)}" for e in EVENTS}
+    finally:
+        for step in other.plan_teardown(["Uploaded"]):
+            step.apply()
+        other.close()
+
+
+def test_dead_letter_keeps_value_key_and_reason(make, kafka_broker):  # noqa: F811
+    transport = make()
+    for step in transport.plan_setup(EVENTS):
+        step.apply()
+    transport.publish("Uploaded", [Record("exec-9", b"\xff not json")])
+    consumer = transport.subscribe("reader", ["Uploaded"])
+    try:
+        got = _drain(consumer, 1)
+        assert len(got) == 1
+        transport.dead_letter("reader", got[0], "undecodable: not a JSON document")
+        consumer.commit(got)
+    finally:
+        consumer.close()
+    dlq = transport.stream_name("Uploaded") + ".dlq"
+    [(key, value, headers)] = _raw_records(kafka_broker, dlq, 1)
+    assert (key, value) == (b"exec-9", b"\xff not json")
+    assert headers["xflow-reason"] == b"undecodable: not a JSON document"
+    assert headers["xflow-group"] == b"reader"
+    assert headers["xflow-offset"] == got[0].position.encode()
+    teardown = {s.resource for s in transport.plan_teardown(EVENTS)}
+    assert f"topic:{dlq}" in teardown, "teardown removes the dead-letter topics too"
+
+
+def test_record_over_the_broker_limit_is_a_clear_error(make, kafka_broker):  # noqa: F811
+    if kafka_broker.kind == "tansu":
+        pytest.skip("Tansu (v0.6) enforces no record size limit; xflow's own max_record_bytes still applies")
+    transport = make(client_config="{}")
+    for step in transport.plan_setup(EVENTS):
+        step.apply()
+    transport.max_record_bytes = 4_000_000  # let the record through to the broker
+    with pytest.raises(XflowError, match="too large|over the limit"):
+        transport.publish("Uploaded", [Record("big", b"x" * 3_000_000)])
+
+
+def test_partitions_move_to_the_survivor_and_uncommitted_records_come_again(make):
+    transport = make(partitions="4")
+    for step in transport.plan_setup(EVENTS):
+        step.apply()
+    records = [Record(f"exec-{i}", f'{{"i": {i}}}'.encode()) for i in range(40)]
+    transport.publish("Uploaded", records)
+    first = transport.subscribe("reader", ["Uploaded"])
+    got_first = _drain(first, 1)
+    assert got_first
+    # the first member takes some records, commits none, and leaves: a second member gets everything
+    second = make().subscribe("reader", ["Uploaded"])
+    try:
+        first.close()
+        got_second = _drain(second, 40, timeout=60)
+        assert sorted(d.value for d in got_second) == sorted(r.value for r in records)
+        second.commit(got_second)
+    finally:
+        second.close()
+
+
+def test_order_per_execution_over_several_partitions(make):
+    transport = make(partitions="4")
+    for step in transport.plan_setup(EVENTS):
+        step.apply()
+    keys = [f"exec-{k}" for k in range(8)]
+    sent = {k: [f'{{"k": "{k}", "i": {i}}}'.encode() for i in range(10)] for k in keys}
+    for i in range(10):
+        transport.publish("Uploaded", [Record(k, sent[k][i]) for k in keys])
+    consumer = transport.subscribe("ordered", ["Uploaded"])
+    try:
+        got = _drain(consumer, 80, timeout=60)
+    finally:
+        consumer.close()
+    assert len(got) == 80
+    assert len({d.partition for d in got}) > 1, "the keys should spread over several partitions"
+    for key in keys:
+        assert [d.value for d in got if d.key == key] == sent[key]
+        assert len({d.partition for d in got if d.key == key}) == 1
+
+
+def test_broker_restart_is_survived(make, kafka_broker):  # noqa: F811
+    if not kafka_broker.can_restart:
+        pytest.skip(f"the {kafka_broker.kind} broker cannot be restarted keeping its data")
+    transport = make()
+    for step in transport.plan_setup(EVENTS):
+        step.apply()
+    transport.publish("Uploaded", [Record("before", b'{"n": 1}')])
+    consumer = transport.subscribe("survivor", ["Uploaded"])
+    try:
+        got = _drain(consumer, 1)
+        consumer.commit(got)
+        kafka_broker.restart()
+        transport.publish("Uploaded", [Record("after", b'{"n": 2}')])
+        after = _drain(consumer, 1, timeout=60)
+        assert [d.value for d in after] == [b'{"n": 2}']
+        consumer.commit(after)
+    finally:
+        consumer.close()
