@@ -394,7 +394,8 @@ class Emulator:
         logs = self.aws.client("logs")
         group = f"/aws/lambda/{function.name}"
         now = int(time.time() * 1000)
-        events = [{"timestamp": now, "message": line[:250_000]} for line in lines if line]
+        events = [{"timestamp": now, "message": line.encode("utf-8")[:200_000].decode("utf-8", "ignore")}
+                  for line in lines if line]
         with translate_errors(f"writing to log group {group}"):
             for create, kwargs in ((logs.create_log_group, {"logGroupName": group}),
                                    (logs.create_log_stream, {"logGroupName": group,
@@ -404,9 +405,16 @@ class Emulator:
                 except Exception as exc:
                     if not is_client_error(exc, "ResourceAlreadyExistsException"):
                         raise
-            for start in range(0, len(events), 1000):
-                logs.put_log_events(logGroupName=group, logStreamName=function.log_stream,
-                                    logEvents=events[start:start + 1000])
+            batch: list[dict[str, Any]] = []
+            size = 0
+            for event in [*events, None]:
+                cost = len(event["message"].encode("utf-8")) + 26 if event else 0
+                if batch and (event is None or len(batch) >= 1000 or size + cost > 1_000_000):
+                    logs.put_log_events(logGroupName=group, logStreamName=function.log_stream, logEvents=batch)
+                    batch, size = [], 0
+                if event:
+                    batch.append(event)
+                    size += cost
 
     # ------------------------------------------------------------------ loops
 

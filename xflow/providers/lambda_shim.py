@@ -61,7 +61,7 @@ def emit(line: Mapping[str, Any]) -> None:
     """Print one JSON line (Lambda sends stdout to /aws/lambda/<function>)."""
     data = dict(line)
     text = json.dumps(data, ensure_ascii=False, default=str)
-    while len(text) > MAX_LINE_CHARS and data.get("logs"):
+    while len(text.encode("utf-8")) > MAX_LINE_CHARS and data.get("logs"):
         data["logs"] = data["logs"][len(data["logs"]) // 2 + 1:]
         text = json.dumps(data, ensure_ascii=False, default=str)
     print(text, flush=True)
@@ -179,7 +179,7 @@ def handle(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
         attempt = max(known, _earlier_failures(function, decoded.execution_id, decoded.event_id)) + 1
         _attempts[decoded.event_id] = attempt
         final = attempt > retries
-        emit({**line, "attempt": attempt, "status": "failed" if final else "retrying", "error": error})
+        emit({**line, "attempt": attempt, "status": "failed" if final else "retrying", "error": error[:8000]})
         if not final:
             failures.append({"itemIdentifier": record["item"]})
     return {"batchItemFailures": failures}
@@ -213,7 +213,7 @@ def track(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
                 "event": event_name, "published_at": decoded.published_at, "producer": decoded.producer,
                 "data": decoded.data}
         text = json.dumps(line, ensure_ascii=False, default=str)
-        if len(text) > MAX_LINE_CHARS:
+        if len(text.encode("utf-8")) > MAX_LINE_CHARS:
             line["data"], line["data_truncated"] = None, True
             text = json.dumps(line, ensure_ascii=False, default=str)
         lines.setdefault(_stream_name(decoded.execution_id), []).append({"timestamp": now, "message": text})
@@ -224,7 +224,15 @@ def track(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
         except Exception as exc:
             if "ResourceAlreadyExists" not in type(exc).__name__ + str(exc):
                 raise
-        for start in range(0, len(items), 1000):
-            logs.put_log_events(logGroupName=group, logStreamName=stream, logEvents=items[start:start + 1000])
+        batch: list[dict[str, Any]] = []
+        size = 0
+        for item in [*items, None]:
+            cost = len(item["message"].encode("utf-8")) + 26 if item else 0
+            if batch and (item is None or len(batch) >= 1000 or size + cost > 1_000_000):
+                logs.put_log_events(logGroupName=group, logStreamName=stream, logEvents=batch)
+                batch, size = [], 0
+            if item:
+                batch.append(item)
+                size += cost
     print(json.dumps({"xflow": "tracked", "records": sum(len(v) for v in lines.values())}), flush=True)
     return {"batchItemFailures": []}

@@ -38,6 +38,7 @@ log = logging.getLogger("xflow.cloudwatch")
 
 #: CloudWatch takes events up to 256 KB; event data above this is left out of the line
 MAX_DATA_CHARS = 200_000
+MAX_ERROR_CHARS = 8_000
 LAMBDA_LOG_PREFIX = "/aws/lambda/"
 
 
@@ -53,7 +54,7 @@ def event_line(record: EventRecord) -> str:
         "data": dict(record.data) if record.data is not None else None,
     }
     text = json.dumps(line, ensure_ascii=False, default=str)
-    if len(text) > MAX_DATA_CHARS:
+    if len(text.encode("utf-8")) > MAX_DATA_CHARS:
         line["data"], line["data_truncated"] = None, True
         text = json.dumps(line, ensure_ascii=False, default=str)
     return text
@@ -65,10 +66,10 @@ def delivery_line(record: DeliveryRecord) -> str:
         "xflow": "delivery", "execution_id": record.execution_id, "event_id": record.event_id,
         "event": record.event, "function": record.function, "attempt": record.attempt,
         "status": record.status, "started_at": record.started_at, "duration": record.duration,
-        "error": record.error, "logs": logs,
+        "error": record.error[:MAX_ERROR_CHARS] if record.error else None, "logs": logs,
     }
     text = json.dumps(line, ensure_ascii=False, default=str)
-    while len(text) > MAX_DATA_CHARS and line["logs"]:
+    while len(text.encode("utf-8")) > MAX_DATA_CHARS and line["logs"]:
         line["logs"] = line["logs"][len(line["logs"]) // 2 + 1:]
         text = json.dumps(line, ensure_ascii=False, default=str)
     return text
