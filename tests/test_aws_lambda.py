@@ -212,6 +212,15 @@ def test_missing_handler_is_refused(aws_endpoint, project):  # noqa: F811
     assert _streams("wc_handler-") == []
 
 
+def test_unfetchable_source_is_refused(aws_endpoint, project):  # noqa: F811
+    text = (EXAMPLE / "word_count.yaml").read_text().replace("- id: word_count", "- id: wc_source")
+    text = text.replace("source: summary.py", "source: s3://no-such-bucket/flows/summary.py")
+    done = xflow("setup", _workflow(project, text), cwd=project, check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "s3://no-such-bucket/flows/summary.py" in done.stderr and "NoSuchBucket" in done.stderr
+    assert _streams("wc_source-") == []
+
+
 def test_oversize_publish_names_the_event(aws_endpoint, project):  # noqa: F811
     text = (EXAMPLE / "word_count.yaml").read_text().replace("- id: word_count", "- id: wc_big")
     wf = _workflow(project, text)
