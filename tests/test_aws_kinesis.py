@@ -167,3 +167,73 @@ def test_two_members_of_a_group_share_the_shards(aws_endpoint, tmp_path):  # noq
     first.close()
     second.close()
     apply(transport.plan_teardown(["A"]))
+
+
+WORKER_STEPS = '''
+import os
+
+
+def _note(ctx):
+    with open(os.environ["XFLOW_TEST_NOTES"], "a") as notes:
+        notes.write(f"{ctx.execution_id} {ctx.function_name} {os.getpid()}\\n")
+
+
+def double(event, ctx):
+    _note(ctx)
+    return {"n": event["n"] * 2}
+
+
+def note(event, ctx):
+    _note(ctx)
+'''
+
+
+def test_two_worker_processes_share_a_kinesis_workflow(aws_endpoint, tmp_path):  # noqa: F811
+    import os
+    import subprocess
+
+    from xflow.core.engine import Engine
+
+    wid = f"kw{uuid.uuid4().hex[:6]}"
+    (tmp_path / "steps.py").write_text(WORKER_STEPS)
+    (tmp_path / "wf.yaml").write_text(f"""
+lambdas:
+  - {{name: double, source: steps.py, handler: double, publishes: [Doubled]}}
+  - {{name: note, source: steps.py, handler: note}}
+subscriptions:
+  - {{name: Start, subscribers: [double]}}
+  - {{name: Doubled, subscribers: [note]}}
+workflows:
+  - id: {wid}
+""")
+    notes = tmp_path / "notes.txt"
+    env = dict(os.environ, XFLOW_TEST_NOTES=str(notes))
+    plugins = ["--transport", "kinesis", "--provider", "local", "--tracker", "cloudwatch",
+               "--option", "shards=2", "--option", "lease_seconds=3"]
+    subprocess.run(["xflow", "setup", "wf.yaml", *plugins], cwd=tmp_path, env=env, check=True, capture_output=True)
+    workers = [subprocess.Popen(["xflow", "worker", "wf.yaml"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE) for _ in range(2)]
+    executions = [f"run-{i}" for i in range(20)]
+    try:
+        time.sleep(6)  # let the two members find each other and split the shards
+        engine = Engine(tmp_path / "wf.yaml", state_dir=tmp_path / ".xflow")
+        for execution in executions:
+            engine.publish("Start", {"n": 1}, execution)
+        deadline = time.monotonic() + 90
+        while True:
+            summaries = {e: engine.track(e) for e in executions}
+            if all(s["status"] != "running" for s in summaries.values()) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        engine.close()
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.wait(timeout=30)
+    assert {e: s["status"] for e, s in summaries.items()} == dict.fromkeys(executions, "succeeded")
+    assert all([ev["count"] for ev in s["events"]] == [1, 1] for s in summaries.values())
+    lines = [line.split() for line in notes.read_text().splitlines()]
+    assert {(e, f) for e, f, _ in lines} == {(e, f) for e in executions for f in ("double", "note")}
+    assert len({pid for _, _, pid in lines}) == 2  # both workers took part
+    subprocess.run(["xflow", "teardown", "wf.yaml"], cwd=tmp_path, env=env, check=True, capture_output=True)
