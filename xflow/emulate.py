@@ -255,6 +255,9 @@ class Emulator:
         function = self.functions[mapping["FunctionName"]]
         event = {"Records": [self._lambda_record(mapping, shard_id, r) for r in records]}
         ok, result = self.invoke(function, event)
+        failures = len(result.get("batchItemFailures") or []) if ok and isinstance(result, dict) else 0
+        self.echo(f"{function.name}: {len(records)} record(s) from {stream}/{shard_id}: "
+                  + ("ok" if ok and not failures else f"{failures} failed" if ok else "invocation failed"))
         self.report.invocations += 1
         self.report.records += len(records)
         max_retries = int(mapping.get("MaximumRetryAttempts", -1))
