@@ -45,13 +45,21 @@ RECORD = {
 }
 
 
-def build(tmp_path: Path, workflow_id: str, retries: int) -> Path:
+def build(tmp_path: Path, workflow_id: str, retries: int, folder: bool = False) -> Path:
     from xflow.providers.aws_lambda import LambdaProvider
 
-    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "helpers").mkdir(parents=True)
     (tmp_path / "src" / "step.py").write_text(HANDLER)
-    function = Function(name="step", handler="step", source="src/step.py", source_path=tmp_path / "src" / "step.py",
-                        publishes=("Out",), retries=retries)
+    (tmp_path / "src" / "helpers" / "__init__.py").write_text("FACTOR = 2\n")
+    (tmp_path / "src" / "__pycache__").mkdir()
+    (tmp_path / "src" / "__pycache__" / "junk.pyc").write_bytes(b"x")
+    if folder:  # a folder source: handler module.function, helpers importable
+        (tmp_path / "src" / "step.py").write_text(HANDLER.replace("* 2", "* __import__('helpers').FACTOR"))
+        function = Function(name="step", handler="step.step", source="src", source_path=tmp_path / "src",
+                            publishes=("Out",), retries=retries)
+    else:
+        function = Function(name="step", handler="step", source="src/step.py",
+                            source_path=tmp_path / "src" / "step.py", publishes=("Out",), retries=retries)
     workflow = Workflow(id=workflow_id, path=tmp_path / "wf.yaml", functions={"step": function},
                         subscriptions=(Subscription("In", ("step",)),), flow=("In", "Out"))
     provider = LambdaProvider(PluginContext(workflow_id, {}, tmp_path / "state", workflow))
@@ -129,3 +137,18 @@ def test_shim_gives_up_after_the_last_retry(aws_endpoint, tmp_path):  # noqa: F8
     result, lines = run_shim(root, event)
     assert result == {"batchItemFailures": []}  # dropped, as Lambda does after MaximumRetryAttempts
     assert [(x["event_id"], x["status"], x["attempt"]) for x in lines] == [("ev-9", "failed", 1)]
+
+
+def test_folder_source_with_a_module_handler(aws_endpoint, tmp_path):  # noqa: F811
+    import boto3
+
+    wid = f"shim{uuid.uuid4().hex[:6]}"
+    root = build(tmp_path, wid, retries=0, folder=True)
+    assert sorted(p.relative_to(root / "function").as_posix() for p in (root / "function").rglob("*")
+                  if p.is_file()) == ["helpers/__init__.py", "step.py"]
+    boto3.client("kinesis").create_stream(StreamName=f"{wid}-Out", ShardCount=1)
+    boto3.client("kinesis").get_waiter("stream_exists").wait(StreamName=f"{wid}-Out")
+    result, lines = run_shim(root, kinesis_event(wid, [encode_event("In", {"n": 5}, "ex", "ev-5", "test")]))
+    assert result == {"batchItemFailures": []}
+    assert [(x["event_id"], x["status"]) for x in lines] == [("ev-5", "succeeded")]
+    boto3.client("kinesis").delete_stream(StreamName=f"{wid}-Out")
