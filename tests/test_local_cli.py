@@ -182,3 +182,9 @@ def test_help_is_fast_and_imports_no_backend_client():
     heavy, _ = done.stderr.strip().rsplit(" ", 1)
     assert heavy == "[]"
     assert "validate" in done.stdout and "teardown" in done.stdout
+
+
+def test_teardown_without_a_setup_record_asks_which_backends(cli, tmp_path):
+    done = cli("teardown", WORD_COUNT)
+    assert done.returncode == 2 and "has no setup record" in done.stderr and "--transport kinesis" in done.stderr
+    assert not (tmp_path / ".xflow").exists()

@@ -192,7 +192,15 @@ def setup(ctx: click.Context, file: Path | None, seed_file: Path | None, transpo
 def teardown(ctx: click.Context, file: Path, transport: str | None, provider: str | None, tracker: str | None,
              options: tuple[str, ...], dry_run: bool, output: str) -> None:
     """Remove everything setup created for FILE (uses what setup recorded)."""
+    from xflow.core.errors import XflowError
+
     engine = _engine(ctx, str(file), transport=transport, provider=provider, tracker=tracker, options=options)
+    chosen_by_file = any(engine.workflow.plugin_choice(kind).name for kind in KINDS)
+    if engine.record is None and not (transport or provider or tracker or chosen_by_file):
+        raise XflowError(f"workflow {engine.workflow.id!r} has no setup record in {ctx.obj['state_dir']}, so which "
+                         "backends to clean is unknown",
+                         "run from the folder where setup ran (or pass --state-dir), or name them: "
+                         "--transport kinesis --provider lambda --tracker cloudwatch")
     report = engine.teardown(dry_run=dry_run, on_step=_progress(output))
     _report_changes(report, output, "remove")
 
