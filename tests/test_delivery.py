@@ -191,3 +191,41 @@ def test_two_workers_on_one_state_folder_handle_each_delivery_once(cli, chain):
     counted = _notes(notes)
     assert len(counted) == 2 * len(executions)
     assert set(counted.values()) == {1}, [k for k, v in counted.items() if v > 1]
+
+
+FLAKY = """
+import os
+
+def first(event, ctx):
+    if os.path.exists(os.environ["XFLOW_TEST_BROKEN_FLAG"]):
+        raise RuntimeError("the disk is full")
+    return {"n": 1}
+
+def second(event, ctx):
+    return {"n": event["n"] * 10}
+"""
+
+
+def test_redrive_runs_only_the_failed_step_again(cli, make_workflow, tmp_path):
+    path = make_workflow(CHAIN, {"steps.py": FLAKY}, name="chain.yaml")
+    flag = tmp_path / "broken"
+    flag.write_text("")
+    env = {"XFLOW_TEST_BROKEN_FLAG": str(flag)}
+    failed = cli.json("run", path, "--execution-id", "again", "--option", "backoff_seconds=0.01", expect=1, **env)
+    assert failed["status"] == "failed" and failed["last_unprocessed_event"] == "Start"
+    nothing = cli.json("redrive", path, "no-such-execution", **env)
+    assert nothing["redriven"] == []
+    flag.unlink()
+    redriven = cli.json("redrive", path, "again", **env)
+    assert [(r["event"], r["function"]) for r in redriven["redriven"]] == [("Start", "first")]
+    worker = cli.popen("worker", path, **env)
+    try:
+        summary = _wait_settled(cli, path, ["again"])["again"]
+    finally:
+        worker.terminate()
+        worker.wait(timeout=20)
+    assert summary["status"] == "succeeded"
+    assert [e["count"] for e in summary["events"]] == [1, 1, 1]
+    assert summary["events"][0]["subscribers"][0]["attempts"] == 4  # three failed, then one success
+    assert _result(cli, path, "again")["n"] == 10
+    assert cli.json("redrive", path, "again", **env)["redriven"] == []

@@ -329,6 +329,31 @@ def track(ctx: click.Context, file: str | None, execution_id: str | None, flow: 
     sys.exit(1 if summary["status"] == "failed" else 0)
 
 
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("execution_id")
+@click.option("--function", "functions", metavar="NAME", multiple=True,
+              help="Re-drive only what these functions failed on (repeatable; default: every failed function).")
+@_plugin_options
+@OUTPUT
+@click.pass_context
+def redrive(ctx: click.Context, file: Path, execution_id: str, functions: tuple[str, ...], transport: str | None,
+            provider: str | None, tracker: str | None, options: tuple[str, ...], output: str) -> None:
+    """Publish again the events that functions of EXECUTION_ID failed on for good (after you fixed the cause).
+
+    Only the failed functions run them again: the others already know the events' ids.
+    """
+    engine = _engine(ctx, str(file), transport=transport, provider=provider, tracker=tracker, options=options)
+    redriven = engine.redrive(execution_id, list(functions) or None)
+    if output == "json":
+        _print_json({"workflow_id": engine.workflow.id, "execution_id": execution_id, "redriven": redriven})
+    elif not redriven:
+        click.echo(f"execution {execution_id}: nothing failed for good, nothing to re-drive")
+    else:
+        for item in redriven:
+            click.echo(f"re-driven {item['event']} ({item['event_id']}) for {item['function']}")
+
+
 STATE_STYLE = {"processed": "green", "succeeded": "green", "failed": "bold red", "pending": "yellow",
                "not_reached": "dim", "running": "yellow"}
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from xflow.core.config import load_workflow
 from xflow.core.errors import XflowError
-from xflow.core.interfaces import FunctionProvider, Plugin, PluginContext, Step, TrackerStore, Transport
+from xflow.core.interfaces import DeliveryRecord, FunctionProvider, Plugin, PluginContext, Step, TrackerStore, Transport
 from xflow.core.model import Workflow
 from xflow.core.plugins import PluginInfo, PluginRegistry, check_options, env_options
 from xflow.core.runtime import new_event_id
@@ -328,6 +328,32 @@ class Engine:
     def result(self, execution_id: str) -> dict[str, Any] | None:
         """The data of the last event, in flow order, that the execution published."""
         return final_result(self.workflow, self.tracker.history(execution_id))
+
+    def redrive(self, execution_id: str, functions: Sequence[str] | None = None) -> list[dict[str, str]]:
+        """Publish again, with their original ids, the events a function failed on for good.
+
+        Subscribers that already handled such an event skip it (its id is known), so only the
+        failed functions run it again. Returns what was re-driven: event, event id, function.
+        """
+        history = self.tracker.history(execution_id)
+        succeeded = {(d.function, d.event_id) for d in history.deliveries if d.status == "succeeded"}
+        failed = [d for d in history.deliveries if d.status == "failed" and (d.function, d.event_id) not in succeeded
+                  and (not functions or d.function in functions)]
+        events = {record.event_id: record for record in history.events}
+        outgoing: dict[str, OutgoingEvent] = {}
+        for delivery in failed:
+            record = events.get(delivery.event_id)
+            if record is None or record.data is None:
+                raise XflowError(f"cannot re-drive {delivery.event!r} ({delivery.event_id}) of execution {execution_id}: "
+                                 f"the {self._choices['tracker'].name!r} tracker did not keep its data")
+            outgoing.setdefault(delivery.event_id, OutgoingEvent(
+                delivery.event, dict(record.data), execution_id, delivery.event_id, record.producer or "xflow/redrive"))
+        publish_events(self.workflow, self.transport, self.tracker, list(outgoing.values()))
+        now = time.time()
+        for delivery in failed:  # attempt 0: a marker that makes the subscriber pending again, not an attempt
+            self.tracker.record_delivery(DeliveryRecord(execution_id, delivery.event_id, delivery.event,
+                                                        delivery.function, 0, "retrying", now, 0.0, "re-driven"))
+        return [{"event": d.event, "event_id": d.event_id, "function": d.function} for d in failed]
 
     # -- run ----------------------------------------------------------------------------------
     def run(self, event: str | None = None, data: Mapping[str, Any] | None = None,

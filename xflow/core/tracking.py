@@ -3,8 +3,8 @@
 The rules (see ``xflow track``):
 
 - an event's ``count`` is the number of distinct event ids published with its name;
-- a subscriber is ``failed`` if it failed for good on any of those events, ``succeeded`` if it
-  succeeded on all of them, else ``pending``;
+- a subscriber is ``failed`` if its latest outcome on any of those events is a failure for good,
+  ``succeeded`` if it succeeded on all of them, else ``pending`` (a re-driven failure is pending again);
 - an event is ``not_reached`` when never published, ``failed`` when a subscriber failed,
   ``processed`` when every subscriber succeeded on every occurrence (or it has none), else ``pending``;
 - the execution is ``failed`` if an event failed, ``running`` if one is pending, else ``succeeded``;
@@ -81,10 +81,10 @@ def _subscriber(function: str, event_ids: list[str],
     logs: list[str] = []
     for event_id in event_ids:
         records = attempts.get((function, event_id), [])
-        total_attempts += len({(r.attempt, r.status, r.started_at) for r in records})
+        total_attempts += len({(r.attempt, r.status, r.started_at) for r in records if r.attempt > 0})
         if any(r.status == "succeeded" for r in records):
             outcomes.append("succeeded")
-        elif any(r.status == "failed" for r in records):
+        elif records and records[-1].status == "failed":
             outcomes.append("failed")
             failed = [r for r in records if r.status != "succeeded"]
             last_error = failed[-1].error
