@@ -228,7 +228,8 @@ def _start_tansu(folder: Path) -> Tansu:
 def kafka_broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     kind = request.param
     if kind == "external":
-        yield KafkaBroker("external", os.environ["XFLOW_TEST_KAFKA_BOOTSTRAP"])
+        # a broker with default settings refuses session timeouts under 6 s
+        yield KafkaBroker("external", os.environ["XFLOW_TEST_KAFKA_BOOTSTRAP"], options={"session_timeout_ms": "6000"})
         return
     if kind == "docker":
         services = request.getfixturevalue("docker_services")

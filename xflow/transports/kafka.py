@@ -52,6 +52,7 @@ class KafkaConsumer(Consumer):
         self.transport = transport
         self.group_id = group_id
         self.topics = topics  # topic -> event
+        self.event_topics = {event: topic for topic, event in topics.items()}
         self._member = transport._guard(
             "joining the consumer group",
             lambda: transport.client.consumer(group_id, list(topics), transport._offset_reset(group_id)),
@@ -79,8 +80,8 @@ class KafkaConsumer(Consumer):
     def commit(self, deliveries: Sequence[Delivery]) -> None:
         if not deliveries:
             return
-        stream = self.transport.stream_name
-        offsets = group_offsets((stream(d.event), int(d.partition), int(d.position)) for d in deliveries)
+        topic_of = self.event_topics
+        offsets = group_offsets((topic_of[d.event], int(d.partition), int(d.position)) for d in deliveries)
         for attempt in range(3):
             try:
                 self._member.commit(offsets)

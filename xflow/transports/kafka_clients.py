@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from xflow.core.errors import XflowError
 
@@ -34,9 +34,8 @@ class KafkaClientError(Exception):
         self.missing = missing
 
 
-@dataclass(frozen=True)
-class Message:
-    """A record read by a consumer."""
+class Message(NamedTuple):
+    """A record read by a consumer (a named tuple: one is made per record, so it must be cheap)."""
 
     topic: str
     partition: int
@@ -133,21 +132,39 @@ class PythonKafkaClient:
             self._admin = self._call("connecting", KafkaAdminClient, **self._common(), **self.settings.extra)
         return self._admin
 
+    def _admin_call(self, doing: str, method: str, *args: Any) -> Any:
+        """An admin request; after a lost connection (a broker restart) once more on a new admin client,
+        since kafka-python's admin client does not find its way back to a restarted broker."""
+        try:
+            return self._call(doing, getattr(self.admin, method), *args)
+        except KafkaClientError as exc:
+            if not exc.unreachable or self._admin is None:
+                raise
+            self._close_admin()
+            return self._call(doing, getattr(self.admin, method), *args)
+
+    def _close_admin(self) -> None:
+        admin, self._admin = self._admin, None
+        try:
+            admin.close()
+        except Exception as exc:
+            log.debug("closing kafka-python admin client: %s", exc)
+
     # -- topics ---------------------------------------------------------------------------
     def topic_partitions(self) -> dict[str, int]:
         """Every topic of the cluster and its partition count."""
-        topics = self._call("listing topics", self.admin.describe_topics)
+        topics = self._admin_call("listing topics", "describe_topics")
         return {t["name"]: len(t["partitions"]) for t in topics if not t.get("is_internal")}
 
     def create_topic(self, topic: str, partitions: int, replication_factor: int) -> None:
         spec = {topic: {"num_partitions": partitions, "replication_factor": replication_factor}}
-        self._call(f"creating topic {topic}", self.admin.create_topics, spec)
+        self._admin_call(f"creating topic {topic}", "create_topics", spec)
 
     def add_partitions(self, topic: str, total: int) -> None:
-        self._call(f"adding partitions to {topic}", self.admin.create_partitions, {topic: total})
+        self._admin_call(f"adding partitions to {topic}", "create_partitions", {topic: total})
 
     def delete_topics(self, topics: Sequence[str]) -> None:
-        self._call("deleting topics", self.admin.delete_topics, list(topics))
+        self._admin_call("deleting topics", "delete_topics", list(topics))
 
     # -- producing ------------------------------------------------------------------------
     def produce(self, records: Sequence[Outgoing], timeout: float) -> None:
@@ -216,11 +233,13 @@ class PythonKafkaConsumer:
         ]
 
     def _joining(self) -> bool:
-        if not self.consumer.assignment():
-            return True
+        """Whether the member is (re)joining its group; a stable member with no partitions is not."""
         coordinator = getattr(self.consumer, "_coordinator", None)
         need_rejoin = getattr(coordinator, "need_rejoin", None)
-        return bool(need_rejoin()) if callable(need_rejoin) else False
+        stable = getattr(coordinator, "generation_if_stable", None)
+        if not (callable(need_rejoin) and callable(stable)):
+            return not self.consumer.assignment()
+        return bool(need_rejoin()) or stable() is None
 
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
         from kafka import OffsetAndMetadata, TopicPartition
@@ -262,6 +281,7 @@ class ConfluentClient:
         self.settings = settings
         self._admin: Any = None
         self._producer: Any = None
+        self._failures: list[Any] = []
 
     def _common(self) -> dict[str, Any]:
         s = self.settings
@@ -350,22 +370,22 @@ class ConfluentClient:
 
         if self._producer is None:
             self._producer = Producer({
-                **self._common(), "acks": "all", "linger.ms": 0, "enable.idempotence": False,
+                # delivery reports for failures only, through one callback set here: a Python callback
+                # (or even a headers=None argument) per record halves librdkafka's throughput
+                **self._common(), "acks": "all", "linger.ms": 0, "delivery.report.only.error": True,
+                "on_delivery": self._failed_delivery,
                 "message.timeout.ms": max(int(timeout * 1000), 2000), "message.max.bytes": 16 * 1024 * 1024,
                 **self.settings.extra,
             })
         producer = self._producer
-        failures: list[Any] = []
-
-        def delivered(err: Any, _msg: Any) -> None:
-            if err is not None:
-                failures.append(err)
-
+        self._failures: list[Any] = []
         for r in records:
             while True:
                 try:
-                    producer.produce(r.topic, value=r.value, key=r.key, headers=list(r.headers) or None,
-                                     on_delivery=delivered)
+                    if r.headers:
+                        producer.produce(r.topic, value=r.value, key=r.key, headers=list(r.headers))
+                    else:
+                        producer.produce(r.topic, value=r.value, key=r.key)
                     break
                 except BufferError:
                     producer.poll(0.05)
@@ -375,8 +395,12 @@ class ConfluentClient:
         while producer.flush(0.5) > 0:
             if time.monotonic() > deadline:
                 raise KafkaClientError(f"sending: not acknowledged within {timeout:.0f} s", unreachable=True)
-        if failures:
-            raise self._error(KafkaException(failures[0]), "sending")
+        if self._failures:
+            raise self._error(KafkaException(self._failures[0]), "sending")
+
+    def _failed_delivery(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self._failures.append(err)
 
     def consumer(self, group_id: str, topics: Sequence[str], offset_reset: str) -> ConfluentConsumer:
         from confluent_kafka import Consumer
@@ -418,8 +442,7 @@ class ConfluentConsumer:
                     log.warning("kafka consumer: %s", err)
                 continue
             found.append(Message(m.topic(), m.partition(), m.offset(), m.key(), m.value() or b""))
-        # consume() interleaves partitions but keeps each partition's order; a stable sort keeps it
-        found.sort(key=lambda m: (m.topic, m.partition))
+        # consume() may interleave partitions but keeps each partition's order, which is what counts
         return found
 
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
