@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import subprocess
@@ -86,3 +87,33 @@ def word_counts(text: str) -> dict[str, int]:
             word = "".join(chars).lower()
             counts[word] = counts.get(word, 0) + 1
     return counts
+
+
+#: handlers for two-step test workflows: each success appends "FUNCTION EXECUTION PID" to $XFLOW_TEST_NOTES;
+#: the event may ask for a delay ("sleep") or a failure ("fail")
+NOTING_STEPS = """
+import os, time
+
+def _note(ctx, event):
+    with open(os.environ["XFLOW_TEST_NOTES"], "a") as notes:
+        notes.write(f"{ctx.function_name} {event['execution_id']} {os.getpid()}\\n")
+
+def first(event, ctx):
+    time.sleep(float(event.get("sleep", 0)))
+    if event.get("fail"):
+        ctx.logger.error("refusing %s", event["execution_id"])
+        raise RuntimeError("asked to fail")
+    _note(ctx, event)
+    return {"n": event.get("n", 0) + 1}
+
+def second(event, ctx):
+    time.sleep(float(event.get("sleep", 0)))
+    _note(ctx, event)
+    return {"n": event["n"] * 10}
+"""
+
+
+def read_notes(path: Path) -> collections.Counter[tuple[str, ...]]:
+    """How many times each (function, execution) was handled successfully, from NOTING_STEPS' notes."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    return collections.Counter(tuple(line.split()[:2]) for line in lines)

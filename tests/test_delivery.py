@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import collections
 import json
 import signal
 import time
 
 import pytest
+from conftest import NOTING_STEPS, read_notes
 
 CHAIN = """
 workflow_id: chain
@@ -21,31 +21,10 @@ workflows:
   - {id: chain, flow: [Start, Middle, Done]}
 """
 
-STEPS = """
-import os, time
-
-def _note(ctx, event):
-    with open(os.environ["XFLOW_TEST_NOTES"], "a") as notes:
-        notes.write(f"{ctx.function_name} {event['execution_id']} {os.getpid()}\\n")
-
-def first(event, ctx):
-    time.sleep(float(event.get("sleep", 0)))
-    if event.get("fail"):
-        ctx.logger.error("refusing %s", event["execution_id"])
-        raise RuntimeError("asked to fail")
-    _note(ctx, event)
-    return {"n": event.get("n", 0) + 1}
-
-def second(event, ctx):
-    time.sleep(float(event.get("sleep", 0)))
-    _note(ctx, event)
-    return {"n": event["n"] * 10}
-"""
-
 
 @pytest.fixture
 def chain(make_workflow, tmp_path):
-    path = make_workflow(CHAIN, {"steps.py": STEPS}, name="chain.yaml")
+    path = make_workflow(CHAIN, {"steps.py": NOTING_STEPS}, name="chain.yaml")
     return path, {"XFLOW_TEST_NOTES": str(tmp_path / "notes.txt")}, tmp_path / "notes.txt"
 
 
@@ -63,11 +42,6 @@ def _track(cli, path, execution_id):
     done = cli("track", path, execution_id, "--output", "json")
     assert done.returncode in (0, 1), done.stderr
     return json.loads(done.stdout)
-
-
-def _notes(path):
-    return collections.Counter(tuple(line.split()[:2]) for line in path.read_text().splitlines()) if path.exists() \
-        else collections.Counter()
 
 
 def test_failing_handler_is_retried_dead_lettered_and_others_still_succeed(cli, chain):
@@ -141,12 +115,12 @@ def test_worker_killed_mid_run_loses_nothing_and_counts_nothing_twice(cli, chain
                    **env).returncode == 0
     victim = cli.popen("worker", path, *options, **env)
     deadline = time.monotonic() + 60
-    while sum(_notes(notes).values()) < 5:
+    while sum(read_notes(notes).values()) < 5:
         assert time.monotonic() < deadline, "the first worker processed nothing"
         time.sleep(0.05)
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=10)
-    done_before = sum(_notes(notes).values())
+    done_before = sum(read_notes(notes).values())
     assert done_before < 2 * len(executions), "the kill came too late to test anything"
     survivor = cli.popen("worker", path, *options, **env)
     try:
@@ -159,7 +133,7 @@ def test_worker_killed_mid_run_loses_nothing_and_counts_nothing_twice(cli, chain
         assert [e["count"] for e in summary["events"]] == [1, 1, 1], (execution, summary)
         result = _result(cli, path, execution)
         assert result["n"] == 20
-    counted = _notes(notes)
+    counted = read_notes(notes)
     assert {key[1] for key in counted} == set(executions)
 
 
@@ -188,7 +162,7 @@ def test_two_workers_on_one_state_folder_handle_each_delivery_once(cli, chain):
         for worker in workers:
             assert worker.wait(timeout=20) == 0
     assert all(s["status"] == "succeeded" for s in summaries.values())
-    counted = _notes(notes)
+    counted = read_notes(notes)
     assert len(counted) == 2 * len(executions)
     assert set(counted.values()) == {1}, [k for k, v in counted.items() if v > 1]
 

@@ -3,7 +3,6 @@ and a broker restart under running workers, on Apache Kafka and on Tansu."""
 
 from __future__ import annotations
 
-import collections
 import json
 import signal
 import subprocess
@@ -11,7 +10,7 @@ import time
 import uuid
 
 import pytest
-from conftest import SAMPLE, WORD_COUNT, word_counts
+from conftest import NOTING_STEPS, SAMPLE, WORD_COUNT, read_notes, word_counts
 
 try:
     from kafka_brokers import kafka_broker  # noqa: F401
@@ -32,27 +31,6 @@ workflows:
   - {{id: {workflow_id}, flow: [Start, Middle, Done]}}
 """
 
-STEPS = """
-import os, time
-
-def _note(ctx, event):
-    with open(os.environ["XFLOW_TEST_NOTES"], "a") as notes:
-        notes.write(f"{ctx.function_name} {event['execution_id']} {os.getpid()}\\n")
-
-def first(event, ctx):
-    time.sleep(float(event.get("sleep", 0)))
-    if event.get("fail"):
-        ctx.logger.error("refusing %s", event["execution_id"])
-        raise RuntimeError("asked to fail")
-    _note(ctx, event)
-    return {"n": event.get("n", 0) + 1}
-
-def second(event, ctx):
-    time.sleep(float(event.get("sleep", 0)))
-    _note(ctx, event)
-    return {"n": event["n"] * 10}
-"""
-
 
 @pytest.fixture(params=["kafka-python", "confluent"])
 def client(request):
@@ -69,7 +47,7 @@ def _kafka_options(kafka_broker, client: str, **more: str) -> list[str]:  # noqa
 @pytest.fixture
 def chain(make_workflow, tmp_path):
     workflow_id = f"chain{uuid.uuid4().hex[:6]}"
-    path = make_workflow(CHAIN.format(workflow_id=workflow_id), {"steps.py": STEPS}, name="chain.yaml")
+    path = make_workflow(CHAIN.format(workflow_id=workflow_id), {"steps.py": NOTING_STEPS}, name="chain.yaml")
     notes = tmp_path / "notes.txt"
     return path, {"XFLOW_TEST_NOTES": str(notes)}, notes
 
@@ -89,11 +67,6 @@ def _wait_settled(engine, execution_ids, timeout=150.0):
             return summaries
         assert time.monotonic() < deadline, f"{len(running)} executions still running, e.g. {running[:3]}"
         time.sleep(0.5)
-
-
-def _notes(path):
-    lines = path.read_text().splitlines() if path.exists() else []
-    return collections.Counter(tuple(line.split()[:2]) for line in lines)
 
 
 def _stop(workers: list[subprocess.Popen[str]]) -> None:
@@ -138,13 +111,13 @@ def test_scale_out_workers_survive_a_sigkill(cli, chain, kafka_broker, client): 
             for execution in executions:
                 engine.publish("Start", {"n": 1, "sleep": 0.05}, execution_id=execution)
             deadline = time.monotonic() + 90
-            while sum(_notes(notes).values()) < 15:
+            while sum(read_notes(notes).values()) < 15:
                 assert time.monotonic() < deadline, "the workers processed nothing"
                 assert all(w.poll() is None for w in workers), "a worker exited"
                 time.sleep(0.05)
             workers[0].send_signal(signal.SIGKILL)
             workers[0].wait(timeout=10)
-            assert sum(_notes(notes).values()) < 2 * len(executions), "the kill came too late to test anything"
+            assert sum(read_notes(notes).values()) < 2 * len(executions), "the kill came too late to test anything"
             summaries = _wait_settled(engine, executions)
             for execution, summary in summaries.items():
                 assert summary["status"] == "succeeded", (execution, summary)
@@ -152,7 +125,7 @@ def test_scale_out_workers_survive_a_sigkill(cli, chain, kafka_broker, client): 
                 assert engine.result(execution)["n"] == 20
     finally:
         _stop(workers)
-    counted = _notes(notes)
+    counted = read_notes(notes)
     assert {key[1] for key in counted} == set(executions)
     assert {key[0] for key in counted} == {"first", "second"}
     assert len({line.split()[2] for line in notes.read_text().splitlines()}) >= 2, "the work was shared"
@@ -212,7 +185,7 @@ def test_workers_survive_a_broker_restart(cli, chain, kafka_broker):  # noqa: F8
             assert all(w.poll() is None for w in workers), "a worker died with the broker"
     finally:
         _stop(workers)
-    counted = _notes(notes)
+    counted = read_notes(notes)
     assert {key[1] for key in counted} == set(before + after)
     cli.json("teardown", path)
 
