@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import SAMPLE, WORD_COUNT, word_counts
+from xflow_cli_testing import SAMPLE, WORD_COUNT, word_counts
 
 from xflow import Engine, XflowError
 from xflow.core.interfaces import PluginContext

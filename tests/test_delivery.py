@@ -7,7 +7,7 @@ import signal
 import time
 
 import pytest
-from conftest import NOTING_STEPS, read_notes
+from xflow_cli_testing import NOTING_STEPS, read_notes
 
 CHAIN = """
 workflow_id: chain

@@ -10,7 +10,7 @@ import time
 import uuid
 
 import pytest
-from conftest import NOTING_STEPS, SAMPLE, WORD_COUNT, read_notes, word_counts
+from xflow_cli_testing import NOTING_STEPS, SAMPLE, WORD_COUNT, read_notes, word_counts
 
 try:
     from kafka_brokers import kafka_broker  # noqa: F401

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from conftest import SAMPLE, WORD_COUNT, clean_env, word_counts
+from xflow_cli_testing import SAMPLE, WORD_COUNT, clean_env, word_counts
 
 FLOW = ["FileUploaded", "FileDownloaded", "FileParsed", "FileAggregated", "FileFiltered", "FileSummarized"]
 

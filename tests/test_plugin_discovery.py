@@ -8,7 +8,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import SAMPLE, WORD_COUNT
+from xflow_cli_testing import SAMPLE, WORD_COUNT
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import SEED, WORD_COUNT
+from xflow_cli_testing import SEED, WORD_COUNT
 
 
 def test_seed_example_validates_as_written(cli):
