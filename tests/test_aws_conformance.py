@@ -11,7 +11,7 @@ try:
 except ImportError:  # tests/ imported as a package
     from tests.aws_server import aws_endpoint  # noqa: F401
 
-testing = pytest.importorskip("xflow.testing")
+from xflow import testing  # noqa: E402
 
 pytestmark = pytest.mark.aws
 

@@ -97,6 +97,36 @@ def test_bad_options_are_clear_errors(tmp_path):
             KafkaTransport(PluginContext("wf", options, tmp_path)).stream_name("Uploaded")
 
 
+CLIENT_CONFIG = {
+    "kafka-python": '{"linger_ms": 5, "fetch_max_wait_ms": 100, "client_id": "xflow-test"}',
+    "confluent": '{"linger.ms": 5, "fetch.wait.max.ms": 100, "client.id": "xflow-test"}',
+}
+
+
+def test_client_config_passes_producer_and_consumer_settings(make, client):
+    from xflow.testing import drain
+
+    transport = make(client_config=CLIENT_CONFIG[client])
+    for step in transport.plan_setup(EVENTS):
+        step.apply()
+    consumer = transport.subscribe("reader", ["Uploaded"])
+    try:
+        transport.publish("Uploaded", [Record("e1", b'{"execution_id": "e1"}')])
+        got = drain(consumer, 1, 60)
+        assert [d.value for d in got] == [b'{"execution_id": "e1"}']
+    finally:
+        consumer.close()
+
+
+def test_client_config_with_an_unknown_kafka_python_setting_is_refused(make, client):
+    if client != "kafka-python":
+        pytest.skip("librdkafka reports unknown settings itself")
+    make()  # the fixture cleans up through the first transport it made: a working one
+    transport = make(client_config='{"lingerms": 5}')
+    with pytest.raises(XflowError, match="kafka-python has no setting 'lingerms'"):
+        transport.plan_setup(EVENTS)
+
+
 def test_setup_creates_topics_with_partitions_and_grows_them(make, kafka_broker):  # noqa: F811
     transport = make(partitions="2")
     plan = transport.plan_setup(EVENTS)

@@ -242,7 +242,15 @@ class Emulator:
                     kwargs["ShardIteratorType"] = mapping.get("StartingPosition") or "TRIM_HORIZON"
                 cursor.iterator = kinesis.get_shard_iterator(**kwargs)["ShardIterator"]
             limit = cursor.batch_limit or int(mapping.get("BatchSize") or 100)
-            response = kinesis.get_records(ShardIterator=cursor.iterator, Limit=limit)
+            try:
+                response = kinesis.get_records(ShardIterator=cursor.iterator, Limit=limit)
+            except Exception as exc:
+                if is_client_error(exc, "ExpiredIteratorException"):  # a long invocation: resume from the checkpoint
+                    cursor.iterator = None
+                    return 0
+                if is_client_error(exc, "ProvisionedThroughputExceededException"):
+                    return 0
+                raise
         records = response.get("Records", [])
         if not records:
             cursor.iterator = response.get("NextShardIterator")
@@ -292,12 +300,11 @@ class Emulator:
                          records: list[dict[str, Any]], lowest: int, max_retries: int) -> None:
         """Records before the first failed one are done; that one is retried, or dropped after its retries."""
         done = [r for r in records if int(r["SequenceNumber"]) < lowest]
+        key = str(lowest)
+        cursor.failures[key] = cursor.failures.get(key, 0) + 1  # this invocation was the failed record's attempt
         if done:
-            cursor.failures.clear()
             self._advance(cursor, done[-1]["SequenceNumber"], None)
             return
-        key = str(lowest)
-        cursor.failures[key] = cursor.failures.get(key, 0) + 1
         if 0 <= max_retries < cursor.failures[key]:
             self.report.discarded_records += 1
             self.echo(f"{function.name}: record {key} of {stream} failed {cursor.failures[key]} times; discarded")

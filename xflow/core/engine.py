@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from xflow.core.config import load_workflow
 from xflow.core.errors import XflowError
@@ -267,7 +268,10 @@ class Engine:
         }
         for kind, choice in self._choices.items():
             explicit = self._given_options(kind)
-            kept = {k: v for k, v in explicit.items() if not any(w in k.lower() for w in SECRET_WORDS)}
+            kept = {k: v for k, v in explicit.items() if not _looks_secret(k, v)}
+            for key in sorted(set(explicit) - set(kept)):
+                log.warning("option %s of %s %r holds a secret and is not recorded in %s: give it again to later "
+                            "commands, or set XFLOW_%s_%s", key, kind, choice.name, path, choice.name.upper(), key.upper())
             record[kind] = {"name": choice.name, "options": kept}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -300,13 +304,13 @@ class Engine:
         if not provider.runs_locally:
             raise XflowError(f"the {provider.name!r} provider runs functions itself; 'xflow worker' and 'xflow run' "
                              "run them with --provider local")
-        options = provider.context.options
+        options = provider.context
         return Dispatcher(
             self.workflow, self.transport, self.tracker, functions=functions,
             cache_dir=self.state_dir / self.workflow.id / "sources",
-            batch_size=int(options.get("batch_size") or 100),
-            backoff_seconds=float(options.get("backoff_seconds") or 0.2),
-            backoff_max_seconds=float(options.get("backoff_max_seconds") or 5.0),
+            batch_size=options.number_option("batch_size", 100, minimum=1),
+            backoff_seconds=options.number_option("backoff_seconds", 0.2, minimum=0, kind=float),
+            backoff_max_seconds=options.number_option("backoff_max_seconds", 5.0, minimum=0, kind=float),
         )
 
     def work(self, functions: Sequence[str] | None = None, *, until: Callable[[], bool] | None = None,
@@ -382,6 +386,20 @@ class Engine:
         if summary["status"] == "running":
             summary["timed_out_after_seconds"] = timeout
         return summary
+
+
+def _looks_secret(key: str, value: Any) -> bool:
+    """Options never written to the setup record: secret-looking names, URLs with a password, password fields."""
+    if any(word in key.lower() for word in SECRET_WORDS):
+        return True
+    text = str(value)
+    if "://" in text:
+        try:
+            if urlsplit(text).password:
+                return True
+        except ValueError:
+            return True
+    return any(word in text.lower() for word in ("password", "secret"))
 
 
 def _guard(info: PluginInfo, what: str, call: Callable[[], Any]) -> Any:

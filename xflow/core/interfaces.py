@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from xflow.core.errors import XflowError
+
 if TYPE_CHECKING:
     from xflow.core.model import Workflow
 
@@ -53,6 +55,18 @@ class PluginContext:
     def option(self, key: str, default: Any = None) -> Any:
         value = self.options.get(key)
         return default if value is None or value == "" else value
+
+    def number_option(self, key: str, default: float, minimum: float, kind: type = int) -> Any:
+        """A numeric option (``kind`` int or float) of at least ``minimum``; anything else is a one-line error."""
+        value = self.option(key, default)
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is None or number < minimum:
+            what = "a whole number" if kind is int else "a number"
+            raise XflowError(f"option {key}={value!r} must be {what} of at least {minimum:g}")
+        return number
 
 
 @dataclass(frozen=True)

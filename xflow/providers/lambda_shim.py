@@ -84,13 +84,14 @@ def kinesis_records(event: Mapping[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
-def _earlier_failures(function: str, execution_id: str, event_id: str) -> int:
-    """How many failed attempts this function already logged for this event (best effort)."""
+def _earlier_failures(function: str, execution_id: str, event_id: str, since: float) -> int:
+    """How many failed attempts this function already logged for this event since it was published (best effort)."""
     group = f"/aws/lambda/{function}"
     count = 0
     try:
         paginator = client("logs").get_paginator("filter_log_events")
-        for page in paginator.paginate(logGroupName=group, filterPattern='"' + event_id + '"'):
+        for page in paginator.paginate(logGroupName=group, filterPattern='"' + event_id + '"',
+                                       startTime=max(0, int((since - 300) * 1000))):
             for item in page.get("events", []):
                 message = item.get("message", "")
                 start = message.find('{"xflow"')
@@ -176,9 +177,13 @@ def handle(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
             emit({**line, "attempt": known + 1, "status": "succeeded", "error": None})
             _attempts.pop(decoded.event_id, None)
             continue
-        attempt = max(known, _earlier_failures(function, decoded.execution_id, decoded.event_id)) + 1
-        _attempts[decoded.event_id] = attempt
+        attempt = max(known, _earlier_failures(function, decoded.execution_id, decoded.event_id,
+                                                     decoded.published_at)) + 1
         final = attempt > retries
+        if final:
+            _attempts.pop(decoded.event_id, None)
+        else:
+            _attempts[decoded.event_id] = attempt
         emit({**line, "attempt": attempt, "status": "failed" if final else "retrying", "error": error[:8000]})
         if not final:
             failures.append({"itemIdentifier": record["item"]})

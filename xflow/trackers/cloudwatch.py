@@ -114,7 +114,7 @@ class CloudWatchTracker(TrackerStore):
         aws = dict(context.workflow.aws) if context.workflow is not None else {}
         self.aws = AwsSession(aws, region=context.option("region"))
         self.log_group = str(context.option("log_group", f"/xflow/{self.workflow_id}"))
-        self.retention_days = int(context.option("retention_days", 7))
+        self.retention_days = context.number_option("retention_days", 7, minimum=1)
         self.function_logs = str(context.option("function_logs", "true")).lower() not in ("0", "false", "no")
         self._streams: set[str] = set()
 
@@ -212,6 +212,7 @@ class CloudWatchTracker(TrackerStore):
         stream = log_stream_name(execution_id)
         found: list[tuple[int, str]] = []
         token = None
+        empty_pages = 0
         with translate_errors(f"reading log group {self.log_group}"):
             while True:
                 kwargs: dict[str, Any] = {"logGroupName": self.log_group, "logStreamName": stream,
@@ -225,19 +226,22 @@ class CloudWatchTracker(TrackerStore):
                         return found
                     raise
                 found.extend((e["timestamp"], e["message"]) for e in page.get("events", []))
-                if not page.get("events") or page.get("nextForwardToken") in (None, token):
+                # the end is the same token coming back; an empty page alone may sit mid-stream
+                empty_pages = 0 if page.get("events") else empty_pages + 1
+                if page.get("nextForwardToken") in (None, token) or empty_pages >= 3:
                     return found
                 token = page["nextForwardToken"]
 
-    def function_log_lines(self, function: str, execution_id: str) -> list[tuple[int, str]]:
-        """The lines of ``/aws/lambda/<function>`` that mention ``execution_id``."""
+    def function_log_lines(self, function: str, execution_id: str, since_ms: int | None = None) -> list[tuple[int, str]]:
+        """The lines of ``/aws/lambda/<function>`` that mention ``execution_id`` (from ``since_ms`` on)."""
         group = LAMBDA_LOG_PREFIX + function
         found: list[tuple[int, str]] = []
         with translate_errors(f"reading log group {group}"):
             paginator = self.logs.get_paginator("filter_log_events")
             try:
                 pattern = '"' + execution_id.replace('"', "") + '"'
-                for page in paginator.paginate(logGroupName=group, filterPattern=pattern):
+                window = {"startTime": since_ms} if since_ms else {}
+                for page in paginator.paginate(logGroupName=group, filterPattern=pattern, **window):
                     found.extend((e["timestamp"], e["message"]) for e in page.get("events", [])
                                  if self._this_workflow(e["message"]))
             except Exception as exc:
@@ -264,8 +268,10 @@ class CloudWatchTracker(TrackerStore):
     def _history(self, execution_id: str, with_functions: bool) -> ExecutionHistory:
         lines = self._own_lines(execution_id)
         if with_functions and self.function_logs:
+            # an execution's function lines come after its first recorded event (less a margin for clock skew)
+            since = min(t for t, _ in lines) - 300_000 if lines else None
             for function in self._functions():
-                lines.extend(self.function_log_lines(function, execution_id))
+                lines.extend(self.function_log_lines(function, execution_id, since))
         events: dict[str, EventRecord] = {}
         deliveries: dict[tuple[Any, ...], DeliveryRecord] = {}
         for _, message in sorted(lines, key=lambda x: x[0]):

@@ -96,6 +96,20 @@ class PythonKafkaClient:
         config.update(s.security)
         return config
 
+    def _config(self, cls: Any, **settings: Any) -> dict[str, Any]:
+        """Settings for one kafka-python class: xflow's, then the ``client_config`` keys that class knows."""
+        from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+
+        extra = self.settings.extra
+        unknown = sorted(k for k in extra if not any(k in c.DEFAULT_CONFIG for c in (KafkaProducer, KafkaConsumer,
+                                                                                      KafkaAdminClient)))
+        if unknown:
+            raise XflowError(f"kafka option client_config: kafka-python has no setting {unknown[0]!r}",
+                             "use kafka-python's names, e.g. {\"linger_ms\": 5}")
+        config = {**self._common(), **settings}
+        config.update({k: v for k, v in extra.items() if k in cls.DEFAULT_CONFIG})
+        return config
+
     def _error(self, exc: BaseException, doing: str) -> KafkaClientError:
         from kafka import errors
 
@@ -129,7 +143,7 @@ class PythonKafkaClient:
         if self._admin is None:
             from kafka import KafkaAdminClient
 
-            self._admin = self._call("connecting", KafkaAdminClient, **self._common(), **self.settings.extra)
+            self._admin = self._call("connecting", KafkaAdminClient, **self._config(KafkaAdminClient))
         return self._admin
 
     def _admin_call(self, doing: str, method: str, *args: Any) -> Any:
@@ -172,12 +186,11 @@ class PythonKafkaClient:
         if self._producer is None:
             from kafka import KafkaProducer
 
-            self._producer = self._call(
-                "connecting", KafkaProducer, acks="all", retries=5, linger_ms=0,
+            self._producer = self._call("connecting", KafkaProducer, **self._config(
+                KafkaProducer, acks="all", retries=5, linger_ms=0,
                 max_block_ms=int(timeout * 1000), delivery_timeout_ms=max(int(timeout * 1000), 2000),
                 max_request_size=16 * 1024 * 1024, allow_auto_create_topics=False,
-                **self._common(), **self.settings.extra,
-            )
+            ))
         producer = self._producer
         futures = [
             self._call("sending", producer.send, r.topic, key=r.key, value=r.value,
@@ -193,12 +206,11 @@ class PythonKafkaClient:
         from kafka import KafkaConsumer
 
         session = self.settings.session_timeout_ms
-        consumer = self._call(
-            "connecting", KafkaConsumer, group_id=group_id, enable_auto_commit=False,
+        consumer = self._call("connecting", KafkaConsumer, **self._config(
+            KafkaConsumer, group_id=group_id, enable_auto_commit=False,
             auto_offset_reset=offset_reset, session_timeout_ms=session,
             heartbeat_interval_ms=max(100, session // 3), allow_auto_create_topics=False,
-            **self._common(), **self.settings.extra,
-        )
+        ))
         self._call("subscribing", consumer.subscribe, list(topics))
         return PythonKafkaConsumer(self, consumer)
 

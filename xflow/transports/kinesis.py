@@ -61,13 +61,8 @@ class KinesisTransport(Transport):
     def __init__(self, context: PluginContext) -> None:
         super().__init__(context)
         self.aws = _session_for(context)
-        try:
-            self.shards = int(context.option("shards", 1))
-        except (TypeError, ValueError):
-            raise XflowError(f"kinesis option shards must be a whole number: {context.option('shards')!r}") from None
-        if self.shards < 1:
-            raise XflowError("kinesis option shards must be at least 1")
-        self.lease_seconds = float(context.option("lease_seconds", 20))
+        self.shards = context.number_option("shards", 1, minimum=1)
+        self.lease_seconds = context.number_option("lease_seconds", 20, minimum=1, kind=float)
         self.checkpoint_table = str(context.option("checkpoint_table", f"xflow-{self.workflow_id}-checkpoints"))
         #: PutRecords calls made by this instance (for benchmarks)
         self.put_calls = 0
@@ -494,10 +489,11 @@ class KinesisConsumer(Consumer):
                     ddb.update_item(
                         TableName=self.table,
                         Key={"lease": {"S": lease}},
-                        UpdateExpression="SET checkpoint = :seq",
+                        UpdateExpression="SET checkpoint = :seq, expires = :exp",  # a commit also renews the lease
                         ConditionExpression="#o = :me",
                         ExpressionAttributeNames={"#o": "owner"},
-                        ExpressionAttributeValues={":seq": {"S": delivery.position}, ":me": {"S": self.owner}},
+                        ExpressionAttributeValues={":seq": {"S": delivery.position}, ":me": {"S": self.owner},
+                                                   ":exp": {"N": str(time.time() + self.transport.lease_seconds)}},
                     )
             except XflowError as exc:
                 if "ConditionalCheckFailed" not in exc.message:
@@ -509,6 +505,7 @@ class KinesisConsumer(Consumer):
                 continue
             shard = self.shards.get(lease)
             if shard:
+                shard.renewed_at = time.monotonic()
                 done = int(delivery.position)
                 shard.pending = {p for p in shard.pending if int(p) > done}
 

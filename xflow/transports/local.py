@@ -67,12 +67,10 @@ class LocalTransport(Transport):
         super().__init__(context)
         default = Path(context.state_dir) / context.workflow_id / "events.db"
         self.path = Path(context.option("path", default))
-        self.partitions = int(context.option("partitions", 4))
-        self.lease_seconds = float(context.option("lease_seconds", 10))
-        self.poll_interval = float(context.option("poll_interval", 0.05))
-        self.max_record_bytes = int(context.option("max_record_bytes", 1_048_576))
-        if self.partitions < 1:
-            raise XflowError(f"local transport: partitions must be at least 1, got {self.partitions}")
+        self.partitions = context.number_option("partitions", 4, minimum=1)
+        self.lease_seconds = context.number_option("lease_seconds", 10, minimum=0.5, kind=float)
+        self.poll_interval = context.number_option("poll_interval", 0.05, minimum=0.001, kind=float)
+        self.max_record_bytes = context.number_option("max_record_bytes", 1_048_576, minimum=1)
         self._connection: sqlite3.Connection | None = None
         self._partitions_of: dict[str, int] = {}
 

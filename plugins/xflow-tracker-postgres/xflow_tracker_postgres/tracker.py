@@ -243,7 +243,8 @@ class PostgresTrackerStore(TrackerStore):
             f"INSERT INTO {self._table('xflow_deliveries')} (workflow_id, execution_id, event_id, event, function, "
             "attempt, status, started_at, duration, error, logs) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (self.workflow_id, record.execution_id, record.event_id, record.event, record.function, record.attempt,
-             record.status, record.started_at, record.duration, record.error, list(record.logs))))
+             record.status, record.started_at, record.duration, _text(record.error),
+             [_text(line) for line in record.logs])))
 
     def history(self, execution_id: str) -> ExecutionHistory:
         def read(conn: Any) -> ExecutionHistory:
@@ -279,3 +280,8 @@ class PostgresTrackerStore(TrackerStore):
         return self._run("listing executions", lambda conn: [row[0] for row in conn.execute(
             f"SELECT execution_id FROM {self._table('xflow_events')} WHERE workflow_id = %s "
             "GROUP BY execution_id ORDER BY max(published_at) DESC", (self.workflow_id,))])
+
+
+def _text(value: str | None) -> str | None:
+    """PostgreSQL text cannot hold NUL characters; handlers' logs and errors may."""
+    return value.replace("\x00", "\\0") if value else value

@@ -477,6 +477,11 @@ class RedisConsumer(Consumer):
                 self.outstanding[part] = [i for i in pending if _id_tuple(i) > last]
                 pipe.xack(t.partition_key(*part), self.group, *sorted(set(done) | extra[part], key=_id_tuple))
             pipe.execute()
+            renew = t.script("renew", _RENEW)  # a commit also renews the leases of the partitions it touched
+            for part in upto:
+                if part in self.owned and not renew(keys=[self.lease_key(part)], args=[self.id, self.ttl_ms]):
+                    self.owned.discard(part)
+                    self.recovering.pop(part, None)
 
     def close(self) -> None:
         """Leave the group: leases are released so others take over the pending entries at once."""
