@@ -13,8 +13,10 @@ import pytest
 from xflow_cli_testing import NOTING_STEPS, SAMPLE, WORD_COUNT, read_notes, word_counts
 
 try:
+    from aws_server import aws_endpoint  # noqa: F401
     from kafka_brokers import kafka_broker  # noqa: F401
 except ImportError:  # tests/ imported as a package
+    from tests.aws_server import aws_endpoint  # noqa: F401
     from tests.kafka_brokers import kafka_broker  # noqa: F401
 
 pytestmark = pytest.mark.kafka
@@ -98,6 +100,23 @@ def test_word_count_end_to_end_on_kafka(cli, kafka_broker, client):  # noqa: F81
     removed = cli.json("teardown", WORD_COUNT)
     assert {c["resource"] for c in removed["changes"] if c["resource"].startswith("topic:")} >= {
         f"topic:{o.split('=', 1)[1]}word_count-FileUploaded" for o in options if o.startswith("topic_prefix=")}
+
+
+def test_word_count_on_kafka_tracked_in_cloudwatch(cli, kafka_broker, aws_endpoint):  # noqa: F811
+    import boto3
+
+    log_group = f"/xflow/kafka-{uuid.uuid4().hex[:8]}"
+    options = [*_kafka_options(kafka_broker, "kafka-python"), "--option", f"tracker.log_group={log_group}"]
+    result = cli.json("run", WORD_COUNT, "--transport", "kafka", "--tracker", "cloudwatch", *options,
+                      "--data", json.dumps({"path": str(SAMPLE)}), "--timeout", "120", timeout=180)
+    assert result["status"] == "succeeded"
+    assert result["result"]["counts"] == word_counts(SAMPLE.read_text())
+    streams = boto3.client("logs").describe_log_streams(logGroupName=log_group)["logStreams"]
+    assert [s["logStreamName"] for s in streams] == [result["execution_id"]]
+    tracked = cli.json("track", WORD_COUNT, result["execution_id"])
+    assert tracked["status"] == "succeeded" and [e["count"] for e in tracked["events"]] == [1] * 6
+    removed = cli.json("teardown", WORD_COUNT)
+    assert {"action": "delete", "resource": f"log-group:{log_group}"} in removed["changes"]
 
 
 def test_scale_out_workers_survive_a_sigkill(cli, chain, kafka_broker, client):  # noqa: F811
