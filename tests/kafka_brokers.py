@@ -262,3 +262,24 @@ def _port_open(address: str) -> bool:
     with socket.socket() as sock:
         sock.settimeout(1)
         return sock.connect_ex((host, int(port))) == 0
+
+
+def read_topic(broker, topic: str, count: int, timeout: float = 30.0) -> list[tuple]:
+    """Read a topic with kafka-python directly, not through xflow: (key, value, headers) tuples."""
+    import time
+    import uuid
+
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(topic, bootstrap_servers=broker.bootstrap, group_id=f"raw-{uuid.uuid4().hex}",
+                             auto_offset_reset="earliest", enable_auto_commit=False, session_timeout_ms=3000,
+                             heartbeat_interval_ms=1000)
+    found: list[tuple] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(found) < count and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=3000).values():
+                found.extend((r.key, r.value, dict(r.headers)) for r in records)
+    finally:
+        consumer.close()
+    return found

@@ -14,10 +14,10 @@ from xflow_cli_testing import NOTING_STEPS, SAMPLE, WORD_COUNT, read_notes, word
 
 try:
     from aws_server import aws_endpoint  # noqa: F401
-    from kafka_brokers import kafka_broker  # noqa: F401
+    from kafka_brokers import kafka_broker, read_topic  # noqa: F401
 except ImportError:  # tests/ imported as a package
     from tests.aws_server import aws_endpoint  # noqa: F401
-    from tests.kafka_brokers import kafka_broker  # noqa: F401
+    from tests.kafka_brokers import kafka_broker, read_topic  # noqa: F401
 
 pytestmark = pytest.mark.kafka
 
@@ -171,7 +171,7 @@ def test_failed_and_undecodable_deliveries_go_to_the_dead_letter_topic(cli, chai
         assert bad["status"] == "failed" and bad["last_unprocessed_event"] == "Start"
         assert bad["events"][0]["subscribers"][0]["attempts"] == 2
         dlq = engine.transport.stream_name("Start") + ".dlq"
-    letters = _read_topic(kafka_broker, dlq, 2)
+    letters = read_topic(kafka_broker, dlq, 2)
     by_key = {key: (value, headers) for key, value, headers in letters}
     assert set(by_key) == {b"bad", b"junk"}
     assert b"asked to fail" in by_key[b"bad"][1]["xflow-reason"]
@@ -209,19 +209,3 @@ def test_workers_survive_a_broker_restart(cli, chain, kafka_broker):  # noqa: F8
     cli.json("teardown", path)
 
 
-def _read_topic(kafka_broker, topic, count, timeout=30.0):  # noqa: F811
-    """Read a topic with kafka-python directly: (key, value, headers) tuples."""
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(topic, bootstrap_servers=kafka_broker.bootstrap, group_id=f"raw-{uuid.uuid4().hex}",
-                             auto_offset_reset="earliest", enable_auto_commit=False, session_timeout_ms=3000,
-                             heartbeat_interval_ms=1000)
-    found = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(found) < count and time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=3000).values():
-                found.extend((r.key, r.value, dict(r.headers)) for r in records)
-    finally:
-        consumer.close()
-    return found

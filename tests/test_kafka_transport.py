@@ -11,9 +11,9 @@ from xflow.core.errors import XflowError
 from xflow.core.interfaces import Consumer, Delivery, PluginContext, Record, Transport
 
 try:
-    from kafka_brokers import free_port, kafka_broker  # noqa: F401
+    from kafka_brokers import free_port, kafka_broker, read_topic  # noqa: F401
 except ImportError:  # tests/ imported as a package
-    from tests.kafka_brokers import free_port, kafka_broker  # noqa: F401
+    from tests.kafka_brokers import free_port, kafka_broker, read_topic  # noqa: F401
 
 pytestmark = pytest.mark.kafka
 EVENTS = ["Uploaded", "Parsed"]
@@ -53,24 +53,6 @@ def _drain(consumer: Consumer, count: int, timeout: float = 30.0) -> list[Delive
     while len(got) < count and time.monotonic() < deadline:
         got.extend(consumer.poll(100, 0.5))
     return got
-
-
-def _raw_records(kafka_broker, topic: str, count: int, timeout: float = 30.0):  # noqa: F811
-    """Read a topic with kafka-python directly (not through xflow): (key, value, headers) tuples."""
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(topic, bootstrap_servers=kafka_broker.bootstrap, group_id=f"raw-{uuid.uuid4().hex}",
-                             auto_offset_reset="earliest", enable_auto_commit=False, session_timeout_ms=3000,
-                             heartbeat_interval_ms=1000)
-    found = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(found) < count and time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=3000).values():
-                found.extend((r.key, r.value, dict(r.headers)) for r in records)
-    finally:
-        consumer.close()
-    return found
 
 
 def test_unreachable_broker_is_a_clear_error_within_seconds(client, tmp_path):
@@ -183,7 +165,7 @@ def test_dead_letter_keeps_value_key_and_reason(make, kafka_broker):  # noqa: F8
     finally:
         consumer.close()
     dlq = transport.stream_name("Uploaded") + ".dlq"
-    [(key, value, headers)] = _raw_records(kafka_broker, dlq, 1)
+    [(key, value, headers)] = read_topic(kafka_broker, dlq, 1)
     assert (key, value) == (b"exec-9", b"\xff not json")
     assert headers["xflow-reason"] == b"undecodable: not a JSON document"
     assert headers["xflow-group"] == b"reader"

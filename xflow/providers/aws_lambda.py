@@ -28,9 +28,8 @@ import json
 import logging
 import math
 import tempfile
-import time
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -539,19 +538,8 @@ class LambdaProvider(FunctionProvider):
     def _create_function(self, spec: FunctionSpec, role_arn: str) -> None:
         kwargs = dict(spec.configuration(role_arn), FunctionName=spec.name, Code={"ZipFile": spec.zip_bytes},
                       Publish=False, Tags={TAG_KEY: self.workflow_id}, PackageType="Zip")
-        deadline = time.monotonic() + 60
         with translate_errors(f"creating Lambda function {spec.name}"):
-            while True:
-                try:
-                    self.lam.create_function(**kwargs)
-                    break
-                except Exception as exc:
-                    # a new role takes a few seconds to become usable by Lambda
-                    if is_client_error(exc, "InvalidParameterValueException") and "role" in str(exc).lower() \
-                            and time.monotonic() < deadline:
-                        time.sleep(3)
-                        continue
-                    raise
+            _while_role_propagates(lambda: self.lam.create_function(**kwargs))
             self._wait(spec.name, "function_active_v2")
 
     def _wait(self, name: str, waiter: str) -> None:
@@ -584,21 +572,10 @@ class LambdaProvider(FunctionProvider):
                     raise
 
     def _create_mapping(self, spec: MappingSpec) -> None:
-        deadline = time.monotonic() + 60
         with translate_errors(f"subscribing {spec.function} to {spec.event}"):
-            while True:
-                try:
-                    self.lam.create_event_source_mapping(EventSourceArn=spec.stream_arn, FunctionName=spec.function,
-                                                         StartingPosition=spec.starting_position, Enabled=True,
-                                                         **spec.parameters())
-                    return
-                except Exception as exc:
-                    # Lambda checks the role's access to the stream; a fresh policy takes seconds to apply
-                    if is_client_error(exc, "InvalidParameterValueException") and "role" in str(exc).lower() \
-                            and time.monotonic() < deadline:
-                        time.sleep(3)
-                        continue
-                    raise
+            _while_role_propagates(lambda: self.lam.create_event_source_mapping(
+                EventSourceArn=spec.stream_arn, FunctionName=spec.function, StartingPosition=spec.starting_position,
+                Enabled=True, **spec.parameters()))
 
     def _update_mapping(self, uuid: str, params: Mapping[str, Any]) -> None:
         with translate_errors(f"updating event source mapping {uuid}"):
@@ -627,6 +604,18 @@ def _function_of(mapping: Mapping[str, Any]) -> str:
 
 def _stream_of(mapping: Mapping[str, Any]) -> str:
     return str(mapping["EventSourceArn"]).rpartition("/")[2]
+
+
+def _role_not_ready(exc: BaseException) -> bool:
+    return is_client_error(exc, "InvalidParameterValueException") and "role" in str(exc).lower()
+
+
+def _while_role_propagates(call: Callable[[], Any]) -> Any:
+    """Run ``call``, again every 3 s for up to a minute while Lambda does not yet accept a new role or policy."""
+    from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
+
+    return Retrying(retry=retry_if_exception(_role_not_ready), wait=wait_fixed(3), stop=stop_after_delay(60),
+                    reraise=True)(call)
 
 
 @hookimpl
