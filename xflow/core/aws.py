@@ -163,3 +163,33 @@ def translate_errors(doing: str) -> Iterator[None]:
         if isinstance(exc, bx.BotoCoreError):
             raise XflowError(f"{doing}: {exc}") from None
         raise
+
+
+#: the tag xflow puts on what it creates, valued with the workflow id
+TAG_KEY = "xflow:workflow"
+
+
+def create_log_group(logs: Any, group: str, workflow_id: str, retention_days: int) -> None:
+    """Create a CloudWatch log group tagged with the workflow (kept if it exists) and set its retention."""
+    with translate_errors(f"creating log group {group}"):
+        try:
+            logs.create_log_group(logGroupName=group, tags={TAG_KEY: workflow_id})
+        except Exception as exc:
+            if not is_client_error(exc, "ResourceAlreadyExistsException"):
+                raise
+    set_log_retention(logs, group, retention_days)
+
+
+def set_log_retention(logs: Any, group: str, retention_days: int) -> None:
+    with translate_errors(f"setting the retention of log group {group}"):
+        logs.put_retention_policy(logGroupName=group, retentionInDays=retention_days)
+
+
+def delete_log_group(logs: Any, group: str) -> None:
+    """Delete a log group; one that is already gone is fine."""
+    with translate_errors(f"deleting log group {group}"):
+        try:
+            logs.delete_log_group(logGroupName=group)
+        except Exception as exc:
+            if not is_client_error(exc, "ResourceNotFoundException"):
+                raise

@@ -34,7 +34,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from xflow.core.aws import AwsSession, is_client_error, translate_errors
+from xflow.core.aws import (
+    TAG_KEY,
+    AwsSession,
+    create_log_group,
+    delete_log_group,
+    is_client_error,
+    set_log_retention,
+    translate_errors,
+)
 from xflow.core.errors import XflowError
 from xflow.core.hookspecs import hookimpl
 from xflow.core.interfaces import FunctionProvider, PluginContext, Step, TrackerStore, Transport
@@ -48,7 +56,6 @@ log = logging.getLogger("xflow.lambda")
 SUPPORTED_RUNTIMES = ("python3.11", "python3.12", "python3.13", "python3.14")
 SHIM_HANDLER = "lambda_shim.handle"
 TRACKER_HANDLER = "lambda_shim.track"
-TAG_KEY = "xflow:workflow"
 ENV_WORKFLOW = "XFLOW_WORKFLOW_ID"
 ARTIFACTS = "lambda-artifacts"
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -354,9 +361,11 @@ class LambdaProvider(FunctionProvider):
         for group in self.function_log_groups(names):
             current = self._log_group_retention(group)
             if current is False:
-                steps.append(Step("create", f"log-group:{group}", lambda g=group: self._create_group(g, retention)))
+                steps.append(Step("create", f"log-group:{group}",
+                                  lambda g=group: create_log_group(self.logs, g, self.workflow_id, retention)))
             elif current != retention:
-                steps.append(Step("update", f"log-group:{group}", lambda g=group: self._set_retention(g, retention)))
+                steps.append(Step("update", f"log-group:{group}",
+                                  lambda g=group: set_log_retention(self.logs, g, retention)))
         for spec in specs:
             steps += self._plan_function(spec, role_arn)
         deployed = self._workflow_functions(workflow.id)
@@ -369,7 +378,7 @@ class LambdaProvider(FunctionProvider):
         for name in sorted(set(deployed) - set(names)):
             steps.append(Step("delete", f"function:{name}", lambda n=name: self._delete_function(n)))
             steps.append(Step("delete", f"log-group:/aws/lambda/{name}",
-                              lambda n=name: self._delete_group(f"/aws/lambda/{n}")))
+                              lambda n=name: delete_log_group(self.logs, f"/aws/lambda/{n}")))
         return steps
 
     def plan_teardown(self, workflow: Workflow, transport: Transport, tracker: TrackerStore) -> list[Step]:
@@ -385,7 +394,7 @@ class LambdaProvider(FunctionProvider):
         candidates = set(names) | set(workflow.functions) | {tracker_function_name(workflow.id)}
         for group in self.function_log_groups(sorted(candidates)):
             if self._log_group_retention(group) is not False and self._group_is_ours(group):
-                steps.append(Step("delete", f"log-group:{group}", lambda g=group: self._delete_group(g)))
+                steps.append(Step("delete", f"log-group:{group}", lambda g=group: delete_log_group(self.logs, g)))
         steps += self._plan_role_teardown()
         return steps
 
@@ -512,27 +521,6 @@ class LambdaProvider(FunctionProvider):
                 self.iam.delete_role(RoleName=self.role_name)
             except Exception as exc:
                 if not is_client_error(exc, "NoSuchEntity"):
-                    raise
-
-    def _create_group(self, group: str, retention: int) -> None:
-        with translate_errors(f"creating log group {group}"):
-            try:
-                self.logs.create_log_group(logGroupName=group, tags={TAG_KEY: self.workflow_id})
-            except Exception as exc:
-                if not is_client_error(exc, "ResourceAlreadyExistsException"):
-                    raise
-        self._set_retention(group, retention)
-
-    def _set_retention(self, group: str, retention: int) -> None:
-        with translate_errors(f"setting the retention of log group {group}"):
-            self.logs.put_retention_policy(logGroupName=group, retentionInDays=retention)
-
-    def _delete_group(self, group: str) -> None:
-        with translate_errors(f"deleting log group {group}"):
-            try:
-                self.logs.delete_log_group(logGroupName=group)
-            except Exception as exc:
-                if not is_client_error(exc, "ResourceNotFoundException"):
                     raise
 
     def _create_function(self, spec: FunctionSpec, role_arn: str) -> None:

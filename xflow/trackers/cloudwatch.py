@@ -19,7 +19,14 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from xflow.core.aws import AwsSession, is_client_error, translate_errors
+from xflow.core.aws import (
+    AwsSession,
+    create_log_group,
+    delete_log_group,
+    is_client_error,
+    set_log_retention,
+    translate_errors,
+)
 from xflow.core.errors import XflowError
 from xflow.core.hookspecs import hookimpl
 from xflow.core.interfaces import (
@@ -136,37 +143,19 @@ class CloudWatchTracker(TrackerStore):
     def plan_setup(self, workflow: Workflow) -> list[Step]:
         group = self._group(self.log_group)
         if group is None:
-            return [Step("create", f"log-group:{self.log_group}", self._create, f"{self.retention_days} days")]
+            return [Step("create", f"log-group:{self.log_group}",
+                         lambda: create_log_group(self.logs, self.log_group, self.workflow_id, self.retention_days),
+                         f"{self.retention_days} days")]
         if group.get("retentionInDays") != self.retention_days:
-            return [Step("update", f"log-group:{self.log_group}", self._set_retention,
+            return [Step("update", f"log-group:{self.log_group}",
+                         lambda: set_log_retention(self.logs, self.log_group, self.retention_days),
                          f"retention {group.get('retentionInDays')} -> {self.retention_days} days")]
         return []
 
     def plan_teardown(self, workflow: Workflow) -> list[Step]:
         if self._group(self.log_group) is None:
             return []
-        return [Step("delete", f"log-group:{self.log_group}", self._delete)]
-
-    def _create(self) -> None:
-        with translate_errors(f"creating log group {self.log_group}"):
-            try:
-                self.logs.create_log_group(logGroupName=self.log_group, tags={"xflow:workflow": self.workflow_id})
-            except Exception as exc:
-                if not is_client_error(exc, "ResourceAlreadyExistsException"):
-                    raise
-        self._set_retention()
-
-    def _set_retention(self) -> None:
-        with translate_errors(f"setting the retention of log group {self.log_group}"):
-            self.logs.put_retention_policy(logGroupName=self.log_group, retentionInDays=self.retention_days)
-
-    def _delete(self) -> None:
-        with translate_errors(f"deleting log group {self.log_group}"):
-            try:
-                self.logs.delete_log_group(logGroupName=self.log_group)
-            except Exception as exc:
-                if not is_client_error(exc, "ResourceNotFoundException"):
-                    raise
+        return [Step("delete", f"log-group:{self.log_group}", lambda: delete_log_group(self.logs, self.log_group))]
 
     # ------------------------------------------------------------------ writing
 

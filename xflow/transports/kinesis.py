@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from xflow.core.aws import AwsSession, is_client_error, translate_errors
+from xflow.core.aws import TAG_KEY, AwsSession, is_client_error, translate_errors
 from xflow.core.errors import XflowError
 from xflow.core.hookspecs import hookimpl
 from xflow.core.interfaces import Consumer, Delivery, PluginContext, Record, Step, Transport
@@ -38,7 +38,6 @@ MAX_RECORDS_PER_CALL = 500
 MAX_BYTES_PER_CALL = 5 * 1024 * 1024
 MAX_RECORD_BYTES = 1024 * 1024
 MAX_KEY_CHARS = 256
-TAG_KEY = "xflow:workflow"
 PUT_ATTEMPTS = 8
 
 
