@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -47,7 +48,10 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, dict[str, str]]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise XflowError(f"--option {pair!r} is not KEY=VALUE", "write for example --option partitions=2")
+            # never echo the text: a mistyped separator ("password:VALUE") would print the secret
+            shown = re.split(r"[^A-Za-z0-9_.\-]", pair, maxsplit=1)[0][:60] or "(empty)"
+            raise XflowError(f"--option {shown}... is not KEY=VALUE (its value is not shown)",
+                             "write for example --option partitions=2")
         kind, dot, bare = key.partition(".")
         if dot and kind in KINDS:
             parsed.setdefault(kind, {})[bare] = value
@@ -91,9 +95,11 @@ def cli(ctx: click.Context, state_dir: Path, verbose: int) -> None:
     Runs on your machine with no cloud (xflow run), on AWS Kinesis + Lambda (xflow setup),
     or on Kafka; every execution is tracked by its execution_id (xflow track).
     """
+    from xflow.core.redact import RedactingFormatter
+
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    handler.setFormatter(RedactingFormatter("%(levelname)s: %(message)s"))
     root = logging.getLogger("xflow")
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -301,7 +307,7 @@ def track(ctx: click.Context, file: str | None, execution_id: str | None, flow: 
 
     Exit status 1 when the execution failed.
     """
-    from xflow.core.engine import read_setup_record
+    from xflow.core.engine import UnknownExecutionError, read_setup_record
     from xflow.core.errors import XflowError
 
     execution = execution_option or execution_id

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+from xflow.core.redact import redact, redact_all
+
 
 class XflowError(Exception):
     """A problem the user can fix. The CLI prints ``error: MESSAGE (hint: HINT)`` and exits 2.
 
     Anything that is not an XflowError is a bug in xflow or a plugin and keeps its traceback.
+    Secrets (registered option values, URL passwords) are masked in the message, hint and lines.
     """
 
     exit_code = 2
 
     def __init__(self, message: str, hint: str | None = None, *, lines: list[str] | None = None) -> None:
+        message = redact(message)
+        hint = redact(hint) if hint else hint
         super().__init__(message)
         self.message = message
         self.hint = hint
         #: extra lines printed after the message (used to list every problem of a workflow file)
-        self.lines = lines or []
+        self.lines = redact_all(lines or [])
 
     def __str__(self) -> str:
         return f"{self.message} (hint: {self.hint})" if self.hint else self.message

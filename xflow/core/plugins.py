@@ -15,6 +15,7 @@ import pluggy
 from xflow.core import hookspecs
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import KINDS, Plugin
+from xflow.core.redact import remember_options
 
 log = logging.getLogger("xflow")
 
@@ -167,8 +168,9 @@ def env_options(plugin_name: str, keys: Iterable[str], environ: Mapping[str, str
 
 
 def check_options(info: PluginInfo, options: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """Reject keys the plugin does not declare, with the list of keys it accepts."""
+    """Reject keys the plugin does not declare, with the list of keys it accepts; register secret values for masking."""
     assert info.cls is not None
+    remember_options(options)
     accepted = dict(info.cls.options)
     unknown = sorted(set(options) - set(accepted))
     if unknown:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import DeliveryRecord, EventRecord, ExecutionHistory, PluginContext, Step, TrackerStore
+from xflow.core.redact import redact, remember, remember_in_text, userinfo_is_ambiguous
 
 if TYPE_CHECKING:
     from xflow.core.model import Workflow
@@ -85,9 +86,16 @@ def _import_psycopg() -> Any:
 
 
 def _safe_dsn(dsn: str) -> str:
-    """The DSN without its password, for messages."""
-    dsn = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
-    return re.sub(r"(password\s*=\s*)\S+", r"\1***", dsn)
+    """The DSN as libpq reads it, without its password, for messages (nothing of it when libpq cannot read it)."""
+    remember_in_text(dsn)
+    try:
+        params = _import_psycopg().conninfo.conninfo_to_dict(dsn)
+    except Exception:  # unreadable: any piece of it might be the password
+        return "(the dsn option, not shown)"
+    if params.get("password"):
+        remember(params["password"])
+    shown = " ".join(f"{key}={value}" for key, value in params.items() if key not in ("password", "passfile"))
+    return redact(shown) or "(default connection)"
 
 
 class PostgresTrackerStore(TrackerStore):
@@ -107,6 +115,10 @@ class PostgresTrackerStore(TrackerStore):
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", self.schema):
             raise XflowError(f"postgres tracker: option schema={self.schema!r} is not a plain SQL name",
                              "use letters, digits and underscores")
+        if userinfo_is_ambiguous(self.dsn):
+            raise XflowError("postgres tracker: the password in option dsn holds characters that end the password "
+                             "early ('@', '#', '/' or '?'), so part of it would be read as the host",
+                             "percent-encode them: '@' as %40, '#' as %23, '/' as %2F, '?' as %3F")
         self._connection: Any = None
         self._lock = threading.Lock()
 
@@ -115,8 +127,15 @@ class PostgresTrackerStore(TrackerStore):
     def _connect(self) -> Any:
         psycopg = _import_psycopg()
         if self._connection is None or self._connection.closed:
-            self._connection = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5,
-                                               application_name=f"xflow {self.workflow_id}")
+            try:
+                self._connection = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5,
+                                                   application_name=f"xflow {self.workflow_id}")
+            except psycopg.ProgrammingError:
+                # libpq's parse errors quote pieces of the DSN, password included: say only that it is malformed
+                raise XflowError("postgres tracker: option dsn is not a valid connection string (the parser's "
+                                 "message is not shown: it may quote the password)",
+                                 "use postgresql://USER:PASSWORD@HOST:PORT/DATABASE with special characters "
+                                 "percent-encoded, or a libpq 'host=... dbname=...' string") from None
         return self._connection
 
     @contextlib.contextmanager

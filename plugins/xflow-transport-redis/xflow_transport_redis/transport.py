@@ -35,10 +35,11 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import Consumer, Delivery, PluginContext, Record, Step, Transport
+from xflow.core.redact import redact, remember_in_text, userinfo_is_ambiguous
 
 DEFAULT_URL = "redis://localhost:6379/0"
 DEFAULT_PARTITIONS = 4
@@ -75,13 +76,9 @@ def _import_redis() -> Any:
 
 
 def _safe_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    """The URL without its password (whatever characters it holds), for messages."""
+    remember_in_text(url)
+    return redact(url)
 
 
 def _glob_escape(text: str) -> str:
@@ -116,8 +113,20 @@ class RedisTransport(Transport):
         super().__init__(context)
         self.url = str(context.option("url") or os.environ.get("XFLOW_REDIS_URL") or DEFAULT_URL)
         if not self.url.startswith(("redis://", "rediss://", "unix://")):
-            raise XflowError(f"redis transport: option url={self.url!r} is not a redis:// URL",
+            start = self.url.split(":", 1)[0].split("@", 1)[0][:12]  # never more: the rest may hold a password
+            raise XflowError(f"redis transport: option url (starting {start!r}) is not a redis:// URL",
                              "use --option url=redis://HOST:PORT/DB")
+        if userinfo_is_ambiguous(self.url):
+            raise XflowError("redis transport: the password in option url holds characters that end the password "
+                             "early ('@', '#', '/' or '?'), so part of it would be read as the host",
+                             "percent-encode them: '@' as %40, '#' as %23, '/' as %2F, '?' as %3F") from None
+        try:  # parse the URL and build (without connecting) a connection from it, as the client will
+            urlsplit(self.url).port  # noqa: B018 - raises ValueError on a port that is not a number
+            _import_redis().ConnectionPool.from_url(self.url).make_connection()
+        except (ValueError, TypeError):
+            raise XflowError(f"redis transport: option url={_safe_url(self.url)!r} is not a valid URL",
+                             "use redis://[:PASSWORD@]HOST:PORT/DB, with special characters in the password "
+                             "percent-encoded") from None
         self.partitions = self._int_option("partitions", DEFAULT_PARTITIONS, minimum=1)
         maxlen = context.option("maxlen")
         self.maxlen = None if maxlen is None else self._int_option("maxlen", 0, minimum=1)
@@ -177,6 +186,9 @@ class RedisTransport(Transport):
             raise XflowError(f"redis transport: cannot reach {_safe_url(self.url)} while {doing}: {exc}",
                              "start redis-server, or pass --option url=redis://HOST:PORT/DB "
                              "(or set XFLOW_REDIS_URL)") from None
+        except redis.exceptions.InvalidResponse:
+            raise XflowError(f"redis transport: the server at {_safe_url(self.url)} does not speak the Redis "
+                             f"protocol (while {doing})", "check the host and port of option url") from None
 
     def close(self) -> None:
         if self._redis is not None:
