@@ -126,7 +126,7 @@ def test_shim_handles_a_batch_reports_the_first_failure_and_publishes(aws_endpoi
     assert len(out) == 1 and out[0]["PartitionKey"] == "ex"
     published = decode_event(out[0]["Data"], "x")
     assert published.event_id == derive_event_id("ev-1", "step", 0)
-    assert published.data == {"n": 2, "execution_id": "ex"} and published.producer == "step"
+    assert published.data == {"n": 2, "execution_id": "ex"} and published.producer == f"xflow/{wid}/step"
     kinesis.delete_stream(StreamName=f"{wid}-Out")
 
 

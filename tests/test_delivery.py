@@ -77,7 +77,7 @@ def test_failing_handler_is_retried_dead_lettered_and_others_still_succeed(cli, 
     transport = LocalTransport(PluginContext("chain", {}, path.parent.parent / ".xflow"))
     letters = transport.dead_letters("first")
     assert len(letters) == 1 and "asked to fail" in letters[0]["reason"]
-    assert json.loads(letters[0]["value"])["execution_id"] == "bad"
+    assert json.loads(letters[0]["value"])["executionid"] == "bad"
     transport.close()
 
 

@@ -175,7 +175,7 @@ def test_failed_and_undecodable_deliveries_go_to_the_dead_letter_topic(cli, chai
     by_key = {key: (value, headers) for key, value, headers in letters}
     assert set(by_key) == {b"bad", b"junk"}
     assert b"asked to fail" in by_key[b"bad"][1]["xflow-reason"]
-    assert json.loads(by_key[b"bad"][0])["execution_id"] == "bad"
+    assert json.loads(by_key[b"bad"][0])["executionid"] == "bad"
     assert by_key[b"junk"][0] == b"\xff not json"
     assert by_key[b"junk"][1]["xflow-group"] == b"first"
     cli.json("teardown", path)

@@ -365,11 +365,12 @@ STATE_STYLE = {"processed": "green", "succeeded": "green", "failed": "bold red",
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     console = _console()
     status = summary["status"]
-    table = Table(title=f"workflow {summary['workflow_id']}  execution {summary['execution_id']}  "
+    table = Table(title=f"workflow {summary['workflow_id']}  execution {escape(summary['execution_id'])}  "
                         f"[{STATE_STYLE[status]}]{status}[/]", title_justify="left")
     for column in ("event", "state", "count", "first published", "subscribers"):
         table.add_column(column)
@@ -385,7 +386,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
         for subscriber in event["subscribers"]:
             if subscriber["state"] == "failed":
                 console.print(f"[bold red]{subscriber['name']} failed on {event['name']}[/] after "
-                              f"{subscriber['attempts']} attempts: {subscriber['error']}")
+                              f"{subscriber['attempts']} attempts: {escape(str(subscriber['error']))}")
                 for line in subscriber["logs"]:
                     console.print(f"  | {line}", markup=False)
 

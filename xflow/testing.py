@@ -461,6 +461,35 @@ class TrackerStoreContract:
         found = self.history(tracker, "ex2", lambda h: len(h.events) >= 2).events
         assert [e.event_id for e in found] == ["same-id", "other-id"]
 
+    def stored(self, tracker: TrackerStore, execution_id: str,
+               until: Callable[[list[EventRecord]], bool] = lambda events: True) -> list[EventRecord]:
+        """``tracker.stored_events``: the event records as stored, retried like :meth:`history`."""
+        deadline = time.monotonic() + self.consistency_timeout
+        while True:
+            found = tracker.stored_events(execution_id)
+            if until(found) or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.5)
+
+    def test_an_event_id_is_stored_once(self, tracker: TrackerStore, make_tracker: Callable[[], TrackerStore]) -> None:
+        """What is stored, not only what ``history`` shows: the same event recorded again (by this instance, or by
+        another one, as another process would) adds nothing."""
+        tracker.record_event(self.event("ex10", "once", 1_700_000_000.0))
+        tracker.record_event(self.event("ex10", "once", 1_700_000_001.0))
+        self.history(tracker, "ex10", lambda h: bool(h.events))
+        other = make_tracker()
+        other.record_event(self.event("ex10", "once", 1_700_000_002.0))
+        other.record_event(self.event("ex10", "twice", 1_700_000_003.0))
+        tracker.record_event(self.event("ex10", "twice", 1_700_000_004.0))
+        stored = self.stored(tracker, "ex10", lambda events: len(events) >= 2)
+        if self.consistency_timeout:
+            time.sleep(min(self.consistency_timeout, 2.0))  # a late duplicate would show up by now
+            stored = tracker.stored_events("ex10")
+        assert sorted(e.event_id for e in stored) == ["once", "twice"], \
+            f"each event id is stored once, found {sorted(e.event_id for e in stored)}"
+        assert [e.event_id for e in self.history(other, "ex10", lambda h: len(h.events) >= 2).events] == [
+            "once", "twice"]
+
     def test_delivery_round_trip(self, tracker: TrackerStore) -> None:
         record = self.delivery("ex3", "ev-1", 1_700_000_000.5, status="failed", attempt=3,
                                error="ValueError: bad input", logs=("INFO starting", "ERROR ünïcode"))

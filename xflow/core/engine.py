@@ -295,7 +295,8 @@ class Engine:
                              "give one of them, or the same value in both")
         execution_id = execution_id or in_data or new_event_id()
         publish_events(self.workflow, self.transport, self.tracker, [
-            OutgoingEvent(event, dict(data, execution_id=execution_id), execution_id, new_event_id(), "xflow/cli")])
+            OutgoingEvent(event, dict(data, execution_id=execution_id), execution_id, new_event_id(),
+                         f"xflow/{self.workflow.id}")])
         return execution_id
 
     # -- work ---------------------------------------------------------------------------------
@@ -351,7 +352,8 @@ class Engine:
                 raise XflowError(f"cannot re-drive {delivery.event!r} ({delivery.event_id}) of execution {execution_id}: "
                                  f"the {self._choices['tracker'].name!r} tracker did not keep its data")
             outgoing.setdefault(delivery.event_id, OutgoingEvent(
-                delivery.event, dict(record.data), execution_id, delivery.event_id, record.producer or "xflow/redrive"))
+                delivery.event, dict(record.data), execution_id, delivery.event_id,
+                record.producer or f"xflow/{self.workflow.id}"))
         publish_events(self.workflow, self.transport, self.tracker, list(outgoing.values()))
         now = time.time()
         for delivery in failed:  # attempt 0: a marker that makes the subscriber pending again, not an attempt

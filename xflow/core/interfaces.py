@@ -83,7 +83,9 @@ class Delivery:
 
     ``position`` is the transport's own offset/sequence number (as text); ``partition``
     identifies the shard/partition it came from. ``event`` is the workflow event name of
-    the stream it was read from.
+    the stream it was read from. ``timestamp`` is the record's own time on the transport
+    (seconds since the epoch: Kafka's record timestamp, Kinesis' approximate arrival time),
+    or None when the transport has none; it dates records that other producers wrote.
     """
 
     event: str
@@ -91,6 +93,7 @@ class Delivery:
     position: str
     key: str | None
     value: bytes
+    timestamp: float | None = None
 
 
 class Consumer(abc.ABC):
@@ -249,6 +252,15 @@ class TrackerStore(Plugin):
     @abc.abstractmethod
     def history(self, execution_id: str) -> ExecutionHistory:
         """All records of one execution, oldest first; empty lists when unknown."""
+
+    def stored_events(self, execution_id: str) -> list[EventRecord]:
+        """Every event record stored for one execution, as stored: a duplicate shows up twice.
+
+        The conformance kit uses it to check that ``record_event`` stores an event id once. The
+        default is ``history().events``; a store whose ``history`` drops duplicates on reading
+        overrides it.
+        """
+        return list(self.history(execution_id).events)
 
     def has_succeeded(self, execution_id: str, event_id: str, function: str) -> bool:
         """Whether ``function`` already handled ``event_id`` successfully (used to drop duplicates)."""

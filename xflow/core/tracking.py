@@ -13,6 +13,7 @@ The rules (see ``xflow track``):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from xflow.core.interfaces import DeliveryRecord, ExecutionHistory
@@ -110,6 +111,7 @@ def _subscriber(function: str, event_ids: list[str],
 
 
 def _iso_seconds(epoch: float) -> str:
+    """RFC 3339 to the second; total (``iso_time`` clamps a time outside years 1 to 9999 into that range)."""
     return iso_time(epoch)[:19] + "Z"
 
 
@@ -117,7 +119,7 @@ def final_result(workflow: Workflow, history: ExecutionHistory) -> dict[str, Any
     """The data of the last event, in flow order, that this execution published."""
     latest: dict[str, Any] | None = None
     for name in workflow.flow:
-        records = [r for r in history.events if r.event == name and r.data is not None]
+        records = [r for r in history.events if r.event == name and isinstance(r.data, Mapping)]
         if records:
             latest = dict(records[-1].data or {})
     return latest

@@ -4,12 +4,21 @@ Delivery rules: an event a function already handled successfully is dropped (re-
 after a crash); a failing handler is retried with exponential backoff up to the function's
 ``retries``, then dead-lettered and recorded as failed; offsets are committed only after a
 delivery is settled (succeeded or dead-lettered); undecodable records are dead-lettered.
+No record stops the loop: a record that cannot be decoded, or whose content makes settling it
+fail, is dead-lettered with the reason; only an unreachable backend (an :class:`XflowError` or
+a plugin's ``connection_errors``) stops it. An event more than the workflow's hop limit of
+handler publishes away from the event published from outside (``general: {hop_limit: N}``,
+default 1000) is not handled: it is dead-lettered and recorded as failed, which ends a cycle.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
+import uuid
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +30,7 @@ from xflow.core.errors import XflowError
 from xflow.core.interfaces import Consumer, Delivery, DeliveryRecord, EventRecord, Record, TrackerStore, Transport
 from xflow.core.model import Function, Workflow
 from xflow.core.runtime import (
+    DEFAULT_HOP_LIMIT,
     BadMessage,
     DecodedEvent,
     HandlerContext,
@@ -43,6 +53,17 @@ class OutgoingEvent:
     execution_id: str
     event_id: str
     producer: str
+    #: handler publishes between the event published from outside and this one
+    hops: int = 0
+
+
+def hop_limit(workflow: Workflow) -> int:
+    """How many handler publishes an event may be away from the one published from outside (default 1000)."""
+    value = getattr(workflow, "hop_limit", None) or (workflow.general or {}).get("hop_limit") or DEFAULT_HOP_LIMIT
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return DEFAULT_HOP_LIMIT
 
 
 def publish_events(workflow: Workflow, transport: Transport, tracker: TrackerStore,
@@ -57,7 +78,7 @@ def publish_events(workflow: Workflow, transport: Transport, tracker: TrackerSto
     by_event: dict[str, list[Record]] = {}
     for item in events:
         try:
-            value = encode_event(item.event, item.data, item.execution_id, item.event_id, item.producer, now)
+            value = encode_event(item.event, item.data, item.execution_id, item.event_id, item.producer, now, item.hops)
         except (TypeError, ValueError) as exc:
             raise XflowError(f"the data of event {item.event!r} is not JSON-serialisable: {exc}") from None
         by_event.setdefault(item.event, []).append(Record(item.execution_id, value))
@@ -67,16 +88,20 @@ def publish_events(workflow: Workflow, transport: Transport, tracker: TrackerSto
         tracker.record_event(EventRecord(item.execution_id, item.event_id, item.event, now, item.producer, item.data))
 
 
-def resolve_source(workflow: Workflow, function: Function, cache_dir: Path) -> Path:
-    """The local folder or file holding a function's code (remote sources are fetched into ``cache_dir``)."""
-    if function.source_path is not None:
-        return function.source_path
-    try:
-        from xflow.sources import materialize
-    except ImportError:
-        raise XflowError(f"function {function.name!r}: source {function.source!r} is not a local path, and this "
-                         "installation cannot fetch remote sources") from None
-    return materialize(function, workflow, cache_dir)
+def resolve_source(workflow: Workflow, function: Function, workdir: Path) -> Path:
+    """The local file or folder holding a function's code, as the Lambda provider packages it.
+
+    A remote source (git/GitHub link, s3://) is fetched into ``workdir``; s3:// sources use an AWS
+    session made from the file's ``aws:`` block (only then is boto3 needed).
+    """
+    from xflow.sources.resolve import fetch_source
+
+    aws = None
+    if function.source_path is None and function.source.startswith("s3://"):
+        from xflow.core.aws import AwsSession
+
+        aws = AwsSession(dict(workflow.aws or {}))
+    return fetch_source(function, workdir, aws)
 
 
 class Dispatcher:
@@ -97,7 +122,14 @@ class Dispatcher:
         self.backoff_seconds, self.backoff_max_seconds = backoff_seconds, backoff_max_seconds
         self.handled = 0
         self.commit_interval = 1.0
+        self.hop_limit = hop_limit(workflow)
         self._handlers: dict[str, Callable[..., Any]] = {}
+        #: what stops the loop: an unreachable backend, never a record's content
+        self._fatal: tuple[type[BaseException], ...] = (
+            XflowError, *getattr(transport, "connection_errors", ()), *getattr(tracker, "connection_errors", ()))
+        #: where this dispatcher fetches remote sources (workers may share ``cache_dir``); removed with it
+        self._workdir = cache_dir / f"fetched-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        weakref.finalize(self, shutil.rmtree, self._workdir, True)
 
     def load_handlers(self) -> None:
         """Import every handler now, so a broken one is reported before anything runs."""
@@ -107,7 +139,7 @@ class Dispatcher:
     def _handler(self, function: Function) -> Callable[..., Any]:
         handler = self._handlers.get(function.name)
         if handler is None:
-            source = resolve_source(self.workflow, function, self.cache_dir)
+            source = resolve_source(self.workflow, function, self._workdir / function.name)
             try:
                 handler = load_handler(source, function.handler)
             except HandlerLoadError as exc:
@@ -155,23 +187,62 @@ class Dispatcher:
             consumer.commit(done)
 
     def handle(self, function: Function, delivery: Delivery) -> None:
-        """Settle one delivery: skip a duplicate, or run the handler with retries, or dead-letter."""
-        fallback_id = f"{self.transport.stream_name(delivery.event)}:{delivery.partition}:{delivery.position}"
+        """Settle one delivery: skip a duplicate, or run the handler with retries, or dead-letter.
+
+        Never raises because of the record: an undecodable one, one over the hop limit and one whose settling
+        fails (say, a tracker that cannot store its content) are dead-lettered with the reason. An unreachable
+        backend (XflowError, or a plugin's ``connection_errors``) is raised: the record is delivered again later.
+        """
+        where = f"{self.transport.stream_name(delivery.event)}:{delivery.partition}:{delivery.position}"
         try:
-            event = decode_event(delivery.value, fallback_id)
+            event = decode_event(delivery.value, where)
         except BadMessage as exc:
-            reason = f"undecodable record at {fallback_id}: {exc}"
-            log.warning("%s: dead-lettered for %s: %s", function.name, delivery.event, reason)
-            self.transport.dead_letter(function.name, delivery, reason)
+            self._dead_letter(function, delivery, f"undecodable record at {where}: {exc}")
             return
+        try:
+            self._handle(function, delivery, event)
+        except self._fatal:
+            raise
+        except Exception as exc:  # the record's content broke settling it: set it aside, go on with the others
+            log.exception("%s: settling %s at %s (execution %r) failed", function.name, delivery.event, where,
+                          event.execution_id)
+            reason = (f"cannot settle the record at {where} (execution {event.execution_id!r}): "
+                      f"{type(exc).__name__}: {exc}")
+            self._record_failure(function, delivery.event, event, reason)
+            self._dead_letter(function, delivery, reason)
+
+    def _handle(self, function: Function, delivery: Delivery, event: DecodedEvent) -> None:
         self.tracker.record_event(EventRecord(event.execution_id, event.event_id, delivery.event, event.published_at,
                                               event.producer, event.data))
         if self.tracker.has_succeeded(event.execution_id, event.event_id, function.name):
             return
+        if event.hops > self.hop_limit:
+            reason = (f"execution {event.execution_id} exceeded the hop limit of {self.hop_limit} events; a cycle? "
+                      f"({delivery.event} {event.event_id} is {event.hops} handler publishes away from the event "
+                      "published from outside; raise general.hop_limit in the workflow file if this is intended)")
+            self.tracker.record_delivery(DeliveryRecord(event.execution_id, event.event_id, delivery.event,
+                                                        function.name, 1, "failed", time.time(), 0.0, reason))
+            self._dead_letter(function, delivery, reason)
+            return
         self.handled += 1
         outcome = self._run_with_retries(function, delivery.event, event)
         if not outcome.ok:
-            self.transport.dead_letter(function.name, delivery, outcome.error or "failed")
+            self._dead_letter(function, delivery, outcome.error or "failed")
+
+    def _dead_letter(self, function: Function, delivery: Delivery, reason: str) -> None:
+        reason = _printable(reason)
+        log.warning("%s: dead-lettered %s: %s", function.name, delivery.event, reason)
+        self.transport.dead_letter(function.name, delivery, reason)
+
+    def _record_failure(self, function: Function, event_name: str, event: DecodedEvent, reason: str) -> None:
+        """Best effort: show the set-aside record as failed in ``track`` (the tracker may be what failed)."""
+        try:
+            self.tracker.record_delivery(DeliveryRecord(event.execution_id, event.event_id, event_name, function.name,
+                                                        1, "failed", time.time(), 0.0, _printable(reason)))
+        except self._fatal:
+            raise
+        except Exception:
+            log.exception("%s: cannot record the failure of %s in the tracker", function.name, event.event_id)
 
     def _run_with_retries(self, function: Function, event_name: str, event: DecodedEvent) -> HandlerOutcome:
         attempts = function.retries + 1
@@ -213,13 +284,18 @@ class Dispatcher:
         if not outcome.ok:
             return outcome
         outgoing = [OutgoingEvent(name, data, event.execution_id, derive_event_id(event.event_id, function.name, i),
-                                  f"xflow/{self.workflow.id}/{function.name}")
+                                  f"xflow/{self.workflow.id}/{function.name}", event.hops + 1)
                     for i, (name, data) in enumerate(outcome.published)]
         try:
             publish_events(self.workflow, self.transport, self.tracker, outgoing)
         except XflowError as exc:
             return HandlerOutcome(False, [], outcome.logs, f"publishing failed: {exc}", outcome.duration)
         return outcome
+
+
+def _printable(text: str) -> str:
+    """``text`` with what UTF-8 cannot carry (lone surrogates) written as escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _function_logger(workflow_id: str, function: str) -> logging.Logger:

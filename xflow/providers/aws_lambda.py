@@ -46,6 +46,7 @@ from xflow.core.aws import (
 from xflow.core.errors import XflowError
 from xflow.core.hookspecs import hookimpl
 from xflow.core.interfaces import FunctionProvider, PluginContext, Step, TrackerStore, Transport
+from xflow.core.worker import hop_limit
 
 if TYPE_CHECKING:
     from xflow.core.model import Function, Workflow
@@ -216,7 +217,7 @@ class LambdaProvider(FunctionProvider):
                     "streams": streams, "log_group": tracker.log_group}  # type: ignore[attr-defined]
         return {"workflow_id": workflow.id, "function": function.name, "mode": "function",
                 "handler": function.handler, "source": "", "publishes": list(function.publishes),
-                "streams": streams, "retries": function.retries}
+                "streams": streams, "retries": function.retries, "hop_limit": hop_limit(workflow)}
 
     def desired_functions(self, workflow: Workflow, transport: Transport, tracker: TrackerStore) -> list[FunctionSpec]:
         from xflow.sources.resolve import check_handler, fetch_source

@@ -5,12 +5,17 @@ The zip holds this module as ``lambda_shim.py``, xflow's handler runtime as ``xf
 
 ``handle`` (user functions): decodes the Kinesis records of the batch, calls the handler with the
 same contract as locally (``xflow_runtime.call_handler``), publishes the handler's events to their
-streams with ids derived from the handled event's id, prints one JSON line per delivery outcome
+streams with ids derived from the handled event's id (CloudEvents with ``source``
+``xflow/<workflow>/<function>`` and the hop count ``xflowhops`` one more than the handled event's),
+prints one JSON line per delivery outcome
 (``{"xflow": "delivery", execution_id, event_id, function, attempt, status, error, logs}``) and
 answers ``{"batchItemFailures": [...]}``: the first failing record and those after it on its
 shard, so Lambda retries from there and keeps order. The attempt number is counted from the
 function's earlier failure lines; once ``retries`` is used up the failure is final (``failed``)
-and the shard moves on, as when Lambda discards a record after its last retry.
+and the shard moves on, as when Lambda discards a record after its last retry. A record that is
+not an event, or that breaks the shim, is set aside with a ``dead_letter`` line; an event more
+than ``hop_limit`` handler publishes away from the event published from outside is not handled
+and is reported ``failed`` at once, as the local worker does.
 
 ``track`` (the ``tracker_<workflow_id>`` function): writes every event of the batch into the
 workflow's log group, one log stream per execution id.
@@ -57,13 +62,22 @@ def client(service: str) -> Any:
     return _clients[service]
 
 
+def _dumps(data: Mapping[str, Any]) -> str:
+    text = json.dumps(data, ensure_ascii=False, default=str)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates (say, in a handler's log lines): escaped, as UTF-8 cannot carry them
+        text = json.dumps(data, ensure_ascii=True, default=str)
+    return text
+
+
 def emit(line: Mapping[str, Any]) -> None:
     """Print one JSON line (Lambda sends stdout to /aws/lambda/<function>)."""
     data = dict(line)
-    text = json.dumps(data, ensure_ascii=False, default=str)
+    text = _dumps(data)
     while len(text.encode("utf-8")) > MAX_LINE_CHARS and data.get("logs"):
         data["logs"] = data["logs"][len(data["logs"]) // 2 + 1:]
-        text = json.dumps(data, ensure_ascii=False, default=str)
+        text = _dumps(data)
     print(text, flush=True)
 
 
@@ -110,14 +124,15 @@ def _earlier_failures(function: str, execution_id: str, event_id: str, since: fl
 
 
 def _publish(cfg: Mapping[str, Any], published: list[tuple[str, dict[str, Any]]], parent_id: str,
-             execution_id: str) -> None:
+             execution_id: str, hops: int = 0) -> None:
     by_stream: dict[str, list[dict[str, Any]]] = {}
+    source = f"xflow/{cfg['workflow_id']}/{cfg['function']}"
     for index, (name, data) in enumerate(published):
         stream = cfg["streams"].get(name)
         if stream is None:
             raise ValueError(f"published {name!r}, which is not an event of workflow {cfg['workflow_id']!r}")
         event_id = runtime.derive_event_id(parent_id, cfg["function"], index)
-        value = runtime.encode_event(name, data, execution_id, event_id, cfg["function"])
+        value = runtime.encode_event(name, data, execution_id, event_id, source, hops=hops + 1)
         by_stream.setdefault(stream, []).append({"Data": value, "PartitionKey": execution_id})
     kinesis = client("kinesis") if by_stream else None
     for stream, entries in by_stream.items():
@@ -136,9 +151,8 @@ def _publish(cfg: Mapping[str, Any], published: list[tuple[str, dict[str, Any]]]
 def handle(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
     """The Lambda handler of a user function (Kinesis event source, ReportBatchItemFailures)."""
     cfg = config()
-    function, workflow_id = cfg["function"], cfg["workflow_id"]
+    function = cfg["function"]
     events_by_stream = {stream: name for name, stream in cfg["streams"].items()}
-    retries = int(cfg.get("retries", 0))
     failures: list[dict[str, str]] = []
     logger = logging.getLogger(f"xflow.function.{function}")
     logger.setLevel(logging.DEBUG)
@@ -154,40 +168,62 @@ def handle(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
             emit({"xflow": "dead_letter", "function": function, "event": event_name, "event_id": fallback,
                   "error": str(exc)})
             continue
-        started = time.time()
-        known = _attempts.get(decoded.event_id, 0)
-        ctx = runtime.HandlerContext(decoded.execution_id, event_name, decoded.event_id, known + 1, workflow_id,
-                                     function, logger)
         try:
-            handler = runtime.load_handler(HERE / cfg["source"], cfg["handler"])
-        except runtime.HandlerLoadError as exc:
-            outcome = runtime.HandlerOutcome(False, [], [], f"HandlerLoadError: {exc}", 0.0)
-        else:
-            outcome = runtime.call_handler(handler, decoded.data, ctx, list(cfg.get("publishes", [])))
-        error = outcome.error
-        if outcome.ok:
-            try:
-                _publish(cfg, outcome.published, decoded.event_id, decoded.execution_id)
-            except Exception as exc:
-                error = f"publishing failed: {type(exc).__name__}: {exc}"
-        line = {"xflow": "delivery", "execution_id": decoded.execution_id, "event_id": decoded.event_id,
-                "event": event_name, "function": function, "workflow_id": workflow_id,
-                "started_at": started, "duration": outcome.duration, "logs": outcome.logs}
-        if error is None:
-            emit({**line, "attempt": known + 1, "status": "succeeded", "error": None})
-            _attempts.pop(decoded.event_id, None)
+            retry = _handle_record(cfg, record, event_name, decoded, logger)
+        except Exception as exc:  # no record may stop the shard: set it aside with the reason
+            emit({"xflow": "dead_letter", "function": function, "event": event_name, "event_id": decoded.event_id,
+                  "execution_id": decoded.execution_id, "error": f"cannot settle the record at {fallback}: "
+                                                                  f"{type(exc).__name__}: {exc}"[:8000]})
             continue
-        attempt = max(known, _earlier_failures(function, decoded.execution_id, decoded.event_id,
-                                                     decoded.published_at)) + 1
-        final = attempt > retries
-        if final:
-            _attempts.pop(decoded.event_id, None)
-        else:
-            _attempts[decoded.event_id] = attempt
-        emit({**line, "attempt": attempt, "status": "failed" if final else "retrying", "error": error[:8000]})
-        if not final:
+        if retry:
             failures.append({"itemIdentifier": record["item"]})
     return {"batchItemFailures": failures}
+
+
+def _handle_record(cfg: Mapping[str, Any], record: Mapping[str, Any], event_name: str,
+                   decoded: runtime.DecodedEvent, logger: logging.Logger) -> bool:
+    """Run the handler on one event and print its outcome; True when the record is to be retried."""
+    function, workflow_id = cfg["function"], cfg["workflow_id"]
+    retries = int(cfg.get("retries", 0))
+    hop_limit = int(cfg.get("hop_limit") or runtime.DEFAULT_HOP_LIMIT)
+    started = time.time()
+    line = {"xflow": "delivery", "execution_id": decoded.execution_id, "event_id": decoded.event_id,
+            "event": event_name, "function": function, "workflow_id": workflow_id, "started_at": started}
+    if decoded.hops > hop_limit:
+        emit({**line, "duration": 0.0, "logs": [], "attempt": 1, "status": "failed",
+              "error": f"execution {decoded.execution_id} exceeded the hop limit of {hop_limit} events; a cycle? "
+                       f"({event_name} {decoded.event_id} is {decoded.hops} handler publishes away from the event "
+                       "published from outside; raise general.hop_limit in the workflow file if this is intended)"})
+        return False
+    known = _attempts.get(decoded.event_id, 0)
+    ctx = runtime.HandlerContext(decoded.execution_id, event_name, decoded.event_id, known + 1, workflow_id,
+                                 function, logger)
+    try:
+        handler = runtime.load_handler(HERE / cfg["source"], cfg["handler"])
+    except runtime.HandlerLoadError as exc:
+        outcome = runtime.HandlerOutcome(False, [], [], f"HandlerLoadError: {exc}", 0.0)
+    else:
+        outcome = runtime.call_handler(handler, decoded.data, ctx, list(cfg.get("publishes", [])))
+    error = outcome.error
+    if outcome.ok:
+        try:
+            _publish(cfg, outcome.published, decoded.event_id, decoded.execution_id, decoded.hops)
+        except Exception as exc:
+            error = f"publishing failed: {type(exc).__name__}: {exc}"
+    line.update(duration=outcome.duration, logs=outcome.logs)
+    if error is None:
+        emit({**line, "attempt": known + 1, "status": "succeeded", "error": None})
+        _attempts.pop(decoded.event_id, None)
+        return False
+    attempt = max(known, _earlier_failures(function, decoded.execution_id, decoded.event_id,
+                                                 decoded.published_at)) + 1
+    final = attempt > retries
+    if final:
+        _attempts.pop(decoded.event_id, None)
+    else:
+        _attempts[decoded.event_id] = attempt
+    emit({**line, "attempt": attempt, "status": "failed" if final else "retrying", "error": error[:8000]})
+    return not final
 
 
 #: failed attempts seen by this (warm) process, per event id
@@ -198,12 +234,37 @@ def _stream_name(execution_id: str) -> str:
     return re.sub(r"[:*]", "_", execution_id)[:512]
 
 
+def _logged_event_ids(logs: Any, group: str, stream: str, pages: int = 10) -> set[str]:
+    """The ids of the events already written to a log stream (what the CLI's publish wrote; a batch seen before)."""
+    found: set[str] = set()
+    kwargs: dict[str, Any] = {"logGroupName": group, "logStreamName": stream, "startFromHead": True, "limit": 1000}
+    for _ in range(pages):
+        page = logs.get_log_events(**kwargs)
+        for item in page.get("events", []):
+            message = item.get("message", "")
+            start = message.find('{"xflow"')
+            if start < 0:
+                continue
+            try:
+                line = json.loads(message[start:])
+            except ValueError:
+                continue
+            if line.get("xflow") == "event" and line.get("event_id"):
+                found.add(str(line["event_id"]))
+        token = page.get("nextForwardToken")
+        if not page.get("events") or token in (None, kwargs.get("nextToken")):
+            break
+        kwargs["nextToken"] = token
+    return found
+
+
 def track(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
-    """The Lambda handler of ``tracker_<workflow_id>``: every event into the workflow's log group."""
+    """The Lambda handler of ``tracker_<workflow_id>``: every event into the workflow's log group, once."""
     cfg = config()
     group = cfg["log_group"]
     events_by_stream = {stream: name for name, stream in cfg["streams"].items()}
     lines: dict[str, list[dict[str, Any]]] = {}
+    ids: dict[str, list[str]] = {}
     now = int(time.time() * 1000)
     for record in kinesis_records(event):
         event_name = events_by_stream.get(record["stream"], record["stream"])
@@ -222,13 +283,22 @@ def track(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
             line["data"], line["data_truncated"] = None, True
             text = json.dumps(line, ensure_ascii=False, default=str)
         lines.setdefault(_stream_name(decoded.execution_id), []).append({"timestamp": now, "message": text})
+        ids.setdefault(_stream_name(decoded.execution_id), []).append(decoded.event_id)
     logs = client("logs")
-    for stream, items in lines.items():
+    written = 0
+    for stream, all_items in lines.items():
         try:
             logs.create_log_stream(logGroupName=group, logStreamName=stream)
         except Exception as exc:
             if "ResourceAlreadyExists" not in type(exc).__name__ + str(exc):
                 raise
+        known = _logged_event_ids(logs, group, stream)
+        items = []
+        for event_id, item in zip(ids[stream], all_items, strict=True):
+            if event_id not in known:
+                known.add(event_id)
+                items.append(item)
+        written += len(items)
         batch: list[dict[str, Any]] = []
         size = 0
         for item in [*items, None]:
@@ -239,5 +309,5 @@ def track(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
             if item:
                 batch.append(item)
                 size += cost
-    print(json.dumps({"xflow": "tracked", "records": sum(len(v) for v in lines.values())}), flush=True)
+    print(json.dumps({"xflow": "tracked", "records": written}), flush=True)
     return {"batchItemFailures": []}

@@ -8,6 +8,11 @@ When the workflow runs on Lambda, events are written by the ``tracker_<workflow_
 (same line format) and each function's runtime shim prints its delivery outcomes to the
 function's own group ``/aws/lambda/<function>``; :meth:`CloudWatchTracker.history` reads those
 too, filtered by execution id, and drops duplicates by event id.
+
+An event is written once: the tracker remembers, per execution, the event ids it has seen in the
+execution's log stream, and before writing an event it does not know it reads what was added to
+the stream since its last look (one GetLogEvents call from a forward token). What another
+process writes at the very same moment can still come twice; reading drops such duplicates.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import json
 import logging
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from xflow.core.aws import (
@@ -47,6 +54,20 @@ log = logging.getLogger("xflow.cloudwatch")
 MAX_DATA_CHARS = 200_000
 MAX_ERROR_CHARS = 8_000
 LAMBDA_LOG_PREFIX = "/aws/lambda/"
+#: executions whose recorded event ids a tracker keeps in memory (least recently used are forgotten)
+KNOWN_EXECUTIONS = 1024
+#: GetLogEvents pages one look for new lines of a log stream reads at most, and lines per page
+LOOKUP_PAGES = 10
+LOOKUP_LIMIT = 1000
+
+
+@dataclass
+class _StreamIndex:
+    """The event ids known to be in one execution's log stream, and where reading it stopped."""
+
+    event_ids: set[str] = field(default_factory=set)
+    #: the forward token after the last line read (None: read from the start)
+    token: str | None = None
 
 
 def log_stream_name(execution_id: str) -> str:
@@ -124,6 +145,7 @@ class CloudWatchTracker(TrackerStore):
         self.retention_days = context.number_option("retention_days", 7, minimum=1)
         self.function_logs = str(context.option("function_logs", "true")).lower() not in ("0", "false", "no")
         self._streams: set[str] = set()
+        self._known: OrderedDict[str, _StreamIndex] = OrderedDict()
 
     @property
     def logs(self) -> Any:
@@ -155,7 +177,12 @@ class CloudWatchTracker(TrackerStore):
     def plan_teardown(self, workflow: Workflow) -> list[Step]:
         if self._group(self.log_group) is None:
             return []
-        return [Step("delete", f"log-group:{self.log_group}", lambda: delete_log_group(self.logs, self.log_group))]
+        return [Step("delete", f"log-group:{self.log_group}", self._delete_group)]
+
+    def _delete_group(self) -> None:
+        delete_log_group(self.logs, self.log_group)
+        self._streams.clear()
+        self._known.clear()  # what was written is gone
 
     # ------------------------------------------------------------------ writing
 
@@ -189,8 +216,55 @@ class CloudWatchTracker(TrackerStore):
                         continue
                     raise
 
+    def _index(self, execution_id: str) -> _StreamIndex:
+        index = self._known.get(execution_id)
+        if index is None:
+            index = self._known[execution_id] = _StreamIndex()
+            while len(self._known) > KNOWN_EXECUTIONS:
+                self._known.popitem(last=False)
+        else:
+            self._known.move_to_end(execution_id)
+        return index
+
+    def _catch_up(self, execution_id: str, index: _StreamIndex) -> None:
+        """Add the event ids written to the execution's log stream since the last look (a bounded read)."""
+        stream = log_stream_name(execution_id)
+        with translate_errors(f"reading log group {self.log_group}"):
+            for _ in range(LOOKUP_PAGES):
+                kwargs: dict[str, Any] = {"logGroupName": self.log_group, "logStreamName": stream,
+                                          "startFromHead": True, "limit": LOOKUP_LIMIT}
+                if index.token:
+                    kwargs["nextToken"] = index.token
+                try:
+                    page = self.logs.get_log_events(**kwargs)
+                except Exception as exc:
+                    if is_client_error(exc, "ResourceNotFoundException"):
+                        return  # no stream yet: nothing written
+                    raise
+                for item in page.get("events", []):
+                    found = parse_line(item["message"])
+                    if isinstance(found, EventRecord) and found.execution_id == execution_id:
+                        index.event_ids.add(found.event_id)
+                token = page.get("nextForwardToken")
+                if token in (None, index.token):
+                    return
+                index.token = token
+                events = page.get("events", [])
+                # a page under both the count asked for and half of GetLogEvents' 1 MB was not cut short:
+                # the stream ends there (saves the call that would only repeat the token)
+                if len(events) < LOOKUP_LIMIT and sum(len(e["message"]) for e in events) < 512 * 1024:
+                    return
+
     def record_event(self, record: EventRecord) -> None:
+        """Write the event unless it is already in the execution's log stream (see the module's notes)."""
+        index = self._index(record.execution_id)
+        if record.event_id in index.event_ids:
+            return
+        self._catch_up(record.execution_id, index)
+        if record.event_id in index.event_ids:
+            return
         self._put(record.execution_id, event_line(record))
+        index.event_ids.add(record.event_id)
 
     def record_delivery(self, record: DeliveryRecord) -> None:
         self._put(record.execution_id, delivery_line(record))
@@ -277,6 +351,11 @@ class CloudWatchTracker(TrackerStore):
 
     def history(self, execution_id: str) -> ExecutionHistory:
         return self._history(execution_id, with_functions=True)
+
+    def stored_events(self, execution_id: str) -> list[EventRecord]:
+        """The event lines of the execution's log stream as written, duplicates included (history drops them)."""
+        found = [parse_line(message) for _, message in self._own_lines(execution_id)]
+        return [r for r in found if isinstance(r, EventRecord) and r.execution_id == execution_id]
 
     def has_succeeded(self, execution_id: str, event_id: str, function: str) -> bool:
         return any(d.event_id == event_id and d.function == function and d.status == "succeeded"

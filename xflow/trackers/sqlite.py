@@ -2,15 +2,19 @@
 
 Options: ``path`` (default ``STATE_DIR/WORKFLOW/tracker.db``). Safe for many worker processes on
 one machine (WAL mode); events are keyed by event id, so recording one twice is a no-op.
+Any content is stored: text that UTF-8 cannot carry (lone surrogates) is kept as escapes, and
+times that are not finite numbers are replaced by the time of recording.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
+import time
 from contextlib import closing
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from xflow.core.errors import XflowError
 from xflow.core.hookspecs import hookimpl
@@ -84,46 +88,94 @@ class SqliteTrackerStore(TrackerStore):
             self.path.parent.rmdir()
 
     def record_event(self, record: EventRecord) -> None:
-        data = json.dumps(dict(record.data), ensure_ascii=False) if record.data is not None else None
+        data = _json(dict(record.data)) if record.data is not None else None
         self.db.execute(
             "INSERT OR IGNORE INTO events(event_id, execution_id, event, published_at, producer, data) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            (record.event_id, record.execution_id, record.event, record.published_at, record.producer, data))
+            (_text(record.event_id), _text(record.execution_id), _text(record.event), _time(record.published_at),
+             _text(record.producer), data))
 
     def record_delivery(self, record: DeliveryRecord) -> None:
         self.db.execute(
             "INSERT INTO deliveries(execution_id, event_id, event, function, attempt, status, started_at, duration, "
             "error, logs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (record.execution_id, record.event_id, record.event, record.function, record.attempt, record.status,
-             record.started_at, record.duration, record.error, json.dumps(list(record.logs), ensure_ascii=False)))
+            (_text(record.execution_id), _text(record.event_id), _text(record.event), _text(record.function),
+             int(record.attempt), record.status, _time(record.started_at),
+             _time(record.duration, 0.0), _text(record.error),
+             _json([str(line) for line in record.logs])))
 
     def history(self, execution_id: str) -> ExecutionHistory:
         events = [
-            EventRecord(execution_id, event_id, event, published_at, producer or "",
-                        json.loads(data) if data is not None else None)
+            EventRecord(execution_id, event_id, event, published_at, producer or "", _loads(data))
             for event_id, event, published_at, producer, data in self.db.execute(
                 "SELECT event_id, event, published_at, producer, data FROM events WHERE execution_id = ? "
-                "ORDER BY published_at, rowid", (execution_id,))
+                "ORDER BY published_at, rowid", (_text(execution_id),))
         ]
         deliveries = [
             DeliveryRecord(execution_id, event_id, event, function, attempt, status, started_at, duration or 0.0,
-                           error, tuple(json.loads(logs or "[]")))
+                           error, _lines(_loads(logs)))
             for event_id, event, function, attempt, status, started_at, duration, error, logs in self.db.execute(
                 "SELECT event_id, event, function, attempt, status, started_at, duration, error, logs "
-                "FROM deliveries WHERE execution_id = ? ORDER BY started_at, id", (execution_id,))
+                "FROM deliveries WHERE execution_id = ? ORDER BY started_at, id", (_text(execution_id),))
         ]
         return ExecutionHistory(events, deliveries)
 
     def has_succeeded(self, execution_id: str, event_id: str, function: str) -> bool:
         return self.db.execute(
             "SELECT 1 FROM deliveries WHERE event_id = ? AND function = ? AND status = 'succeeded' LIMIT 1",
-            (event_id, function)).fetchone() is not None
+            (_text(event_id), _text(function))).fetchone() is not None
 
     def executions(self) -> list[str]:
         """Execution ids known to this store, most recent first."""
         rows = self.db.execute("SELECT execution_id, MAX(published_at) AS t FROM events GROUP BY execution_id "
                                "ORDER BY t DESC").fetchall()
         return [row[0] for row in rows]
+
+
+def _text(value: str | None) -> str | None:
+    """``value`` as SQLite can store it: lone surrogates (which UTF-8 cannot carry) become ``\\udXXX`` escapes."""
+    if value is None:
+        return None
+    value = str(value)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
+def _json(value: Any) -> str:
+    """JSON text; escaped as ASCII when it holds what UTF-8 cannot carry (reads back the same)."""
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(value, ensure_ascii=True, default=str)
+    return text
+
+
+def _loads(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:  # not written by this store: show it as text rather than fail the whole history
+        return {"unreadable": text}
+
+
+def _lines(value: Any) -> tuple[str, ...]:
+    return tuple(str(line) for line in value) if isinstance(value, list) else ()
+
+
+def _time(value: float, default: float | None = None) -> float:
+    """A finite number (else ``default``, or now): SQLite stores NaN as NULL, which the NOT NULL columns refuse."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if math.isfinite(number):
+        return number
+    return time.time() if default is None else default
 
 
 @hookimpl
