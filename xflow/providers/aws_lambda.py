@@ -132,11 +132,11 @@ class _ZipBuilder:
         if source.is_file():
             self.add(f"{prefix}/{source.name}", source.read_bytes())
             return
-        for path in sorted(source.rglob("*")):
-            rel = path.relative_to(source)
-            if path.is_dir() or EXCLUDED_PARTS.intersection(rel.parts) or path.suffix == ".pyc":
-                continue
-            self.add(f"{prefix}/{rel.as_posix()}", path.read_bytes())
+        from xflow.sources.resolve import source_files  # refuses links that leave the folder, names them
+
+        for rel, path in source_files(source, f"source {str(source)!r}", skip=EXCLUDED_PARTS):
+            if rel.suffix != ".pyc":
+                self.add(f"{prefix}/{rel.as_posix()}", path.read_bytes())
 
     def build(self) -> bytes:
         out = io.BytesIO()

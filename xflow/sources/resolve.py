@@ -4,12 +4,26 @@ Accepted: a local ``.py`` file or folder (relative to the workflow file), ``s3:/
 (``.py`` or ``.zip``), ``git://…/blob/REF/PATH``, ``https://github.com/…/blob/REF/PATH`` and
 ``git+URL@REF#path=PATH``. The handler is found the way the runtime imports it
 (:func:`xflow.core.runtime.load_handler`) and checked without running the user's code.
+
+Symbolic links: every source, whatever its kind, goes through :func:`source_files` (which
+:func:`fetch_source` runs, and the Lambda packaging uses to walk a folder). Inside a source
+folder, a link is accepted only when it resolves to a regular file inside that same folder (the
+*source root*), and it is read (and shipped) as a copy of that file. A link that leaves the
+root, points at a folder (which could lead back to an ancestor), dangles or loops is refused,
+and so is anything that is not a regular file (a FIFO, a socket, a device); the error names the
+link. Folders that are never shipped (:data:`NOT_SHIPPED`: caches, ``.git``, virtual
+environments) are not walked. A local path written in the workflow file is taken as written:
+only what lies inside the source is checked. Archives never produce links
+(:mod:`xflow.sources.archive` refuses link members).
 """
 
 from __future__ import annotations
 
 import ast
-from pathlib import Path
+import os
+import stat
+from collections.abc import Collection, Iterator
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from xflow.core.errors import XflowError
@@ -19,6 +33,10 @@ from xflow.sources.s3 import fetch_s3
 if TYPE_CHECKING:
     from xflow.core.aws import AwsSession
     from xflow.core.model import Function
+
+#: folder and file names that are neither shipped nor walked
+NOT_SHIPPED = frozenset({"__pycache__", ".git", ".xflow", ".venv", "node_modules"})
+_LINK_HINT = "replace the link by a copy of what it points to, or point it at a file inside the source"
 
 
 def fetch_source(function: Function, workdir: Path, aws: AwsSession | None = None) -> Path:
@@ -38,7 +56,64 @@ def fetch_source(function: Function, workdir: Path, aws: AwsSession | None = Non
         path = function.source_path or Path(source)
         if not path.exists():
             raise XflowError(f"function {function.name}: source {str(path)!r} does not exist")
+    for _ in source_files(path, f"function {function.name}: source {source!r}"):
+        pass
     return narrow(path, function.handler)
+
+
+def source_files(root: Path, what: str, skip: Collection[str] = NOT_SHIPPED) -> Iterator[tuple[PurePosixPath, Path]]:
+    """Each file of the source ``root`` as (name relative to the root, the regular file to read), folder by folder.
+
+    ``root`` may be a single file (yielded under its own name). Links are checked as the module
+    docstring says; an XflowError starting with ``what`` names the first one refused.
+    """
+    if not root.is_dir():
+        if not root.is_file():
+            raise XflowError(f"{what}: {str(root)!r} is not a regular file or a folder")
+        yield PurePosixPath(root.name), root
+        return
+    real_root = Path(os.path.realpath(root))
+    pending = [(root, PurePosixPath())]
+    while pending:
+        folder, prefix = pending.pop()
+        with os.scandir(folder) as entries:
+            ordered = sorted(entries, key=lambda e: e.name)
+        subfolders = []
+        for entry in ordered:
+            if entry.name in skip:
+                continue
+            rel = prefix / entry.name
+            path = Path(entry.path)
+            if entry.is_symlink():
+                yield rel, _link_target(path, real_root, rel, what)
+            elif entry.is_dir(follow_symlinks=False):
+                subfolders.append((path, rel))
+            elif entry.is_file(follow_symlinks=False):
+                yield rel, path
+            else:
+                raise XflowError(f"{what}: {rel.as_posix()!r} is not a regular file, a folder or a link",
+                                 "remove it from the source")
+        pending.extend(reversed(subfolders))
+
+
+def _link_target(link: Path, real_root: Path, rel: PurePosixPath, what: str) -> Path:
+    """The regular file inside ``real_root`` that ``link`` resolves to, or an XflowError naming the link."""
+    written = os.readlink(link)
+    real = Path(os.path.realpath(link))
+    name = rel.as_posix()
+    if real != real_root and real_root not in real.parents:
+        raise XflowError(f"{what}: symbolic link {name!r} points outside the source ({written!r})", _LINK_HINT)
+    try:
+        mode = os.stat(real).st_mode
+    except OSError:
+        raise XflowError(f"{what}: symbolic link {name!r} points at nothing or loops ({written!r})", _LINK_HINT) from None
+    if stat.S_ISDIR(mode):
+        raise XflowError(f"{what}: symbolic link {name!r} points at a folder ({written!r}); only links to files "
+                         "inside the source are accepted", _LINK_HINT)
+    if not stat.S_ISREG(mode):
+        raise XflowError(f"{what}: symbolic link {name!r} points at something that is not a regular file "
+                         f"({written!r})", _LINK_HINT)
+    return real
 
 
 def narrow(path: Path, handler: str) -> Path:
