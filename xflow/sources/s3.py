@@ -1,12 +1,15 @@
 """Function code from S3: ``s3://BUCKET/KEY`` holding a ``.py`` file or a ``.zip`` archive.
 
 The object is downloaded through :mod:`xflow.core.aws` (so ``AWS_ENDPOINT_URL`` applies), its
-size and (for single-part uploads) its MD5 ETag are checked, and archives are extracted safely.
+size and (for single-part uploads) its MD5 ETag are checked, and archives are extracted safely
+(:func:`xflow.sources.archive.safe_extract_zip`) into a fresh folder. At most
+:data:`MAX_OBJECT_BYTES` are read, whatever the response's headers say.
 """
 
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 from xflow.core.aws import AwsSession, is_client_error, translate_errors
@@ -35,7 +38,9 @@ def fetch_s3(source: str, workdir: Path, aws: AwsSession) -> Path:
             raise
         if int(response.get("ContentLength", 0)) > MAX_OBJECT_BYTES:
             raise XflowError(f"source {source!r}: larger than {MAX_OBJECT_BYTES // 2**20} MB")
-        data = response["Body"].read()
+        data = response["Body"].read(MAX_OBJECT_BYTES + 1)
+    if len(data) > MAX_OBJECT_BYTES:
+        raise XflowError(f"source {source!r}: larger than {MAX_OBJECT_BYTES // 2**20} MB")
     expected = int(response.get("ContentLength", len(data)))
     if len(data) != expected:
         raise XflowError(f"source {source!r}: download incomplete ({len(data)} of {expected} bytes)")
@@ -45,6 +50,8 @@ def fetch_s3(source: str, workdir: Path, aws: AwsSession) -> Path:
     name = Path(key).name
     if key.endswith(".zip"):
         folder = workdir / "s3-archive"
+        if folder.exists():
+            shutil.rmtree(folder)
         safe_extract_zip(data, folder, f"source {source!r}")
         return folder
     if key.endswith(".py"):
