@@ -177,7 +177,8 @@ def test_failed_and_undecodable_deliveries_go_to_the_dead_letter_topic(cli, chai
     assert b"asked to fail" in by_key[b"bad"][1]["xflow-reason"]
     assert json.loads(by_key[b"bad"][0])["executionid"] == "bad"
     assert by_key[b"junk"][0] == b"\xff not json"
-    assert by_key[b"junk"][1]["xflow-group"] == b"first"
+    assert by_key[b"junk"][1]["xflow-group"] == engine.transport.group_id("first").encode()
+    assert by_key[b"junk"][1]["xflow-function"] == b"first"
     cli.json("teardown", path)
 
 

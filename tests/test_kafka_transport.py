@@ -168,7 +168,9 @@ def test_dead_letter_keeps_value_key_and_reason(make, kafka_broker):  # noqa: F8
     [(key, value, headers)] = read_topic(kafka_broker, dlq, 1)
     assert (key, value) == (b"exec-9", b"\xff not json")
     assert headers["xflow-reason"] == b"undecodable: not a JSON document"
-    assert headers["xflow-group"] == b"reader"
+    assert headers["xflow-group"] == transport.group_id("reader").encode()  # the consumer group, not the function
+    assert headers["xflow-group"] == f"xflow.{transport.workflow_id}.reader".encode()
+    assert headers["xflow-function"] == b"reader"
     assert headers["xflow-offset"] == got[0].position.encode()
     teardown = {s.resource for s in transport.plan_teardown(EVENTS)}
     assert f"topic:{dlq}" in teardown, "teardown removes the dead-letter topics too"

@@ -5,6 +5,8 @@ longer in the file deleted), publish keyed by ``execution_id`` with ``acks=all``
 groups ``xflow.<workflow>.<function>`` with manual commits (at-least-once: what a worker has
 not committed is delivered again, after a rebalance to the partition's new owner), and a
 dead-letter topic ``<topic>.dlq`` per event topic whose records carry the reason in headers.
+Records carry the header ``content-type: application/cloudevents+json``; keys are hashed with
+murmur2 by both clients. Teardown deletes the topics and the workflow's consumer groups.
 
 Connection: ``bootstrap_servers`` is a comma-separated ``host:port`` list. Two clients sit behind
 the same behaviour: ``client: kafka-python`` (default, ``pip install 'xflow[kafka]'``) and
@@ -37,6 +39,8 @@ from xflow.transports.kafka_clients import (
 log = logging.getLogger("xflow.kafka")
 
 DLQ_SUFFIX = ".dlq"
+#: the header of every record xflow publishes: its value is a CloudEvent in the structured JSON format
+EVENT_HEADERS = (("content-type", b"application/cloudevents+json"),)
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _SECURITY_KEYS = (
     "security_protocol", "sasl_mechanism", "sasl_plain_username", "sasl_plain_password",
@@ -73,6 +77,7 @@ class KafkaConsumer(Consumer):
                 position=str(m.offset),
                 key=m.key.decode("utf-8", "replace") if m.key is not None else None,
                 value=m.value,
+                timestamp=m.timestamp,
             )
             for m in messages
         ]
@@ -187,6 +192,13 @@ class KafkaTransport(Transport):
     def group_id(self, group: str) -> str:
         return f"{self.prefix}xflow.{self.workflow_id}.{group}"
 
+    def _owned_groups(self) -> list[str]:
+        """This workflow's consumer groups on the cluster: ``[prefix]xflow.<workflow>.<function>``."""
+        start = self.group_id("")
+        groups = self._guard("listing consumer groups", self.client.consumer_groups)
+        # function names hold no '.', so another workflow ("wf.v2") or prefix leaves one in the rest
+        return [g for g in groups if g.startswith(start) and g[len(start):] and "." not in g[len(start):]]
+
     def _owned(self, topics: dict[str, int]) -> list[str]:
         """This workflow's topics on the cluster (and their dead-letter topics)."""
         start = f"{self.prefix}{self.workflow_id}-"
@@ -228,7 +240,10 @@ class KafkaTransport(Transport):
 
     def plan_teardown(self, events: Sequence[str]) -> list[Step]:
         existing = self._topics()
-        return [Step("delete", f"topic:{topic}", self._deleter([topic])) for topic in self._owned(existing)]
+        steps = [Step("delete", f"topic:{topic}", self._deleter([topic])) for topic in self._owned(existing)]
+        steps += [Step("delete", f"consumer-group:{group}", self._group_deleter(group))
+                  for group in self._owned_groups()]
+        return steps
 
     def _creator(self, topic: str, partitions: int | None = None) -> Any:
         def apply() -> None:
@@ -262,6 +277,18 @@ class KafkaTransport(Transport):
                 self._wait_for(topic, present=False)
         return apply
 
+    def _group_deleter(self, group: str) -> Any:
+        def apply() -> None:
+            [result] = self._guard(f"deleting consumer group {group}", lambda: self.client.delete_groups([group]))
+            if result.deleted or result.problem == "missing":
+                return
+            if result.problem == "not_empty":
+                log.warning("kafka consumer group %s was not deleted: it still has members (stop the workflow's "
+                            "workers, then run teardown again)", group)
+            else:
+                log.warning("kafka consumer group %s was not deleted: %s", group, result.problem)
+        return apply
+
     def _wait_for(self, topic: str, present: bool, timeout: float = 15.0) -> None:
         """Topic creation and deletion are asynchronous on the broker: wait until metadata agrees."""
         deadline = time.monotonic() + timeout
@@ -289,7 +316,7 @@ class KafkaTransport(Transport):
                     f"(execution {record.key}) is over the limit of {self.max_record_bytes} bytes",
                     "publish a reference (a path or URL) instead of the payload")
         self._require(topic, event)
-        outgoing = [Outgoing(topic, r.key.encode("utf-8"), r.value) for r in records]
+        outgoing = [Outgoing(topic, r.key.encode("utf-8"), r.value, EVENT_HEADERS) for r in records]
         self._send(outgoing, f"publishing {event!r}")
 
     def _send(self, outgoing: list[Outgoing], doing: str) -> None:
@@ -324,7 +351,8 @@ class KafkaTransport(Transport):
             self._create(topic, self.partitions)
         headers = (
             ("xflow-reason", reason.encode("utf-8", "replace")[:16000]),
-            ("xflow-group", group.encode("utf-8")),
+            ("xflow-group", self.group_id(group).encode("utf-8")),
+            ("xflow-function", group.encode("utf-8")),
             ("xflow-event", delivery.event.encode("utf-8")),
             ("xflow-partition", delivery.partition.encode("utf-8")),
             ("xflow-offset", delivery.position.encode("utf-8")),

@@ -2,8 +2,10 @@
 
 :class:`PythonKafkaClient` wraps kafka-python (pure Python, the default); :class:`ConfluentClient`
 wraps confluent-kafka (librdkafka, ``client: confluent``, many times faster). Both offer the same
-small surface: topic admin, a producer that sends a batch and waits for every acknowledgement,
-and a consumer-group member with manual commits. Client libraries are imported when a client
+small surface: topic and consumer-group admin, a producer that sends a batch and waits for every
+acknowledgement, and a consumer-group member with manual commits. Both put a key on the same
+partition: the Java client's murmur2 hash (kafka-python's default, librdkafka's ``murmur2_random``),
+so workers on different clients keep an execution on one partition. Client libraries are imported when a client
 is built, never at import time; every client error leaves here as :class:`KafkaClientError`
 (with ``unreachable`` / ``too_large`` / ``rebalanced`` flags the transport turns into messages).
 """
@@ -42,6 +44,23 @@ class Message(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes
+    #: the record's timestamp in seconds (CreateTime, or LogAppendTime on topics set so); None if it has none
+    timestamp: float | None = None
+
+
+def _seconds(milliseconds: int | None) -> float | None:
+    """A record timestamp in milliseconds as seconds; the clients give -1 (or None) for none."""
+    return milliseconds / 1000 if milliseconds is not None and milliseconds >= 0 else None
+
+
+@dataclass(frozen=True)
+class GroupDeletion:
+    """What deleting one consumer group came to."""
+
+    group: str
+    deleted: bool
+    #: "" when deleted; "missing" (no such group), "not_empty" (members still in it) or the client's error
+    problem: str = ""
 
 
 @dataclass(frozen=True)
@@ -180,6 +199,27 @@ class PythonKafkaClient:
     def delete_topics(self, topics: Sequence[str]) -> None:
         self._admin_call("deleting topics", "delete_topics", list(topics))
 
+    # -- consumer groups ------------------------------------------------------------------
+    def consumer_groups(self) -> list[str]:
+        """The ids of the cluster's consumer groups."""
+        groups = self._admin_call("listing consumer groups", "list_groups")
+        return sorted({str(g["group_id"]) for g in groups})
+
+    def delete_groups(self, groups: Sequence[str]) -> list[GroupDeletion]:
+        results = self._admin_call("deleting consumer groups", "delete_groups", list(groups))
+        found = []
+        for group in groups:
+            status = str(results.get(group, "no answer"))
+            if status == "OK":
+                found.append(GroupDeletion(group, True))
+            elif status == "GroupIdNotFoundError":
+                found.append(GroupDeletion(group, False, "missing"))
+            elif status == "NonEmptyGroupError":
+                found.append(GroupDeletion(group, False, "not_empty"))
+            else:
+                found.append(GroupDeletion(group, False, status))
+        return found
+
     # -- producing ------------------------------------------------------------------------
     def produce(self, records: Sequence[Outgoing], timeout: float) -> None:
         """Send every record and wait until each is acknowledged by all in-sync replicas."""
@@ -239,7 +279,7 @@ class PythonKafkaConsumer:
             timeout_ms = max(timeout_ms, self.client.settings.session_timeout_ms)
         batches = self.client._call("polling", self.consumer.poll, timeout_ms=timeout_ms, max_records=max_records)
         return [
-            Message(m.topic, m.partition, m.offset, m.key, m.value)
+            Message(m.topic, m.partition, m.offset, m.key, m.value, _seconds(m.timestamp))
             for tp in sorted(batches, key=lambda tp: (tp.topic, tp.partition))
             for m in batches[tp]
         ]
@@ -377,6 +417,47 @@ class ConfluentClient:
         futures = self.admin.delete_topics(list(topics), request_timeout=self.settings.request_timeout_ms / 1000)
         self._wait("deleting topics", futures, self.settings.request_timeout_ms / 1000)
 
+    def consumer_groups(self) -> list[str]:
+        from confluent_kafka import KafkaException
+
+        timeout = self.settings.request_timeout_ms / 1000
+        try:
+            result = self.admin.list_consumer_groups(request_timeout=timeout).result(timeout + 1)
+        except KafkaException as exc:
+            raise self._error(exc, "listing consumer groups") from exc
+        except TimeoutError as exc:
+            raise KafkaClientError(f"listing consumer groups: no answer in {timeout:.0f} s", unreachable=True) from exc
+        if result.errors and not result.valid:
+            raise self._error(KafkaException(result.errors[0]), "listing consumer groups")
+        return sorted({str(g.group_id) for g in result.valid})
+
+    def delete_groups(self, groups: Sequence[str]) -> list[GroupDeletion]:
+        from confluent_kafka import KafkaError, KafkaException
+
+        timeout = self.settings.request_timeout_ms / 1000
+        futures = self.admin.delete_consumer_groups(list(groups), request_timeout=timeout)
+        found = []
+        for group in groups:
+            try:
+                futures[group].result(timeout + 1)
+            except KafkaException as exc:
+                code = exc.args[0].code() if exc.args and isinstance(exc.args[0], KafkaError) else None
+                if code == KafkaError.GROUP_ID_NOT_FOUND:
+                    found.append(GroupDeletion(group, False, "missing"))
+                elif code == KafkaError.NON_EMPTY_GROUP:
+                    found.append(GroupDeletion(group, False, "not_empty"))
+                else:
+                    error = self._error(exc, f"deleting consumer group {group}")
+                    if error.unreachable:
+                        raise error from exc
+                    found.append(GroupDeletion(group, False, str(exc)))
+            except TimeoutError as exc:
+                raise KafkaClientError(f"deleting consumer group {group}: no answer in {timeout:.0f} s",
+                                       unreachable=True) from exc
+            else:
+                found.append(GroupDeletion(group, True))
+        return found
+
     def produce(self, records: Sequence[Outgoing], timeout: float) -> None:
         from confluent_kafka import KafkaException, Producer
 
@@ -384,7 +465,10 @@ class ConfluentClient:
             self._producer = Producer({
                 # delivery reports for failures only, through one callback set here: a Python callback
                 # (or even a headers=None argument) per record halves librdkafka's throughput
+                # murmur2 as kafka-python and the Java client hash keys (librdkafka's default is crc32),
+                # so an execution's records land on one partition whichever client a worker uses
                 **self._common(), "acks": "all", "linger.ms": 0, "delivery.report.only.error": True,
+                "partitioner": "murmur2_random",
                 "on_delivery": self._failed_delivery,
                 "message.timeout.ms": max(int(timeout * 1000), 2000), "message.max.bytes": 16 * 1024 * 1024,
                 **self.settings.extra,
@@ -440,7 +524,7 @@ class ConfluentConsumer:
         self.consumer = consumer
 
     def poll(self, max_records: int, timeout: float) -> list[Message]:
-        from confluent_kafka import KafkaError, KafkaException
+        from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, KafkaException
 
         try:
             messages = self.consumer.consume(num_messages=max_records, timeout=timeout)
@@ -453,7 +537,9 @@ class ConfluentConsumer:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("kafka consumer: %s", err)
                 continue
-            found.append(Message(m.topic(), m.partition(), m.offset(), m.key(), m.value() or b""))
+            kind, stamp = m.timestamp()
+            found.append(Message(m.topic(), m.partition(), m.offset(), m.key(), m.value() or b"",
+                                 _seconds(stamp) if kind != TIMESTAMP_NOT_AVAILABLE else None))
         # consume() may interleave partitions but keeps each partition's order, which is what counts
         return found
 
