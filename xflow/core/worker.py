@@ -199,6 +199,8 @@ class Dispatcher:
         except BadMessage as exc:
             self._dead_letter(function, delivery, f"undecodable record at {where}: {exc}")
             return
+        if event.producer == "external" and delivery.timestamp is not None:
+            event.published_at = delivery.timestamp  # another producer's record: its time on the transport
         try:
             self._handle(function, delivery, event)
         except self._fatal:
