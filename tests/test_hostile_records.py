@@ -337,6 +337,29 @@ def test_a_record_that_breaks_settling_is_dead_lettered_but_an_outage_stops_the_
         assert len(_dead_letters(engine)) == 1
 
 
+class _PickyTransport(LocalTransport):
+    """A transport that cannot keep some dead letters (a bug of its own)."""
+
+    def dead_letter(self, group: str, delivery: Any, reason: str) -> None:
+        if b"unkeepable" in delivery.value:
+            raise ValueError("this transport cannot keep that")
+        super().dead_letter(group, delivery, reason)
+
+
+def test_a_dead_letter_the_transport_cannot_keep_does_not_stop_the_worker(make_workflow, tmp_path, caplog):
+    path = make_workflow(HOSTILE, {"step.py": STEP})
+    state = tmp_path / ".xflow"
+    Engine(path, state_dir=state, transport="local", provider="local", tracker="sqlite").setup()
+    transport = _PickyTransport(PluginContext("hostile", {}, state))
+    with Engine(path, state_dir=state, transport=transport, provider="local", tracker="sqlite") as engine:
+        engine.transport.publish("Start", [Record("k", b"unkeepable junk"), Record("k", b"kept junk"),
+                                           Record("k", b'{"execution_id": "fine"}')])
+        engine.work(until=lambda: engine.track("fine")["status"] != "running")
+        assert engine.track("fine")["status"] == "succeeded"
+        assert [bytes(x["value"]) for x in _dead_letters(engine)] == [b"kept junk"]
+    assert "could not keep the dead letter" in caplog.text
+
+
 POISON = [
     b"[" * 100_000,
     b'{"execution_id": "\\ud800", "n": 1}',

@@ -234,7 +234,13 @@ class Dispatcher:
     def _dead_letter(self, function: Function, delivery: Delivery, reason: str) -> None:
         reason = _printable(reason)
         log.warning("%s: dead-lettered %s: %s", function.name, delivery.event, reason)
-        self.transport.dead_letter(function.name, delivery, reason)
+        try:
+            self.transport.dead_letter(function.name, delivery, reason)
+        except self._fatal:
+            raise
+        except Exception:  # the transport cannot keep this record: say so loudly, but do not stop the others
+            log.exception("%s: the transport could not keep the dead letter of %s at partition %s, position %s; "
+                          "it is skipped", function.name, delivery.event, delivery.partition, delivery.position)
 
     def _record_failure(self, function: Function, event_name: str, event: DecodedEvent, reason: str) -> None:
         """Best effort: show the set-aside record as failed in ``track`` (the tracker may be what failed)."""
