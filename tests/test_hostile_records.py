@@ -410,6 +410,15 @@ def test_xflow_worker_process_survives_poison_and_track_renders_absurd_times(cli
         human = cli("track", path, execution_id)
         assert human.returncode == 0, human.stderr
         assert execution_id in human.stdout and "Traceback" not in human.stderr
+    # times stored before (or by another tracker writer) outside what datetime can show still render
+    tracker = SqliteTrackerStore(PluginContext("hostile", {}, tmp_path / ".xflow"))
+    tracker.record_event(EventRecord("stored", "e-stored", "Start", -1e15, "xflow/hostile", {"execution_id": "stored"}))
+    tracker.record_event(EventRecord("stored", "e-done", "Done", float("nan"), "xflow/hostile/step", {}))
+    tracker.close()
+    stored = _track(cli, path, "stored")
+    assert stored["events"][0]["first_published_at"] == "0001-01-02T00:00:00Z"
+    assert RFC3339_SECONDS.match(stored["events"][1]["first_published_at"])
+    assert cli("track", path, "stored").returncode == 0
     # the offsets moved past the poison: a new worker finds nothing to set aside
     again = cli.popen("worker", path)
     time.sleep(2.0)
