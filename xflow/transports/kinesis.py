@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import random
 import time
 import uuid
 from collections.abc import Sequence
@@ -278,6 +279,10 @@ class KinesisTransport(Transport):
                     raise
 
 
+#: the checkpoint of a shard that was read to its end after a reshard and settled: its children may be read
+SHARD_END = "SHARD_END"
+
+
 class _Shard:
     def __init__(self, event: str, stream: str, shard_id: str, lease: str) -> None:
         self.event = event
@@ -288,7 +293,22 @@ class _Shard:
         self.owned = False
         self.renewed_at = 0.0
         self.tried_at = 0.0
+        #: read to its end (a closed shard after a reshard); ``finished`` once that is committed too
         self.ended = False
+        self.finished = False
+        #: lease keys of the shards this one was split or merged from (ListShards' parent ids)
+        self.parents: tuple[str, ...] = ()
+        #: EndingSequenceNumber of a closed shard, from ListShards
+        self.ending: int | None = None
+        #: the highest sequence number handed out (or the checkpoint it was taken with)
+        self.last_read: int | None = None
+        #: not before this time (monotonic) is the shard read again: the per-shard GetRecords budget
+        self.next_read_at = 0.0
+        #: throttled GetRecords calls in a row, and whether that was logged
+        self.throttled = 0
+        self.throttle_logged = False
+        #: when another member's progress on this (parent) shard was last looked up
+        self.checked_at = 0.0
         #: positions handed out by poll and not committed yet
         self.pending: set[str] = set()
 
@@ -299,9 +319,23 @@ class KinesisConsumer(Consumer):
     Members of a group announce themselves with a heartbeat item; each takes free or expired
     leases up to its fair share (shards / live members) and hands back, once it has nothing
     uncommitted on it, a shard above that share, so a second worker gets half the shards.
+
+    Kinesis allows 5 GetRecords calls per second per shard, shared by every reader of the stream:
+    a shard is read at most every ``READ_INTERVAL`` seconds, however often ``poll`` is called,
+    and a throttled shard waits longer each time (exponential backoff with jitter). After a
+    reshard, a child shard is read only once its parent(s) were read to their end and every
+    record of them was committed (their checkpoint is then ``SHARD_END``), so the records of an
+    execution keep their order across the reshard.
     """
 
     RESCAN_SECONDS = 5.0
+    #: at most this often (seconds) is one shard read: 4 GetRecords calls per second, under the limit of 5
+    READ_INTERVAL = 0.25
+    #: backoff after ProvisionedThroughputExceededException: first wait and the longest one (seconds)
+    THROTTLE_BASE = 0.5
+    THROTTLE_MAX = 10.0
+    #: how often (seconds) the checkpoint of a parent shard that another member reads is looked up
+    PARENT_CHECK_SECONDS = 2.0
 
     def __init__(self, transport: KinesisTransport, group: str, events: list[str], starting_position: str) -> None:
         self.transport = transport
@@ -323,22 +357,58 @@ class KinesisConsumer(Consumer):
     def _lease_key(self, stream: str, shard_id: str) -> str:
         return f"{self.group}|{stream}|{shard_id}"
 
-    def _scan(self) -> None:
+    def _list_shards(self, stream: str) -> list[dict[str, Any]]:
         kinesis = self.transport.kinesis
-        for event in self.events:
-            stream = self.transport.stream_name(event)
-            with translate_errors(f"listing shards of stream {stream}"):
+        found: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"StreamName": stream}
+        with translate_errors(f"listing shards of stream {stream}"):
+            while True:
                 try:
-                    shards = kinesis.list_shards(StreamName=stream).get("Shards", [])
+                    page = kinesis.list_shards(**kwargs)
                 except Exception as exc:
                     if is_client_error(exc, "ResourceNotFoundException"):
                         raise XflowError(f"stream {stream} does not exist", "run xflow setup first") from None
                     raise
-            for shard in shards:
+                found.extend(page.get("Shards", []))
+                token = page.get("NextToken")
+                if not token:
+                    return found
+                kwargs = {"NextToken": token}
+
+    def _scan(self) -> None:
+        for event in self.events:
+            stream = self.transport.stream_name(event)
+            for shard in self._list_shards(stream):
                 lease = self._lease_key(stream, shard["ShardId"])
-                if lease not in self.shards:
-                    self.shards[lease] = _Shard(event, stream, shard["ShardId"], lease)
+                known = self.shards.get(lease)
+                if known is None:
+                    known = self.shards[lease] = _Shard(event, stream, shard["ShardId"], lease)
+                known.parents = tuple(self._lease_key(stream, parent)
+                                      for parent in (shard.get("ParentShardId"), shard.get("AdjacentParentShardId"))
+                                      if parent)
+                ending = (shard.get("SequenceNumberRange") or {}).get("EndingSequenceNumber")
+                known.ending = int(ending) if ending else None
         self.scanned_at = time.monotonic()
+
+    def _parents_done(self, shard: _Shard) -> bool:
+        """Whether every parent of ``shard`` that still exists was read to its end and committed (by any member)."""
+        for lease in shard.parents:
+            parent = self.shards.get(lease)
+            if parent is None or parent.finished:
+                continue  # a parent past the stream's retention is no longer listed: nothing left to read
+            if parent.owned:
+                return False  # this member reads it: finished is set when it is done
+            now = time.monotonic()
+            if now - parent.checked_at < self.PARENT_CHECK_SECONDS:
+                return False
+            parent.checked_at = now
+            with translate_errors(f"reading the checkpoint of {lease}"):
+                item = self.transport.dynamodb.get_item(TableName=self.table, Key={"lease": {"S": lease}},
+                                                        ConsistentRead=True).get("Item", {})
+            if item.get("checkpoint", {}).get("S") != SHARD_END:
+                return False
+            parent.finished = True
+        return True
 
     def _heartbeat(self) -> None:
         """Say this member is alive and count the group's live members."""
@@ -385,8 +455,14 @@ class KinesisConsumer(Consumer):
         shard.owned, shard.renewed_at = True, time.monotonic()
         if not was_owned:
             checkpoint = response.get("Attributes", {}).get("checkpoint", {}).get("S")
+            if checkpoint == SHARD_END:  # another member read it to its end: nothing left here
+                shard.finished = True
+                self._release(shard)
+                return
             shard.iterator = self._iterator(shard, checkpoint)
+            shard.last_read = int(checkpoint) if checkpoint else None
             shard.ended = False
+            shard.next_read_at = 0.0
             shard.pending.clear()
 
     def _drop(self, shard: _Shard) -> None:
@@ -406,6 +482,29 @@ class KinesisConsumer(Consumer):
         self._drop(shard)
         shard.tried_at = time.monotonic()
 
+    def _finish(self, shard: _Shard) -> None:
+        """A closed shard was read to its end and all of it committed: mark it so, for its children, and let go."""
+        try:
+            with translate_errors(f"checkpointing the end of {shard.lease}"):
+                self.transport.dynamodb.update_item(
+                    TableName=self.table, Key={"lease": {"S": shard.lease}},
+                    UpdateExpression="SET checkpoint = :end, #o = :none, expires = :zero",
+                    ConditionExpression="#o = :me",
+                    ExpressionAttributeNames={"#o": "owner"},
+                    ExpressionAttributeValues={":end": {"S": SHARD_END}, ":none": {"S": ""}, ":zero": {"N": "0"},
+                                               ":me": {"S": self.owner}},
+                )
+        except XflowError as exc:
+            if "ConditionalCheckFailed" not in exc.message:
+                raise
+            log.warning("lease on %s was taken over before its end was recorded", shard.lease)
+            self._drop(shard)
+            return
+        log.info("shard %s of %s read to its end (resharded): its child shards come next",
+                 shard.shard_id, shard.stream)
+        shard.finished = True
+        self._drop(shard)
+
     def _iterator(self, shard: _Shard, checkpoint: str | None) -> str | None:
         kwargs: dict[str, Any] = {"StreamName": shard.stream, "ShardId": shard.shard_id}
         if checkpoint:
@@ -421,7 +520,9 @@ class KinesisConsumer(Consumer):
             self._scan()
         if now - self.heartbeat_at > self.transport.lease_seconds / 3:
             self._heartbeat()
-        fair = math.ceil(len(self.shards) / self.members)
+        # shards to share out: not read to their end yet, and not waiting for a parent
+        readable = [s for s in self.shards.values() if not s.finished and (s.owned or self._parents_done(s))]
+        fair = math.ceil(len(readable) / self.members)
         owned = [s for s in self.shards.values() if s.owned]
         for shard in owned:
             if now - shard.renewed_at >= self.transport.lease_seconds / 3:
@@ -432,7 +533,7 @@ class KinesisConsumer(Consumer):
             if idle:
                 self._release(idle[-1])
             return
-        for shard in self.shards.values():
+        for shard in readable:
             if len([s for s in self.shards.values() if s.owned]) >= fair:
                 break
             if shard.owned or now - shard.tried_at < 2.0:
@@ -440,39 +541,89 @@ class KinesisConsumer(Consumer):
             shard.tried_at = now
             self._acquire_or_renew(shard)
 
+    def _read(self, shard: _Shard, limit: int) -> list[Delivery]:
+        """One GetRecords call on a shard whose turn it is."""
+        now = time.monotonic()
+        shard.next_read_at = now + self.READ_INTERVAL
+        with translate_errors(f"reading shard {shard.shard_id} of {shard.stream}"):
+            try:
+                response = self.transport.kinesis.get_records(ShardIterator=shard.iterator,
+                                                              Limit=min(10000, max(1, limit)))
+            except Exception as exc:
+                if is_client_error(exc, "ExpiredIteratorException"):
+                    self._drop(shard)
+                    return []
+                if is_client_error(exc, "ProvisionedThroughputExceededException"):
+                    self._throttled(shard, now)
+                    return []
+                raise
+        shard.throttled = 0
+        shard.iterator = response.get("NextShardIterator")
+        records = response.get("Records", [])
+        found = []
+        for rec in records:
+            sequence = rec["SequenceNumber"]
+            shard.pending.add(sequence)
+            shard.last_read = int(sequence)
+            arrived = rec.get("ApproximateArrivalTimestamp")
+            found.append(Delivery(shard.event, shard.shard_id, sequence, rec.get("PartitionKey"), bytes(rec["Data"]),
+                                  arrived.timestamp() if hasattr(arrived, "timestamp") else None))
+        if shard.iterator is None or self._at_end(shard, bool(records), response):
+            shard.ended = True
+            if not shard.pending:
+                self._finish(shard)
+        return found
+
+    @staticmethod
+    def _at_end(shard: _Shard, got_records: bool, response: dict[str, Any]) -> bool:
+        """Whether a closed shard was read to its end.
+
+        Kinesis says so with no NextShardIterator; an emulator that keeps answering with one is
+        at the end of a closed shard once its EndingSequenceNumber was read, or when it returns
+        nothing and is not behind.
+        """
+        if shard.ending is None:
+            return False
+        if shard.last_read is not None and shard.last_read >= shard.ending:
+            return True
+        return not got_records and not response.get("MillisBehindLatest")
+
+    def _throttled(self, shard: _Shard, now: float) -> None:
+        """ProvisionedThroughputExceededException: wait exponentially longer (with jitter) before the next read."""
+        shard.throttled += 1
+        wait = min(self.THROTTLE_MAX, self.THROTTLE_BASE * 2 ** (shard.throttled - 1))
+        wait = random.uniform(wait / 2, wait)
+        shard.next_read_at = now + wait
+        if not shard.throttle_logged:
+            shard.throttle_logged = True
+            log.warning("kinesis read throughput of shard %s of %s exceeded (other readers of the stream share its "
+                        "5 reads per second): backing off, up to %.0f s between reads", shard.shard_id, shard.stream,
+                        self.THROTTLE_MAX)
+        else:
+            log.debug("shard %s of %s throttled again (%d in a row): next read in %.2f s", shard.shard_id,
+                      shard.stream, shard.throttled, wait)
+
     def poll(self, max_records: int, timeout: float) -> list[Delivery]:
         deadline = time.monotonic() + max(timeout, 0.0)
-        kinesis = self.transport.kinesis
         while True:
             self._maintain()
-            owned = [s for s in self.shards.values() if s.owned and s.iterator and not s.ended]
+            reading = [s for s in self.shards.values() if s.owned and s.iterator and not s.ended]
+            now = time.monotonic()
+            due = [s for s in reading if s.next_read_at <= now]
             found: list[Delivery] = []
-            for i in range(len(owned)):
-                shard = owned[(self.cursor + i) % len(owned)]
+            for i in range(len(due)):
                 if len(found) >= max_records:
                     break
-                with translate_errors(f"reading shard {shard.shard_id} of {shard.stream}"):
-                    try:
-                        response = kinesis.get_records(ShardIterator=shard.iterator,
-                                                       Limit=min(10000, max(1, max_records - len(found))))
-                    except Exception as exc:
-                        if is_client_error(exc, "ExpiredIteratorException"):
-                            self._drop(shard)
-                            continue
-                        if is_client_error(exc, "ProvisionedThroughputExceededException"):
-                            continue
-                        raise
-                shard.iterator = response.get("NextShardIterator")
-                if shard.iterator is None:
-                    shard.ended = True
-                for rec in response.get("Records", []):
-                    shard.pending.add(rec["SequenceNumber"])
-                    found.append(Delivery(shard.event, shard.shard_id, rec["SequenceNumber"],
-                                          rec.get("PartitionKey"), bytes(rec["Data"])))
+                shard = due[(self.cursor + i) % len(due)]
+                if shard.owned and shard.iterator and not shard.ended:
+                    found.extend(self._read(shard, max_records - len(found)))
             self.cursor += 1
-            if found or time.monotonic() >= deadline:
+            now = time.monotonic()
+            if found or now >= deadline:
                 return found
-            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+            wake = min((s.next_read_at for s in reading if s.owned and s.iterator and not s.ended),
+                       default=now + 0.2)
+            time.sleep(max(0.0, min(0.2, wake - now, deadline - now)))
 
     def commit(self, deliveries: Sequence[Delivery]) -> None:
         latest: dict[tuple[str, str], Delivery] = {}
@@ -507,6 +658,8 @@ class KinesisConsumer(Consumer):
                 shard.renewed_at = time.monotonic()
                 done = int(delivery.position)
                 shard.pending = {p for p in shard.pending if int(p) > done}
+                if shard.ended and not shard.pending and shard.owned:
+                    self._finish(shard)
 
     def close(self) -> None:
         for shard in self.shards.values():
