@@ -493,9 +493,12 @@ def test_a_git_source_runs_on_the_embedded_backend(cli, make_workflow, tmp_path)
     for args in (["init", "--quiet"], ["add", "handler.py"], ["commit", "--quiet", "-m", "handler"]):
         subprocess.run([*git, *args], cwd=repo, check=True, capture_output=True)
     path = make_workflow(GIT_FLOW.replace("REPO", str(repo)))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / ".xflow" / "from_git" / "sources" / f"fetched-{gone.stdout.strip()}-0000" / "shout"
+    stale.mkdir(parents=True)  # left by a worker that was killed
     summary = cli.json("run", path, "--data", '{"text": "hello"}')
     assert summary["status"] == "succeeded"
     assert summary["result"]["text"] == "HELLO!"
-    # each worker process fetched into a folder of its own, removed when it finished
+    # each worker process fetches into a folder of its own, removed when it finishes (or by the next one)
     sources = tmp_path / ".xflow" / "from_git" / "sources"
     assert sources.is_dir() and not list(sources.iterdir())

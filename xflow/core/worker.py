@@ -31,6 +31,8 @@ from xflow.core.interfaces import Consumer, Delivery, DeliveryRecord, EventRecor
 from xflow.core.model import Function, Workflow
 from xflow.core.runtime import (
     DEFAULT_HOP_LIMIT,
+    MAX_EPOCH,
+    MIN_EPOCH,
     BadMessage,
     DecodedEvent,
     HandlerContext,
@@ -139,6 +141,8 @@ class Dispatcher:
     def _handler(self, function: Function) -> Callable[..., Any]:
         handler = self._handlers.get(function.name)
         if handler is None:
+            if not self._handlers:
+                _sweep_stale_fetches(self.cache_dir)
             source = resolve_source(self.workflow, function, self._workdir / function.name)
             try:
                 handler = load_handler(source, function.handler)
@@ -199,7 +203,8 @@ class Dispatcher:
         except BadMessage as exc:
             self._dead_letter(function, delivery, f"undecodable record at {where}: {exc}")
             return
-        if event.producer == "external" and delivery.timestamp is not None:
+        if event.producer == "external" and delivery.timestamp is not None and (
+                MIN_EPOCH <= delivery.timestamp <= MAX_EPOCH):
             event.published_at = delivery.timestamp  # another producer's record: its time on the transport
         try:
             self._handle(function, delivery, event)
@@ -299,6 +304,28 @@ class Dispatcher:
         except XflowError as exc:
             return HandlerOutcome(False, [], outcome.logs, f"publishing failed: {exc}", outcome.duration)
         return outcome
+
+
+def _sweep_stale_fetches(cache_dir: Path) -> None:
+    """Remove the fetch folders of dispatchers whose process is gone (killed before it could clean up)."""
+    try:
+        folders = list(cache_dir.glob("fetched-*-*"))
+    except OSError:
+        return
+    for folder in folders:
+        pid = folder.name.split("-")[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_exists(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process, or cannot tell: keep its folder
+        return True
+    return True
 
 
 def _printable(text: str) -> str:
