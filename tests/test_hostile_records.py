@@ -1,4 +1,4 @@
-"""No record stops a worker; a cycle stops at the hop limit; remote (git) sources run on the local provider.
+"""No record stops a worker; a cycle stops at the hop limit; remote (git, s3) sources run on the local provider.
 
 The property tests write arbitrary bytes and arbitrary JSON (deep nesting, lone surrogates, huge
 numbers, NaN, envelopes with wrong-typed attributes) onto the embedded SQLite log, interleaved
@@ -502,3 +502,35 @@ def test_a_git_source_runs_on_the_embedded_backend(cli, make_workflow, tmp_path)
     # each worker process fetches into a folder of its own, removed when it finishes (or by the next one)
     sources = tmp_path / ".xflow" / "from_git" / "sources"
     assert sources.is_dir() and not list(sources.iterdir())
+
+
+try:
+    from aws_server import aws_endpoint  # noqa: F401
+except ImportError:  # tests/ imported as a package
+    from tests.aws_server import aws_endpoint  # noqa: F401
+
+S3_FLOW = """
+workflow_id: from_s3
+lambdas:
+  - {name: shout, source: "s3://BUCKET/code/handler.py", handler: shout, publishes: [Shouted]}
+subscriptions:
+  - {name: Said, subscribers: [shout]}
+workflows:
+  - {id: from_s3, flow: [Said, Shouted]}
+"""
+
+
+@pytest.mark.aws
+def test_an_s3_source_runs_on_the_embedded_backend(aws_endpoint, cli, make_workflow):  # noqa: F811
+    import uuid
+
+    import boto3
+
+    bucket = f"code-{uuid.uuid4().hex[:8]}"
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="code/handler.py",
+                  Body=b"def shout(event, ctx):\n    return {'text': event['text'][::-1]}\n")
+    path = make_workflow(S3_FLOW.replace("BUCKET", bucket))
+    summary = cli.json("run", path, "--data", '{"text": "abc"}')
+    assert summary["status"] == "succeeded" and summary["result"]["text"] == "cba"
