@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+#: ``general.hop_limit`` when the file gives none
+DEFAULT_HOP_LIMIT = 1000
+
 
 @dataclass(frozen=True)
 class Function:
@@ -31,6 +34,8 @@ class Function:
 
 @dataclass(frozen=True)
 class Subscription:
+    """An event and the functions subscribed to it (none for a terminal or externally consumed event)."""
+
     event: str
     subscribers: tuple[str, ...]
 
@@ -55,6 +60,8 @@ class Workflow:
     general: Mapping[str, Any] = field(default_factory=dict)
     aws: Mapping[str, Any] = field(default_factory=dict)
     plugins: Mapping[str, PluginChoice] = field(default_factory=dict)
+    #: ``general.hop_limit``: how many hops (events published one from another) an execution may make
+    hop_limit: int = DEFAULT_HOP_LIMIT
 
     @property
     def events(self) -> tuple[str, ...]:
