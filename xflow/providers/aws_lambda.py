@@ -7,7 +7,9 @@ configuration field by field), and the differences become Steps:
 
 - the execution role (``aws.lambda_execution_role_name``, default ``xflow-<workflow_id>-lambda``;
   created if missing) with an inline policy ``xflow-<workflow_id>`` scoped to this workflow's
-  stream ARNs and log groups;
+  stream ARNs and log groups, ``s3:GetObject`` on the objects of its ``s3://`` sources, and the
+  ``policy_statements`` option's statements; the ``policy_arns`` option's managed policies are
+  attached to it (teardown detaches them; setup never detaches a managed policy);
 - a log group ``/aws/lambda/<function>`` per function, kept as long as the tracker's records;
 - the functions, and ``tracker_<workflow_id>`` which writes every event to the tracker's group;
 - one event source mapping per (event, subscriber), plus the tracker's on every stream, with
@@ -171,6 +173,8 @@ class LambdaProvider(FunctionProvider):
     options = {
         "region": "AWS region (default: aws.region in the file, else AWS_REGION)",
         "role_name": "execution role (default: aws.lambda_execution_role_name, else xflow-<workflow_id>-lambda)",
+        "policy_arns": "managed IAM policy ARNs attached to the execution role (comma-separated, or a list)",
+        "policy_statements": "IAM policy statements (a JSON list) added to the execution role's inline policy",
     }
     runs_locally = False
 
@@ -181,6 +185,8 @@ class LambdaProvider(FunctionProvider):
         self.role_name = str(context.option("role_name") or aws.get("lambda_execution_role_name")
                              or f"xflow-{self.workflow_id}-lambda")
         self.policy_name = f"xflow-{self.workflow_id}"
+        self.policy_arns = _policy_arns(context.option("policy_arns"))
+        self.policy_statements = _policy_statements(context.option("policy_statements"))
 
     @property
     def lam(self) -> Any:
@@ -283,20 +289,23 @@ class LambdaProvider(FunctionProvider):
         for group in groups:
             group_arns += [f"arn:aws:logs:{region}:{account}:log-group:{group}",
                            f"arn:aws:logs:{region}:{account}:log-group:{group}:*"]
-        return {
-            "Version": "2012-10-17",
-            "Statement": [
-                {"Sid": "WorkflowStreams", "Effect": "Allow",
-                 "Action": ["kinesis:DescribeStream", "kinesis:DescribeStreamSummary", "kinesis:GetRecords",
-                            "kinesis:GetShardIterator", "kinesis:ListShards", "kinesis:PutRecord",
-                            "kinesis:PutRecords", "kinesis:SubscribeToShard"],
-                 "Resource": streams},
-                {"Sid": "WorkflowLogs", "Effect": "Allow",
-                 "Action": ["logs:CreateLogStream", "logs:PutLogEvents", "logs:FilterLogEvents",
-                            "logs:GetLogEvents"],
-                 "Resource": group_arns},
-            ],
-        }
+        statements: list[dict[str, Any]] = [
+            {"Sid": "WorkflowStreams", "Effect": "Allow",
+             "Action": ["kinesis:DescribeStream", "kinesis:DescribeStreamSummary", "kinesis:GetRecords",
+                        "kinesis:GetShardIterator", "kinesis:ListShards", "kinesis:PutRecord",
+                        "kinesis:PutRecords", "kinesis:SubscribeToShard"],
+             "Resource": streams},
+            {"Sid": "WorkflowLogs", "Effect": "Allow",
+             "Action": ["logs:CreateLogStream", "logs:PutLogEvents", "logs:FilterLogEvents",
+                        "logs:GetLogEvents"],
+             "Resource": group_arns},
+        ]
+        sources = s3_source_arns(workflow)
+        if sources:
+            statements.append({"Sid": "FunctionSources", "Effect": "Allow", "Action": ["s3:GetObject"],
+                               "Resource": sources})
+        statements += self.policy_statements
+        return {"Version": "2012-10-17", "Statement": statements}
 
     # ------------------------------------------------------------------ what exists
 
@@ -413,7 +422,8 @@ class LambdaProvider(FunctionProvider):
         if role is None:
             arn = f"arn:aws:iam::{account}:role/{self.role_name}"
             return arn, [Step("create", f"role:{self.role_name}", lambda: self._create_role(document),
-                              f"policy {self.policy_name} on {len(workflow.events)} stream(s)")]
+                              f"policy {self.policy_name} on {len(workflow.events)} stream(s)"),
+                         *self._plan_attachments([])]
         with translate_errors(f"reading policy {self.policy_name} of role {self.role_name}"):
             try:
                 current = self.iam.get_role_policy(RoleName=self.role_name, PolicyName=self.policy_name)
@@ -422,10 +432,25 @@ class LambdaProvider(FunctionProvider):
                 if not is_client_error(exc, "NoSuchEntity"):
                     raise
                 current_doc = None
+        steps = []
         if current_doc != _normalized(document):
-            return role["Arn"], [Step("update", f"role-policy:{self.role_name}/{self.policy_name}",
-                                      lambda: self._put_policy(document))]
-        return role["Arn"], []
+            steps.append(Step("update", f"role-policy:{self.role_name}/{self.policy_name}",
+                              lambda: self._put_policy(document)))
+        steps += self._plan_attachments(self._attached_policies())
+        return role["Arn"], steps
+
+    def _attached_policies(self) -> list[str]:
+        with translate_errors(f"listing the managed policies of IAM role {self.role_name}"):
+            found = []
+            for page in self.iam.get_paginator("list_attached_role_policies").paginate(RoleName=self.role_name):
+                found += [p["PolicyArn"] for p in page.get("AttachedPolicies", [])]
+            return found
+
+    def _plan_attachments(self, attached: list[str]) -> list[Step]:
+        """Attach the ``policy_arns`` the role lacks. Setup detaches nothing: a policy attached by hand stays."""
+        return [Step("create", f"role-policy-attachment:{self.role_name}/{arn.rpartition('/')[2]}",
+                     lambda a=arn: self._attach(a), arn)
+                for arn in self.policy_arns if arn not in attached]
 
     def _plan_function(self, spec: FunctionSpec, role_arn: str) -> list[Step]:
         current = self._get_function(spec.name)
@@ -486,6 +511,10 @@ class LambdaProvider(FunctionProvider):
         if self.policy_name in policies:
             steps.append(Step("delete", f"role-policy:{self.role_name}/{self.policy_name}", self._delete_policy))
         ours = any(t["Key"] == TAG_KEY and t["Value"] == self.workflow_id for t in tags)
+        # a role xflow created goes with every managed policy on it; another role only loses the ones xflow attached
+        steps += [Step("delete", f"role-policy-attachment:{self.role_name}/{arn.rpartition('/')[2]}",
+                       lambda a=arn: self._detach(a), arn)
+                  for arn in self._attached_policies() if ours or arn in self.policy_arns]
         if ours and set(policies) <= {self.policy_name}:
             steps.append(Step("delete", f"role:{self.role_name}", self._delete_role))
         return steps
@@ -507,6 +536,18 @@ class LambdaProvider(FunctionProvider):
         with translate_errors(f"writing policy {self.policy_name} of role {self.role_name}"):
             self.iam.put_role_policy(RoleName=self.role_name, PolicyName=self.policy_name,
                                      PolicyDocument=json.dumps(document))
+
+    def _attach(self, arn: str) -> None:
+        with translate_errors(f"attaching policy {arn} to IAM role {self.role_name}"):
+            self.iam.attach_role_policy(RoleName=self.role_name, PolicyArn=arn)
+
+    def _detach(self, arn: str) -> None:
+        with translate_errors(f"detaching policy {arn} from IAM role {self.role_name}"):
+            try:
+                self.iam.detach_role_policy(RoleName=self.role_name, PolicyArn=arn)
+            except Exception as exc:
+                if not is_client_error(exc, "NoSuchEntity"):
+                    raise
 
     def _delete_policy(self) -> None:
         with translate_errors(f"deleting policy {self.policy_name}"):
@@ -577,6 +618,73 @@ class LambdaProvider(FunctionProvider):
             except Exception as exc:
                 if not is_client_error(exc, "ResourceNotFoundException"):
                     raise
+
+
+def s3_source_arns(workflow: Workflow) -> list[str]:
+    """``arn:aws:s3:::BUCKET/KEY`` of every ``s3://BUCKET/KEY`` source of the workflow's functions."""
+    found = set()
+    for function in workflow.functions.values():
+        source = str(function.source or "")
+        if source.startswith("s3://"):
+            bucket, _, key = source[len("s3://"):].partition("/")
+            if bucket and key:
+                found.add(f"arn:aws:s3:::{bucket}/{key}")
+    return sorted(found)
+
+
+_STATEMENT_EXAMPLE = '[{"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": ["arn:aws:s3:::BUCKET/*"]}]'
+
+
+def _policy_arns(value: Any) -> list[str]:
+    """The ``policy_arns`` option: a list (in the file's block), a JSON list, or comma-separated ARNs."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, list | tuple):
+        arns = [str(a).strip() for a in value]
+    else:
+        text = str(value).strip()
+        try:
+            parsed = json.loads(text) if text.startswith("[") else None
+        except ValueError as exc:
+            raise XflowError(f"lambda provider: option policy_arns is not a valid JSON list: {exc}",
+                             "give comma-separated ARNs, or a JSON list of them") from None
+        arns = [str(a).strip() for a in parsed] if isinstance(parsed, list) else \
+            [part.strip() for part in text.split(",") if part.strip()]
+    for arn in arns:
+        if not (arn.startswith("arn:") and ":policy/" in arn):
+            raise XflowError(f"lambda provider: option policy_arns: {arn!r} is not an IAM policy ARN",
+                             "give ARNs like arn:aws:iam::aws:policy/AmazonS3ReadOnlyAccess, comma-separated")
+    return list(dict.fromkeys(arns))
+
+
+def _policy_statements(value: Any) -> list[dict[str, Any]]:
+    """The ``policy_statements`` option: IAM statements, as a list (in the file's block) or a JSON list."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise XflowError(f"lambda provider: option policy_statements is not valid JSON: {exc}",
+                             f"give a JSON list of IAM statements, e.g. {_STATEMENT_EXAMPLE}") from None
+    statements = [value] if isinstance(value, dict) else value
+    if not isinstance(statements, list | tuple):
+        raise XflowError("lambda provider: option policy_statements must be a list of IAM statements",
+                         f"e.g. {_STATEMENT_EXAMPLE}")
+    for index, statement in enumerate(statements, start=1):
+        problem = None
+        if not isinstance(statement, dict):
+            problem = "is not an object"
+        elif statement.get("Effect") not in ("Allow", "Deny"):
+            problem = "needs Effect: Allow or Deny"
+        elif not (statement.get("Action") or statement.get("NotAction")):
+            problem = "needs an Action"
+        elif not (statement.get("Resource") or statement.get("NotResource")):
+            problem = "needs a Resource"
+        if problem:
+            raise XflowError(f"lambda provider: option policy_statements: statement {index} {problem}",
+                             f"e.g. {_STATEMENT_EXAMPLE}")
+    return [dict(s) for s in statements]
 
 
 def _config_value(current: Mapping[str, Any], key: str) -> Any:
