@@ -113,15 +113,21 @@ def cli(ctx: click.Context, state_dir: Path, verbose: int) -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @OUTPUT
 def validate(file: Path, output: str) -> None:
-    """Validate a workflow file; every problem is reported as FILE:LINE: path: message."""
-    from xflow.core.config import load_workflow
+    """Validate a workflow file; every problem is reported as FILE:LINE: path: message.
+
+    Beyond the file itself: sources xflow cannot fetch, handlers missing from local sources (read, never
+    run), plugin names that are not installed, and runtimes that the file's provider does not accept.
+    """
+    from xflow.core.config import validate_workflow
     from xflow.core.errors import WorkflowFileError
+    from xflow.providers.aws_lambda import SUPPORTED_RUNTIMES
 
     try:
-        workflow = load_workflow(file)
+        workflow = validate_workflow(file, runtimes={"lambda": SUPPORTED_RUNTIMES})
     except WorkflowFileError as exc:
         if output == "json":
-            _print_json({"file": str(file), "valid": False, "problems": exc.problems})
+            _print_json({"file": str(file), "valid": False, "problems": exc.problems,
+                         "problem_count": getattr(exc, "total", len(exc.problems))})
             sys.exit(2)
         raise
     if output == "json":
