@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -68,15 +69,27 @@ class Workflow:
         return self.flow
 
     def subscribers(self, event: str) -> tuple[str, ...]:
-        found: list[str] = []
-        for sub in self.subscriptions:
-            if sub.event == event:
-                found.extend(s for s in sub.subscribers if s not in found)
-        return tuple(found)
+        return self._subscribers_by_event.get(event, ())
 
     def subscriptions_of(self, function: str) -> tuple[str, ...]:
         """The events ``function`` subscribes to, in flow order."""
-        return tuple(e for e in self.flow if function in self.subscribers(e))
+        return self._events_by_function.get(function, ())
+
+    @cached_property
+    def _subscribers_by_event(self) -> dict[str, tuple[str, ...]]:
+        """Each event's subscribers, first mention first (built once: lookups stay linear in the workflow's size)."""
+        found: dict[str, dict[str, None]] = {}
+        for sub in self.subscriptions:
+            found.setdefault(sub.event, {}).update(dict.fromkeys(sub.subscribers))
+        return {event: tuple(names) for event, names in found.items()}
+
+    @cached_property
+    def _events_by_function(self) -> dict[str, tuple[str, ...]]:
+        found: dict[str, list[str]] = {}
+        for event in self.flow:
+            for name in self.subscribers(event):
+                found.setdefault(name, []).append(event)
+        return {name: tuple(events) for name, events in found.items()}
 
     @property
     def first_event(self) -> str:
