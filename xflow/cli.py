@@ -218,21 +218,54 @@ def teardown(ctx: click.Context, file: Path, transport: str | None, provider: st
 
 
 # -- publish / run / worker -------------------------------------------------------------------
+#: the largest event data the CLI reads (each transport also has its own, usually smaller, limit)
+MAX_DATA_BYTES = 10 * 1024 * 1024
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON value")
+
+
 def _json_object(text: str, what: str) -> dict[str, Any]:
+    """DATA given as text or @FILE: a strict JSON object (no NaN/Infinity), at most MAX_DATA_BYTES, UTF-8."""
+    from xflow.core.engine import MAX_DATA_DEPTH, check_event_data
     from xflow.core.errors import XflowError
 
+    example = """write a JSON object, e.g. '{"path": "in.txt"}' or @data.json"""
+    source = what
     if text.startswith("@"):
+        name = text[1:]
+        source = f"{what} file {name}"
         try:
-            text = Path(text[1:]).read_text(encoding="utf-8")
+            with open(name, "rb") as file:
+                raw = file.read(MAX_DATA_BYTES + 1)
         except OSError as exc:
-            raise XflowError(f"{what}: cannot read {text[1:]}: {exc}") from None
+            raise XflowError(f"{what}: cannot read {name}: {exc.strerror or exc}") from None
+    else:
+        try:
+            raw = text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise XflowError(f"{what} is not valid UTF-8 text", example) from None
+    if len(raw) > MAX_DATA_BYTES:
+        raise XflowError(f"{source} is larger than {MAX_DATA_BYTES // (1024 * 1024)} MiB",
+                         "publish a reference (a path or URL) to the data instead")
     try:
-        data = json.loads(text)
+        decoded = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise XflowError(f"{source} is not UTF-8 text (byte {exc.start} is {raw[exc.start]:#04x}; a binary file?)",
+                         example) from None
+    try:
+        data = json.loads(decoded, parse_constant=_not_json)
+    except RecursionError:
+        raise XflowError(f"{source} is nested too deeply (at most {MAX_DATA_DEPTH} levels)",
+                         "flatten it, or publish a reference (a path or URL) to the document") from None
     except ValueError as exc:
-        raise XflowError(f"{what} is not valid JSON: {exc}", """write a JSON object, e.g. '{"path": "in.txt"}'""") from None
+        hint = 'use null, or a string such as "NaN"' if "is not a JSON value" in str(exc) else example
+        raise XflowError(f"{source} is not valid JSON: {exc}", hint) from None
     if not isinstance(data, dict):
-        raise XflowError(f"{what} must be a JSON object, got a JSON {type(data).__name__}",
-                         """write a JSON object, e.g. '{"path": "in.txt"}'""")
+        kind = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(data), "null")
+        raise XflowError(f"{what} must be a JSON object, got a JSON {kind}", example)
+    check_event_data(data, source)
     return data
 
 
@@ -333,7 +366,12 @@ def track(ctx: click.Context, file: str | None, execution_id: str | None, flow: 
     engine = _engine(ctx, str(file), transport=transport, provider=provider, tracker=tracker, options=options)
     if flow and flow != engine.workflow.id:
         raise XflowError(f"-flow {flow!r} does not match the workflow id {engine.workflow.id!r} of {file}")
-    summary = engine.track(execution)
+    try:
+        summary = engine.track(execution, known=True)
+    except UnknownExecutionError as exc:
+        if output == "json":  # the contract's object all the same (every event not_reached); the error on stderr
+            _print_json(exc.summary)
+        raise
     if output == "json":
         _print_json(summary)
     else:

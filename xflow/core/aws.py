@@ -24,6 +24,8 @@ ENV_CONNECT_TIMEOUT = "XFLOW_AWS_CONNECT_TIMEOUT"
 
 #: keys of the workflow's ``aws:`` block that hold secrets: used, never shown
 SECRET_KEYS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
+REGION_HINT = ("set aws.region in the workflow file, or AWS_REGION or AWS_DEFAULT_REGION in the environment "
+               "(or a region in the AWS profile)")
 
 
 def _import_boto3() -> Any:
@@ -72,7 +74,7 @@ class AwsSession:
 
     def require_region(self) -> str:
         if not self.region:
-            raise XflowError("no AWS region: set aws.region in the workflow file or AWS_REGION in the environment")
+            raise XflowError("no AWS region", REGION_HINT)
         return self.region
 
     def check_credentials(self) -> None:
@@ -146,7 +148,7 @@ def translate_errors(doing: str) -> Iterator[None]:
             raise XflowError(f"{doing}: no usable AWS credentials",
                              "configure the standard AWS credential chain") from None
         if isinstance(exc, bx.NoRegionError):
-            raise XflowError(f"{doing}: no AWS region", "set aws.region in the file or AWS_REGION") from None
+            raise XflowError(f"{doing}: no AWS region", REGION_HINT) from None
         if isinstance(exc, bx.EndpointConnectionError | bx.ConnectTimeoutError | bx.ConnectionClosedError
                       | bx.ReadTimeoutError):
             raise XflowError(f"{doing}: the AWS endpoint{where} cannot be reached ({type(exc).__name__})",

@@ -15,9 +15,11 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,24 @@ LOCAL_DEFAULTS = {"transport": "local", "provider": "local", "tracker": "sqlite"
 AWS_DEFAULTS = {"transport": "kinesis", "provider": "lambda", "tracker": "cloudwatch"}
 KIND_ORDER = ("transport", "provider", "tracker")
 SECRET_WORDS = ("password", "secret", "token", "credential", "sasl_plain")
+#: the most an event's data may be nested (objects and arrays inside each other)
+MAX_DATA_DEPTH = 128
+SQLITE_HEADER = b"SQLite format 3\x00"
+JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+              type(None): "null"}
+
+
+class UnknownExecutionError(XflowError):
+    """``track`` of an execution id the tracker has no record of (exit status 1: nothing to report on).
+
+    ``summary`` holds the track object all the same (every event ``not_reached``), for ``--output json``.
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str, summary: dict[str, Any]) -> None:
+        super().__init__(message, hint)
+        self.summary = summary
 
 
 def default_state_dir() -> Path:
@@ -50,14 +70,80 @@ def setup_record_path(state_dir: Path, workflow_id: str) -> Path:
 
 
 def read_setup_record(state_dir: Path, workflow_id: str) -> dict[str, Any] | None:
-    """What ``setup`` recorded for a workflow in this state folder, or None."""
+    """What ``setup`` recorded for a workflow in this state folder, or None.
+
+    A record that cannot be read, or is not the object setup writes, is a one-line error naming the file.
+    """
     path = setup_record_path(state_dir, workflow_id)
+    hint = f"move {path} away and run 'xflow setup' again, which writes a new one"
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, NotADirectoryError):
         return None
-    except (OSError, ValueError) as exc:
-        raise XflowError(f"{path} is unreadable ({exc})", "remove it and run 'xflow setup' again") from None
+    except (OSError, ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise XflowError(f"the setup record {path} is unreadable ({reason})", hint) from None
+    problem = _record_problem(record)
+    if problem:
+        raise XflowError(f"the setup record {path} is damaged: {problem}", hint)
+    return record
+
+
+def _json_type(value: Any) -> str:
+    return JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def _record_problem(record: Any) -> str | None:
+    """What is wrong with a setup record's shape, or None."""
+    if not isinstance(record, dict):
+        return f"it holds a JSON {_json_type(record)}, not an object"
+    if not isinstance(record.get("workflow_file"), str):
+        return "'workflow_file' is missing or not a string"
+    for kind in KIND_ORDER:
+        entry = record.get(kind)
+        if entry is None:
+            continue
+        if not isinstance(entry, dict):
+            return f"{kind!r} is a JSON {_json_type(entry)}, not an object"
+        if not isinstance(entry.get("name"), str | None):
+            return f"{kind}.name is a JSON {_json_type(entry['name'])}, not a string"
+        if not isinstance(entry.get("options"), dict | None):
+            return f"{kind}.options is a JSON {_json_type(entry['options'])}, not an object"
+    return None
+
+
+def check_event_data(data: Any, what: str = "the event's data") -> None:
+    """An XflowError unless ``data`` is a JSON object that can go on the wire as strict JSON.
+
+    Refused: anything ``json`` cannot encode, NaN and Infinity (not JSON), and nesting deeper than
+    :data:`MAX_DATA_DEPTH`. ``what`` names the data in the message.
+    """
+    if not isinstance(data, Mapping):
+        raise XflowError(f"{what} must be a JSON object, got {_json_type(data)}")
+    depth, stack = 0, [(data, 1)]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, Mapping):
+            children: Any = value.values()
+        elif isinstance(value, list | tuple):
+            children = value
+        else:
+            continue
+        depth = max(depth, level)
+        if depth > MAX_DATA_DEPTH:
+            raise XflowError(f"{what} is nested more than {MAX_DATA_DEPTH} levels deep",
+                             "flatten it, or publish a reference (a path or URL) to the document")
+        stack.extend((child, level + 1) for child in children)
+    try:
+        json.dumps(dict(data), allow_nan=False)
+    except ValueError as exc:
+        if "Out of range float" in str(exc):
+            raise XflowError(f"{what} holds NaN or Infinity, which JSON does not allow",
+                             'use null, or a string such as "NaN"') from None
+        raise XflowError(f"{what} cannot be sent as JSON: {exc}") from None
+    except (TypeError, RecursionError) as exc:
+        raise XflowError(f"{what} is not JSON-serialisable: {exc}",
+                         "use only objects, arrays, strings, numbers, true, false and null") from None
 
 
 @dataclass
@@ -179,8 +265,13 @@ class Engine:
             options = self._options(kind)
             context = PluginContext(self.workflow.id, options, self.state_dir, self.workflow)
             assert info.cls is not None
-            choice.instance = _guard(info, "start", lambda: info.cls(context))  # type: ignore[misc]
+            choice.instance = _guard(info, "start", lambda: info.cls(context), self._damaged)  # type: ignore[misc]
             choice.options = options
+            # a file that is not SQLite at all (its header alone; nothing is opened, nothing written) is refused now,
+            # before a publish reaches the other plugins or a worker takes records it could not settle
+            damaged = self._damaged_file([kind], thorough=False)
+            if damaged is not None:
+                raise damaged
         return choice.instance
 
     @property
@@ -203,13 +294,48 @@ class Engine:
     def __enter__(self) -> Engine:
         return self
 
+    def _damaged(self, exc: BaseException) -> XflowError | None:
+        """A user-facing error when ``exc`` says a plugin's SQLite file is damaged (it is the user's file, not a bug)."""
+        if type(exc) is not sqlite3.DatabaseError:  # corruption and "not a database" only; not locks or SQL errors
+            return None
+        return self._damaged_file() or XflowError(
+            f"a database file of the state is damaged: {exc}",
+            f"look in {self.state_dir / self.workflow.id}; move the damaged file away (what it held is lost) or "
+            "restore it from a backup, then run 'xflow setup' again")
+
+    def _damaged_file(self, kinds: Sequence[str] = KIND_ORDER, thorough: bool = True) -> XflowError | None:
+        """The error naming the first plugin file (a plugin's ``path``: the embedded log, the sqlite tracker) that is
+        not a sound SQLite database, or None."""
+        for kind in kinds:
+            instance = self._choices[kind].instance
+            path = getattr(instance, "path", None)
+            if not isinstance(path, str | os.PathLike):
+                continue
+            reason = _sqlite_damage(Path(path), thorough)
+            if reason is not None:
+                return XflowError(f"{path} is damaged ({reason}): the {kind} {self._choices[kind].name!r} cannot use it",
+                                  "move it away (what it held is lost) or restore it from a backup, then run "
+                                  "'xflow setup' again")
+        return None
+
+    @contextmanager
+    def _state_files(self) -> Iterator[None]:
+        """Turn "file is not a database" and the like, raised by any plugin call inside, into a one-line error."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            error = self._damaged(exc)
+            if error is None:
+                raise
+            raise error from None
+
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- setup / teardown ---------------------------------------------------------------------
     def _planned(self, kind: str, call: Callable[[], list[Step]]) -> list[Step]:
         info = self._info(kind)
-        steps = list(_guard(info, "plan", call))
+        steps = list(_guard(info, "plan", call, self._damaged))
         for step in steps:
             self._step_owner[id(step)] = info
         return steps
@@ -253,7 +379,8 @@ class Engine:
             if on_step is not None:
                 on_step(step, index, len(steps))
             try:
-                _guard(self._step_owner.get(id(step), self._info("transport")), f"{step.action} {step.resource}", step.apply)
+                _guard(self._step_owner.get(id(step), self._info("transport")), f"{step.action} {step.resource}", step.apply,
+                       self._damaged)
             except XflowError as exc:
                 done = ", ".join(f"{s.action} {s.resource}" for s in steps[:index]) or "nothing"
                 raise XflowError(f"{exc.message}; already done before it: {done}",
@@ -285,8 +412,7 @@ class Engine:
         if event not in self.workflow.flow:
             raise XflowError(f"workflow {self.workflow.id!r} has no event {event!r}",
                              f"its events are: {', '.join(self.workflow.flow)}")
-        if not isinstance(data, Mapping):
-            raise XflowError(f"the data of {event!r} must be a JSON object, got {type(data).__name__}")
+        check_event_data(data, f"the data of {event!r}")
         in_data = data.get("execution_id")
         if in_data is not None and not isinstance(in_data, str):
             raise XflowError(f"execution_id in the data must be a string, got {type(in_data).__name__}")
@@ -294,9 +420,10 @@ class Engine:
             raise XflowError(f"--execution-id {execution_id!r} contradicts execution_id {in_data!r} in the data",
                              "give one of them, or the same value in both")
         execution_id = execution_id or in_data or new_event_id()
-        publish_events(self.workflow, self.transport, self.tracker, [
-            OutgoingEvent(event, dict(data, execution_id=execution_id), execution_id, new_event_id(),
-                         f"xflow/{self.workflow.id}")])
+        with self._state_files():
+            publish_events(self.workflow, self.transport, self.tracker, [
+                OutgoingEvent(event, dict(data, execution_id=execution_id), execution_id, new_event_id(),
+                              f"xflow/{self.workflow.id}")])
         return execution_id
 
     # -- work ---------------------------------------------------------------------------------
@@ -322,17 +449,39 @@ class Engine:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: stop.set())
         dispatcher = self.dispatcher(functions)
-        dispatcher.run(lambda: stop.is_set() or (until is not None and until()))
+        with self._state_files():
+            dispatcher.run(lambda: stop.is_set() or (until is not None and until()))
         return dispatcher.handled
 
     # -- track --------------------------------------------------------------------------------
-    def track(self, execution_id: str) -> dict[str, Any]:
-        """The tracking summary (the ``xflow track --output json`` object)."""
-        return summarize(self.workflow, execution_id, self.tracker.history(execution_id))
+    def track(self, execution_id: str, *, known: bool = False) -> dict[str, Any]:
+        """The tracking summary (the ``xflow track --output json`` object).
+
+        With ``known=True``, an execution id the tracker has no record of raises
+        :class:`UnknownExecutionError` (which carries the summary) naming the most recent known ids.
+        """
+        with self._state_files():
+            history = self.tracker.history(execution_id)
+        summary = summarize(self.workflow, execution_id, history)
+        if known and not history.events and not history.deliveries:
+            recent = self.recent_executions()
+            hint = (f"the most recent executions: {', '.join(recent)}" if recent else
+                    "check the id; the tracker names no recent execution of this workflow to choose from")
+            tracker = self._choices["tracker"].name
+            raise UnknownExecutionError(f"execution {execution_id!r} is unknown to the {tracker} tracker of workflow "
+                                        f"{self.workflow.id!r}: nothing was published or recorded with that id",
+                                        hint, summary)
+        return summary
+
+    def recent_executions(self, limit: int = 5) -> list[str]:
+        """Up to ``limit`` execution ids the tracker knows, most recent first ([] if it cannot list them)."""
+        with self._state_files():
+            return list(self.tracker.recent_executions(limit))[:limit]
 
     def result(self, execution_id: str) -> dict[str, Any] | None:
         """The data of the last event, in flow order, that the execution published."""
-        return final_result(self.workflow, self.tracker.history(execution_id))
+        with self._state_files():
+            return final_result(self.workflow, self.tracker.history(execution_id))
 
     def redrive(self, execution_id: str, functions: Sequence[str] | None = None) -> list[dict[str, str]]:
         """Publish again, with their original ids, the events a function failed on for good.
@@ -340,7 +489,8 @@ class Engine:
         Subscribers that already handled such an event skip it (its id is known), so only the
         failed functions run it again. Returns what was re-driven: event, event id, function.
         """
-        history = self.tracker.history(execution_id)
+        with self._state_files():
+            history = self.tracker.history(execution_id)
         succeeded = {(d.function, d.event_id) for d in history.deliveries if d.status == "succeeded"}
         failed = [d for d in history.deliveries if d.status == "failed" and (d.function, d.event_id) not in succeeded
                   and (not functions or d.function in functions)]
@@ -354,20 +504,25 @@ class Engine:
             outgoing.setdefault(delivery.event_id, OutgoingEvent(
                 delivery.event, dict(record.data), execution_id, delivery.event_id,
                 record.producer or f"xflow/{self.workflow.id}"))
-        publish_events(self.workflow, self.transport, self.tracker, list(outgoing.values()))
-        now = time.time()
-        for delivery in failed:  # attempt 0: a marker that makes the subscriber pending again, not an attempt
-            self.tracker.record_delivery(DeliveryRecord(execution_id, delivery.event_id, delivery.event,
-                                                        delivery.function, 0, "retrying", now, 0.0, "re-driven"))
+        with self._state_files():
+            publish_events(self.workflow, self.transport, self.tracker, list(outgoing.values()))
+            now = time.time()
+            for delivery in failed:  # attempt 0: a marker that makes the subscriber pending again, not an attempt
+                self.tracker.record_delivery(DeliveryRecord(execution_id, delivery.event_id, delivery.event,
+                                                            delivery.function, 0, "retrying", now, 0.0, "re-driven"))
         return [{"event": d.event, "event_id": d.event_id, "function": d.function} for d in failed]
 
     # -- run ----------------------------------------------------------------------------------
     def run(self, event: str | None = None, data: Mapping[str, Any] | None = None,
             execution_id: str | None = None, timeout: float = 300.0, setup: bool = True) -> dict[str, Any]:
         """Set up, publish one event, process until the execution settles; the track object plus ``result``."""
+        event = event or self.workflow.first_event
+        if event not in self.workflow.flow:
+            raise XflowError(f"workflow {self.workflow.id!r} has no event {event!r}",
+                             f"its events are: {', '.join(self.workflow.flow)}")
+        check_event_data(data or {}, f"the data of {event!r}")
         if setup:
             self.setup()
-        event = event or self.workflow.first_event
         execution_id = self.publish(event, data or {}, execution_id)
         deadline = time.monotonic() + timeout
         last_check = 0.0
@@ -404,13 +559,43 @@ def _looks_secret(key: str, value: Any) -> bool:
     return any(word in text.lower() for word in ("password", "secret"))
 
 
-def _guard(info: PluginInfo, what: str, call: Callable[[], Any]) -> Any:
-    """Run a plugin call; turn its connection errors and crashes into one-line errors naming it."""
+def _sqlite_damage(path: Path, thorough: bool = True) -> str | None:
+    """Why the SQLite file at ``path`` is damaged, or None when it is missing, empty or sound.
+
+    Without ``thorough``, only the file's header is read (cheap, and no SQLite connection leaves files behind).
+    """
+    try:
+        with path.open("rb") as file:
+            header = file.read(len(SQLITE_HEADER))
+    except OSError:
+        return None
+    if not header:
+        return None
+    if header != SQLITE_HEADER:
+        return "it is not an SQLite database"
+    if not thorough:
+        return None
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            rows = db.execute("PRAGMA quick_check(1)").fetchall()
+    except sqlite3.DatabaseError as exc:
+        return str(exc) if type(exc) is sqlite3.DatabaseError else None
+    if rows and rows[0][0] != "ok":
+        return f"integrity check: {rows[0][0]}"
+    return None
+
+
+def _guard(info: PluginInfo, what: str, call: Callable[[], Any],
+           damaged: Callable[[BaseException], XflowError | None] | None = None) -> Any:
+    """Run a plugin call; turn its connection errors, damaged files and crashes into one-line errors naming it."""
     try:
         return call()
     except XflowError:
         raise
     except Exception as exc:
+        error = damaged(exc) if damaged is not None else None
+        if error is not None:
+            raise error from None
         cls = info.cls
         expected = cls.connection_errors if cls is not None else ()
         label = f"{info.kind} {info.name!r} ({info.distribution} {info.version})".replace(" )", ")")

@@ -262,6 +262,11 @@ class TrackerStore(Plugin):
         """
         return list(self.history(execution_id).events)
 
+    def recent_executions(self, limit: int) -> list[str]:
+        """Up to ``limit`` execution ids this store knows, most recent first (``track`` suggests them for an
+        unknown id). Optional: the default lists none."""
+        return []
+
     def has_succeeded(self, execution_id: str, event_id: str, function: str) -> bool:
         """Whether ``function`` already handled ``event_id`` successfully (used to drop duplicates)."""
         return any(

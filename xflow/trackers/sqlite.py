@@ -131,6 +131,11 @@ class SqliteTrackerStore(TrackerStore):
                                "ORDER BY t DESC").fetchall()
         return [row[0] for row in rows]
 
+    def recent_executions(self, limit: int) -> list[str]:
+        rows = self.db.execute("SELECT execution_id FROM events GROUP BY execution_id ORDER BY MAX(published_at) DESC "
+                               "LIMIT ?", (max(0, int(limit)),)).fetchall()
+        return [row[0] for row in rows]
+
 
 def _text(value: str | None) -> str | None:
     """``value`` as SQLite can store it: lone surrogates (which UTF-8 cannot carry) become ``\\udXXX`` escapes."""
