@@ -133,14 +133,15 @@ def test_unwritable_state_folder(cli, tmp_path):
 
 def test_handler_that_cannot_be_imported_is_named_with_its_source(cli, make_workflow):
     path = make_workflow("lambdas:\n  - {name: a, source: broken.py, handler: go}\n"
-                         "subscriptions:\n  - {name: E, subscribers: [a]}\n", {"broken.py": "import nowhere_module\n"})
+                         "subscriptions:\n  - {name: E, subscribers: [a]}\n",
+                         {"broken.py": "import nowhere_module\n\ndef go(event, ctx):\n    pass\n"})
     done = cli("run", path)
     assert done.returncode == 2
     assert "cannot load handler 'go'" in done.stderr and "broken.py" in done.stderr and "nowhere_module" in done.stderr
     missing = make_workflow("lambdas:\n  - {name: a, source: ok.py, handler: absent}\n"
                             "subscriptions:\n  - {name: E, subscribers: [a]}\n", {"ok.py": "x = 1\n"}, name="m.yaml")
     done = cli("run", missing)
-    assert done.returncode == 2 and "defines no function 'absent'" in done.stderr
+    assert done.returncode == 2 and "defines no" in done.stderr and "'absent'" in done.stderr
 
 
 def test_relative_source_resolves_against_the_workflow_folder(cli, tmp_path):

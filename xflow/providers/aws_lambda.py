@@ -16,8 +16,10 @@ configuration field by field), and the differences become Steps:
   batch size, starting position, retries, bisect-on-error and ReportBatchItemFailures;
 - deletion of this workflow's functions and mappings the file no longer names.
 
-A second setup of an unchanged file reads only, and plans nothing. Every zip built is kept in
-the state folder by its SHA-256 (``lambda-artifacts/``): ``xflow emulate`` runs exactly that code.
+A second setup of an unchanged file reads only, and plans nothing. Planning builds the zips in
+memory and writes nothing (``--dry-run`` leaves the state folder as it was); the steps that deploy
+a zip keep it in the state folder by its SHA-256 (``lambda-artifacts/``): ``xflow emulate`` runs
+exactly that code. Teardown removes this workflow's zips and emulate's ``emulate.json``.
 Needs the ``kinesis`` transport and the ``cloudwatch`` tracker.
 """
 
@@ -256,10 +258,10 @@ class LambdaProvider(FunctionProvider):
                                   builder.build()))
         for spec in specs:
             spec.sha = code_sha256(spec.zip_bytes)
-            self._keep_artifact(spec)
         return specs
 
     def _keep_artifact(self, spec: FunctionSpec) -> None:
+        """Keep the zip in the state folder (a step of setup, never of planning: a dry run writes nothing)."""
         path = artifact_path(self.context.state_dir, spec.sha)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -406,7 +408,34 @@ class LambdaProvider(FunctionProvider):
             if self._log_group_retention(group) is not False and self._group_is_ours(group):
                 steps.append(Step("delete", f"log-group:{group}", lambda g=group: delete_log_group(self.logs, g)))
         steps += self._plan_role_teardown()
+        return steps + self._plan_state_teardown(workflow)
+
+    def _plan_state_teardown(self, workflow: Workflow) -> list[Step]:
+        """What setup and ``xflow emulate`` keep in the state folder for this workflow: its zips, emulate's positions."""
+        steps = []
+        zips = self._artifacts_of(workflow.id)
+        if zips:
+            folder = zips[0].parent
+            steps.append(Step("delete", f"artifacts:{folder}", lambda: _remove_files(zips),
+                              f"{len(zips)} zip(s) of workflow {workflow.id}"))
+        positions = Path(self.context.state_dir) / workflow.id / "emulate.json"
+        if positions.exists():
+            steps.append(Step("delete", f"file:{positions}", lambda: _remove_files([positions]),
+                              "xflow emulate's stream positions"))
         return steps
+
+    def _artifacts_of(self, workflow_id: str) -> list[Path]:
+        """The zips in the state folder built for this workflow (each names its workflow in xflow_function.json)."""
+        found = []
+        for path in sorted((Path(self.context.state_dir) / ARTIFACTS).glob("*.zip")):
+            try:
+                with zipfile.ZipFile(path) as archive:
+                    config = json.loads(archive.read("xflow_function.json"))
+            except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+                continue  # not one of setup's zips
+            if isinstance(config, dict) and config.get("workflow_id") == workflow_id:
+                found.append(path)
+        return found
 
     def _plan_role(self, workflow: Workflow, transport: Any, tracker: Any,
                    names: list[str]) -> tuple[str, list[Step]]:
@@ -466,6 +495,9 @@ class LambdaProvider(FunctionProvider):
         steps = []
         if current.get("CodeSha256") != spec.sha:
             steps.append(Step("update", f"function-code:{spec.name}", lambda: self._update_code(spec)))
+        elif not artifact_path(self.context.state_dir, spec.sha).exists():  # deployed from another state folder
+            steps.append(Step("create", f"artifact:{spec.name}", lambda: self._keep_artifact(spec),
+                              f"the deployed zip, kept in {self.context.state_dir} for xflow emulate"))
         differs = {key: value for key, value in wanted.items() if _config_value(current, key) != value}
         if differs:
             steps.append(Step("update", f"function-config:{spec.name}", lambda: self._update_config(spec, wanted),
@@ -566,6 +598,7 @@ class LambdaProvider(FunctionProvider):
                     raise
 
     def _create_function(self, spec: FunctionSpec, role_arn: str) -> None:
+        self._keep_artifact(spec)
         kwargs = dict(spec.configuration(role_arn), FunctionName=spec.name, Code={"ZipFile": spec.zip_bytes},
                       Publish=False, Tags={TAG_KEY: self.workflow_id}, PackageType="Zip")
         with translate_errors(f"creating Lambda function {spec.name}"):
@@ -581,6 +614,7 @@ class LambdaProvider(FunctionProvider):
             raise
 
     def _update_code(self, spec: FunctionSpec) -> None:
+        self._keep_artifact(spec)
         with translate_errors(f"updating the code of {spec.name}"):
             self.lam.update_function_code(FunctionName=spec.name, ZipFile=spec.zip_bytes, Publish=False)
             self._wait(spec.name, "function_updated_v2")
@@ -685,6 +719,15 @@ def _policy_statements(value: Any) -> list[dict[str, Any]]:
             raise XflowError(f"lambda provider: option policy_statements: statement {index} {problem}",
                              f"e.g. {_STATEMENT_EXAMPLE}")
     return [dict(s) for s in statements]
+
+
+def _remove_files(paths: list[Path]) -> None:
+    """Remove the files, then their folders that are left empty."""
+    for path in paths:
+        path.unlink(missing_ok=True)
+    for folder in {path.parent for path in paths}:
+        if folder.exists() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _config_value(current: Mapping[str, Any], key: str) -> Any:

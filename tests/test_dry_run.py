@@ -1,0 +1,203 @@
+"""`setup --dry-run` reads and prints only; teardown leaves nothing of the workflow in the state folder.
+
+The whole temporary folder (names and contents) is compared before and after a dry run, on the
+embedded backends and on the AWS defaults against a moto server. The handler module writes a
+marker file when it is imported: planning never imports it (handlers are checked with ``ast``),
+a worker does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xflow.core.model import Subscription, Workflow
+
+try:
+    from aws_server import aws_endpoint  # noqa: F401
+except ImportError:  # tests/ imported as a package
+    from tests.aws_server import aws_endpoint  # noqa: F401
+
+EMBEDDED = ("--transport", "local", "--provider", "local", "--tracker", "sqlite")
+AWS = ("--transport", "kinesis", "--provider", "lambda", "--tracker", "cloudwatch")
+STEPS = """
+import os
+from pathlib import Path
+
+Path(os.environ["XFLOW_TEST_MARKER"]).write_text("imported")  # a module-level side effect
+
+
+def first(event, ctx):
+    return {"n": event.get("n", 0) + 1}
+
+
+def second(event, ctx):
+    return None
+"""
+
+
+def flow_text(workflow_id: str) -> str:
+    return f"""
+workflow_id: {workflow_id}
+functions:
+  - name: {workflow_id}_first
+    source: steps.py
+    handler: first
+    publishes: [B]
+  - name: {workflow_id}_second
+    source: steps.py
+    handler: second
+subscriptions:
+  - event: A
+    subscribers: [{workflow_id}_first]
+  - event: B
+    subscribers: [{workflow_id}_second]
+"""
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every path under ``folder`` with the SHA-256 of its content ("dir" for folders)."""
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        rel = str(path.relative_to(folder))
+        found[rel] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+@pytest.fixture
+def marker(tmp_path: Path) -> Path:
+    return tmp_path / "marker.txt"
+
+
+def test_dry_run_on_the_embedded_backends_writes_and_imports_nothing(cli, make_workflow, tmp_path, marker):
+    flow = make_workflow(flow_text("dry"), {"steps.py": STEPS})
+    env = {"XFLOW_TEST_MARKER": str(marker)}
+
+    before = snapshot(tmp_path)
+    plan = cli.json("setup", flow, *EMBEDDED, "--dry-run", **env)
+    assert {c["resource"] for c in plan["changes"]} >= {"stream:dry-A", "stream:dry-B"}
+    assert snapshot(tmp_path) == before and not marker.exists()
+
+    # a real setup checks the handlers the same way: still nothing imported
+    assert cli("setup", flow, *EMBEDDED, **env).returncode == 0
+    assert not marker.exists()
+    before = snapshot(tmp_path)
+    assert cli.json("setup", flow, *EMBEDDED, "--dry-run", **env)["changes"] == []
+    assert snapshot(tmp_path) == before
+
+    # the marker works: a worker imports the module
+    assert cli.json("run", flow, **env)["status"] == "succeeded"
+    assert marker.read_text() == "imported"
+
+
+@pytest.mark.parametrize("steps, problem", [
+    ("def first(event, ctx):\n    return {}\n", "defines no 'second'"),
+    ("def first(event, ctx):\n    return {\n\ndef second(event, ctx):\n    pass\n", "cannot be parsed"),
+])
+def test_a_broken_handler_is_refused_by_the_dry_run_and_by_setup_before_anything_exists(cli, make_workflow, tmp_path,
+                                                                                         steps, problem):
+    flow = make_workflow(flow_text("broken"), {"steps.py": steps})
+    for args in (("setup", flow, *EMBEDDED, "--dry-run"), ("setup", flow, *EMBEDDED), ("run", flow)):
+        done = cli(*args)
+        assert done.returncode == 2 and problem in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / ".xflow").exists()
+
+
+def test_teardown_leaves_nothing_of_the_workflow_on_the_embedded_backends(cli, make_workflow, tmp_path, marker):
+    flow = make_workflow(flow_text("gone"), {"steps.py": STEPS})
+    other = make_workflow(flow_text("kept"), {"steps.py": STEPS}, name="kept.yaml")
+    env = {"XFLOW_TEST_MARKER": str(marker)}
+    for workflow in (flow, other):
+        assert cli.json("run", workflow, **env)["status"] == "succeeded"
+    state = tmp_path / ".xflow"
+    assert (state / "gone" / "events.db").exists() and (state / "gone" / "tracker.db").exists()
+    kept = snapshot(state / "kept")
+
+    preview = cli.json("teardown", flow, "--dry-run")
+    assert (state / "gone" / "events.db").exists()
+    resources = {c["resource"] for c in preview["changes"]}
+    assert {"stream:gone-A", "stream:gone-B"} <= resources
+
+    cli.json("teardown", flow)
+    assert not (state / "gone").exists()
+    assert snapshot(state / "kept") == kept  # the other workflow's files are untouched
+    cli.json("teardown", other)
+    assert not state.exists()
+
+
+@pytest.mark.aws
+def test_dry_run_on_lambda_writes_nothing_and_teardown_removes_artifacts_and_positions(aws_endpoint, cli, make_workflow,
+                                                                                       tmp_path, marker):
+    wid = f"dl{os.getpid()}{int(time.time() * 1000) % 100000}"
+    flow = make_workflow(flow_text(wid), {"steps.py": STEPS})
+    env = {"XFLOW_TEST_MARKER": str(marker)}
+    state = tmp_path / ".xflow"
+
+    before = snapshot(tmp_path)
+    plan = cli.json("setup", flow, *AWS, "--dry-run", **env)
+    assert {f"function:{wid}_first", f"function:tracker_{wid}"} <= {c["resource"] for c in plan["changes"]}
+    assert snapshot(tmp_path) == before and not state.exists() and not marker.exists()
+
+    setup = cli.json("setup", flow, *AWS, **env)
+    assert any(c["resource"] == f"function:{wid}_first" for c in setup["changes"])
+    artifacts = sorted((state / "lambda-artifacts").glob("*.zip"))
+    assert len(artifacts) == 3  # the two functions and the tracker function
+
+    before = snapshot(tmp_path)
+    assert cli.json("setup", flow, "--dry-run", **env)["changes"] == []
+    assert snapshot(tmp_path) == before and not marker.exists()
+
+    # a deployment set up from another state folder: its zips are kept at the next setup, not by planning
+    moved = tmp_path / "moved"
+    (state / "lambda-artifacts").rename(moved)
+    again = cli.json("setup", flow, "--dry-run", **env)
+    assert {c["resource"] for c in again["changes"]} == {f"artifact:{wid}_first", f"artifact:{wid}_second",
+                                                          f"artifact:tracker_{wid}"}
+    assert not (state / "lambda-artifacts").exists()
+    cli.json("setup", flow, **env)
+    assert sorted(p.name for p in (state / "lambda-artifacts").glob("*.zip")) == sorted(p.name for p in artifacts)
+    assert cli.json("setup", flow, **env)["changes"] == []
+
+    # emulate keeps its positions in the state folder
+    cli("publish", flow, "A", "{}", **env)
+    done = cli("emulate", flow, "--until-idle", "--timeout", "60", **env)
+    assert done.returncode == 0, done.stderr
+    assert (state / wid / "emulate.json").exists()
+
+    teardown = cli.json("teardown", flow)
+    relative = Path(".xflow")  # the default state folder, as the resources name it
+    assert {f"artifacts:{relative / 'lambda-artifacts'}", f"file:{relative / wid / 'emulate.json'}"} <= {
+        c["resource"] for c in teardown["changes"]}
+    assert not state.exists(), snapshot(state)
+
+
+# -- planning stays linear: the model's indexes say what the plain definitions say ----------------------------
+names = st.sampled_from([f"f{i}" for i in range(6)])
+events = st.sampled_from([f"E{i}" for i in range(6)])
+
+
+@given(st.lists(st.tuples(events, st.lists(names, max_size=4)), max_size=8), st.lists(events, max_size=6, unique=True))
+@settings(max_examples=200, deadline=None)
+def test_subscriber_lookups_match_their_definitions(pairs, extra_events):
+    subscriptions = tuple(Subscription(event, tuple(subscribers)) for event, subscribers in pairs)
+    flow = tuple(dict.fromkeys([*(event for event, _ in pairs), *extra_events]))
+    workflow = Workflow(id="w", path=Path("w.yaml"), functions={}, subscriptions=subscriptions, flow=flow)
+
+    def plain_subscribers(event: str) -> tuple[str, ...]:
+        found: list[str] = []
+        for sub in subscriptions:
+            if sub.event == event:
+                found.extend(s for s in sub.subscribers if s not in found)
+        return tuple(found)
+
+    for event in [*flow, "missing"]:
+        assert workflow.subscribers(event) == plain_subscribers(event)
+    for function in [f"f{i}" for i in range(6)]:
+        assert workflow.subscriptions_of(function) == tuple(e for e in flow if function in plain_subscribers(e))
+
