@@ -34,3 +34,13 @@ class WorkflowFileError(XflowError):
         noun = "problem" if len(problems) == 1 else "problems"
         super().__init__(f"{path}: {len(problems)} {noun}", lines=problems)
         self.problems = problems
+
+
+class BackendUnavailable(XflowError):
+    """A backend failed in a way that may pass: a 5xx, throttling, a dropped connection, a broker restart, a full disk.
+
+    Long-running workers wait and retry (logging once) instead of stopping; a command that cannot wait
+    reports it in one line and exits 1 (the work failed; the input was fine).
+    """
+
+    exit_code = 1
