@@ -24,6 +24,7 @@ import os
 import random
 import time
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -311,6 +312,8 @@ class _Shard:
         self.checked_at = 0.0
         #: positions handed out by poll and not committed yet
         self.pending: set[str] = set()
+        #: records read and not handed out yet: one GetRecords call serves several polls
+        self.buffer: deque[Delivery] = deque()
 
 
 class KinesisConsumer(Consumer):
@@ -322,7 +325,8 @@ class KinesisConsumer(Consumer):
 
     Kinesis allows 5 GetRecords calls per second per shard, shared by every reader of the stream:
     a shard is read at most every ``READ_INTERVAL`` seconds, however often ``poll`` is called,
-    and a throttled shard waits longer each time (exponential backoff with jitter). After a
+    up to ``READ_LIMIT`` records a call (what a poll does not take waits in memory for the next
+    polls), and a throttled shard waits longer each time (exponential backoff with jitter). After a
     reshard, a child shard is read only once its parent(s) were read to their end and every
     record of them was committed (their checkpoint is then ``SHARD_END``), so the records of an
     execution keep their order across the reshard.
@@ -331,6 +335,8 @@ class KinesisConsumer(Consumer):
     RESCAN_SECONDS = 5.0
     #: at most this often (seconds) is one shard read: 4 GetRecords calls per second, under the limit of 5
     READ_INTERVAL = 0.25
+    #: records asked for by one GetRecords call (Kinesis returns at most 10,000, and 10 MB)
+    READ_LIMIT = 1000
     #: backoff after ProvisionedThroughputExceededException: first wait and the longest one (seconds)
     THROTTLE_BASE = 0.5
     THROTTLE_MAX = 10.0
@@ -464,10 +470,12 @@ class KinesisConsumer(Consumer):
             shard.ended = False
             shard.next_read_at = 0.0
             shard.pending.clear()
+            shard.buffer.clear()
 
     def _drop(self, shard: _Shard) -> None:
         shard.owned, shard.iterator = False, None
         shard.pending.clear()
+        shard.buffer.clear()
 
     def _release(self, shard: _Shard) -> None:
         try:
@@ -541,38 +549,47 @@ class KinesisConsumer(Consumer):
             shard.tried_at = now
             self._acquire_or_renew(shard)
 
-    def _read(self, shard: _Shard, limit: int) -> list[Delivery]:
-        """One GetRecords call on a shard whose turn it is."""
+    def _read(self, shard: _Shard) -> None:
+        """One GetRecords call on a shard whose turn it is, into its buffer."""
         now = time.monotonic()
         shard.next_read_at = now + self.READ_INTERVAL
         with translate_errors(f"reading shard {shard.shard_id} of {shard.stream}"):
             try:
-                response = self.transport.kinesis.get_records(ShardIterator=shard.iterator,
-                                                              Limit=min(10000, max(1, limit)))
+                response = self.transport.kinesis.get_records(ShardIterator=shard.iterator, Limit=self.READ_LIMIT)
             except Exception as exc:
                 if is_client_error(exc, "ExpiredIteratorException"):
                     self._drop(shard)
-                    return []
+                    return
                 if is_client_error(exc, "ProvisionedThroughputExceededException"):
                     self._throttled(shard, now)
-                    return []
+                    return
                 raise
         shard.throttled = 0
         shard.iterator = response.get("NextShardIterator")
         records = response.get("Records", [])
-        found = []
         for rec in records:
             sequence = rec["SequenceNumber"]
-            shard.pending.add(sequence)
             shard.last_read = int(sequence)
             arrived = rec.get("ApproximateArrivalTimestamp")
-            found.append(Delivery(shard.event, shard.shard_id, sequence, rec.get("PartitionKey"), bytes(rec["Data"]),
-                                  arrived.timestamp() if hasattr(arrived, "timestamp") else None))
+            shard.buffer.append(Delivery(shard.event, shard.shard_id, sequence, rec.get("PartitionKey"),
+                                         bytes(rec["Data"]),
+                                         arrived.timestamp() if hasattr(arrived, "timestamp") else None))
         if shard.iterator is None or self._at_end(shard, bool(records), response):
             shard.ended = True
-            if not shard.pending:
-                self._finish(shard)
-        return found
+
+    def _take(self, shard: _Shard, count: int) -> list[Delivery]:
+        """Hand out up to ``count`` buffered records of a shard, in order."""
+        taken = []
+        while shard.buffer and len(taken) < count:
+            delivery = shard.buffer.popleft()
+            shard.pending.add(delivery.position)
+            taken.append(delivery)
+        return taken
+
+    def _end_if_done(self, shard: _Shard) -> None:
+        """A closed shard read to its end, handed out and committed is finished: its children may be read."""
+        if shard.ended and shard.owned and not shard.buffer and not shard.pending:
+            self._finish(shard)
 
     @staticmethod
     def _at_end(shard: _Shard, got_records: bool, response: dict[str, Any]) -> bool:
@@ -607,22 +624,26 @@ class KinesisConsumer(Consumer):
         deadline = time.monotonic() + max(timeout, 0.0)
         while True:
             self._maintain()
-            reading = [s for s in self.shards.values() if s.owned and s.iterator and not s.ended]
+            reading = [s for s in self.shards.values() if s.owned and (s.buffer or (s.iterator and not s.ended))]
             now = time.monotonic()
-            due = [s for s in reading if s.next_read_at <= now]
+            ready = [s for s in reading if s.buffer or s.next_read_at <= now]
             found: list[Delivery] = []
-            for i in range(len(due)):
+            for i in range(len(ready)):
                 if len(found) >= max_records:
                     break
-                shard = due[(self.cursor + i) % len(due)]
-                if shard.owned and shard.iterator and not shard.ended:
-                    found.extend(self._read(shard, max_records - len(found)))
+                shard = ready[(self.cursor + i) % len(ready)]
+                if not shard.owned:
+                    continue
+                if not shard.buffer and shard.iterator and not shard.ended:
+                    self._read(shard)
+                found.extend(self._take(shard, max_records - len(found)))
+                self._end_if_done(shard)
             self.cursor += 1
             now = time.monotonic()
             if found or now >= deadline:
                 return found
-            wake = min((s.next_read_at for s in reading if s.owned and s.iterator and not s.ended),
-                       default=now + 0.2)
+            waiting = [s.next_read_at for s in self.shards.values() if s.owned and s.iterator and not s.ended]
+            wake = min(waiting, default=now + 0.2)
             time.sleep(max(0.0, min(0.2, wake - now, deadline - now)))
 
     def commit(self, deliveries: Sequence[Delivery]) -> None:
@@ -658,8 +679,7 @@ class KinesisConsumer(Consumer):
                 shard.renewed_at = time.monotonic()
                 done = int(delivery.position)
                 shard.pending = {p for p in shard.pending if int(p) > done}
-                if shard.ended and not shard.pending and shard.owned:
-                    self._finish(shard)
+                self._end_if_done(shard)
 
     def close(self) -> None:
         for shard in self.shards.values():
