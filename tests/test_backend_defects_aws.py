@@ -457,6 +457,15 @@ def test_each_event_is_stored_once_on_lambda(cli, lambda_flow):
     try:
         published = cli("publish", path, "Start", '{"n": 1}', "--execution-id", "once-1")
         assert published.returncode == 0, published.stderr
+        # and a record another producer wrote: the tracker function dates it by its arrival on the stream
+        kinesis = boto("kinesis")
+        stream = f"{workflow_id}-Start"
+        kinesis.put_record(StreamName=stream, PartitionKey="ext-l", Data=b'{"execution_id": "ext-l", "n": 5}')
+        iterator = kinesis.get_shard_iterator(StreamName=stream, ShardId="shardId-000000000000",
+                                              ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        arrived = [r["ApproximateArrivalTimestamp"].timestamp() for r in kinesis.get_records(
+            ShardIterator=iterator)["Records"] if r["PartitionKey"] == "ext-l"]
+        time.sleep(1.5)
         emulated = cli.json("emulate", path, "--until-idle", timeout=300)
         assert emulated["failed_invocations"] == 0
         summary = cli.json("track", path, "once-1")
@@ -464,6 +473,11 @@ def test_each_event_is_stored_once_on_lambda(cli, lambda_flow):
         assert [(e["name"], e["count"]) for e in summary["events"]] == [("Start", 1), ("Middle", 1), ("Done", 1)]
         stored = _stored_event_ids(workflow_id, "once-1")
         assert len(stored) == 3 and len(set(stored)) == 3, f"each event is stored once: {stored}"
+        lines = boto("logs").get_log_events(logGroupName=f"/xflow/{workflow_id}", logStreamName="ext-l",
+                                            startFromHead=True)["events"]
+        [external] = [json.loads(e["message"]) for e in lines if json.loads(e["message"])["event"] == "Start"]
+        assert external["producer"] == "external"
+        assert external["published_at"] == pytest.approx(arrived[0], abs=0.001)
     finally:
         cli.json("teardown", path, timeout=300)
 

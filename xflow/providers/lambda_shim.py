@@ -94,6 +94,7 @@ def kinesis_records(event: Mapping[str, Any]) -> list[dict[str, Any]]:
             "shard": event_id.partition(":")[0],
             "key": kinesis.get("partitionKey"),
             "value": base64.b64decode(kinesis.get("data", "")),
+            "arrived": kinesis.get("approximateArrivalTimestamp"),
         })
     return found
 
@@ -275,8 +276,11 @@ def track(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
             emit({"xflow": "dead_letter", "function": cfg["function"], "event": event_name, "event_id": fallback,
                   "error": str(exc)})
             continue
+        published_at = decoded.published_at
+        if decoded.producer == "external" and isinstance(record.get("arrived"), int | float):
+            published_at = float(record["arrived"])  # another producer's record: dated by its arrival on the stream
         line = {"xflow": "event", "execution_id": decoded.execution_id, "event_id": decoded.event_id,
-                "event": event_name, "published_at": decoded.published_at, "producer": decoded.producer,
+                "event": event_name, "published_at": published_at, "producer": decoded.producer,
                 "data": decoded.data}
         text = json.dumps(line, ensure_ascii=False, default=str)
         if len(text.encode("utf-8")) > MAX_LINE_CHARS:
