@@ -109,7 +109,7 @@ def test_an_idle_shard_is_read_at_most_four_times_a_second(kinesis):
         consumer.close()
     rate = worker_calls / 3.0
     assert rate <= 4.4, f"{worker_calls} GetRecords calls in 3 s on one idle shard ({rate:.1f}/s; the limit is 5/s)"
-    assert rate >= 2.5, f"an idle shard is still read regularly ({rate:.1f}/s)"
+    assert rate >= 2.0, f"an idle shard is still read regularly ({rate:.1f}/s)"
     assert waiting_calls <= 10, f"{waiting_calls} GetRecords calls in 2 s of polls with a timeout"
 
 
@@ -163,7 +163,7 @@ def test_a_throttled_shard_backs_off_exponentially_and_says_so_once(kinesis, cap
     gaps = [b - a for a, b in zip(calls, calls[1:refusals + 1], strict=False)]
     # each wait is in [w/2, w] for w = 0.2, 0.4, 0.8, 1.6 s: exponential, with jitter
     for i, gap in enumerate(gaps):
-        assert 0.1 * 2 ** i - 0.02 <= gap <= 0.2 * 2 ** i + 0.25, f"wait {i + 1} after a throttle: {gap:.2f} s"
+        assert 0.1 * 2 ** i - 0.02 <= gap <= 0.2 * 2 ** i + 0.4, f"wait {i + 1} after a throttle: {gap:.2f} s"
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "throughput" in r.getMessage()]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
 
