@@ -34,6 +34,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, valida
 
 from xflow.core.errors import WorkflowFileError, XflowError
 from xflow.core.model import DEFAULT_HOP_LIMIT, Function, PluginChoice, Subscription, Workflow
+from xflow.core.redact import remember
 
 if TYPE_CHECKING:
     from xflow.core.plugins import PluginRegistry
@@ -1021,6 +1022,8 @@ def _check_runtimes(built: _Built, problems: _Problems, runtimes: Mapping[str, S
 
 def _warn_credentials(file: Path, aws: Mapping[str, Any]) -> None:
     written = [k for k in CREDENTIAL_KEYS if aws.get(k)]
+    for key in written:
+        remember(aws[key])
     if written:
         log.warning("%s holds AWS credentials (%s); they are used but never printed. Prefer the standard AWS "
                     "credential chain (environment, ~/.aws, roles)", one_line(str(file)), ", ".join(written))

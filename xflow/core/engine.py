@@ -23,13 +23,13 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from xflow.core.config import load_workflow
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import DeliveryRecord, FunctionProvider, Plugin, PluginContext, Step, TrackerStore, Transport
 from xflow.core.model import Workflow
 from xflow.core.plugins import PluginInfo, PluginRegistry, check_options, env_options
+from xflow.core.redact import is_secret_name, redact, url_password, userinfo_is_ambiguous
 from xflow.core.runtime import new_event_id
 from xflow.core.tracking import final_result, summarize
 from xflow.core.worker import Dispatcher, OutgoingEvent, publish_events
@@ -40,7 +40,6 @@ log = logging.getLogger("xflow")
 LOCAL_DEFAULTS = {"transport": "local", "provider": "local", "tracker": "sqlite"}
 AWS_DEFAULTS = {"transport": "kinesis", "provider": "lambda", "tracker": "cloudwatch"}
 KIND_ORDER = ("transport", "provider", "tracker")
-SECRET_WORDS = ("password", "secret", "token", "credential", "sasl_plain")
 #: the most an event's data may be nested (objects and arrays inside each other)
 MAX_DATA_DEPTH = 128
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -439,6 +438,7 @@ class Engine:
             batch_size=options.number_option("batch_size", 100, minimum=1),
             backoff_seconds=options.number_option("backoff_seconds", 0.2, minimum=0, kind=float),
             backoff_max_seconds=options.number_option("backoff_max_seconds", 5.0, minimum=0, kind=float),
+            unavailable_give_up_seconds=options.number_option("unavailable_give_up_seconds", 0, minimum=0, kind=float),
         )
 
     def work(self, functions: Sequence[str] | None = None, *, until: Callable[[], bool] | None = None,
@@ -546,17 +546,11 @@ class Engine:
 
 
 def _looks_secret(key: str, value: Any) -> bool:
-    """Options never written to the setup record: secret-looking names, URLs with a password, password fields."""
-    if any(word in key.lower() for word in SECRET_WORDS):
+    """Options never written to the setup record: secret names, values holding a URL password or a password= pair."""
+    if is_secret_name(key):
         return True
     text = str(value)
-    if "://" in text:
-        try:
-            if urlsplit(text).password:
-                return True
-        except ValueError:
-            return True
-    return any(word in text.lower() for word in ("password", "secret"))
+    return url_password(text) is not None or userinfo_is_ambiguous(text) or redact(text) != text
 
 
 def _sqlite_damage(path: Path, thorough: bool = True) -> str | None:
