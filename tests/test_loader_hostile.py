@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from xflow_cli_testing import ROOT, SEED, WORD_COUNT, clean_env
 
@@ -65,8 +65,10 @@ def check_outcome(path: Path, content: bytes) -> Workflow | None:
         workflow = load_workflow(path)
     except XflowError as exc:
         check_error(exc, path, content)
+        event("refused with a WorkflowFileError" if isinstance(exc, WorkflowFileError) else "refused with an XflowError")
         return None
     check_workflow(workflow)
+    event("loaded")
     return workflow
 
 
@@ -90,8 +92,8 @@ def check_workflow(workflow: Workflow) -> None:
     """What a loaded workflow promises: names that match their patterns whole, sane numbers, known events."""
     assert WORKFLOW_ID.fullmatch(workflow.id)
     assert 1 <= workflow.hop_limit <= 1_000_000 and type(workflow.hop_limit) is int
-    for event in workflow.flow:
-        assert EVENT_NAME.fullmatch(event) and "\n" not in event
+    for name in workflow.flow:
+        assert EVENT_NAME.fullmatch(name) and "\n" not in name
     for name, function in workflow.functions.items():
         assert FUNCTION_NAME.fullmatch(name)
         assert type(function.retries) is int and 0 <= function.retries <= 100
@@ -109,7 +111,7 @@ scalars = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max
 keys = st.sampled_from(["lambdas", "functions", "subscriptions", "workflows", "general", "aws", "transport",
                         "provider", "tracker", "name", "event", "subscribers", "source", "handler", "publishes",
                         "retries", "timeout", "memory", "batch_size", "flow", "id", "options", "hop_limit",
-                        "runtime", "environment", "<<"]) | st.text(max_size=8)
+                        "runtime", "environment", "<<", "_schema", "key", "value"]) | st.text(max_size=8)
 documents = st.recursive(scalars, lambda children: st.lists(children, max_size=4)
                          | st.dictionaries(keys, children, max_size=5), max_leaves=25)
 
@@ -198,9 +200,11 @@ def test_word_count_text_edits_load_or_raise_xflow_error(fuzz_dir, cuts):
 
 
 def test_the_unmutated_example_passes_the_same_checks(fuzz_dir):
-    text = yaml.safe_dump(WORD_COUNT_DATA, sort_keys=False)
-    workflow = check_outcome(fuzz_dir / "same.yaml", text.encode())
-    assert workflow is not None and workflow.flow[-1] == "FileSummarized"
+    path = fuzz_dir / "same.yaml"
+    path.write_text(yaml.safe_dump(WORD_COUNT_DATA, sort_keys=False))
+    workflow = load_workflow(path)
+    check_workflow(workflow)
+    assert workflow.flow[-1] == "FileSummarized" and workflow.subscribers("FileSummarized") == ()
 
 
 # -- the corpus of malformed files ---------------------------------------------------------------

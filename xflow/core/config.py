@@ -564,17 +564,30 @@ def _substitute_env(value: str, where: tuple[Any, ...], problems: _Problems) -> 
 
 
 # -- schema ------------------------------------------------------------------------------------
-def _flatten(messages: Any, where: tuple[Any, ...]) -> list[tuple[tuple[Any, ...], str]]:
-    # keys are field names, the file's own keys (text), or list positions (int); none is converted
+def _flatten(messages: Any, where: tuple[Any, ...], raw: Any) -> list[tuple[tuple[Any, ...], str]]:
+    """marshmallow's nested messages as (path, message); ``raw`` is the file's value at ``where``.
+
+    Keys are field names, the file's own keys (text) or list positions (int); none is converted. Messages
+    about the value itself come under ``_schema``, and so does an unknown key that is itself named ``_schema``.
+    """
     if isinstance(messages, dict):
         flat = []
         for key, value in messages.items():
-            flat.extend(_flatten(value, where + ((key,) if key != "_schema" else ())))
+            if key == "_schema":
+                for message in value if isinstance(value, list) else [value]:
+                    if message == "Unknown field." and isinstance(raw, dict) and "_schema" in raw:
+                        flat.append((where + ("_schema",), message))
+                    else:
+                        flat.extend(_flatten(message, where, raw))
+                continue
+            child = raw.get(key) if isinstance(raw, dict) else (
+                raw[key] if isinstance(raw, list) and isinstance(key, int) and 0 <= key < len(raw) else None)
+            flat.extend(_flatten(value, where + (key,), child))
         return flat
     if isinstance(messages, list):
         flat = []
         for item in messages:
-            flat.extend(_flatten(item, where) if isinstance(item, (dict, list)) else [(where, str(item))])
+            flat.extend(_flatten(item, where, raw) if isinstance(item, (dict, list)) else [(where, str(item))])
         return flat
     return [(where, str(messages))]
 
@@ -594,7 +607,7 @@ _SCHEMA_KEYS: dict[tuple[str, ...], list[str]] = {
 
 
 def _explain(where: tuple[Any, ...], message: str) -> str:
-    if message == "Unknown field.":
+    if message == "Unknown field." and where:
         return _unknown_key(tuple(p for p in where[:-1] if not isinstance(p, int)), str(where[-1]))
     if message == "Missing data for required field.":
         return "missing required field"
@@ -690,7 +703,7 @@ def _load_file(path: str | os.PathLike[str], deep: Callable[[_Built, _Problems],
     try:
         data = loaded = WorkflowSchema().load(raw)
     except ValidationError as exc:
-        for where, message in _flatten(exc.messages, ()):
+        for where, message in _flatten(exc.messages, (), raw):
             problems.add(where, _explain(where, message))
         # Cross-checks still run on what did load, so that every problem is reported at once.
         loaded = exc.valid_data if isinstance(exc.valid_data, dict) else {}
