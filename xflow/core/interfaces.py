@@ -224,10 +224,15 @@ class DeliveryRecord:
 
 @dataclass(frozen=True)
 class ExecutionHistory:
-    """Everything a tracker knows about one execution, each list ordered by time."""
+    """Everything a tracker knows about one execution, each list ordered by time.
+
+    ``warnings`` says why the records may be incomplete (say, the store's files were damaged while the
+    execution ran); ``track`` then reports an execution it would call ``running`` as ``unknown``.
+    """
 
     events: list[EventRecord]
     deliveries: list[DeliveryRecord]
+    warnings: list[str] = field(default_factory=list)
 
 
 class TrackerStore(Plugin):

@@ -4,6 +4,12 @@ Options: ``path`` (default ``STATE_DIR/WORKFLOW/tracker.db``). Safe for many wor
 one machine (WAL mode); events are keyed by event id, so recording one twice is a no-op.
 Any content is stored: text that UTF-8 cannot carry (lone surrogates) is kept as escapes, and
 times that are not finite numbers are replaced by the time of recording.
+
+Disk and state errors are named in one line (:mod:`xflow.core.sqlite_files`): a full disk, a lock held
+too long or an I/O error is :class:`BackendUnavailable` (workers wait it out); a read-only or damaged file
+is an :class:`XflowError`. Deleting ``tracker.db-wal`` (or replacing ``tracker.db``) under a running process
+is detected by that process, which writes back what it still sees, notes the incident in
+``tracker.db.incidents`` and stops; ``history`` then warns about executions whose records may be missing.
 """
 
 from __future__ import annotations
@@ -12,14 +18,16 @@ import json
 import math
 import sqlite3
 import time
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from xflow.core.errors import XflowError
 from xflow.core.hookspecs import hookimpl
 from xflow.core.interfaces import DeliveryRecord, EventRecord, ExecutionHistory, PluginContext, Step, TrackerStore
-from xflow.transports.local import connect
+from xflow.core.runtime import iso_time
+from xflow.core.sqlite_files import SqliteFile
 
 if TYPE_CHECKING:
     from xflow.core.model import Workflow
@@ -45,6 +53,7 @@ class SqliteTrackerStore(TrackerStore):
     def __init__(self, context: PluginContext) -> None:
         super().__init__(context)
         self.path = Path(context.option("path", Path(context.state_dir) / context.workflow_id / "tracker.db"))
+        self.file = SqliteFile(self.path, "tracker database")
         self._connection: sqlite3.Connection | None = None
 
     @property
@@ -53,12 +62,18 @@ class SqliteTrackerStore(TrackerStore):
             if not self.path.exists():
                 raise XflowError(f"the tracker database {self.path} does not exist",
                                  "run 'xflow setup FILE --tracker sqlite' (or 'xflow run') first")
-            self._connection = connect(self.path)
+            self._connection = self.file.connect()
         return self._connection
+
+    @contextmanager
+    def _using(self) -> Iterator[sqlite3.Connection]:
+        """The connection, checked to be on the file it opened; SQLite errors come out as one-line errors."""
+        with self.file.using(self.db) as db:
+            yield db
 
     def close(self) -> None:
         if self._connection is not None:
-            self._connection.close()
+            self.file.close(self._connection)
             self._connection = None
 
     def plan_setup(self, workflow: Workflow) -> list[Step]:
@@ -69,11 +84,15 @@ class SqliteTrackerStore(TrackerStore):
     def _create(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with closing(connect(self.path)) as connection:
-                connection.executescript(SCHEMA)
-        except (OSError, sqlite3.OperationalError) as exc:
+        except OSError as exc:
             raise XflowError(f"cannot create the tracker database {self.path}: {exc}",
                              "choose a writable state folder with --state-dir") from None
+        connection = self.file.connect()
+        try:
+            with self.file.using(connection):
+                connection.executescript(SCHEMA)
+        finally:
+            self.file.close(connection)
 
     def plan_teardown(self, workflow: Workflow) -> list[Step]:
         if not self.path.exists():
@@ -82,58 +101,74 @@ class SqliteTrackerStore(TrackerStore):
 
     def _remove(self) -> None:
         self.close()
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        self.file.remove()
         if self.path.parent.exists() and not any(self.path.parent.iterdir()):
             self.path.parent.rmdir()
 
     def record_event(self, record: EventRecord) -> None:
         data = _json(dict(record.data)) if record.data is not None else None
-        self.db.execute(
-            "INSERT OR IGNORE INTO events(event_id, execution_id, event, published_at, producer, data) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (_text(record.event_id), _text(record.execution_id), _text(record.event), _time(record.published_at),
-             _text(record.producer), data))
+        with self._using() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO events(event_id, execution_id, event, published_at, producer, data) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (_text(record.event_id), _text(record.execution_id), _text(record.event), _time(record.published_at),
+                 _text(record.producer), data))
 
     def record_delivery(self, record: DeliveryRecord) -> None:
-        self.db.execute(
-            "INSERT INTO deliveries(execution_id, event_id, event, function, attempt, status, started_at, duration, "
-            "error, logs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (_text(record.execution_id), _text(record.event_id), _text(record.event), _text(record.function),
-             int(record.attempt), record.status, _time(record.started_at),
-             _time(record.duration, 0.0), _text(record.error),
-             _json([str(line) for line in record.logs])))
+        with self._using() as db:
+            db.execute(
+                "INSERT INTO deliveries(execution_id, event_id, event, function, attempt, status, started_at, "
+                "duration, error, logs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (_text(record.execution_id), _text(record.event_id), _text(record.event), _text(record.function),
+                 int(record.attempt), record.status, _time(record.started_at),
+                 _time(record.duration, 0.0), _text(record.error),
+                 _json([str(line) for line in record.logs])))
 
     def history(self, execution_id: str) -> ExecutionHistory:
-        events = [
-            EventRecord(execution_id, event_id, event, published_at, producer or "", _loads(data))
-            for event_id, event, published_at, producer, data in self.db.execute(
-                "SELECT event_id, event, published_at, producer, data FROM events WHERE execution_id = ? "
-                "ORDER BY published_at, rowid", (_text(execution_id),))
-        ]
-        deliveries = [
-            DeliveryRecord(execution_id, event_id, event, function, attempt, status, started_at, duration or 0.0,
-                           error, _lines(_loads(logs)))
-            for event_id, event, function, attempt, status, started_at, duration, error, logs in self.db.execute(
-                "SELECT event_id, event, function, attempt, status, started_at, duration, error, logs "
-                "FROM deliveries WHERE execution_id = ? ORDER BY started_at, id", (_text(execution_id),))
-        ]
-        return ExecutionHistory(events, deliveries)
+        with self._using() as db:
+            events = [
+                EventRecord(execution_id, event_id, event, published_at, producer or "", _loads(data))
+                for event_id, event, published_at, producer, data in db.execute(
+                    "SELECT event_id, event, published_at, producer, data FROM events WHERE execution_id = ? "
+                    "ORDER BY published_at, rowid", (_text(execution_id),)).fetchall()
+            ]
+            deliveries = [
+                DeliveryRecord(execution_id, event_id, event, function, attempt, status, started_at, duration or 0.0,
+                               error, _lines(_loads(logs)))
+                for event_id, event, function, attempt, status, started_at, duration, error, logs in db.execute(
+                    "SELECT event_id, event, function, attempt, status, started_at, duration, error, logs "
+                    "FROM deliveries WHERE execution_id = ? ORDER BY started_at, id", (_text(execution_id),)).fetchall()
+            ]
+        return ExecutionHistory(events, deliveries, self._warnings(events, deliveries))
+
+    def _warnings(self, events: list[EventRecord], deliveries: list[DeliveryRecord]) -> list[str]:
+        """Incidents on the file (its write-ahead log removed under running processes) that happened after the
+        execution began: records of it may have been lost, so missing outcomes prove nothing."""
+        times = [e.published_at for e in events] + [d.started_at for d in deliveries]
+        if not times:
+            return []
+        began = min(times)
+        return [f"{self.path}: {item['what']} at {iso_time(item['at'])[:19]}Z; records of this execution written "
+                "before then may be lost, so it may have finished although some outcomes are missing"
+                for item in self.file.incidents() if item["at"] >= began]
 
     def has_succeeded(self, execution_id: str, event_id: str, function: str) -> bool:
-        return self.db.execute(
-            "SELECT 1 FROM deliveries WHERE event_id = ? AND function = ? AND status = 'succeeded' LIMIT 1",
-            (_text(event_id), _text(function))).fetchone() is not None
+        with self._using() as db:
+            return db.execute(
+                "SELECT 1 FROM deliveries WHERE event_id = ? AND function = ? AND status = 'succeeded' LIMIT 1",
+                (_text(event_id), _text(function))).fetchone() is not None
 
     def executions(self) -> list[str]:
         """Execution ids known to this store, most recent first."""
-        rows = self.db.execute("SELECT execution_id, MAX(published_at) AS t FROM events GROUP BY execution_id "
-                               "ORDER BY t DESC").fetchall()
+        with self._using() as db:
+            rows = db.execute("SELECT execution_id, MAX(published_at) AS t FROM events GROUP BY execution_id "
+                              "ORDER BY t DESC").fetchall()
         return [row[0] for row in rows]
 
     def recent_executions(self, limit: int) -> list[str]:
-        rows = self.db.execute("SELECT execution_id FROM events GROUP BY execution_id ORDER BY MAX(published_at) DESC "
-                               "LIMIT ?", (max(0, int(limit)),)).fetchall()
+        with self._using() as db:
+            rows = db.execute("SELECT execution_id FROM events GROUP BY execution_id ORDER BY MAX(published_at) DESC "
+                              "LIMIT ?", (max(0, int(limit)),)).fetchall()
         return [row[0] for row in rows]
 
 

@@ -8,6 +8,11 @@ after the handler succeeded (at-least-once); a dead-letter table.
 Options: ``path`` (database file, default ``STATE_DIR/WORKFLOW/events.db``), ``partitions``
 (default 4), ``lease_seconds`` (how long a dead worker's partitions stay claimed, default 10),
 ``poll_interval`` (seconds between looks at an idle log, default 0.05), ``max_record_bytes``.
+
+Disk and state errors are named in one line (:mod:`xflow.core.sqlite_files`): a full disk, a lock held too
+long or an I/O error is :class:`BackendUnavailable` (workers wait it out, ``publish`` exits 1); a read-only
+or damaged file is an :class:`XflowError`. Deleting ``events.db-wal`` (or replacing ``events.db``) under a
+running process is detected by that process, which stops.
 """
 
 from __future__ import annotations
@@ -19,13 +24,15 @@ import sqlite3
 import time
 import uuid
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import ClassVar
 
 from xflow.core.errors import XflowError
 from xflow.core.hookspecs import hookimpl
 from xflow.core.interfaces import Consumer, Delivery, PluginContext, Record, Step, Transport
+from xflow.core.sqlite_files import SqliteFile
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams(name TEXT PRIMARY KEY, partitions INTEGER NOT NULL, created_at REAL);
@@ -44,11 +51,7 @@ CREATE TABLE IF NOT EXISTS dead_letters(id INTEGER PRIMARY KEY AUTOINCREMENT, gr
 
 def connect(path: Path) -> sqlite3.Connection:
     """A connection in autocommit mode with WAL and a generous busy timeout (many processes share the file)."""
-    connection = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=NORMAL")
-    connection.execute("PRAGMA busy_timeout=30000")
-    return connection
+    return SqliteFile(path, "SQLite file").connect()
 
 
 class LocalTransport(Transport):
@@ -67,6 +70,7 @@ class LocalTransport(Transport):
         super().__init__(context)
         default = Path(context.state_dir) / context.workflow_id / "events.db"
         self.path = Path(context.option("path", default))
+        self.file = SqliteFile(self.path, "event log")
         self.partitions = context.number_option("partitions", 4, minimum=1)
         self.lease_seconds = context.number_option("lease_seconds", 10, minimum=0.5, kind=float)
         self.poll_interval = context.number_option("poll_interval", 0.05, minimum=0.001, kind=float)
@@ -81,32 +85,44 @@ class LocalTransport(Transport):
             if not self.path.exists():
                 raise XflowError(f"the event log {self.path} does not exist",
                                  "run 'xflow setup FILE --transport local' (or 'xflow run') first")
-            self._connection = connect(self.path)
+            self._connection = self.file.connect()
         return self._connection
+
+    @contextmanager
+    def _using(self) -> Iterator[sqlite3.Connection]:
+        """The connection, checked to be on the file it opened; SQLite errors come out as one-line errors."""
+        with self.file.using(self.db) as db:
+            yield db
 
     def _create_log(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            connection = connect(self.path)
-            connection.executescript(SCHEMA)
-        except (OSError, sqlite3.OperationalError) as exc:
+        except OSError as exc:
             raise XflowError(f"cannot create the event log {self.path}: {exc}",
                              "choose a writable state folder with --state-dir") from None
+        connection = self.file.connect()
+        try:
+            with self.file.using(connection):
+                connection.executescript(SCHEMA)
+        except BaseException:
+            self.file.close(connection)
+            raise
         if self._connection is None:
             self._connection = connection
         else:
-            connection.close()
+            self.file.close(connection)
 
     def close(self) -> None:
         if self._connection is not None:
-            self._connection.close()
+            self.file.close(self._connection)
             self._connection = None
 
     def _existing(self) -> dict[str, int]:
         if not self.path.exists():
             return {}
         prefix = f"{self.workflow_id}-"
-        rows = self.db.execute("SELECT name, partitions FROM streams").fetchall()
+        with self._using() as db:
+            rows = db.execute("SELECT name, partitions FROM streams").fetchall()
         return {name: parts for name, parts in rows if name.startswith(prefix)}
 
     # -- setup / teardown ---------------------------------------------------------------------
@@ -130,23 +146,24 @@ class LocalTransport(Transport):
     def _create_stream(self, name: str) -> None:
         if not self.path.exists() or self._connection is None:
             self._create_log()
-        self.db.execute("INSERT OR IGNORE INTO streams(name, partitions, created_at) VALUES (?, ?, ?)",
-                        (name, self.partitions, time.time()))
+        with self._using() as db:
+            db.execute("INSERT OR IGNORE INTO streams(name, partitions, created_at) VALUES (?, ?, ?)",
+                       (name, self.partitions, time.time()))
         self._partitions_of.pop(name, None)
 
     def _delete_stream(self, name: str) -> None:
-        with _immediate(self.db):
+        with self._using() as db, _immediate(db):
             for table in ("records", "offsets", "leases", "dead_letters"):
-                self.db.execute(f"DELETE FROM {table} WHERE stream = ?", (name,))
-            self.db.execute("DELETE FROM streams WHERE name = ?", (name,))
+                db.execute(f"DELETE FROM {table} WHERE stream = ?", (name,))
+            db.execute("DELETE FROM streams WHERE name = ?", (name,))
         self._partitions_of.pop(name, None)
 
     def _remove_log_if_empty(self) -> None:
-        if self.db.execute("SELECT COUNT(*) FROM streams").fetchone()[0]:
-            return  # other workflows share this log file
+        with self._using() as db:
+            if db.execute("SELECT COUNT(*) FROM streams").fetchone()[0]:
+                return  # other workflows share this log file
         self.close()
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        self.file.remove()
         if self.path.parent.exists() and not any(self.path.parent.iterdir()):
             self.path.parent.rmdir()
 
@@ -154,7 +171,8 @@ class LocalTransport(Transport):
     def partitions_of(self, stream: str) -> int:
         count = self._partitions_of.get(stream)
         if count is None:
-            row = self.db.execute("SELECT partitions FROM streams WHERE name = ?", (stream,)).fetchone()
+            with self._using() as db:
+                row = db.execute("SELECT partitions FROM streams WHERE name = ?", (stream,)).fetchone()
             if row is None:
                 raise XflowError(f"stream {stream!r} does not exist in {self.path}",
                                  "run 'xflow setup' for this workflow first")
@@ -171,31 +189,36 @@ class LocalTransport(Transport):
         partitions = self.partitions_of(stream)
         now = time.time()
         rows = [(stream, zlib.crc32(r.key.encode()) % partitions, r.key, r.value, now) for r in records]
-        with _immediate(self.db):
-            self.db.executemany("INSERT INTO records(stream, part, key, value, appended_at) VALUES (?, ?, ?, ?, ?)",
-                                rows)
+        with self._using() as db, _immediate(db):
+            db.executemany("INSERT INTO records(stream, part, key, value, appended_at) VALUES (?, ?, ?, ?, ?)", rows)
 
     # -- consume ------------------------------------------------------------------------------
     def subscribe(self, group: str, events: Sequence[str]) -> Consumer:
         return LocalConsumer(self, group, [self.stream_name(e) for e in events], {self.stream_name(e): e for e in events})
 
     def dead_letter(self, group: str, delivery: Delivery, reason: str) -> None:
-        self.db.execute(
-            "INSERT INTO dead_letters(grp, stream, part, position, key, value, reason, at) VALUES (?,?,?,?,?,?,?,?)",
-            (group, self.stream_name(delivery.event), int(delivery.partition), int(delivery.position), delivery.key,
-             delivery.value, reason, time.time()))
+        with self._using() as db:
+            db.execute(
+                "INSERT INTO dead_letters(grp, stream, part, position, key, value, reason, at) VALUES (?,?,?,?,?,?,?,?)",
+                (group, self.stream_name(delivery.event), int(delivery.partition), int(delivery.position),
+                 delivery.key, delivery.value, reason, time.time()))
 
     def dead_letters(self, group: str | None = None) -> list[dict[str, object]]:
         """Dead-lettered deliveries (for inspection and tests)."""
         query = "SELECT grp, stream, part, position, key, value, reason FROM dead_letters"
-        rows = self.db.execute(query + (" WHERE grp = ?" if group else "") + " ORDER BY id",
-                               (group,) if group else ()).fetchall()
+        with self._using() as db:
+            rows = db.execute(query + (" WHERE grp = ?" if group else "") + " ORDER BY id",
+                              (group,) if group else ()).fetchall()
         keys = ("group", "stream", "partition", "position", "key", "value", "reason")
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
 
 class _immediate:
-    """``with _immediate(db):`` a write transaction taken up front (no deadlock on upgrade)."""
+    """``with _immediate(db):`` a write transaction taken up front (no deadlock on upgrade).
+
+    A failed COMMIT (a full disk) leaves no transaction open behind it: it is rolled back, so the next
+    ``BEGIN`` on this connection works once the cause has passed.
+    """
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
@@ -205,7 +228,19 @@ class _immediate:
         return self.db
 
     def __exit__(self, kind: object, *rest: object) -> None:
-        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+        if kind is None:
+            try:
+                self.db.execute("COMMIT")
+            except sqlite3.Error:
+                self._rollback()
+                raise
+        else:
+            self._rollback()
+
+    def _rollback(self) -> None:
+        if self.db.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL, SQLITE_IOERR)
+            with suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
 
 
 Unit = tuple[str, int]
@@ -216,7 +251,8 @@ class LocalConsumer(Consumer):
 
     def __init__(self, transport: LocalTransport, group: str, streams: list[str], events: dict[str, str]) -> None:
         self.transport, self.group, self.events = transport, group, events
-        self.db = connect(transport.path) if transport.path.exists() else transport.db
+        self.file = transport.file
+        self.db = self.file.connect() if transport.path.exists() else transport.db
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.units: list[Unit] = [(s, p) for s in streams for p in range(transport.partitions_of(s))]
         self.fetched: dict[Unit, int] = {}
@@ -226,7 +262,7 @@ class LocalConsumer(Consumer):
     def _rebalance(self) -> None:
         now = time.time()
         expires = now + self.transport.lease_seconds
-        with _immediate(self.db) as db:
+        with self.file.using(self.db) as db, _immediate(db):
             db.execute("INSERT OR REPLACE INTO members(grp, owner, expires_at) VALUES (?, ?, ?)",
                        (self.group, self.owner, expires))
             db.execute("DELETE FROM members WHERE grp = ? AND expires_at < ?", (self.group, now))
@@ -253,21 +289,27 @@ class LocalConsumer(Consumer):
         self.next_heartbeat = self.next_renewal = now + self.transport.lease_seconds / 3
 
     def poll(self, max_records: int, timeout: float) -> list[Delivery]:
+        """Up to ``max_records`` deliveries. A poll that fails (a full disk, an I/O error) moves no position: the
+        same records come again from the next poll."""
         deadline = time.monotonic() + timeout
         while True:
             if time.time() >= self.next_heartbeat:
                 self._rebalance()
             deliveries: list[Delivery] = []
-            for unit, position in self.fetched.items():
-                if len(deliveries) >= max_records:
-                    break
-                rows = self.db.execute(
-                    "SELECT id, key, value FROM records WHERE stream = ? AND part = ? AND id > ? ORDER BY id LIMIT ?",
-                    (*unit, position, max_records - len(deliveries))).fetchall()
-                for record_id, key, value in rows:
-                    deliveries.append(Delivery(self.events[unit[0]], str(unit[1]), str(record_id), key, bytes(value)))
-                if rows:
-                    self.fetched[unit] = rows[-1][0]
+            advanced: dict[Unit, int] = {}
+            with self.file.using(self.db) as db:
+                for unit, position in self.fetched.items():
+                    if len(deliveries) >= max_records:
+                        break
+                    rows = db.execute(
+                        "SELECT id, key, value FROM records WHERE stream = ? AND part = ? AND id > ? ORDER BY id LIMIT ?",
+                        (*unit, position, max_records - len(deliveries))).fetchall()
+                    for record_id, key, value in rows:
+                        deliveries.append(Delivery(self.events[unit[0]], str(unit[1]), str(record_id), key,
+                                                   bytes(value)))
+                    if rows:
+                        advanced[unit] = rows[-1][0]
+            self.fetched.update(advanced)
             if deliveries or time.monotonic() >= deadline:
                 return deliveries
             time.sleep(min(self.transport.poll_interval, max(0.0, deadline - time.monotonic())))
@@ -279,13 +321,13 @@ class LocalConsumer(Consumer):
             latest[unit] = max(latest.get(unit, 0), int(delivery.position))
         if not latest:
             return
-        with _immediate(self.db) as db:
-            now = time.time()
-            if now >= self.next_renewal:
+        now = time.time()
+        renew = now >= self.next_renewal
+        with self.file.using(self.db) as db, _immediate(db):
+            if renew:
                 expires = now + self.transport.lease_seconds
                 db.execute("UPDATE leases SET expires_at = ? WHERE grp = ? AND owner = ?", (expires, self.group, self.owner))
                 db.execute("UPDATE members SET expires_at = ? WHERE grp = ? AND owner = ?", (expires, self.group, self.owner))
-                self.next_renewal = now + self.transport.lease_seconds / 3
             for (stream, part), position in latest.items():
                 owner = db.execute("SELECT owner FROM leases WHERE grp = ? AND stream = ? AND part = ?",
                                    (self.group, stream, part)).fetchone()
@@ -295,16 +337,19 @@ class LocalConsumer(Consumer):
                     "INSERT INTO offsets(grp, stream, part, position) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT(grp, stream, part) DO UPDATE SET position = MAX(position, excluded.position)",
                     (self.group, stream, part, position))
+        if renew:
+            self.next_renewal = now + self.transport.lease_seconds / 3
 
     def close(self) -> None:
+        """Leave the group (best effort: on a full disk or a damaged log the leases simply expire)."""
         try:
-            with _immediate(self.db) as db:
+            with self.file.using(self.db) as db, _immediate(db):
                 db.execute("DELETE FROM leases WHERE grp = ? AND owner = ?", (self.group, self.owner))
                 db.execute("DELETE FROM members WHERE grp = ? AND owner = ?", (self.group, self.owner))
-        except sqlite3.Error:
+        except (sqlite3.Error, XflowError):
             pass
         if self.db is not self.transport._connection:
-            self.db.close()
+            self.file.close(self.db)
 
 
 @hookimpl
