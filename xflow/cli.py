@@ -405,7 +405,7 @@ def redrive(ctx: click.Context, file: Path, execution_id: str, functions: tuple[
 
 
 STATE_STYLE = {"processed": "green", "succeeded": "green", "failed": "bold red", "pending": "yellow",
-               "not_reached": "dim", "running": "yellow"}
+               "not_reached": "dim", "running": "yellow", "unknown": "bold yellow"}
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
@@ -426,6 +426,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
     console.print(table)
     last = summary["last_unprocessed_event"]
     console.print(f"last unprocessed event: {last or 'none, every event was processed'}")
+    if summary.get("warning"):
+        console.print(f"[bold yellow]warning:[/] {escape(str(summary['warning']))}")
     for event in summary["events"]:
         for subscriber in event["subscribers"]:
             if subscriber["state"] == "failed":

@@ -4,10 +4,15 @@ The rules (see ``xflow track``):
 
 - an event's ``count`` is the number of distinct event ids published with its name;
 - a subscriber is ``failed`` if its latest outcome on any of those events is a failure for good,
-  ``succeeded`` if it succeeded on all of them, else ``pending`` (a re-driven failure is pending again);
+  ``succeeded`` if it succeeded on all of them, else ``pending`` (a re-driven failure is pending again).
+  It succeeded on an event when a success is recorded, or, if its outcome record was lost (a damaged
+  tracker file), when the first event it published while handling it is recorded: handlers publish
+  only after they succeed, and that event's id is derived from the handled one;
 - an event is ``not_reached`` when never published, ``failed`` when a subscriber failed,
   ``processed`` when every subscriber succeeded on every occurrence (or it has none), else ``pending``;
 - the execution is ``failed`` if an event failed, ``running`` if one is pending, else ``succeeded``;
+  when the tracker warns that records of the execution may be lost (``ExecutionHistory.warnings``), an
+  execution that would be ``running`` is ``unknown`` instead, and the object gets a ``warning`` key;
 - ``last_unprocessed_event`` is the first event in flow order that is not ``processed``.
 """
 
@@ -18,7 +23,7 @@ from typing import Any
 
 from xflow.core.interfaces import DeliveryRecord, ExecutionHistory
 from xflow.core.model import Workflow
-from xflow.core.runtime import iso_time
+from xflow.core.runtime import derive_event_id, iso_time
 
 
 def summarize(workflow: Workflow, execution_id: str, history: ExecutionHistory) -> dict[str, Any]:
@@ -40,10 +45,11 @@ def summarize(workflow: Workflow, execution_id: str, history: ExecutionHistory) 
             ids.append(delivery.event_id)
             first_seen.setdefault(delivery.event, delivery.started_at)
 
+    known_ids = {record.event_id for record in history.events}
     events = []
     for name in workflow.flow:
         event_ids = ids_by_event.get(name, [])
-        subscribers = [_subscriber(fn, event_ids, attempts) for fn in workflow.subscribers(name)]
+        subscribers = [_subscriber(fn, event_ids, attempts, known_ids) for fn in workflow.subscribers(name)]
         if not event_ids:
             state = "not_reached"
         elif any(s["state"] == "failed" for s in subscribers):
@@ -64,18 +70,24 @@ def summarize(workflow: Workflow, execution_id: str, history: ExecutionHistory) 
     status = "failed" if "failed" in states else "running" if "pending" in states else "succeeded"
     if not ids_by_event:
         status = "running"  # nothing recorded yet: published but not seen, or an unknown execution
+    warnings = list(getattr(history, "warnings", None) or ())
+    if status == "running" and warnings and ids_by_event:
+        status = "unknown"  # pending only for want of records that may have been lost: not known to be running
     last_unprocessed = next((e["name"] for e in events if e["state"] != "processed"), None)
-    return {
+    summary = {
         "workflow_id": workflow.id,
         "execution_id": execution_id,
         "status": status,
         "events": events,
         "last_unprocessed_event": last_unprocessed,
     }
+    if status == "unknown":
+        summary["warning"] = " ".join(warnings)
+    return summary
 
 
-def _subscriber(function: str, event_ids: list[str],
-                attempts: dict[tuple[str, str], list[DeliveryRecord]]) -> dict[str, Any]:
+def _subscriber(function: str, event_ids: list[str], attempts: dict[tuple[str, str], list[DeliveryRecord]],
+                known_ids: set[str]) -> dict[str, Any]:
     outcomes = []
     total_attempts = 0
     last_error = None
@@ -91,6 +103,8 @@ def _subscriber(function: str, event_ids: list[str],
             last_error = failed[-1].error
             for record in failed:
                 logs.extend(record.logs)
+        elif derive_event_id(event_id, function, 0) in known_ids:
+            outcomes.append("succeeded")  # its success record was lost, but what it published is recorded
         else:
             outcomes.append("pending")
             if records:
