@@ -7,7 +7,9 @@ parsed with :mod:`ast`), so that a broken handler is reported before any event i
 starting more workers. Teardown removes the folder where workers fetch remote sources.
 
 Options: ``batch_size`` (deliveries per poll, default 100), ``backoff_seconds`` (first retry
-delay, doubled each retry, default 0.2), ``backoff_max_seconds`` (default 5).
+delay, doubled each retry, default 0.2), ``backoff_max_seconds`` (default 5),
+``unavailable_give_up_seconds`` (how long a worker waits out an unavailable backend before it stops
+with exit status 1; default 0, until the backend is back).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class LocalFunctionProvider(FunctionProvider):
         "batch_size": "deliveries taken per poll (default 100)",
         "backoff_seconds": "delay before the first retry, doubled on each retry (default 0.2)",
         "backoff_max_seconds": "longest delay between retries (default 5)",
+        "unavailable_give_up_seconds": "how long a worker waits for an unavailable backend (a full disk, a broker "
+                                       "restart) before it stops with exit status 1 (default 0: until it is back)",
     }
 
     def sources_folder(self, workflow: Workflow) -> Path:
