@@ -25,9 +25,9 @@ SECRET_NAME_PARTS = ("password", "passwd", "pwd", "secret", "token", "credential
 #: shortest value masked by value: shorter ones would mask ordinary words in messages
 MIN_SECRET_LENGTH = 3
 
-# scheme://userinfo@ (any scheme, any number of slashes, a password that may contain '@', ':' or spaces
+# scheme://userinfo@ (any scheme, one to three slashes, a password that may contain '@', ':' or spaces
 # as long as it does not cross a line); the last '@' before the host ends the userinfo
-_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*:/{0,3})(?P<userinfo>[^\s/@'\"]*:[^\n]*?)@"
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*:/{1,3})(?P<userinfo>[^\s/@'\"]*:[^\n/]*?)@"
                            r"(?=[A-Za-z0-9._~%\-\[\]:]+(?:$|[\s/?#'\"),;]))")
 # password=VALUE or password: VALUE in libpq strings, query strings and key/value text; quoted values too
 _KEY_VALUE = re.compile(r"(?i)(?P<key>\b(?:password|passwd|pwd|secret|token|api_key|apikey|sasl_plain_password)"
