@@ -27,7 +27,7 @@ from xflow.core.errors import BackendUnavailable, XflowError
 from xflow.core.interfaces import DeliveryRecord, EventRecord, ExecutionHistory, PluginContext
 from xflow.core.model import Workflow
 from xflow.core.runtime import derive_event_id
-from xflow.core.sqlite_files import StateFileError, translate
+from xflow.core.sqlite_files import DiskFull, StateFileError, translate
 from xflow.core.tracking import summarize
 from xflow.trackers.sqlite import SqliteTrackerStore
 from xflow.transports.local import LocalTransport
@@ -458,7 +458,7 @@ def _record(execution: str):
 
 # -- what SQLite errors mean, and what track makes of lost records ---------------------------------------------------
 @pytest.mark.parametrize(("message", "code", "kind", "words"), [
-    ("database or disk is full", 13, BackendUnavailable, "is full"),
+    ("database or disk is full", 13, DiskFull, "is full"),
     ("disk I/O error", 10, BackendUnavailable, "cannot be read or written"),
     ("disk I/O error", 10 | (2 << 8), BackendUnavailable, "-wal was probably removed"),
     ("database is locked", 5, BackendUnavailable, "stayed locked"),
@@ -477,8 +477,17 @@ def test_sqlite_errors_become_one_line_errors_naming_the_file(tmp_path, message,
             assert type(error) is kind and str(path) in str(error) and "\n" not in str(error)
             assert error.hint
         assert words in str(by_code)
-        assert (kind is BackendUnavailable) == (by_code.exit_code == 1)
+        assert issubclass(kind, BackendUnavailable) == (by_code.exit_code == 1)
     assert translate(sqlite3.OperationalError("no such table: x"), path, "event log") is None  # a bug, not the disk
+
+
+def test_an_io_error_on_a_disk_with_no_room_left_is_a_full_disk(tmp_path, monkeypatch):
+    """SQLite reports a full disk met while sizing its -shm file as SQLITE_IOERR_SHMSIZE: the free space decides."""
+    exc = sqlite3.OperationalError("disk I/O error")
+    assert not isinstance(translate(exc, tmp_path / "tracker.db", "tracker database"), DiskFull)
+    monkeypatch.setattr(os, "statvfs", lambda path: os.statvfs_result((4096, 4096, 100, 0, 0, 10, 0, 0, 0, 255)))
+    error = translate(exc, tmp_path / "tracker.db", "tracker database")
+    assert isinstance(error, DiskFull) and "is full" in str(error) and error.exit_code == 1
 
 
 def test_track_reads_lost_success_records_from_published_events_and_says_unknown_rather_than_running(tmp_path):

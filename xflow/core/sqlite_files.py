@@ -58,6 +58,10 @@ WRITABLE_HINT = "make the state folder and its files writable by this user, or c
 CHECKPOINT_BUSY_MS = 5000
 
 
+class DiskFull(BackendUnavailable):
+    """The disk holding a state file is full: workers wait until space is freed; a command exits 1."""
+
+
 class StateFileError(XflowError):
     """A file in the state folder that cannot be used as it is: damaged, read-only, or removed or replaced
     under a running process. Never the fault of the record being handled: a worker stops on it (exit 2)."""
@@ -83,8 +87,8 @@ def translate(exc: sqlite3.Error, path: Path, role: str) -> XflowError | None:
     name = getattr(exc, "sqlite_errorname", None)
     if name and name not in reason:
         reason = f"{reason}, {name}"
-    if primary == SQLITE_FULL:
-        return BackendUnavailable(f"the disk holding the {role} {path} is full ({reason})",
+    if primary == SQLITE_FULL or (primary == SQLITE_IOERR and _no_room(path)):  # an I/O error from ENOSPC too
+        return DiskFull(f"the disk holding the {role} {path} is full ({reason})",
                                   "free space there, or choose another state folder with --state-dir; workers "
                                   "wait and go on by themselves")
     if primary in (SQLITE_BUSY, SQLITE_LOCKED):
@@ -125,6 +129,15 @@ def read_only_reason(path: Path) -> str | None:
         if candidate.exists() and not os.access(candidate, os.W_OK):
             return f"{what} is not writable by this user"
     return None
+
+
+def _no_room(path: Path) -> bool:
+    """Whether the file system holding ``path`` is (nearly) full: under 64 KiB left for this user."""
+    try:
+        status = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return status.f_bavail * status.f_frsize < 65536
 
 
 Identity = tuple[int, int]
@@ -215,10 +228,9 @@ class SqliteFile:
         try:
             yield connection
         except sqlite3.Error as exc:
-            code = error_code(exc)
-            if code is not None and code & 0xFF == SQLITE_FULL:
-                self._make_room(connection)
             error = self.error(exc)
+            if isinstance(error, DiskFull):
+                self._make_room(connection)
             if error is None:
                 raise
             raise error from None
