@@ -133,18 +133,25 @@ class ApacheKafka:
 
     def start(self, timeout: float = 120.0) -> None:
         heap = os.environ.get("KAFKA_HEAP_OPTS", "-Xmx512m -Xms128m")
+        # the log is appended to across restarts: look for this start's line only
+        offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as out:
             self.process = subprocess.Popen(self._java("kafka.Kafka", str(self.config), heap=heap),
                                             stdout=out, stderr=subprocess.STDOUT, cwd=self.folder)
         _wait_for_port(self.port, self.process, timeout, self.log)
         deadline = time.monotonic() + timeout
-        while "Kafka Server started" not in self.log.read_text(errors="replace"):
+        while "Kafka Server started" not in self.log.read_bytes()[offset:].decode(errors="replace"):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"Apache Kafka did not start:\n{_tail(self.log)}")
             time.sleep(0.2)
 
-    def stop(self) -> None:
-        _stop(self.process)
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """SIGTERM: a clean shutdown; SIGKILL: none (the next start recovers the logs)."""
+        if sig == signal.SIGTERM:
+            _stop(self.process)
+        elif self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(30)
 
     def restart(self) -> None:
         self.stop()
@@ -193,6 +200,14 @@ class KafkaBroker:
 
     def restart(self) -> None:
         self.server.restart()
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop a broker that can restart (SIGTERM: clean shutdown; SIGKILL: none); ``start`` brings it back
+        on the same ports and data folder and returns once it serves."""
+        self.server.stop(sig)
+
+    def start(self) -> None:
+        self.server.start()
 
     def transport_options(self, **more: str) -> dict[str, str]:
         return {"bootstrap_servers": self.bootstrap, **TEST_OPTIONS, **self.options, **more}
