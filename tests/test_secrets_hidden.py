@@ -127,8 +127,13 @@ def test_mistyped_option_never_echoes_its_value(password: str, name: str, separa
         _assert_hidden(password, argv, text, _state_text(folder / "state") if (folder / "state").exists() else "")
 
 
+# passwords a URL parser reads one way: no '/', '#' or '?', and no separator after an '@' in them
+plain_url_passwords = st.text(alphabet="abcXYZ0189@: %='\"&;!$", min_size=6, max_size=24).filter(
+    lambda p: p.strip() == p and len(set(p)) >= 4 and not set(p.partition("@")[2]) & set(" '\",;"))
+
+
 @settings(max_examples=300, deadline=None)
-@given(password=passwords, scheme=st.sampled_from(["redis", "Redis", "postgresql", "https", "amqp", "x+y"]),
+@given(password=plain_url_passwords, scheme=st.sampled_from(["redis", "Redis", "postgresql", "https", "amqp", "x+y"]),
        slashes=st.sampled_from(["//", "/"]), user=st.sampled_from(["", "u", "admin"]))
 def test_error_messages_mask_url_passwords(password: str, scheme: str, slashes: str, user: str) -> None:
     """An XflowError mentioning a URL with userinfo masks the password even when it was never registered.
@@ -137,9 +142,6 @@ def test_error_messages_mask_url_passwords(password: str, scheme: str, slashes: 
     the text can be read one way: no '/', '#' or '?' in the password, and after an '@' in it no separator.)
     """
     redact.forget_all()
-    assume(not set(password) & set("/#?"))
-    if "@" in password:
-        assume(not set(password.partition("@")[2]) & set(" '\",;)"))
     url = f"{scheme}:{slashes}{user}:{password}@db.example:5432/x"
     error = XflowError(f"cannot reach {url!r} while connecting", f"check {url}")
     for fragment in {password} | {password[i:i + 6] for i in range(0, max(1, len(password) - 5))}:

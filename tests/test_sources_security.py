@@ -278,8 +278,9 @@ def test_folder_source_with_links(tmp_path, host_secret):
         fetch_source(fn("src", source_path=src), tmp_path / "dl")
 
 
-def _lambda_artifacts(tmp_path: Path, source: str, handler: str, host_secret: bytes) -> tuple[Exception | None, Path]:
-    """Run the Lambda provider's packaging on a one-function workflow; return its error and the state folder."""
+def _lambda_artifacts(tmp_path: Path, source: str, handler: str,
+                      host_secret: bytes) -> tuple[Exception | None, list[bytes]]:
+    """Run the Lambda provider's packaging on a one-function workflow; return its error and the zips it built."""
     from xflow.core.config import load_workflow
     from xflow.core.interfaces import PluginContext
     from xflow.providers.aws_lambda import LambdaProvider
@@ -293,20 +294,19 @@ def _lambda_artifacts(tmp_path: Path, source: str, handler: str, host_secret: by
     provider = LambdaProvider(PluginContext(wid, {}, state, workflow))
     transport = SimpleNamespace(stream_name=lambda e: f"{wid}-{e}")
     tracker = SimpleNamespace(log_group=f"/xflow/{wid}")
-    error = None
+    error, zips = None, []
     try:
-        provider.desired_functions(workflow, transport, tracker)
+        zips = [spec.zip_bytes for spec in provider.desired_functions(workflow, transport, tracker)]
     except XflowError as exc:
         error = exc
-    for path in state.rglob("*") if state.exists() else []:
-        if path.is_file():
-            data = path.read_bytes()
-            assert host_secret not in data
-            if path.suffix == ".zip":
-                for info in zipfile.ZipFile(io.BytesIO(data)).infolist():
-                    assert host_secret not in zipfile.ZipFile(io.BytesIO(data)).read(info)
-                    assert not stat.S_ISLNK(info.external_attr >> 16)
-    return error, state
+    files = [p.read_bytes() for p in state.rglob("*") if p.is_file()] if state.exists() else []
+    for data in files + zips:
+        assert host_secret not in data
+    for data in zips:
+        for info in zipfile.ZipFile(io.BytesIO(data)).infolist():
+            assert host_secret not in zipfile.ZipFile(io.BytesIO(data)).read(info)
+            assert not stat.S_ISLNK(info.external_attr >> 16)
+    return error, zips
 
 
 def test_lambda_packaging_never_ships_a_host_file(tmp_path, host_secret):
@@ -315,11 +315,10 @@ def test_lambda_packaging_never_ships_a_host_file(tmp_path, host_secret):
     src.mkdir()
     (src / "handler.py").write_text(HANDLER)
     os.symlink("handler.py", src / "alias.py")
-    error, state = _lambda_artifacts(tmp_path, "src", "handler.handle", secret)
+    error, zips = _lambda_artifacts(tmp_path, "src", "handler.handle", secret)
     assert error is None
-    (artifact,) = [p for p in (state / "lambda-artifacts").iterdir()
-                   if "function/handler.py" in zipfile.ZipFile(p).namelist()]
-    assert zipfile.ZipFile(artifact).read("function/alias.py") == HANDLER.encode()  # a copy, not a link
+    (artifact,) = [z for z in zips if "function/handler.py" in zipfile.ZipFile(io.BytesIO(z)).namelist()]
+    assert zipfile.ZipFile(io.BytesIO(artifact)).read("function/alias.py") == HANDLER.encode()  # a copy, not a link
 
     os.symlink(secret_path, src / "settings.txt")
     error, _ = _lambda_artifacts(tmp_path, "src", "handler.handle", secret)

@@ -63,7 +63,7 @@ def test_an_unreachable_server_is_one_clear_error(tmp_path):
     with pytest.raises(XflowError) as caught:
         store.history("x")
     message = str(caught.value)
-    assert "cannot reach postgresql://xflow:***@127.0.0.1" in message
+    assert "cannot reach user=xflow dbname=postgres host=127.0.0.1" in message
     assert "s3cret" not in message
 
 
