@@ -8,6 +8,12 @@ dead-letter topic ``<topic>.dlq`` per event topic whose records carry the reason
 Records carry the header ``content-type: application/cloudevents+json``; keys are hashed with
 murmur2 by both clients. Teardown deletes the topics and the workflow's consumer groups.
 
+Failures: a broker that cannot be reached in time (down, restarting, killed) or that answers with an error that
+passes (a leader or coordinator moving, not enough replicas yet) is :class:`BackendUnavailable`: workers wait it
+out and go on, a command exits 1. A bad option, a missing topic and a record over the limit are :class:`XflowError`.
+Every client call has a deadline (``publish_timeout_ms`` for a publish in all; ``connect_timeout_ms`` plus
+``request_timeout_ms`` for the rest), and a producer whose publish failed is replaced by a new one.
+
 Connection: ``bootstrap_servers`` is a comma-separated ``host:port`` list. Two clients sit behind
 the same behaviour: ``client: kafka-python`` (default, ``pip install 'xflow[kafka]'``) and
 ``client: confluent`` (librdkafka, ``pip install 'xflow[kafka-fast]'``). Security settings
@@ -25,7 +31,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from xflow.core.errors import XflowError
+from xflow.core.errors import BackendUnavailable, XflowError
 from xflow.core.hookspecs import hookimpl
 from xflow.core.interfaces import Consumer, Delivery, PluginContext, Record, Step, Transport
 from xflow.transports.kafka_clients import (
@@ -47,6 +53,7 @@ _SECURITY_KEYS = (
     "ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password",
 )
 _HINT_UNREACHABLE = "check bootstrap_servers (--option bootstrap_servers=HOST:PORT or XFLOW_KAFKA_BOOTSTRAP_SERVERS)"
+_HINT_TRANSIENT = "the brokers are busy or restarting; workers wait and go on, a command can be run again"
 
 
 class KafkaConsumer(Consumer):
@@ -66,10 +73,10 @@ class KafkaConsumer(Consumer):
         try:
             messages = self._member.poll(max(1, max_records), max(0.0, timeout))
         except KafkaClientError as exc:
-            if exc.unreachable or exc.rebalanced:
-                log.warning("kafka poll of %s: %s (retrying)", self.group_id, exc)
+            if exc.rebalanced:
+                log.info("kafka poll of %s: %s (the group rebalances; polling again)", self.group_id, exc)
                 return []
-            raise XflowError(f"kafka transport: {exc}") from exc
+            raise self.transport._as_error(f"polling for consumer group {self.group_id}", exc) from exc
         return [
             Delivery(
                 event=self.topics.get(m.topic, m.topic),
@@ -83,25 +90,22 @@ class KafkaConsumer(Consumer):
         ]
 
     def commit(self, deliveries: Sequence[Delivery]) -> None:
+        """Commit up to these deliveries. A broker away is :class:`BackendUnavailable` (a worker waits and commits
+        again); a rebalance or a refusal only costs a re-delivery, which the engine drops as already handled."""
         if not deliveries:
             return
         topic_of = self.event_topics
         offsets = group_offsets((topic_of[d.event], int(d.partition), int(d.position)) for d in deliveries)
-        for attempt in range(3):
-            try:
-                self._member.commit(offsets)
-                return
-            except KafkaClientError as exc:
-                if exc.rebalanced:
-                    # the partitions moved to another member, which will read these records again;
-                    # the engine drops what it has already handled
-                    log.warning("kafka commit of %s lost to a rebalance: %s", self.group_id, exc)
-                    return
-                if attempt == 2:
-                    log.warning("kafka commit of %s failed: %s (the records will be delivered again)",
-                                self.group_id, exc)
-                    return
-                time.sleep(0.5 * (attempt + 1))
+        try:
+            self._member.commit(offsets)
+        except KafkaClientError as exc:
+            if exc.passing:
+                raise self.transport._as_error(f"committing offsets of consumer group {self.group_id}", exc) from exc
+            if exc.rebalanced:
+                # the partitions moved to another member, which will read these records again
+                log.warning("kafka commit of %s lost to a rebalance: %s", self.group_id, exc)
+            else:
+                log.warning("kafka commit of %s failed: %s (the records will be delivered again)", self.group_id, exc)
 
     def close(self) -> None:
         self._member.close()
@@ -167,11 +171,14 @@ class KafkaTransport(Transport):
         return number
 
     def _as_error(self, doing: str, exc: KafkaClientError) -> XflowError:
-        """A client failure as a one-line XflowError."""
+        """A client failure as a one-line error: :class:`BackendUnavailable` if it may pass, else XflowError."""
+        servers = self.client.settings.bootstrap_servers
         if exc.unreachable:
-            servers = self.client.settings.bootstrap_servers
-            return XflowError(f"kafka transport: cannot reach the brokers at {servers} while {doing}",
-                              _HINT_UNREACHABLE)
+            return BackendUnavailable(f"kafka transport: cannot reach the brokers at {servers} while {doing} ({exc})",
+                                      _HINT_UNREACHABLE)
+        if exc.transient:
+            return BackendUnavailable(f"kafka transport: the brokers at {servers} are not ready while {doing} ({exc})",
+                                      _HINT_TRANSIENT)
         return XflowError(f"kafka transport: {exc}")
 
     def _guard(self, doing: str, call: Any) -> Any:
@@ -327,8 +334,16 @@ class KafkaTransport(Transport):
                 raise XflowError(f"kafka transport: the broker refused a record as too large while {doing}",
                                  "publish a reference (a path or URL) instead of the payload") from exc
             if exc.missing:
-                raise XflowError(f"kafka transport: a topic is missing while {doing}",
-                                 "run `xflow setup FILE --transport kafka` first") from exc
+                # a broker that is loading its logs after a restart answers "unknown topic" for a while too:
+                # look the topics up again (now and at the next publish)
+                topics = {o.topic for o in outgoing}
+                self._known_topics -= topics
+                gone = sorted(topics - set(self._topics()))
+                if gone:
+                    raise XflowError(f"kafka transport: topic {gone[0]} is missing while {doing}",
+                                     "run `xflow setup FILE --transport kafka` first") from exc
+                raise BackendUnavailable(f"kafka transport: the brokers do not serve the topics yet while {doing} "
+                                         f"({exc})", _HINT_TRANSIENT) from exc
             raise self._as_error(doing, exc) from exc
 
     # -- consume --------------------------------------------------------------------------

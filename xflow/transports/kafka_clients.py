@@ -7,33 +7,87 @@ acknowledgement, and a consumer-group member with manual commits. Both put a key
 partition: the Java client's murmur2 hash (kafka-python's default, librdkafka's ``murmur2_random``),
 so workers on different clients keep an execution on one partition. Client libraries are imported when a client
 is built, never at import time; every client error leaves here as :class:`KafkaClientError`
-(with ``unreachable`` / ``too_large`` / ``rebalanced`` flags the transport turns into messages).
+(with ``unreachable`` / ``transient`` / ``too_large`` / ``rebalanced`` flags the transport turns into messages).
+
+Every call has a deadline: a publish waits at most its ``timeout`` in all (metadata, queueing, acknowledgements),
+admin requests at most the request and connect timeouts (kafka-python's admin client has no deadline of its own,
+so it is waited for from a helper thread), commits and closes are bounded by the clients' settings. A producer whose
+publish failed is dropped (closed in the background) and a new one is made for the next publish, so a producer
+wedged by a broker restart or kill cannot hold publishing up once the broker is back.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from xflow.core.errors import XflowError
 
 log = logging.getLogger("xflow.kafka")
+T = TypeVar("T")
 
 
 class KafkaClientError(Exception):
-    """A failure reported by a client library, classified."""
+    """A failure reported by a client library, classified.
 
-    def __init__(self, message: str, *, unreachable: bool = False, too_large: bool = False,
+    ``unreachable``: no broker answered in time (down, restarting, wrong address); ``transient``: a broker answered
+    with an error that passes by itself (a leader or coordinator moving or loading, not enough replicas yet, a
+    request timed out). Both may pass: :attr:`passing`.
+    """
+
+    def __init__(self, message: str, *, unreachable: bool = False, transient: bool = False, too_large: bool = False,
                  rebalanced: bool = False, exists: bool = False, missing: bool = False) -> None:
         super().__init__(message)
         self.unreachable = unreachable
+        self.transient = transient
         self.too_large = too_large
         self.rebalanced = rebalanced
         self.exists = exists
         self.missing = missing
+
+    @property
+    def passing(self) -> bool:
+        """Whether the failure may pass by itself (the broker is away or busy), as opposed to a mistake."""
+        return self.unreachable or self.transient
+
+
+def bounded(doing: str, seconds: float, call: Callable[[], T]) -> T:
+    """``call()``, waited for at most ``seconds`` (for library calls that have no deadline of their own).
+
+    The call runs in a daemon helper thread; one still running after ``seconds`` is left to finish or fail by
+    itself, and reported as :class:`KafkaClientError` with ``unreachable`` set.
+    """
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    helper = threading.Thread(target=run, name=f"xflow-kafka: {doing}", daemon=True)
+    helper.start()
+    helper.join(seconds)
+    if helper.is_alive():
+        raise KafkaClientError(f"{doing}: no answer within {seconds:.0f} s", unreachable=True)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def _in_background(doing: str, call: Callable[[], Any]) -> None:
+    """Run ``call()`` in a daemon thread, logging (at debug) what it raises: closing a client that may be wedged."""
+    def run() -> None:
+        try:
+            call()
+        except Exception as exc:
+            log.debug("%s: %s", doing, exc)
+
+    threading.Thread(target=run, name=f"xflow-kafka: {doing}", daemon=True).start()
 
 
 class Message(NamedTuple):
@@ -133,7 +187,8 @@ class PythonKafkaClient:
         from kafka import errors
 
         text = f"{doing}: {type(exc).__name__}: {exc}"
-        if isinstance(exc, errors.KafkaTimeoutError | errors.KafkaConnectionError | errors.NodeNotReadyError):
+        if isinstance(exc, errors.KafkaTimeoutError | errors.KafkaConnectionError | errors.NodeNotReadyError
+                      | errors.RequestTimedOutError | OSError):
             return KafkaClientError(text, unreachable=True)
         if isinstance(exc, errors.MessageSizeTooLargeError | errors.RecordListTooLargeError):
             return KafkaClientError(text, too_large=True)
@@ -147,6 +202,8 @@ class PythonKafkaClient:
         if isinstance(exc, errors.CommitFailedError | errors.RebalanceInProgressError
                       | errors.IllegalGenerationError | errors.UnknownMemberIdError):
             return KafkaClientError(text, rebalanced=True)
+        if getattr(exc, "retriable", False):  # leader/coordinator moving or loading, not enough replicas, ...
+            return KafkaClientError(text, transient=True)
         return KafkaClientError(text)
 
     def _call(self, doing: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -154,8 +211,14 @@ class PythonKafkaClient:
 
         try:
             return fn(*args, **kwargs)
-        except errors.KafkaError as exc:
+        except (errors.KafkaError, OSError) as exc:
             raise self._error(exc, doing) from exc
+
+    @property
+    def _admin_deadline(self) -> float:
+        """How long one admin request may take in all: connecting, then the request (kafka-python has no bound)."""
+        s = self.settings
+        return (s.connect_timeout_ms + s.request_timeout_ms) / 1000 + 5
 
     @property
     def admin(self) -> Any:
@@ -165,23 +228,30 @@ class PythonKafkaClient:
             self._admin = self._call("connecting", KafkaAdminClient, **self._config(KafkaAdminClient))
         return self._admin
 
+    def _admin_once(self, doing: str, method: str, *args: Any) -> Any:
+        """One admin request, with a deadline; an admin client that missed it is dropped."""
+        try:
+            return bounded(doing, self._admin_deadline, lambda: self._call(doing, getattr(self.admin, method), *args))
+        except KafkaClientError as exc:
+            if exc.unreachable:
+                self._close_admin()
+            raise
+
     def _admin_call(self, doing: str, method: str, *args: Any) -> Any:
         """An admin request; after a lost connection (a broker restart) once more on a new admin client,
         since kafka-python's admin client does not find its way back to a restarted broker."""
+        had_admin = self._admin is not None
         try:
-            return self._call(doing, getattr(self.admin, method), *args)
+            return self._admin_once(doing, method, *args)
         except KafkaClientError as exc:
-            if not exc.unreachable or self._admin is None:
+            if not exc.unreachable or not had_admin:
                 raise
-            self._close_admin()
-            return self._call(doing, getattr(self.admin, method), *args)
+            return self._admin_once(doing, method, *args)
 
     def _close_admin(self) -> None:
         admin, self._admin = self._admin, None
-        try:
-            admin.close()
-        except Exception as exc:
-            log.debug("closing kafka-python admin client: %s", exc)
+        if admin is not None:  # closing joins the admin's I/O thread, which may be the wedged part
+            _in_background("closing a kafka-python admin client", admin.close)
 
     # -- topics ---------------------------------------------------------------------------
     def topic_partitions(self) -> dict[str, int]:
@@ -221,25 +291,49 @@ class PythonKafkaClient:
         return found
 
     # -- producing ------------------------------------------------------------------------
-    def produce(self, records: Sequence[Outgoing], timeout: float) -> None:
-        """Send every record and wait until each is acknowledged by all in-sync replicas."""
-        if self._producer is None:
-            from kafka import KafkaProducer
+    def _new_producer(self, timeout: float) -> Any:
+        from kafka import KafkaProducer
 
-            self._producer = self._call("connecting", KafkaProducer, **self._config(
-                KafkaProducer, acks="all", retries=5, linger_ms=0,
-                max_block_ms=int(timeout * 1000), delivery_timeout_ms=max(int(timeout * 1000), 2000),
-                max_request_size=16 * 1024 * 1024, allow_auto_create_topics=False,
-            ))
+        delivery_ms = max(int(timeout * 1000), 2000)
+        return self._call("connecting", KafkaProducer, **self._config(
+            KafkaProducer, acks="all", retries=5, linger_ms=0,
+            # every wait of a publish fits in its timeout: metadata and queueing (max_block_ms), then the
+            # acknowledgements (delivery_timeout_ms, which kafka-python wants above request_timeout_ms)
+            max_block_ms=int(timeout * 1000), delivery_timeout_ms=delivery_ms,
+            request_timeout_ms=max(1, min(self.settings.request_timeout_ms, delivery_ms - 1)),
+            max_request_size=16 * 1024 * 1024, allow_auto_create_topics=False,
+        ))
+
+    def produce(self, records: Sequence[Outgoing], timeout: float) -> None:
+        """Send every record and wait until each is acknowledged by all in-sync replicas, ``timeout`` s at most.
+
+        A failed publish drops the producer (a new one, with fresh connections and metadata, serves the next
+        publish): after a broker restart or kill, kafka-python's producer state is not trusted to recover.
+        """
+        deadline = time.monotonic() + timeout
+        if self._producer is None:
+            self._producer = self._new_producer(timeout)
         producer = self._producer
-        futures = [
-            self._call("sending", producer.send, r.topic, key=r.key, value=r.value,
-                       headers=[(k, v) for k, v in r.headers] or None)
-            for r in records
-        ]
-        self._call("flushing", producer.flush, timeout)
-        for future in futures:
-            self._call("sending", future.get, timeout)
+        try:
+            futures = [
+                self._call("sending", producer.send, r.topic, key=r.key, value=r.value,
+                           headers=[(k, v) for k, v in r.headers] or None)
+                for r in records
+            ]
+            self._call("flushing", producer.flush, max(0.0, deadline - time.monotonic()))
+            for future in futures:
+                self._call("sending", future.get, max(0.0, deadline - time.monotonic()))
+        except KafkaClientError:
+            self._drop_producer(timeout)
+            raise
+
+    def _drop_producer(self, timeout: float) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            # kafka-python closes only once nothing is queued: what is left fails at its delivery timeout, so
+            # the close waits that long, in the background rather than on the caller's time
+            close_in = max(timeout, 2.0) + self.settings.request_timeout_ms / 1000 + 1
+            _in_background("closing a kafka-python producer", lambda: producer.close(timeout=close_in))
 
     # -- consuming ------------------------------------------------------------------------
     def consumer(self, group_id: str, topics: Sequence[str], offset_reset: str) -> PythonKafkaConsumer:
@@ -251,17 +345,26 @@ class PythonKafkaClient:
             auto_offset_reset=offset_reset, session_timeout_ms=session,
             heartbeat_interval_ms=max(100, session // 3), allow_auto_create_topics=False,
         ))
-        self._call("subscribing", consumer.subscribe, list(topics))
+        try:
+            self._call("subscribing", consumer.subscribe, list(topics))
+        except KafkaClientError:
+            PythonKafkaConsumer(self, consumer).close()
+            raise
         return PythonKafkaConsumer(self, consumer)
 
     def close(self) -> None:
-        for client in (self._producer, self._admin):
-            if client is not None:
-                try:
-                    client.close()
-                except Exception as exc:  # closing must not mask what happened before
-                    log.debug("closing kafka-python client: %s", exc)
-        self._producer = self._admin = None
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:  # a publish waited for every acknowledgement: nothing should be left to send
+                producer.close(timeout=max(1.0, self.settings.request_timeout_ms / 1000))
+            except Exception as exc:  # closing must not mask what happened before
+                log.debug("closing kafka-python producer: %s", exc)
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            try:
+                bounded("closing a kafka-python admin client", self._admin_deadline, admin.close)
+            except Exception as exc:
+                log.debug("closing kafka-python admin client: %s", exc)
 
 
 class PythonKafkaConsumer:
@@ -299,11 +402,11 @@ class PythonKafkaConsumer:
         self.client._call("committing offsets", self.consumer.commit, {
             TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
             for (topic, partition), offset in offsets.items()
-        })
+        }, timeout_ms=self.client.settings.request_timeout_ms)
 
     def close(self) -> None:
         try:
-            self.consumer.close(autocommit=False)
+            self.consumer.close(autocommit=False, timeout_ms=self.client.settings.request_timeout_ms)
         except Exception as exc:
             log.debug("closing kafka-python consumer: %s", exc)
 
@@ -318,6 +421,19 @@ _CONFLUENT_NAMES = {
     "ssl_keyfile": "ssl.key.location",
     "ssl_password": "ssl.key.password",
 }
+
+
+class _LibrdkafkaLog:
+    """librdkafka's log lines, into Python logging (``xflow.kafka.librdkafka``) at debug level instead of stderr.
+
+    A broker that is away makes librdkafka log every reconnection attempt; xflow reports the failure itself, in one
+    line (a command) or once per outage (a waiting worker). ``xflow -vv`` shows these lines.
+    """
+
+    logger = logging.getLogger("xflow.kafka.librdkafka")
+
+    def log(self, _level: int, message: str, *args: Any) -> None:
+        self.logger.debug(message, *args)
 
 
 class ConfluentClient:
@@ -341,6 +457,7 @@ class ConfluentClient:
             "bootstrap.servers": s.bootstrap_servers,
             "socket.timeout.ms": s.request_timeout_ms,
             "reconnect.backoff.max.ms": 2000,
+            "logger": _LibrdkafkaLog(),
         }
         for key, value in s.security.items():
             config[_CONFLUENT_NAMES.get(key, key)] = value
@@ -349,12 +466,18 @@ class ConfluentClient:
     def _error(self, exc: BaseException, doing: str) -> KafkaClientError:
         from confluent_kafka import KafkaError, KafkaException
 
-        code = None
-        if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
-            code = exc.args[0].code()
-        text = f"{doing}: {exc}"
+        error = exc.args[0] if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0],
+                                                                                           KafkaError) else None
+        return self._classify(error, f"{doing}: {exc}")
+
+    def _classify(self, error: Any, text: str) -> KafkaClientError:
+        """A librdkafka ``KafkaError`` (or None) as a :class:`KafkaClientError`."""
+        from confluent_kafka import KafkaError
+
+        code = error.code() if error is not None else None
         if code in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT,
-                    KafkaError._MSG_TIMED_OUT, KafkaError.REQUEST_TIMED_OUT):
+                    KafkaError._MSG_TIMED_OUT, KafkaError.REQUEST_TIMED_OUT, KafkaError._RESOLVE,
+                    KafkaError.NETWORK_EXCEPTION, KafkaError._TIMED_OUT_QUEUE):
             return KafkaClientError(text, unreachable=True)
         if code in (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_MSG_SIZE):
             return KafkaClientError(text, too_large=True)
@@ -366,6 +489,13 @@ class ConfluentClient:
                     KafkaError.UNKNOWN_MEMBER_ID, KafkaError._NO_OFFSET, KafkaError._ASSIGNMENT_LOST,
                     KafkaError._STATE):
             return KafkaClientError(text, rebalanced=True)
+        if error is not None and not error.fatal() and (error.retriable() or code in (
+                KafkaError._WAIT_COORD, KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR,
+                KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.LEADER_NOT_AVAILABLE,
+                KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.NOT_ENOUGH_REPLICAS,
+                KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND, KafkaError.KAFKA_STORAGE_ERROR,
+                KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT, KafkaError._WAIT_CACHE)):
+            return KafkaClientError(text, transient=True)
         return KafkaClientError(text)
 
     def _wait(self, doing: str, futures: Mapping[str, Any], timeout: float) -> None:
@@ -379,12 +509,25 @@ class ConfluentClient:
             except TimeoutError as exc:
                 raise KafkaClientError(f"{doing}: no answer in {timeout:.0f} s", unreachable=True) from exc
 
+    def _make(self, what: str, cls: Any, config: dict[str, Any]) -> Any:
+        """A librdkafka client; a setting it refuses (from ``client_config``) is a KafkaClientError, not a crash."""
+        from confluent_kafka import KafkaException
+
+        try:
+            return cls(config)
+        except KafkaException as exc:
+            raise self._error(exc, f"making a {what}") from exc
+        except (TypeError, ValueError) as exc:
+            raise KafkaClientError(f"making a {what}: {exc}") from exc
+
     @property
     def admin(self) -> Any:
         if self._admin is None:
             from confluent_kafka.admin import AdminClient
 
-            self._admin = AdminClient({**self._common(), **self.settings.extra})
+            self._admin = self._make("admin client", AdminClient, {**self._common(), **self.settings.extra})
+        else:
+            self._admin.poll(0)  # serves its queued log lines (nothing else is served by polling an admin client)
         return self._admin
 
     @property
@@ -459,10 +602,16 @@ class ConfluentClient:
         return found
 
     def produce(self, records: Sequence[Outgoing], timeout: float) -> None:
+        """Send every record and wait until each is acknowledged, ``timeout`` s at most in all.
+
+        A failed publish drops the producer (what it still holds is purged, so nothing of it is delivered late
+        or reported against a later publish); a new one serves the next publish.
+        """
         from confluent_kafka import KafkaException, Producer
 
+        deadline = time.monotonic() + timeout
         if self._producer is None:
-            self._producer = Producer({
+            self._producer = self._make("producer", Producer, {
                 # delivery reports for failures only, through one callback set here: a Python callback
                 # (or even a headers=None argument) per record halves librdkafka's throughput
                 # murmur2 as kafka-python and the Java client hash keys (librdkafka's default is crc32),
@@ -474,34 +623,49 @@ class ConfluentClient:
                 **self.settings.extra,
             })
         producer = self._producer
-        self._failures: list[Any] = []
-        for r in records:
-            while True:
-                try:
-                    if r.headers:
-                        producer.produce(r.topic, value=r.value, key=r.key, headers=list(r.headers))
-                    else:
-                        producer.produce(r.topic, value=r.value, key=r.key)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-                except KafkaException as exc:
-                    raise self._error(exc, "sending") from exc
-        deadline = time.monotonic() + timeout + 1
-        while producer.flush(0.5) > 0:
-            if time.monotonic() > deadline:
+        self._failures = []
+        try:
+            for r in records:
+                while True:
+                    try:
+                        if r.headers:
+                            producer.produce(r.topic, value=r.value, key=r.key, headers=list(r.headers))
+                        else:
+                            producer.produce(r.topic, value=r.value, key=r.key)
+                        break
+                    except BufferError:  # the local queue is full: serve it until the deadline
+                        if time.monotonic() > deadline:
+                            raise KafkaClientError(f"sending: the producer's queue stayed full for {timeout:.0f} s",
+                                                   unreachable=True) from None
+                        producer.poll(0.05)
+                    except KafkaException as exc:
+                        raise self._error(exc, "sending") from exc
+            if producer.flush(max(0.0, deadline - time.monotonic())) > 0:
                 raise KafkaClientError(f"sending: not acknowledged within {timeout:.0f} s", unreachable=True)
-        if self._failures:
-            raise self._error(KafkaException(self._failures[0]), "sending")
+            if self._failures:
+                raise self._classify(self._failures[0], f"sending: {self._failures[0]}")
+        except KafkaClientError:
+            self._drop_producer()
+            raise
+
+    def _drop_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        try:  # what is queued or in flight fails now (and is never delivered late); then librdkafka frees it
+            producer.purge(in_queue=True, in_flight=True, blocking=False)
+            producer.flush(0)
+        except Exception as exc:
+            log.debug("dropping a confluent producer: %s", exc)
 
     def _failed_delivery(self, err: Any, _msg: Any) -> None:
         if err is not None:
             self._failures.append(err)
 
     def consumer(self, group_id: str, topics: Sequence[str], offset_reset: str) -> ConfluentConsumer:
-        from confluent_kafka import Consumer
+        from confluent_kafka import Consumer, KafkaException
 
-        consumer = Consumer({
+        consumer = self._make("consumer", Consumer, {
             **self._common(), "group.id": group_id, "enable.auto.commit": False,
             "enable.auto.offset.store": False, "auto.offset.reset": offset_reset,
             "session.timeout.ms": self.settings.session_timeout_ms,
@@ -509,7 +673,11 @@ class ConfluentClient:
             "fetch.queue.backoff.ms": 10, "allow.auto.create.topics": False,
             **self.settings.extra,
         })
-        consumer.subscribe(list(topics))
+        try:
+            consumer.subscribe(list(topics))
+        except KafkaException as exc:
+            ConfluentConsumer(self, consumer).close()
+            raise self._error(exc, "subscribing") from exc
         return ConfluentConsumer(self, consumer)
 
     def close(self) -> None:
@@ -531,15 +699,28 @@ class ConfluentConsumer:
         except KafkaException as exc:
             raise self.client._error(exc, "polling") from exc
         found = []
+        problem: KafkaClientError | None = None
         for m in messages:
             err = m.error()
             if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if err.fatal():  # the member is unusable; what it read and did not commit goes to the others
+                    raise KafkaClientError(f"polling: {err}")
+                error = self.client._classify(err, f"polling: {err}")
+                if error.passing:
+                    problem = problem or error
+                else:
                     log.warning("kafka consumer: %s", err)
                 continue
             kind, stamp = m.timestamp()
             found.append(Message(m.topic(), m.partition(), m.offset(), m.key(), m.value() or b"",
                                  _seconds(stamp) if kind != TIMESTAMP_NOT_AVAILABLE else None))
+        if problem is not None:
+            if not found:  # a broker away (librdkafka reconnects by itself): the caller waits and polls again
+                raise problem
+            # the records read must be handed out (the consumer's position is past them); the error is only noted
+            log.debug("kafka consumer: %s (after %d records)", problem, len(found))
         # consume() may interleave partitions but keeps each partition's order, which is what counts
         return found
 
