@@ -547,6 +547,124 @@ class TrackerStoreContract:
         assert tracker.has_succeeded("ex8", "ev-1", "other")
         assert not tracker.has_succeeded("ex8", "ev-2", "reader")
 
+    # -- batches (record_events, record_deliveries, succeeded_among) ------------------------------
+
+    def test_record_events_stores_what_record_event_stores(self, tracker: TrackerStore) -> None:
+        def batch(execution_id: str) -> list[EventRecord]:
+            return [self.event(execution_id, f"{execution_id}-{i}", 1_700_000_000.0 + at, event=name,
+                               data={"i": i, "text": "Grüße 世界", "nested": {"ok": i % 2 == 0}})
+                    for i, (at, name) in enumerate([(3.25, "Parsed"), (1.5, "Uploaded"), (2.0, "Counted")])]
+
+        for record in batch("one-by-one"):
+            tracker.record_event(record)
+        tracker.record_events(batch("batched"))
+        tracker.record_events([])  # an empty batch stores nothing and is no error
+
+        def shape(events: Sequence[EventRecord], execution_id: str) -> list[tuple[Any, ...]]:
+            return [(e.execution_id, e.event_id.removeprefix(execution_id), e.event, round(e.published_at, 3),
+                     e.producer, json.dumps(e.data, sort_keys=True)) for e in events]
+
+        single = self.history(tracker, "one-by-one", lambda h: len(h.events) >= 3).events
+        batched = self.history(tracker, "batched", lambda h: len(h.events) >= 3).events
+        assert [e.event_id for e in batched] == ["batched-1", "batched-2", "batched-0"], "history is ordered by time"
+        assert [s[1:] for s in shape(batched, "batched")] == [s[1:] for s in shape(single, "one-by-one")]
+        assert {e.execution_id for e in batched} == {"batched"}
+        assert len(self.stored(tracker, "batched", lambda events: len(events) >= 3)) == 3
+
+    def test_record_deliveries_stores_what_record_delivery_stores(self, tracker: TrackerStore) -> None:
+        def batch(execution_id: str) -> list[DeliveryRecord]:
+            return [
+                self.delivery(execution_id, "ev-1", 1_700_000_002.0, status="retrying", attempt=1,
+                              error="ValueError: once", logs=("INFO try 1", "ERROR ünïcode")),
+                self.delivery(execution_id, "ev-1", 1_700_000_001.0, status="failed", attempt=1, function="other"),
+                self.delivery(execution_id, "ev-1", 1_700_000_003.0, status="succeeded", attempt=2),
+                self.delivery(execution_id, "ev-2", 1_700_000_004.0, status="succeeded"),
+            ]
+
+        for record in batch("one-by-one"):
+            tracker.record_delivery(record)
+        tracker.record_deliveries(batch("batched"))
+        tracker.record_deliveries([])
+
+        def shape(deliveries: Sequence[DeliveryRecord]) -> list[tuple[Any, ...]]:
+            return [(d.event_id, d.event, d.function, d.attempt, d.status, round(d.started_at, 3),
+                     round(d.duration, 3), d.error, tuple(d.logs)) for d in deliveries]
+
+        single = self.history(tracker, "one-by-one", lambda h: len(h.deliveries) >= 4).deliveries
+        batched = self.history(tracker, "batched", lambda h: len(h.deliveries) >= 4).deliveries
+        assert shape(batched) == shape(single)
+        assert [(d.function, d.attempt, d.status) for d in batched] == [
+            ("other", 1, "failed"), ("reader", 1, "retrying"), ("reader", 2, "succeeded"), ("reader", 1, "succeeded")]
+        assert batched[1].error == "ValueError: once" and tuple(batched[1].logs) == ("INFO try 1", "ERROR ünïcode")
+        assert {d.execution_id for d in batched} == {"batched"}
+        # a batch appends: the same attempts recorded again (a later batch) are kept beside the first ones
+        tracker.record_deliveries([self.delivery("batched", "ev-3", 1_700_000_005.0, status="retrying"),
+                                   self.delivery("batched", "ev-3", 1_700_000_006.0, status="retrying", attempt=2)])
+        again = self.history(tracker, "batched", lambda h: len(h.deliveries) >= 6).deliveries
+        assert [(d.event_id, d.attempt) for d in again[4:]] == [("ev-3", 1), ("ev-3", 2)]
+
+    def test_an_event_id_is_stored_once_within_and_across_batches(
+        self, tracker: TrackerStore, make_tracker: Callable[[], TrackerStore]
+    ) -> None:
+        """As with ``record_event``: the first record of an event id wins, whether the later one comes in the same
+        batch, a later batch, a single ``record_event`` or another instance's batch."""
+        tracker.record_events([self.event("ex11", "a", 1_700_000_000.0, data={"first": True}),
+                               self.event("ex11", "a", 1_700_000_001.0, data={"first": False}),
+                               self.event("ex11", "b", 1_700_000_002.0)])
+        tracker.record_events([self.event("ex11", "b", 1_700_000_003.0), self.event("ex11", "c", 1_700_000_004.0)])
+        tracker.record_event(self.event("ex11", "c", 1_700_000_005.0))
+        self.history(tracker, "ex11", lambda h: len(h.events) >= 3)
+        other = make_tracker()
+        other.record_events([self.event("ex11", "a", 1_700_000_006.0), self.event("ex11", "d", 1_700_000_007.0),
+                             self.event("ex11", "d", 1_700_000_008.0)])
+        stored = self.stored(tracker, "ex11", lambda events: len(events) >= 4)
+        if self.consistency_timeout:
+            time.sleep(min(self.consistency_timeout, 2.0))  # a late duplicate would show up by now
+            stored = tracker.stored_events("ex11")
+        assert sorted(e.event_id for e in stored) == ["a", "b", "c", "d"], \
+            f"each event id is stored once, found {sorted(e.event_id for e in stored)}"
+        first = {e.event_id: e for e in self.history(other, "ex11", lambda h: len(h.events) >= 4).events}
+        assert dict(first["a"].data or {}) == {"first": True}, "the first record of an event id wins"
+        assert first["b"].published_at == pytest.approx(1_700_000_002.0, abs=1e-3)
+        assert first["d"].published_at == pytest.approx(1_700_000_007.0, abs=1e-3)
+
+    def test_succeeded_among_agrees_with_has_succeeded(self, tracker: TrackerStore) -> None:
+        assert tracker.succeeded_among([]) == set()
+        tracker.record_deliveries([
+            self.delivery("ex12", "ev-1", 1_700_000_000.0, status="succeeded"),
+            self.delivery("ex12", "ev-2", 1_700_000_001.0, status="retrying"),
+            self.delivery("ex12", "ev-3", 1_700_000_002.0, status="failed"),
+            self.delivery("ex12", "ev-4", 1_700_000_003.0, status="retrying"),
+            self.delivery("ex12", "ev-4", 1_700_000_004.0, status="succeeded", attempt=2),
+            self.delivery("ex12", "ev-5", 1_700_000_005.0, status="succeeded", function="other"),
+            self.delivery("ex13", "ev-6", 1_700_000_006.0, status="succeeded"),
+        ])
+        self.history(tracker, "ex12", lambda h: len(h.deliveries) >= 6)
+        self.history(tracker, "ex13", lambda h: len(h.deliveries) >= 1)
+        keys = [("ex12", f"ev-{i}", function) for i in range(1, 8) for function in ("reader", "other")]
+        keys += [("ex13", "ev-1", "reader"), ("ex13", "ev-6", "reader"), ("ex12", "ev-1", "reader"),  # a repeat
+                 ("no-such-execution", "ev-1", "reader")]
+        expected = {("ex12", "ev-1", "reader"), ("ex12", "ev-4", "reader"), ("ex12", "ev-5", "other"),
+                    ("ex13", "ev-6", "reader")}
+        assert {key for key in keys if tracker.has_succeeded(*key)} == expected
+        found = tracker.succeeded_among(keys)
+        assert isinstance(found, set)
+        assert found == expected, f"succeeded_among must say what has_succeeded says, got {sorted(found)}"
+        assert tracker.succeeded_among([("ex12", "ev-2", "reader")]) == set()
+
+    def test_a_batch_of_a_thousand_records(self, tracker: TrackerStore) -> None:
+        count = 1000
+        tracker.record_events([self.event("ex14", f"ev-{i:04d}", 1_700_000_000.0 + i / 1000, data={"i": i})
+                               for i in range(count)])
+        tracker.record_deliveries([self.delivery("ex14", f"ev-{i:04d}", 1_700_000_000.5 + i / 1000,
+                                                 status="succeeded" if i % 2 else "retrying") for i in range(count)])
+        found = self.history(tracker, "ex14", lambda h: len(h.events) >= count and len(h.deliveries) >= count)
+        assert [e.event_id for e in found.events] == [f"ev-{i:04d}" for i in range(count)]
+        assert [d.event_id for d in found.deliveries] == [f"ev-{i:04d}" for i in range(count)]
+        assert len(self.stored(tracker, "ex14", lambda events: len(events) >= count)) == count
+        keys = [("ex14", f"ev-{i:04d}", "reader") for i in range(count)]
+        assert tracker.succeeded_among(keys) == {key for i, key in enumerate(keys) if i % 2}
+
     def test_teardown_removes_the_records(
         self, make_tracker: Callable[[], TrackerStore], workflow: Workflow
     ) -> None:

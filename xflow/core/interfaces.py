@@ -273,11 +273,35 @@ class TrackerStore(Plugin):
         return []
 
     def has_succeeded(self, execution_id: str, event_id: str, function: str) -> bool:
-        """Whether ``function`` already handled ``event_id`` successfully (used to drop duplicates)."""
+        """Whether ``function`` already handled ``event_id`` of ``execution_id`` successfully (used to drop duplicates).
+
+        Workers ask it before every delivery. The default reads the execution's whole history: a store overrides it
+        with a direct, indexed look-up.
+        """
         return any(
             d.event_id == event_id and d.function == function and d.status == "succeeded"
             for d in self.history(execution_id).deliveries
         )
+
+    def record_events(self, records: Sequence[EventRecord]) -> None:
+        """Store several events, as ``record_event`` would one by one (an ``event_id`` already stored, or met earlier
+        in the batch, is ignored). Workers settle a poll's records with it. The default loops over ``record_event``;
+        a store overrides it to write the batch at once (one transaction, one call)."""
+        for record in records:
+            self.record_event(record)
+
+    def record_deliveries(self, records: Sequence[DeliveryRecord]) -> None:
+        """Store several delivery attempts, as ``record_delivery`` would one by one (each is appended). The default
+        loops over ``record_delivery``; a store overrides it to write the batch at once."""
+        for record in records:
+            self.record_delivery(record)
+
+    def succeeded_among(self, keys: Sequence[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
+        """The keys ``(execution_id, event_id, function)`` among ``keys`` that have a succeeded delivery: what
+        ``has_succeeded`` says of each, asked once for a whole poll. The default asks ``has_succeeded`` per key; a
+        store overrides it with one query per batch."""
+        unique = dict.fromkeys((str(x), str(e), str(f)) for x, e, f in keys)
+        return {key for key in unique if self.has_succeeded(*key)}
 
 
 KINDS: dict[str, type[Plugin]] = {

@@ -5,6 +5,10 @@ one machine (WAL mode); events are keyed by event id, so recording one twice is 
 Any content is stored: text that UTF-8 cannot carry (lone surrogates) is kept as escapes, and
 times that are not finite numbers are replaced by the time of recording.
 
+Batches (``record_events``, ``record_deliveries``) are written in one transaction each; ``has_succeeded`` and
+``succeeded_among`` (one query per batch of keys) look up the ``deliveries_by_event`` index, so their cost does
+not grow with an execution's history.
+
 Disk and state errors are named in one line (:mod:`xflow.core.sqlite_files`): a full disk, a lock held
 too long or an I/O error is :class:`BackendUnavailable` (workers wait it out); a read-only or damaged file
 is an :class:`XflowError`. Deleting ``tracker.db-wal`` (or replacing ``tracker.db``) under a running process
@@ -18,8 +22,8 @@ import json
 import math
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -106,23 +110,26 @@ class SqliteTrackerStore(TrackerStore):
             self.path.parent.rmdir()
 
     def record_event(self, record: EventRecord) -> None:
-        data = _json(dict(record.data)) if record.data is not None else None
         with self._using() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO events(event_id, execution_id, event, published_at, producer, data) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (_text(record.event_id), _text(record.execution_id), _text(record.event), _time(record.published_at),
-                 _text(record.producer), data))
+            db.execute(INSERT_EVENT, _event_row(record))
 
     def record_delivery(self, record: DeliveryRecord) -> None:
         with self._using() as db:
-            db.execute(
-                "INSERT INTO deliveries(execution_id, event_id, event, function, attempt, status, started_at, "
-                "duration, error, logs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (_text(record.execution_id), _text(record.event_id), _text(record.event), _text(record.function),
-                 int(record.attempt), record.status, _time(record.started_at),
-                 _time(record.duration, 0.0), _text(record.error),
-                 _json([str(line) for line in record.logs])))
+            db.execute(INSERT_DELIVERY, _delivery_row(record))
+
+    def record_events(self, records: Sequence[EventRecord]) -> None:
+        """All in one transaction: the first record of an ``event_id`` (stored before, or earlier in the batch) wins."""
+        rows = [_event_row(record) for record in records]
+        if rows:
+            with self._using() as db, _transaction(db):
+                db.executemany(INSERT_EVENT, rows)
+
+    def record_deliveries(self, records: Sequence[DeliveryRecord]) -> None:
+        """All in one transaction."""
+        rows = [_delivery_row(record) for record in records]
+        if rows:
+            with self._using() as db, _transaction(db):
+                db.executemany(INSERT_DELIVERY, rows)
 
     def history(self, execution_id: str) -> ExecutionHistory:
         with self._using() as db:
@@ -153,10 +160,34 @@ class SqliteTrackerStore(TrackerStore):
                 for item in self.file.incidents() if item["at"] >= began]
 
     def has_succeeded(self, execution_id: str, event_id: str, function: str) -> bool:
+        """One look-up in the ``deliveries_by_event`` index (the rows of that event id), never a whole history."""
         with self._using() as db:
             return db.execute(
-                "SELECT 1 FROM deliveries WHERE event_id = ? AND function = ? AND status = 'succeeded' LIMIT 1",
-                (_text(event_id), _text(function))).fetchone() is not None
+                "SELECT 1 FROM deliveries WHERE event_id = ? AND function = ? AND status = 'succeeded' "
+                "AND execution_id = ? LIMIT 1",
+                (_text(event_id), _text(function), _text(execution_id))).fetchone() is not None
+
+    def succeeded_among(self, keys: Sequence[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
+        """One query per batch (per ``KEYS_PER_QUERY`` keys): the keys, as a ``VALUES`` list, joined with the
+        ``deliveries_by_event`` index."""
+        wanted: dict[tuple[str | None, ...], tuple[str, str, str]] = {}
+        for execution_id, event_id, function in keys:
+            key = (str(execution_id), str(event_id), str(function))
+            wanted[(_text(key[0]), _text(key[1]), _text(key[2]))] = key
+        stored = list(wanted)
+        found: set[tuple[str, str, str]] = set()
+        with self._using() as db:
+            for start in range(0, len(stored), KEYS_PER_QUERY):
+                chunk = stored[start:start + KEYS_PER_QUERY]
+                values = ", ".join(["(?, ?, ?)"] * len(chunk))
+                rows = db.execute(
+                    f"WITH wanted(execution_id, event_id, function) AS (VALUES {values}) "
+                    "SELECT DISTINCT w.execution_id, w.event_id, w.function FROM wanted AS w "
+                    "JOIN deliveries AS d ON d.event_id = w.event_id "
+                    "AND d.function = w.function AND d.status = 'succeeded' AND d.execution_id = w.execution_id",
+                    [part for key in chunk for part in key]).fetchall()
+                found.update(wanted[tuple(row)] for row in rows)
+        return found
 
     def executions(self) -> list[str]:
         """Execution ids known to this store, most recent first."""
@@ -170,6 +201,44 @@ class SqliteTrackerStore(TrackerStore):
             rows = db.execute("SELECT execution_id FROM events GROUP BY execution_id ORDER BY MAX(published_at) DESC "
                               "LIMIT ?", (max(0, int(limit)),)).fetchall()
         return [row[0] for row in rows]
+
+
+INSERT_EVENT = ("INSERT OR IGNORE INTO events(event_id, execution_id, event, published_at, producer, data) "
+                "VALUES (?, ?, ?, ?, ?, ?)")
+INSERT_DELIVERY = ("INSERT INTO deliveries(execution_id, event_id, event, function, attempt, status, started_at, "
+                   "duration, error, logs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+#: keys one ``succeeded_among`` query holds (3 parameters each: well under SQLite's 999-parameter floor)
+KEYS_PER_QUERY = 300
+
+
+def _event_row(record: EventRecord) -> tuple[Any, ...]:
+    data = _json(dict(record.data)) if record.data is not None else None
+    return (_text(record.event_id), _text(record.execution_id), _text(record.event), _time(record.published_at),
+            _text(record.producer), data)
+
+
+def _delivery_row(record: DeliveryRecord) -> tuple[Any, ...]:
+    return (_text(record.execution_id), _text(record.event_id), _text(record.event), _text(record.function),
+            int(record.attempt), record.status, _time(record.started_at), _time(record.duration, 0.0),
+            _text(record.error), _json([str(line) for line in record.logs]))
+
+
+@contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction taken up front (``BEGIN IMMEDIATE``: no deadlock on upgrade), committed at the end.
+
+    On any failure, a failed ``COMMIT`` included (a full disk), it is rolled back, so no transaction stays open
+    behind it and the next batch on this connection starts afresh.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL, SQLITE_IOERR)
+            with suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+        raise
 
 
 def _text(value: str | None) -> str | None:

@@ -10,10 +10,16 @@ Tables, shared by every workflow and keyed by ``workflow_id``:
 - ``xflow_events`` — one row per event id (recording it again is a no-op), indexed by
   ``(workflow_id, execution_id, published_at)``;
 - ``xflow_deliveries`` — one row per delivery attempt, indexed by
-  ``(workflow_id, execution_id, started_at)``.
+  ``(workflow_id, execution_id, started_at)``, and its succeeded rows by
+  ``(workflow_id, event_id, function, execution_id)`` (``xflow_deliveries_succeeded``).
 
 Reading one execution's history is two index range scans, so its cost does not grow with the
-number of executions stored. Teardown deletes the workflow's rows; the tables stay for others.
+number of executions stored. ``has_succeeded`` is one look-up in the partial index of succeeded
+deliveries; ``succeeded_among`` answers for a whole batch of keys in one query (the keys passed as
+arrays, ``unnest``-ed and joined with that index). ``record_events`` / ``record_deliveries`` write a
+batch in one statement (one round trip, atomic), the records passed as arrays the same way. A
+database set up before that index existed keeps working, more slowly; ``xflow setup`` adds it.
+Teardown deletes the workflow's rows; the tables stay for others.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -71,9 +77,11 @@ CREATE TABLE IF NOT EXISTS {s}.xflow_deliveries (
 );
 CREATE INDEX IF NOT EXISTS xflow_deliveries_by_execution
     ON {s}.xflow_deliveries (workflow_id, execution_id, started_at, id);
+CREATE INDEX IF NOT EXISTS xflow_deliveries_succeeded
+    ON {s}.xflow_deliveries (workflow_id, event_id, function, execution_id) WHERE status = 'succeeded';
 """
 _RELATIONS = ("xflow_workflows", "xflow_events", "xflow_events_by_execution", "xflow_deliveries",
-              "xflow_deliveries_by_execution")
+              "xflow_deliveries_by_execution", "xflow_deliveries_succeeded")
 
 
 def _import_psycopg() -> Any:
@@ -200,7 +208,7 @@ class PostgresTrackerStore(TrackerStore):
             if missing:
                 steps.append(Step("create", f"tables:{self.schema}.xflow_*", self._create_tables,
                                   "missing: " + ", ".join(missing)))
-            if missing or not self._workflow_known(conn, workflow.id):
+            if "xflow_workflows" in missing or not self._workflow_known(conn, workflow.id):
                 steps.append(Step("create", f"tracker:{workflow.id}", partial(self._add_workflow, workflow.id),
                                   f"postgres {_safe_dsn(self.dsn)}"))
             return steps
@@ -248,22 +256,72 @@ class PostgresTrackerStore(TrackerStore):
 
     # -- records -------------------------------------------------------------------------------
 
-    def record_event(self, record: EventRecord) -> None:
+    def _insert_event(self) -> str:
+        return (f"INSERT INTO {self._table('xflow_events')} "
+                "(workflow_id, event_id, execution_id, event, published_at, producer, data) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (workflow_id, event_id) DO NOTHING")
+
+    def _insert_delivery(self) -> str:
+        return (f"INSERT INTO {self._table('xflow_deliveries')} (workflow_id, execution_id, event_id, event, "
+                "function, attempt, status, started_at, duration, error, logs) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)")
+
+    def _event_row(self, record: EventRecord) -> tuple[Any, ...]:
         data = None if record.data is None else json.dumps(dict(record.data), ensure_ascii=False)
-        self._run("recording an event", lambda conn: conn.execute(
-            f"INSERT INTO {self._table('xflow_events')} "
-            "(workflow_id, event_id, execution_id, event, published_at, producer, data) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (workflow_id, event_id) DO NOTHING",
-            (self.workflow_id, record.event_id, record.execution_id, record.event, record.published_at,
-             record.producer or "", data)))
+        return (self.workflow_id, record.event_id, record.execution_id, record.event, record.published_at,
+                record.producer or "", data)
+
+    def _delivery_row(self, record: DeliveryRecord) -> tuple[Any, ...]:
+        return (self.workflow_id, record.execution_id, record.event_id, record.event, record.function, record.attempt,
+                record.status, record.started_at, record.duration, _text(record.error),
+                [_text(line) for line in record.logs])
+
+    def record_event(self, record: EventRecord) -> None:
+        row = self._event_row(record)
+        self._run("recording an event", lambda conn: conn.execute(self._insert_event(), row))
 
     def record_delivery(self, record: DeliveryRecord) -> None:
-        self._run("recording a delivery", lambda conn: conn.execute(
+        row = self._delivery_row(record)
+        self._run("recording a delivery", lambda conn: conn.execute(self._insert_delivery(), row))
+
+    def record_events(self, records: Sequence[EventRecord]) -> None:
+        """One statement (one round trip, atomic): the batch as arrays, ``unnest``-ed in order, so the first record
+        of an ``event_id`` (stored before, or earlier in the batch) wins, as with ``record_event``."""
+        rows = [self._event_row(record) for record in records]
+        if not rows:
+            return
+        _, event_ids, execution_ids, events, published, producers, data = (list(c) for c in zip(*rows, strict=True))
+        self._run("recording events", lambda conn: conn.execute(
+            f"INSERT INTO {self._table('xflow_events')} "
+            "(workflow_id, event_id, execution_id, event, published_at, producer, data) "
+            "SELECT %s, k.event_id, k.execution_id, k.event, k.published_at, k.producer, k.data::json "
+            "FROM unnest(%s::text[], %s::text[], %s::text[], %s::float8[], %s::text[], %s::text[]) WITH ORDINALITY "
+            "AS k(event_id, execution_id, event, published_at, producer, data, n) ORDER BY k.n "
+            "ON CONFLICT (workflow_id, event_id) DO NOTHING",
+            (self.workflow_id, event_ids, execution_ids, events, [float(t) for t in published], producers, data)))
+
+    def record_deliveries(self, records: Sequence[DeliveryRecord]) -> None:
+        """One statement (one round trip, atomic): the batch as arrays, ``unnest``-ed in order; each record's log
+        lines travel as one JSON array (PostgreSQL arrays cannot be ragged)."""
+        if not records:
+            return
+        columns = (
+            [r.execution_id for r in records], [r.event_id for r in records], [r.event for r in records],
+            [r.function for r in records], [int(r.attempt) for r in records], [r.status for r in records],
+            [float(r.started_at) for r in records], [float(r.duration) for r in records],
+            [_text(r.error) for r in records],
+            [json.dumps([_text(line) for line in r.logs], ensure_ascii=False) for r in records],
+        )
+        self._run("recording deliveries", lambda conn: conn.execute(
             f"INSERT INTO {self._table('xflow_deliveries')} (workflow_id, execution_id, event_id, event, function, "
-            "attempt, status, started_at, duration, error, logs) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (self.workflow_id, record.execution_id, record.event_id, record.event, record.function, record.attempt,
-             record.status, record.started_at, record.duration, _text(record.error),
-             [_text(line) for line in record.logs])))
+            "attempt, status, started_at, duration, error, logs) "
+            "SELECT %s, k.execution_id, k.event_id, k.event, k.function, k.attempt, k.status, k.started_at, "
+            "k.duration, k.error, ARRAY(SELECT json_array_elements_text(k.logs::json)) "
+            "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::int[], %s::text[], %s::float8[], "
+            "%s::float8[], %s::text[], %s::text[]) WITH ORDINALITY "
+            "AS k(execution_id, event_id, event, function, attempt, status, started_at, duration, error, logs, n) "
+            "ORDER BY k.n",
+            (self.workflow_id, *columns)))
 
     def history(self, execution_id: str) -> ExecutionHistory:
         def read(conn: Any) -> ExecutionHistory:
@@ -289,10 +347,25 @@ class PostgresTrackerStore(TrackerStore):
         return self._run("reading an execution's history", read)
 
     def has_succeeded(self, execution_id: str, event_id: str, function: str) -> bool:
+        """One look-up in the partial index ``xflow_deliveries_succeeded``."""
         return self._run("checking a delivery", lambda conn: conn.execute(
             f"SELECT EXISTS (SELECT 1 FROM {self._table('xflow_deliveries')} WHERE workflow_id = %s "
-            "AND execution_id = %s AND event_id = %s AND function = %s AND status = 'succeeded')",
-            (self.workflow_id, execution_id, event_id, function)).fetchone()[0])
+            "AND event_id = %s AND function = %s AND execution_id = %s AND status = 'succeeded')",
+            (self.workflow_id, event_id, function, execution_id)).fetchone()[0])
+
+    def succeeded_among(self, keys: Sequence[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
+        """One query for the whole batch: the keys as three arrays, ``unnest``-ed and joined with the index."""
+        unique = list(dict.fromkeys((str(x), str(e), str(f)) for x, e, f in keys))
+        if not unique:
+            return set()
+        columns = [list(column) for column in zip(*unique, strict=True)]
+        rows = self._run("checking deliveries", lambda conn: conn.execute(
+            "SELECT DISTINCT k.execution_id, k.event_id, k.function "
+            "FROM unnest(%s::text[], %s::text[], %s::text[]) AS k(execution_id, event_id, function) "
+            f"JOIN {self._table('xflow_deliveries')} AS d ON d.workflow_id = %s AND d.event_id = k.event_id "
+            "AND d.function = k.function AND d.execution_id = k.execution_id AND d.status = 'succeeded'",
+            (*columns, self.workflow_id)).fetchall())
+        return {(x, e, f) for x, e, f in rows}
 
     def executions(self) -> list[str]:
         """Execution ids of this workflow, most recent first."""
