@@ -360,10 +360,13 @@ class PostgresTrackerStore(TrackerStore):
             return set()
         columns = [list(column) for column in zip(*unique, strict=True)]
         rows = self._run("checking deliveries", lambda conn: conn.execute(
-            "SELECT DISTINCT k.execution_id, k.event_id, k.function "
+            "SELECT k.execution_id, k.event_id, k.function "
             "FROM unnest(%s::text[], %s::text[], %s::text[]) AS k(execution_id, event_id, function) "
-            f"JOIN {self._table('xflow_deliveries')} AS d ON d.workflow_id = %s AND d.event_id = k.event_id "
-            "AND d.function = k.function AND d.execution_id = k.execution_id AND d.status = 'succeeded'",
+            # LATERAL ... LIMIT 1 keeps it one index probe per key, whatever the statistics say (a hash join would
+            # read every success of the workflow)
+            f"CROSS JOIN LATERAL (SELECT 1 FROM {self._table('xflow_deliveries')} AS d WHERE d.workflow_id = %s "
+            "AND d.event_id = k.event_id AND d.function = k.function AND d.execution_id = k.execution_id "
+            "AND d.status = 'succeeded' LIMIT 1) AS found",
             (*columns, self.workflow_id)).fetchall())
         return {(x, e, f) for x, e, f in rows}
 
