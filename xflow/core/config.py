@@ -11,6 +11,9 @@ its subclass :class:`WorkflowFileError`) comes out of :func:`load_workflow`.
 :func:`validate_workflow` adds the checks that would otherwise surface only at setup: sources
 xflow cannot fetch, handlers missing from local sources, plugin names that are not installed,
 and runtimes the file's provider refuses.
+
+:func:`load_workflow_mapping` validates a workflow given in code as a mapping (what a file parses to) the same
+way; its problems read ``NAME: dotted.path: message`` (a mapping has no lines; NAME is ``<mapping>`` unless given).
 """
 
 from __future__ import annotations
@@ -51,6 +54,10 @@ MAX_ALIAS_NODES = 100_000
 MAX_PROBLEMS_SHOWN = 50
 #: how many warnings of one kind are logged; the rest are counted in one line
 MAX_WARNINGS_SHOWN = 10
+#: the most values (keys' values and list items, counted as often as they are reached) a mapping given in code holds
+MAX_MAPPING_VALUES = 1_000_000
+#: how a workflow given as a mapping is named in its problems, unless another name is given
+MAPPING_NAME = "<mapping>"
 MAX_HOP_LIMIT = 1_000_000
 
 # Patterns are matched whole: ``\Z`` (not ``$``, which also matches before a final newline).
@@ -203,16 +210,33 @@ class _Problems:
     def add(self, where: tuple[Any, ...], message: str, line: int | None = None) -> None:
         self.items.append((self.line_of(where) if line is None else line, _dotted(where), message))
 
+    def place(self, where: tuple[Any, ...]) -> str:
+        """Where ``where`` is written, for a message that points at it (``line 12``)."""
+        return f"line {self.line_of(where)}"
+
     def raise_if_any(self) -> None:
         if self.items:
             raise problems_error(self.path, self.items)
 
 
-def problems_error(path: Path, items: Sequence[tuple[int, str, str]]) -> WorkflowFileError:
+class _MappingProblems(_Problems):
+    """The problems of a workflow given as a mapping: ``NAME: dotted.path: message``. A mapping has no lines:
+    ``lines`` numbers its keys and items in order instead, so that problems are listed in the mapping's order."""
+
+    def place(self, where: tuple[Any, ...]) -> str:
+        return _dotted(where)
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise problems_error(self.path, self.items, with_lines=False)
+
+
+def problems_error(path: Path, items: Sequence[tuple[int, str, str]], with_lines: bool = True) -> WorkflowFileError:
     """One WorkflowFileError for ``(line, dotted path, message)`` problems: sorted, each on one line, the first
-    :data:`MAX_PROBLEMS_SHOWN` listed and the rest counted."""
+    :data:`MAX_PROBLEMS_SHOWN` listed and the rest counted. Without ``with_lines``, the line only orders them."""
     ordered = sorted(set(items), key=lambda item: (item[0], item[1], item[2]))
-    shown = [one_line(f"{path}:{line}: {where}: {message}") for line, where, message in ordered[:MAX_PROBLEMS_SHOWN]]
+    shown = [one_line(f"{path}:{line}: {where}: {message}" if with_lines else f"{path}: {where}: {message}")
+             for line, where, message in ordered[:MAX_PROBLEMS_SHOWN]]
     hidden = len(ordered) - len(shown)
     error = WorkflowFileError(one_line(str(path)), shown + ([f"... and {hidden} more problems"] if hidden else []))
     if hidden:
@@ -525,6 +549,63 @@ def _compose(text: str, problems: _Problems) -> Any:
     return _Builder(document, problems).build(document.root, ())
 
 
+class _Plain:
+    """Plain values from a mapping given in code, checked as :class:`_Builder` checks a file's: keys are text,
+    values are mappings, lists (or tuples), text (or paths), numbers, booleans and None; nesting and size are
+    bounded, a value that contains itself is refused, and ``${ENV}`` in text is substituted."""
+
+    def __init__(self, problems: _Problems) -> None:
+        self.problems = problems
+        self.count = 0
+        self.stopped = False
+        self.open: set[int] = set()  # the containers being read (a value inside one of them that is one of them loops)
+
+    def value(self, value: Any, where: tuple[Any, ...], depth: int = 1) -> Any:
+        if self.stopped:
+            return None
+        self.count += 1
+        self.problems.lines.setdefault(where, self.count)
+        if self.count > MAX_MAPPING_VALUES:
+            self.stopped = True
+            self.problems.add(where[:1], f"holds more than {MAX_MAPPING_VALUES:,} values (counting shared values "
+                                         "each time they are reached)")
+            return None
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        if isinstance(value, str | os.PathLike):
+            text = os.fspath(value)
+            if isinstance(text, str):
+                return _substitute_env(text, where, self.problems)
+        elif isinstance(value, Mapping | list | tuple):
+            if id(value) in self.open:
+                self.problems.add(where, "contains itself (a mapping or list that holds itself cannot be read)")
+                return None
+            if depth > MAX_DEPTH:
+                self.stopped = True
+                self.problems.add(where, f"nested deeper than {MAX_DEPTH} levels")
+                return None
+            self.open.add(id(value))
+            try:
+                return self.container(value, where, depth)
+            finally:
+                self.open.discard(id(value))
+        self.problems.add(where, f"a value of type {type(value).__name__} is not supported (a workflow holds "
+                                 "mappings, lists, text, numbers, true/false and None)")
+        return None
+
+    def container(self, value: Mapping[Any, Any] | list[Any] | tuple[Any, ...], where: tuple[Any, ...],
+                  depth: int) -> Any:
+        if not isinstance(value, Mapping):
+            return [self.value(item, where + (index,), depth + 1) for index, item in enumerate(value)]
+        result: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                self.problems.add(where, f"key {key!r} is of type {type(key).__name__}; keys are text")
+                continue
+            result[key] = self.value(item, where + (key,), depth + 1)
+        return result
+
+
 _YAML_LINE_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")
 
 
@@ -647,6 +728,40 @@ def load_workflow(path: str | os.PathLike[str]) -> Workflow:
     return _load(path, None)
 
 
+def load_workflow_mapping(data: Mapping[str, Any], base_dir: str | os.PathLike[str], *, name: str = MAPPING_NAME,
+                          workflow_id: str | None = None) -> Workflow:
+    """Validate a workflow given as a mapping (what a workflow file parses to), exactly as a file is validated.
+
+    Relative ``source:`` paths are read from ``base_dir``, and ``${ENV}`` references in text are substituted. The
+    id is the mapping's ``workflow_id``, else the ``workflow_id`` argument (both given: they must agree), else the
+    first ``workflows:`` entry's id; a mapping has no file name to fall back on. Every problem is reported at once
+    in one WorkflowFileError, each as ``NAME: dotted.path: message`` (``name`` defaults to ``<mapping>``). Any
+    content gives a Workflow or an XflowError, never another exception.
+    """
+    if not isinstance(data, Mapping):
+        raise XflowError(f"a workflow given in code must be a mapping (a dict), not {type(data).__name__}",
+                         "pass the data a workflow file holds, or the file's path")
+    try:
+        folder = Path(base_dir).expanduser().resolve()
+        is_folder = folder.is_dir()
+    except (TypeError, ValueError, OSError, RuntimeError) as exc:
+        raise XflowError(f"base_dir {base_dir!r} is not a usable folder: {one_line(str(exc))}",
+                         "give the folder that relative source: paths are read from") from None
+    if not is_folder:
+        raise XflowError(f"base_dir {folder} is not a folder", "give the folder that relative source: paths are read from")
+    label = one_line(str(name)) or MAPPING_NAME
+    problems = _MappingProblems(Path(label), {})
+    with _collector_paused():
+        raw = _Plain(problems).value(data, ())
+        if workflow_id is not None:
+            if "workflow_id" not in raw:
+                raw["workflow_id"] = workflow_id
+            elif raw["workflow_id"] != workflow_id:
+                problems.add(("workflow_id",), f"{raw['workflow_id']!r} differs from workflow_id={workflow_id!r} given "
+                                               "in code; give one of them, or the same in both")
+        return _validate(folder / Path(label).name, raw, problems, None, named_by_file=False)
+
+
 def validate_workflow(path: str | os.PathLike[str], *, registry: PluginRegistry | None = None,
                       runtimes: Mapping[str, Sequence[str]] | None = None) -> Workflow:
     """:func:`load_workflow`, plus what would otherwise surface only at setup, every problem at once.
@@ -700,6 +815,13 @@ def _load_file(path: str | os.PathLike[str], deep: Callable[[_Built, _Problems],
         problems.add((), f"the file holds a YAML {type(raw).__name__}, not a mapping of keys such as "
                          "'lambdas:' and 'subscriptions:'")
         problems.raise_if_any()
+    return _validate(file, raw, problems, deep)
+
+
+def _validate(file: Path, raw: dict[str, Any], problems: _Problems,
+              deep: Callable[[_Built, _Problems], None] | None, named_by_file: bool = True) -> Workflow:
+    """The workflow from a file's (or a mapping's) plain values; ``file``'s folder is where relative sources are read
+    from, and its name gives the id when the values give none and ``named_by_file``."""
     try:
         data = loaded = WorkflowSchema().load(raw)
     except ValidationError as exc:
@@ -709,7 +831,7 @@ def _load_file(path: str | os.PathLike[str], deep: Callable[[_Built, _Problems],
         loaded = exc.valid_data if isinstance(exc.valid_data, dict) else {}
         messages = exc.messages if isinstance(exc.messages, dict) else {}
         data = {k: v for k, v in loaded.items() if k not in messages}
-    built = _build(file, raw, data, problems, loaded)
+    built = _build(file, raw, data, problems, loaded, named_by_file)
     if deep is not None:
         deep(built, problems)
     problems.raise_if_any()
@@ -724,7 +846,7 @@ def _default(value: Any, default: Any) -> Any:
 
 
 def _build(file: Path, raw: dict[str, Any], data: dict[str, Any], problems: _Problems,
-           loaded_all: dict[str, Any]) -> _Built:
+           loaded_all: dict[str, Any], named_by_file: bool = True) -> _Built:
     """The workflow from the file's values (``raw``), what loaded without problems (``data``) and everything
     that loaded (``loaded_all``, with the valid part of entries that have problems)."""
     key = "functions" if "functions" in raw else "lambdas"
@@ -748,7 +870,7 @@ def _build(file: Path, raw: dict[str, Any], data: dict[str, Any], problems: _Pro
         name = spec["name"]
         if name in where_defined:
             problems.add((key, index, "name"), f"duplicate function name {name!r} "
-                                               f"(first defined at line {problems.line_of(where_defined[name])})")
+                                               f"(first defined at {problems.place(where_defined[name])})")
             continue
         where_defined[name] = (key, index)
         loaded = loaded_specs[index] if aligned and isinstance(loaded_specs[index], dict) else None
@@ -775,7 +897,7 @@ def _build(file: Path, raw: dict[str, Any], data: dict[str, Any], problems: _Pro
             environment=dict(environment) if isinstance(environment, dict) else {},
         )
     subscriptions: list[Subscription] = []
-    seen_events: dict[str, int] = {}
+    seen_events: dict[str, str] = {}
     entries = raw.get("subscriptions")
     for index, spec in enumerate(entries if isinstance(entries, list) else []):
         if not isinstance(spec, dict):
@@ -785,10 +907,10 @@ def _build(file: Path, raw: dict[str, Any], data: dict[str, Any], problems: _Pro
         if not isinstance(event, str) or not isinstance(subscribers, list):
             continue
         if event in seen_events:
-            problems.add(("subscriptions", index), f"event {event!r} already has a subscription at line "
+            problems.add(("subscriptions", index), f"event {event!r} already has a subscription at "
                                                    f"{seen_events[event]}; list all its subscribers there")
             continue
-        seen_events[event] = problems.line_of(("subscriptions", index))
+        seen_events[event] = problems.place(("subscriptions", index))
         for position, subscriber in enumerate(subscribers):
             if isinstance(subscriber, str) and subscriber not in functions and subscriber not in where_defined:
                 close = difflib.get_close_matches(subscriber, list(functions), n=1)
@@ -799,8 +921,13 @@ def _build(file: Path, raw: dict[str, Any], data: dict[str, Any], problems: _Pro
 
     flows = data.get("workflows")
     flows = [f for f in flows if isinstance(f, dict)] if isinstance(flows, list) else []
-    workflow_id = data.get("workflow_id") or (flows[0].get("id") if flows else None) or file.name.split(".")[0]
-    if not isinstance(workflow_id, str) or not WORKFLOW_ID.match(workflow_id):
+    workflow_id = data.get("workflow_id") or (flows[0].get("id") if flows else None) or (
+        file.name.split(".")[0] if named_by_file else None)
+    if workflow_id is None:
+        if "workflow_id" not in raw:
+            problems.add(("workflow_id",), "missing: a workflow given as a mapping has no file name to take its id "
+                                           "from; add 'workflow_id': 'my_flow' (or pass workflow_id=)")
+    elif not isinstance(workflow_id, str) or not WORKFLOW_ID.match(workflow_id):
         problems.add(("workflow_id",), f"the workflow id {workflow_id!r} (from the file name) is not valid: "
                                        "add 'workflow_id: my_flow' (letters, digits, _ and -)")
     chosen = next((f for f in flows if f.get("id") == workflow_id), flows[0] if flows else None)

@@ -7,6 +7,16 @@ The CLI is a thin layer over this module. Embedding example::
     engine = Engine("examples/word_count/word_count.yaml")          # local / local / sqlite
     result = engine.run(data={"path": "examples/word_count/sample.txt"})
     print(result["status"], result["result"]["total"])
+
+A workflow may also be given in code, as the mapping a workflow file parses to::
+
+    engine = Engine.from_mapping({"workflow_id": "orders", "lambdas": [...], "subscriptions": [...]},
+                                 base_dir=Path(__file__).parent)
+
+One Engine may be shared by the threads of an application (request threads publishing and tracking while a
+worker thread runs). The engine leaves the host's process state alone: ``publish``, ``track``, ``setup`` and the
+other calls install no signal handler (``run`` and ``work(install_signal_handlers=True)`` are the CLI's loops),
+configure no logging and change no environment variable.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xflow.core.config import load_workflow
+from xflow.core.config import MAPPING_NAME, load_workflow, load_workflow_mapping
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import DeliveryRecord, FunctionProvider, Plugin, PluginContext, Step, TrackerStore, Transport
 from xflow.core.model import Workflow
@@ -169,20 +179,34 @@ class _Choice:
 class Engine:
     """One workflow bound to a transport, a function provider and a tracker store.
 
+    ``workflow`` is a workflow file's path, a loaded :class:`Workflow`, or a mapping holding what a workflow file
+    holds (then ``base_dir``, the folder relative ``source:`` paths are read from, is required, and ``workflow_id``
+    names the workflow if the mapping does not; see :meth:`from_mapping`). A mapping is validated exactly as a
+    file is: every problem at once, in one :class:`~xflow.core.errors.WorkflowFileError` whose lines read
+    ``<mapping>: dotted.path: message`` (a mapping has no lines).
+
     ``transport`` / ``provider`` / ``tracker`` are plugin names or ready instances. Names not given
     come from what ``setup`` recorded in ``state_dir``, then the workflow file's blocks, then
     ``defaults`` (:data:`LOCAL_DEFAULTS`). ``options`` maps a kind to ``{key: value}``; they are
     merged over the file's block options and ``XFLOW_<PLUGIN>_<KEY>`` variables.
+
+    Threads: one Engine may be shared by many threads at once (``publish``, ``track``, ``result``, ``redrive``,
+    ``recent_executions``, ``setup`` from request threads while a worker thread runs). Plugins are made once, by
+    the first thread that needs them; ``setup`` and ``teardown`` run one at a time. The embedded backends share one
+    SQLite connection per file among the threads, which take turns on it. ``close`` when no thread uses it any more.
     """
 
-    def __init__(self, workflow: Workflow | str | os.PathLike[str], *,
+    def __init__(self, workflow: Workflow | str | os.PathLike[str] | Mapping[str, Any], *,
                  transport: str | Transport | None = None, provider: str | FunctionProvider | None = None,
                  tracker: str | TrackerStore | None = None,
                  options: Mapping[str, Mapping[str, Any]] | None = None,
                  state_dir: str | os.PathLike[str] | None = None,
                  defaults: Mapping[str, str] = LOCAL_DEFAULTS,
-                 registry: PluginRegistry | None = None, use_setup_record: bool = True) -> None:
-        self.workflow = workflow if isinstance(workflow, Workflow) else load_workflow(workflow)
+                 registry: PluginRegistry | None = None, use_setup_record: bool = True,
+                 base_dir: str | os.PathLike[str] | None = None, workflow_id: str | None = None) -> None:
+        self._lock = threading.RLock()  # plugins are made once, whichever thread needs them first
+        self._setup_lock = threading.Lock()  # one setup or teardown at a time
+        self.workflow = _as_workflow(workflow, base_dir, workflow_id)
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         self._registry = registry
         self.record = read_setup_record(self.state_dir, self.workflow.id) if use_setup_record else None
@@ -206,6 +230,20 @@ class Engine:
         self._explicit_options = {k: dict(v) for k, v in options.items()}
         self._step_owner: dict[int, PluginInfo] = {}
         self._routed: dict[str, dict[str, Any]] | None = None
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, base_dir: str | os.PathLike[str], workflow_id: str | None = None,
+                     name: str = MAPPING_NAME, **engine_kwargs: Any) -> Engine:
+        """An Engine for a workflow given as a mapping (what a workflow file holds, e.g. built in code).
+
+        ``base_dir`` is the folder relative ``source:`` paths are read from; ``workflow_id`` names the workflow
+        when the mapping has no ``workflow_id`` (when both are given they must agree). The mapping is validated
+        as a file is: every problem at once in one WorkflowFileError, each line ``NAME: dotted.path: message``
+        (``name`` defaults to ``<mapping>``). ``engine_kwargs`` are :class:`Engine`'s (``state_dir``,
+        ``transport``, ``options``, ...).
+        """
+        workflow = load_workflow_mapping(data, base_dir, name=name, workflow_id=workflow_id)
+        return cls(workflow, **engine_kwargs)
 
     # -- plugins ------------------------------------------------------------------------------
     @property
@@ -259,19 +297,22 @@ class Engine:
 
     def _plugin(self, kind: str) -> Any:
         choice = self._choices[kind]
-        if choice.instance is None:
-            info = self._info(kind)
-            options = self._options(kind)
-            context = PluginContext(self.workflow.id, options, self.state_dir, self.workflow)
-            assert info.cls is not None
-            choice.instance = _guard(info, "start", lambda: info.cls(context), self._damaged)  # type: ignore[misc]
-            choice.options = options
-            # a file that is not SQLite at all (its header alone; nothing is opened, nothing written) is refused now,
-            # before a publish reaches the other plugins or a worker takes records it could not settle
-            damaged = self._damaged_file([kind], thorough=False)
-            if damaged is not None:
-                raise damaged
-        return choice.instance
+        if choice.instance is not None:
+            return choice.instance
+        with self._lock:
+            if choice.instance is None:
+                info = self._info(kind)
+                options = self._options(kind)
+                context = PluginContext(self.workflow.id, options, self.state_dir, self.workflow)
+                assert info.cls is not None
+                choice.instance = _guard(info, "start", lambda: info.cls(context), self._damaged)  # type: ignore[misc]
+                choice.options = options
+                # a file that is not SQLite at all (its header alone; nothing is opened, nothing written) is refused
+                # now, before a publish reaches the other plugins or a worker takes records it could not settle
+                damaged = self._damaged_file([kind], thorough=False)
+                if damaged is not None:
+                    raise damaged
+            return choice.instance
 
     @property
     def transport(self) -> Transport:
@@ -350,27 +391,29 @@ class Engine:
     def setup(self, dry_run: bool = False,
               on_step: Callable[[Step, int, int], None] | None = None) -> SetupReport:
         """Create or update everything the workflow needs; idempotent. ``dry_run`` only plans."""
-        steps = self.plan()
-        if not dry_run:
-            self._apply(steps, on_step)
-            self._write_record()
+        with self._setup_lock:
+            steps = self.plan()
+            if not dry_run:
+                self._apply(steps, on_step)
+                self._write_record()
         return SetupReport(self.workflow.id, self.plugin_names(), steps, dry_run)
 
     def teardown(self, dry_run: bool = False,
                  on_step: Callable[[Step, int, int], None] | None = None) -> SetupReport:
         """Remove everything ``setup`` created (functions, tracker store, streams)."""
-        self.check_plugins()
-        transport, tracker, provider = self.transport, self.tracker, self.provider
-        steps = (self._planned("provider", lambda: provider.plan_teardown(self.workflow, transport, tracker))
-                 + self._planned("tracker", lambda: tracker.plan_teardown(self.workflow))
-                 + self._planned("transport", lambda: transport.plan_teardown(self.workflow.events)))
-        if not dry_run:
-            self._apply(steps, on_step)
-            record = setup_record_path(self.state_dir, self.workflow.id)
-            record.unlink(missing_ok=True)
-            for folder in (record.parent, self.state_dir):
-                if folder.exists() and not any(folder.iterdir()):
-                    folder.rmdir()
+        with self._setup_lock:
+            self.check_plugins()
+            transport, tracker, provider = self.transport, self.tracker, self.provider
+            steps = (self._planned("provider", lambda: provider.plan_teardown(self.workflow, transport, tracker))
+                     + self._planned("tracker", lambda: tracker.plan_teardown(self.workflow))
+                     + self._planned("transport", lambda: transport.plan_teardown(self.workflow.events)))
+            if not dry_run:
+                self._apply(steps, on_step)
+                record = setup_record_path(self.state_dir, self.workflow.id)
+                record.unlink(missing_ok=True)
+                for folder in (record.parent, self.state_dir):
+                    if folder.exists() and not any(folder.iterdir()):
+                        folder.rmdir()
         return SetupReport(self.workflow.id, self.plugin_names(), steps, dry_run)
 
     def _apply(self, steps: Sequence[Step], on_step: Callable[[Step, int, int], None] | None) -> None:
@@ -543,6 +586,23 @@ class Engine:
         if summary["status"] == "running":
             summary["timed_out_after_seconds"] = timeout
         return summary
+
+
+def _as_workflow(workflow: Any, base_dir: str | os.PathLike[str] | None, workflow_id: str | None) -> Workflow:
+    """The Engine's workflow from a file's path, a mapping (read from ``base_dir``) or a Workflow."""
+    if isinstance(workflow, Mapping):
+        if base_dir is None:
+            raise XflowError("a workflow given as a mapping needs base_dir=, the folder its relative source: paths are "
+                             "read from", "e.g. Engine.from_mapping(data, base_dir=Path(__file__).parent)")
+        return load_workflow_mapping(workflow, base_dir, workflow_id=workflow_id)
+    if not isinstance(workflow, Workflow | str | os.PathLike):
+        raise XflowError(f"the workflow must be a workflow file's path, a mapping or a Workflow, not "
+                         f"{type(workflow).__name__}")
+    if base_dir is not None or workflow_id is not None:
+        given = " and ".join(k for k, v in (("base_dir", base_dir), ("workflow_id", workflow_id)) if v is not None)
+        raise XflowError(f"{given}= apply to a workflow given as a mapping only",
+                         "a file's sources are read from its folder, and its id is its workflow_id: (or its name)")
+    return workflow if isinstance(workflow, Workflow) else load_workflow(workflow)
 
 
 def _looks_secret(key: str, value: Any) -> bool:
