@@ -200,7 +200,7 @@ def _handle_record(cfg: Mapping[str, Any], record: Mapping[str, Any], event_name
     ctx = runtime.HandlerContext(decoded.execution_id, event_name, decoded.event_id, known + 1, workflow_id,
                                  function, logger)
     try:
-        handler = runtime.load_handler(HERE / cfg["source"], cfg["handler"])
+        handler = runtime.load_handler(HERE / cfg["source"], cfg["handler"], keep_imports=True)  # this process is the function's
     except runtime.HandlerLoadError as exc:
         outcome = runtime.HandlerOutcome(False, [], [], f"HandlerLoadError: {exc}", 0.0)
     else:

@@ -1,0 +1,75 @@
+"""Benchmark of supervised handler calls: HandlerPool (threads, processes) beside a plain loop calling the handler.
+
+    python bench/bench_supervisor.py [--calls 5000] [--concurrency 1 4]
+
+For each isolation and concurrency, times N no-op calls submitted at once (throughput) and N calls submitted
+one after the other, each waited for (latency), and prints calls/s and the ratio to the plain loop (the
+handler called directly with a fresh ctx, as the dispatcher did before). Not a test: machines are noisy, so
+read the ratios, and run it a few times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+from xflow.core.runtime import HandlerContext, load_handler
+from xflow.providers.supervisor import Attempt, HandlerPool
+
+HANDLER = "def noop(event, ctx):\n    return None\n"
+ATTEMPT = Attempt("bench", "noop", "ex", "In", "ev", 1)
+DATA = {"execution_id": "ex", "n": 1, "words": ["a", "b", "c"]}
+
+
+def plain(source: Path, calls: int) -> float:
+    function = load_handler(source, "noop")
+    logger = logging.getLogger("xflow.functions.bench.noop")
+    started = time.perf_counter()
+    for _ in range(calls):
+        ctx = HandlerContext("ex", "In", "ev", 1, "bench", "noop", logger)
+        function(dict(DATA), ctx)
+    return time.perf_counter() - started
+
+
+def pooled(source: Path, calls: int, isolation: str, concurrency: int, one_by_one: bool) -> float:
+    with HandlerPool(source, "noop", [], isolation=isolation, concurrency=concurrency) as pool:
+        pool.check()
+        # warm up: every slot has its process (or thread) ready
+        concurrent.futures.wait([pool.submit(DATA, ATTEMPT) for _ in range(concurrency * 4)])
+        started = time.perf_counter()
+        if one_by_one:
+            for _ in range(calls):
+                outcome = pool.submit(DATA, ATTEMPT).result()
+                assert outcome.ok, outcome.error
+        else:
+            futures = [pool.submit(DATA, ATTEMPT) for _ in range(calls)]
+            assert all(f.result().ok for f in futures)
+        return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "noop.py"
+        source.write_text(HANDLER)
+        base = plain(source, args.calls)
+        print(f"{'case':<34} {'calls/s':>10} {'us/call':>9} {'x plain':>9}")
+        print(f"{'plain loop':<34} {args.calls / base:>10.0f} {base / args.calls * 1e6:>9.1f} {1:>9.1f}")
+        for isolation in ("thread", "process"):
+            for concurrency in args.concurrency:
+                for one_by_one in (False, True):
+                    seconds = pooled(source, args.calls, isolation, concurrency, one_by_one)
+                    name = f"{isolation} c={concurrency} {'one by one' if one_by_one else 'all at once'}"
+                    print(f"{name:<34} {args.calls / seconds:>10.0f} {seconds / args.calls * 1e6:>9.1f} "
+                          f"{seconds / base:>9.1f}")
+
+
+if __name__ == "__main__":
+    main()

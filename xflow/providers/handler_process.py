@@ -1,0 +1,432 @@
+"""A handler process of a HandlerPool: the loop it runs (:func:`main`), and the parent's handle on it
+(:class:`HandlerProcess`); the two ends of one pipe.
+
+The child imports the standard library, :mod:`xflow.core.runtime` and this module only, so that it starts fast. The
+parent starts it with a :class:`ChildSpec` and one end of a pipe; the child imports the handler once, answers
+``("ready", pid)`` (or ``("failed", error, lines)`` and exits), then, for each ``(data, attempt)`` it receives,
+calls the handler and answers one :data:`Reply`. ``None`` or the end of the pipe stops it.
+
+While a call runs, ``sys.stdout``, ``sys.stderr`` and the root logger write into that call's output, so
+everything the handler prints or logs (from any thread of the child) comes back with the outcome. Every
+complete line is also written to the ``mirror`` file as it comes, and :mod:`faulthandler` writes there on a
+crash (and on ``SIGUSR1``, which the parent sends before killing a call that timed out): what a killed child
+printed, and where it was, is not lost. Ctrl-C is the parent's: the child ignores SIGINT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import io
+import json
+import logging
+import multiprocessing.connection
+import os
+import select
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xflow.core import runtime
+from xflow.core.runtime import HandlerOutcome
+
+#: what the child answers for one call: ok, the published events as JSON text (or None), the output lines,
+#: the error (or None), the handler's duration, and log records (dicts for logging.makeLogRecord) when asked
+Reply = tuple[bool, str | None, list[str], str | None, float, list[dict[str, Any]]]
+#: the signal that makes a child write its threads' stacks into its mirror file (before it is killed)
+DUMP_SIGNAL = getattr(signal, "SIGUSR1", None)
+#: how long a process that timed out is given to write its threads' stacks before it is killed
+DUMP_GRACE = 0.25
+_MIRROR_READ_LIMIT = 4_000_000
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """What a handler process is started with (plain data: it is pickled to the child)."""
+
+    source: str
+    handler: str
+    publishes: tuple[str, ...]
+    #: a file the child appends its output lines to as they come (the parent reads it when the child dies)
+    mirror: str
+    #: send log records back with each reply (the parent re-emits them)
+    keep_records: bool
+    #: the parent's environment and working folder when the child was started (a forkserver's are older)
+    environment: dict[str, str] = field(default_factory=dict)
+    cwd: str = ""
+
+
+def published_json(published: list[tuple[str, dict[str, Any]]]) -> str:
+    """What a handler published as JSON text; ValueError naming the event when it is not JSON (or not UTF-8)."""
+    try:
+        text = json.dumps(published, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        text.encode("utf-8")
+        return text
+    except (TypeError, ValueError, RecursionError, UnicodeEncodeError):
+        pass
+    for name, data in published:
+        try:
+            json.dumps(data, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"the data of event {name!r} is not valid Unicode (a lone surrogate)") from None
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise ValueError(f"the data of event {name!r} is not JSON: {type(exc).__name__}: {exc}") from None
+    raise ValueError("the published events are not JSON")
+
+
+def sendable(outcome: runtime.HandlerOutcome) -> tuple[runtime.HandlerOutcome, str | None]:
+    """``outcome`` with its published data as JSON text, or a failed outcome saying why it cannot be sent."""
+    if not outcome.ok:
+        return outcome, None
+    try:
+        return outcome, published_json(outcome.published)
+    except ValueError as exc:
+        error = f"what the handler published cannot be sent: {exc}"
+        return runtime.HandlerOutcome(False, [], outcome.logs, error, outcome.duration), None
+
+
+class _State:
+    """The call this child is running (one at a time), and its mirror file."""
+
+    def __init__(self, mirror: int) -> None:
+        self.mirror = mirror
+        self.current: runtime.AttemptOutput | None = None
+        #: the mirror holds lines of an earlier call (emptied before the next)
+        self.dirty = True
+
+    def begin(self, keep_records: bool) -> runtime.AttemptOutput:
+        if self.dirty:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.mirror, 0)
+            self.dirty = False
+        self.current = runtime.AttemptOutput(mirror=self.mirror, records=[] if keep_records else None)
+        return self.current
+
+    def end(self) -> None:
+        if self.current is not None and self.current.lines:
+            self.dirty = True
+        self.current = None
+
+
+class _Stream(io.TextIOBase):
+    """``sys.stdout``/``sys.stderr`` of a handler process: into the running call's output, else the real stream."""
+
+    def __init__(self, state: _State, real: Any) -> None:
+        super().__init__()
+        self._state = state
+        self._real = real
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:  # type: ignore[override]
+        output = self._state.current
+        if output is not None:
+            return output.write(text)
+        if self._real is None:
+            return len(text)
+        return self._real.write(text)
+
+    def flush(self) -> None:
+        if self._state.current is None and self._real is not None:
+            with contextlib.suppress(Exception):
+                self._real.flush()
+
+    def fileno(self) -> int:
+        if self._real is None:
+            raise io.UnsupportedOperation("fileno")
+        return self._real.fileno()
+
+
+class _RootCapture(runtime.OutputLogHandler):
+    """On the child's root logger: records of any logger, from any thread, into the running call's output."""
+
+    def __init__(self, state: _State) -> None:
+        super().__init__()
+        self._state = state
+
+    def emit(self, record: logging.LogRecord) -> None:
+        output = self._state.current
+        if output is not None:
+            self.output = output
+            super().emit(record)
+
+
+def main(conn: Any, spec: ChildSpec) -> None:
+    """The handler process: import the handler, then serve calls until told to stop."""
+    if hasattr(signal, "SIGINT"):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which stops its calls itself
+    if spec.environment:
+        os.environ.clear()
+        os.environ.update(spec.environment)
+    if spec.cwd:
+        with contextlib.suppress(OSError):
+            os.chdir(spec.cwd)
+    mirror = os.open(spec.mirror, os.O_WRONLY | os.O_APPEND)
+    state = _State(mirror)
+    streams = _Stream(state, sys.stdout), _Stream(state, sys.stderr)
+    sys.stdout, sys.stderr = streams
+    logging.getLogger().addHandler(_RootCapture(state))
+    faulthandler.enable(file=mirror, all_threads=True)
+    if DUMP_SIGNAL is not None:
+        faulthandler.register(DUMP_SIGNAL, file=mirror, all_threads=True)
+
+    output = state.begin(False)
+    try:
+        handler = runtime.load_handler(Path(spec.source), spec.handler, keep_imports=True)
+    except runtime.HandlerLoadError as exc:
+        output.add_line(traceback.format_exc().rstrip())
+        conn.send(("failed", str(exc), output.finish()))
+        return
+    finally:
+        state.end()
+    conn.send(("ready", os.getpid()))
+    publishes = list(spec.publishes)
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        data, attempt = message
+        reply = _call(handler, data, attempt, publishes, state, spec.keep_records, streams)
+        try:
+            conn.send(reply)
+        except (EOFError, OSError):
+            return
+        except Exception as exc:  # a log record or line that cannot be pickled: say so rather than stop
+            conn.send((False, None, [], f"the handler's outcome cannot be sent back: {type(exc).__name__}: {exc}",
+                       reply[4], []))
+
+
+def _call(handler: Any, data: dict[str, Any], attempt: tuple[Any, ...], publishes: list[str], state: _State,
+          keep_records: bool, streams: tuple[_Stream, _Stream]) -> Reply:
+    execution_id, event_name, event_id, number, workflow_id, function_name = attempt
+    sys.stdout, sys.stderr = streams  # a handler may have replaced them
+    output = state.begin(keep_records)
+    logger = logging.Logger(f"xflow.functions.{workflow_id}.{function_name}", logging.DEBUG)
+    logger.propagate = False  # its records are captured by call_handler; the root logger would repeat them
+    ctx = runtime.HandlerContext(execution_id, event_name, event_id, number, workflow_id, function_name, logger,
+                                 logs=output.lines)
+    try:
+        outcome = runtime.call_handler(handler, data, ctx, publishes, redirect=False, output=output,
+                                       exit_as_status=True)
+    except BaseException as exc:  # KeyboardInterrupt and the like, raised by the handler itself
+        outcome = runtime.HandlerOutcome(False, [], output.finish(), f"{type(exc).__name__}: {exc}", 0.0)
+    finally:
+        state.end()
+    outcome, text = sendable(outcome)
+    return outcome.ok, text, outcome.logs, outcome.error, outcome.duration, output.records or []
+
+
+# -- the parent's side ------------------------------------------------------------------------------------------
+class LoadFailed(Exception):
+    """The handler process could not import the handler: why, and what it printed."""
+
+    def __init__(self, message: str, lines: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.lines = lines or []
+
+
+def describe_exit(code: int | None) -> str:
+    """How a process ended, from its exit code (negative: the signal that killed it)."""
+    if code is None:
+        return "is still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def seconds(value: float) -> str:
+    """A duration as errors show it: "2 s", "0.5 s"."""
+    return f"{value:g} s"
+
+
+class HandlerProcess:
+    """The parent's handle on one handler process: its pipe, and its mirror file (what it printed, readable after
+    it died). Used from one thread at a time (its slot's), except :meth:`signal_kill`.
+
+    Starting it waits until the handler is imported: :class:`LoadFailed` if it cannot be (``file`` names it).
+    """
+
+    def __init__(self, context: Any, source: Path, handler: str, publishes: Sequence[str], *, keep_records: bool,
+                 environment: Mapping[str, str], load_timeout: float, file: Path, label: str) -> None:
+        fd, path = tempfile.mkstemp(prefix="xflow-handler-", suffix=".out")
+        self.mirror_fd = fd
+        spec = ChildSpec(str(source), handler, tuple(publishes), path, keep_records, {**os.environ, **environment},
+                         os.getcwd())
+        self.conn, child_end = context.Pipe()
+        self.process = context.Process(target=main, args=(child_end, spec), name=f"xflow-handler:{label}")
+        #: the process has ended (its sentinel was seen); its slot replaces it
+        self.ended = False
+        #: how it ended, once its files are closed
+        self.exitcode: int | None = None
+        self._poller: Any = None
+        try:
+            try:
+                self.process.start()
+            finally:
+                child_end.close()
+            self._conn_fd = self.conn.fileno()
+            if hasattr(select, "poll"):
+                self._poller = select.poll()
+                self._poller.register(self._conn_fd, select.POLLIN)
+                self._poller.register(self.process.sentinel, select.POLLIN)
+            answered, ended = self._wait(load_timeout)
+            reply = self._receive() if answered else None
+        except BaseException:
+            self.kill()
+            self.close_files()
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # both ends have it open; nothing is left behind
+        if reply is not None and reply[0] == "ready":
+            self.pid: int = reply[1]
+            return
+        if reply is not None and reply[0] == "failed":
+            self.stop(1.0)
+            raise LoadFailed(reply[1], list(reply[2]))
+        if not answered and not ended:
+            self.kill(dump=True)
+            raise LoadFailed(f"{file}: importing the handler took more than {seconds(load_timeout)}",
+                              self.mirror_lines())
+        self.process.join(5)
+        lines, ended = self.mirror_lines(), describe_exit(self.process.exitcode)
+        self.close_files()
+        raise LoadFailed(f"{file}: its handler process {ended} while importing it", lines)
+
+    def _receive(self) -> Any:
+        try:
+            return self.conn.recv()
+        except (EOFError, OSError):
+            return None
+
+    def _wait(self, timeout: float | None) -> tuple[bool, bool]:
+        """Wait until the process answers or ends, at most ``timeout`` seconds: (answered, ended)."""
+        if self._poller is None:
+            ready = multiprocessing.connection.wait([self.conn, self.process.sentinel], timeout)
+            answered, ended = self.conn in ready, self.process.sentinel in ready
+        else:
+            events = self._poller.poll(None if timeout is None else max(0, int(timeout * 1000 + 0.999)))
+            answered = any(fd == self._conn_fd for fd, _ in events)
+            ended = any(fd != self._conn_fd for fd, _ in events)
+        self.ended = self.ended or ended
+        return answered, ended
+
+    def alive(self) -> bool:
+        """False once the process is known to have ended (checked without waiting; from its slot's thread only).
+
+        Between calls the process sends nothing: its end of the pipe being readable means it closed (died)."""
+        if not self.ended:
+            answered, _ = self._wait(0)
+            self.ended = self.ended or answered
+        return not self.ended
+
+    def call(self, data: dict[str, Any], attempt: tuple[Any, ...], timeout: float | None,
+             ) -> tuple[HandlerOutcome, list[dict[str, Any]]]:
+        """One call: its outcome (the process's end, if it ended: then :attr:`ended` is true), and the log records
+        the process sent back (when started with ``keep_records``). ``attempt``: see :func:`main`."""
+        started = time.perf_counter()
+        try:
+            self.conn.send((data, attempt))
+        except OSError:
+            pass  # the process is gone: the wait below says how it ended
+        except Exception as exc:  # not picklable: nothing was written
+            return HandlerOutcome(False, [], [], f"the event cannot be sent to the handler process: {exc}", 0.0), []
+        answered, ended = self._wait(timeout)
+        if answered:
+            try:
+                ok, text, logs, error, duration, records = self.conn.recv()
+            except (EOFError, OSError):
+                pass  # died: below
+            except Exception as exc:  # what came back cannot be read: the pipe is no longer in step
+                self.kill()
+                return HandlerOutcome(False, [], [], f"the handler process sent back what cannot be read: {exc}",
+                                      time.perf_counter() - started), []
+            else:
+                published = [(name, data) for name, data in json.loads(text)] if text else []
+                return HandlerOutcome(ok, published, logs, error, duration), records
+        elapsed = time.perf_counter() - started
+        if not answered and not ended:
+            self.kill(dump=True)
+            return HandlerOutcome(False, [], self.mirror_lines(), f"timed out after {seconds(timeout or 0)}",
+                                  elapsed), []
+        self.ended = True  # its pipe closed, or its sentinel says so
+        self.process.join(5)
+        self.kill()  # in case it closed its pipe but lives on
+        return HandlerOutcome(False, [], self.mirror_lines(), describe_exit(self.process.exitcode), elapsed), []
+
+    def mirror_lines(self) -> list[str]:
+        """What the process wrote in its current call (complete lines, and faulthandler's stacks)."""
+        try:
+            raw = os.pread(self.mirror_fd, _MIRROR_READ_LIMIT, 0)
+        except (OSError, ValueError):
+            return []
+        return raw.decode("utf-8", "replace").splitlines()
+
+    def kill(self, dump: bool = False) -> None:
+        """Kill the process (after it wrote its threads' stacks, when ``dump``) and wait for it."""
+        if self.process.pid is not None and self.process.exitcode is None:
+            if dump and DUMP_SIGNAL is not None:
+                size = _size(self.mirror_fd)
+                with contextlib.suppress(OSError):
+                    os.kill(self.process.pid, DUMP_SIGNAL)
+                deadline = time.monotonic() + DUMP_GRACE
+                while time.monotonic() < deadline and _size(self.mirror_fd) == size:
+                    time.sleep(0.01)
+                time.sleep(0.01)
+            with contextlib.suppress(OSError, AttributeError):
+                self.process.kill()
+            self.process.join(5)
+        self.ended = True
+
+    def signal_kill(self) -> None:
+        """Send SIGKILL, from another thread than the one that waits for the process (it reports the end)."""
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            self.process.kill()
+
+    def stop(self, timeout: float) -> None:
+        """Ask the process to stop (it is killed if it does not within ``timeout``) and release everything."""
+        if self.mirror_fd < 0:
+            return  # stopped already
+        if not self.ended:
+            with contextlib.suppress(OSError, ValueError):
+                self.conn.send(None)
+        self.process.join(timeout)
+        self.kill()
+        self.close_files()
+
+    def close_files(self) -> None:
+        """Release the pipe, the mirror file and the process object (idempotent)."""
+        if self.mirror_fd < 0:
+            return
+        with contextlib.suppress(OSError):
+            os.close(self.mirror_fd)
+        self.mirror_fd = -1
+        with contextlib.suppress(OSError):
+            self.conn.close()
+        with contextlib.suppress(ValueError):
+            self.exitcode = self.process.exitcode
+            self.process.close()
+
+
+def _size(fd: int) -> int:
+    try:
+        return os.fstat(fd).st_size
+    except OSError:
+        return -1

@@ -1,0 +1,410 @@
+"""Supervised handler calls: a pool that runs one function's handler with a concurrency limit and a timeout, and
+turns whatever the handler does into a :class:`~xflow.core.runtime.HandlerOutcome`, never into a dead worker.
+
+``isolation="process"`` (the default): each concurrency slot has a handler process, started from a
+``forkserver`` (``spawn`` where there is none; never a plain fork of this threaded process), kept alive and
+reused: the handler is imported once per process, a call is one round trip on a pipe. A process that exits
+(``os._exit``), is killed by a signal (a segfault, the OOM killer) or runs past ``timeout`` (it is killed)
+gives a failed outcome with that reason ("exited with status 4", "killed by SIGSEGV", "timed out after 2 s"),
+and the slot starts another process for its next call. ``sys.exit()`` in the handler is reported "exited with
+status N" without losing the process. Everything the handler prints or logs in its process (stdout, stderr,
+``ctx.logger``, the root logger, from any thread) is captured per call; lines written before a crash or a
+timeout are kept, with the stacks of the process's threads.
+
+``isolation="thread"``: calls run in ``concurrency`` threads of this process. Nothing process-wide is touched:
+``sys.stdout``/``sys.stderr`` are never redirected, so only ``ctx.logger``'s records and the handler module's
+own ``print`` calls made in the handler's thread (the module's ``print`` is xflow's, per thread) are captured;
+anything else (``sys.stdout.write``, other modules' prints, threads the handler starts, the root logger) goes to
+the host's streams and logging. A call past ``timeout`` is reported failed and its thread abandoned (Python cannot
+stop a thread; it runs on, and its result is dropped), and another thread takes the slot. ``sys.exit()`` is a
+failed call ("called sys.exit(3)"); ``os._exit`` or a segfault end this process: use processes for code
+that may do that.
+
+Slots are daemon threads of this module rather than a ``ThreadPoolExecutor``: an executor can neither replace a
+thread it has lost to a hung handler nor let the interpreter exit while one runs.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import contextlib
+import itertools
+import json
+import logging
+import multiprocessing
+import multiprocessing.util  # noqa: F401  (imported first, so that its exit hook runs after this module's)
+import pickle
+import queue
+import threading
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from xflow.core.errors import XflowError
+from xflow.core.runtime import (
+    AttemptOutput,
+    HandlerContext,
+    HandlerLoadError,
+    HandlerOutcome,
+    call_handler,
+    handler_file,
+    load_handler,
+)
+from xflow.providers.handler_process import HandlerProcess, LoadFailed, describe_exit, seconds, sendable
+
+log = logging.getLogger("xflow.supervisor")
+ISOLATIONS = ("process", "thread")
+#: how handler processes are started: a fork of a clean server process where there is one, else a fresh interpreter
+START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What a handler call needs besides the event's data."""
+
+    workflow_id: str
+    function_name: str
+    execution_id: str
+    event_name: str
+    event_id: str
+    attempt: int  # 1-based
+
+    def as_tuple(self) -> tuple[str, str, str, int, str, str]:
+        """The order the handler process reads (:func:`xflow.providers.handler_process.main`)."""
+        return self.execution_id, self.event_name, self.event_id, self.attempt, self.workflow_id, self.function_name
+
+
+class _Job:
+    __slots__ = ("future", "data", "attempt", "output", "deadline", "slot")
+
+    def __init__(self, data: dict[str, Any], attempt: Attempt) -> None:
+        self.future: concurrent.futures.Future[HandlerOutcome] = concurrent.futures.Future()
+        self.data = data
+        self.attempt = attempt
+        self.output: AttemptOutput | None = None
+        self.deadline = 0.0
+        self.slot: _Slot | None = None
+
+
+class _Slot:
+    """One unit of concurrency: a thread, and in process mode the handler process it talks to."""
+
+    def __init__(self) -> None:
+        self.child: HandlerProcess | None = None
+        self.job: _Job | None = None
+        #: its thread was given up on (a call that timed out in thread mode); another slot took its place
+        self.abandoned = False
+        self.thread: threading.Thread | None = None
+
+
+def _settle(job: _Job, outcome: HandlerOutcome) -> None:
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        job.future.set_result(outcome)
+
+
+_live_pools: weakref.WeakSet[HandlerPool] = weakref.WeakSet()
+_numbers = itertools.count(1)
+
+
+class HandlerPool:
+    """Runs one function's handler, supervised (see the module's documentation)."""
+
+    def __init__(self, source: Path, handler: str, publishes: Sequence[str], *, isolation: str = "process",
+                 concurrency: int = 1, timeout: float | None = None, propagate_logs: bool = False,
+                 function_name: str | None = None, environment: Mapping[str, str] | None = None,
+                 load_timeout: float = 120.0) -> None:
+        """``function_name``: named in errors; ``environment``: variables added to the handler processes'
+        environment (process isolation only); ``load_timeout``: how long a handler process may take to import
+        the handler."""
+        if isolation not in ISOLATIONS:
+            raise XflowError(f"unknown isolation {isolation!r}", f"use one of: {', '.join(ISOLATIONS)}")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise XflowError(f"concurrency must be a whole number of at least 1, not {concurrency!r}")
+        if timeout is not None and not timeout > 0:
+            raise XflowError(f"timeout must be a number of seconds above 0, not {timeout!r}")
+        self.source = Path(source)
+        self.handler = handler
+        self.publishes = list(publishes)
+        self.isolation = isolation
+        self.timeout = None if timeout is None else float(timeout)
+        self.propagate_logs = propagate_logs
+        self.environment = dict(environment or {})
+        self.load_timeout = load_timeout
+        self.label = function_name or handler
+        try:
+            self.file: Path = handler_file(self.source, handler)[0]
+        except HandlerLoadError:
+            self.file = self.source
+        self._context = multiprocessing.get_context(START_METHOD)
+        #: set once the calls still running at close() are being stopped
+        self.stopping = False
+        self._concurrency = concurrency
+        self._function: Any = None
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._slots: list[_Slot] = []
+        self._spare: list[HandlerProcess] = []  # started by check(), taken by the first slot that needs a process
+        self._loggers: dict[tuple[str, str], logging.Logger] = {}
+        self._watch = threading.Condition()
+        self._running: dict[_Job, float] = {}
+        self._wake_at = float("inf")
+        self._watchdog: threading.Thread | None = None
+        self._number = next(_numbers)
+        for _ in range(concurrency):
+            self._add_slot()
+        if isolation == "thread" and self.timeout is not None:
+            self._watchdog = threading.Thread(target=self._watch_deadlines, daemon=True,
+                                              name=f"xflow-handler-{self._number}-watchdog")
+            self._watchdog.start()
+        _live_pools.add(self)
+
+    @property
+    def concurrency(self) -> int:
+        return self._concurrency
+
+    @property
+    def pids(self) -> list[int]:
+        """The handler processes of this pool (process isolation); one that died is listed until its slot
+        notices."""
+        children = [slot.child for slot in self._slots] + list(self._spare)
+        return [child.pid for child in children if child is not None]
+
+    def __enter__(self) -> HandlerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the caller's side ---------------------------------------------------------------------------------
+    def check(self) -> None:
+        """Import the handler now (in a handler process with process isolation): an XflowError naming the
+        function's file when it cannot be loaded."""
+        if self._closed:
+            raise RuntimeError("the handler pool is closed")
+        try:
+            if self.isolation == "thread":
+                self._load()
+            elif not self._spare and not any(slot.child is not None for slot in self._slots):
+                child = self._start_process()
+                with self._lock:
+                    self._spare.append(child)
+        except (HandlerLoadError, LoadFailed) as exc:
+            where = f"function {self.label!r}: " if self.label != self.handler else ""
+            raise XflowError(f"{where}cannot load handler {self.handler!r}: {exc}",
+                             "fix the handler's source file or the 'handler:' name") from None
+
+    def submit(self, data: dict[str, Any], attempt: Attempt) -> concurrent.futures.Future[HandlerOutcome]:
+        """Run the handler on ``data``; the future's outcome says how it went. At most ``concurrency`` calls run
+        at once; later ones wait their turn. Calls still queued when the pool is closed are cancelled."""
+        job = _Job(data, attempt)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the handler pool is closed")
+            self._jobs.put(job)
+        return job.future
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Cancel the calls not started, give those running ``timeout`` seconds, then stop them (their outcome:
+        failed, "stopped: ..."), and stop the handler processes and threads. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        _live_pools.discard(self)
+        with contextlib.suppress(queue.Empty):
+            while True:
+                job = self._jobs.get_nowait()
+                if job is not None:
+                    job.future.cancel()
+        slots = [slot for slot in self._slots if not slot.abandoned]
+        running = [slot.job.future for slot in slots if slot.job is not None]
+        concurrent.futures.wait(running, timeout=max(0.0, timeout))
+        self.stopping = True
+        for _ in slots:
+            self._jobs.put(None)
+        for slot in slots:
+            job = slot.job
+            if job is not None and not job.future.done():
+                if slot.child is not None:
+                    slot.child.signal_kill()  # its thread reports the call stopped, then stops itself
+                else:
+                    _settle(job, HandlerOutcome(False, [], list(job.output.lines) if job.output else [],
+                                                "stopped: the handler pool was closed while the handler ran (its "
+                                                "thread is left running: Python cannot stop a thread)", 0.0))
+                    slot.abandoned = True
+        for slot in slots:
+            if slot.thread is not None and not slot.abandoned:
+                slot.thread.join(10)
+        for child in self._spare:
+            child.stop(1.0)
+        self._spare.clear()
+        with self._watch:
+            self._watch.notify_all()
+
+    # -- the slots -------------------------------------------------------------------------------------
+    def _add_slot(self) -> None:
+        slot = _Slot()
+        slot.thread = threading.Thread(target=self._serve, args=(slot,), daemon=True,
+                                       name=f"xflow-handler-{self._number}-{len(self._slots) + 1}")
+        self._slots.append(slot)
+        slot.thread.start()
+
+    def _serve(self, slot: _Slot) -> None:
+        try:
+            while True:
+                job = self._jobs.get()
+                if job is None:
+                    break
+                if not job.future.set_running_or_notify_cancel():
+                    continue
+                slot.job = job
+                job.slot = slot
+                try:
+                    outcome = self._run(slot, job)
+                except BaseException as exc:  # a bug here, or a BaseException the handler raised in thread mode
+                    log.exception("%s: the call of %s failed unexpectedly", self.label, job.attempt.event_id)
+                    outcome = HandlerOutcome(False, [], [], f"{type(exc).__name__}: {exc}", 0.0)
+                _settle(job, outcome)
+                slot.job = None
+                if slot.abandoned:
+                    return  # another slot has taken this one's place
+        finally:
+            if slot.child is not None and not slot.abandoned:
+                slot.child.stop(1.0)
+                slot.child = None
+
+    def _run(self, slot: _Slot, job: _Job) -> HandlerOutcome:
+        if self.isolation == "thread":
+            return self._run_in_thread(job)
+        child = slot.child
+        if child is not None and not child.alive():
+            child.stop(1.0)
+            log.warning("%s: handler process %d %s between calls; starting another", self.label, child.pid,
+                        describe_exit(child.exitcode))
+            child = slot.child = None
+        if child is None:
+            with self._lock:
+                child = self._spare.pop() if self._spare else None
+            if child is None:
+                try:
+                    child = self._start_process()
+                except LoadFailed as exc:
+                    return HandlerOutcome(False, [], exc.lines, f"cannot load handler {self.handler!r}: {exc}", 0.0)
+            slot.child = child
+        outcome, records = child.call(job.data, job.attempt.as_tuple(), self.timeout)
+        if records:
+            self._reemit(records, job.attempt)
+        if child.ended:
+            child.stop(1.0)
+            slot.child = None  # the next call of this slot starts another process
+            if self.stopping and not outcome.ok and not (outcome.error or "").startswith("timed out"):
+                outcome.error = "stopped: the handler pool was closed while the handler ran"
+        return outcome
+
+    def _start_process(self) -> HandlerProcess:
+        return HandlerProcess(self._context, self.source, self.handler, self.publishes, keep_records=self.propagate_logs,
+                              environment=self.environment, load_timeout=self.load_timeout, file=self.file,
+                              label=self.label)
+
+    # -- thread isolation ------------------------------------------------------------------------------------
+    def _load(self) -> Any:
+        if self._function is None:
+            self._function = load_handler(self.source, self.handler)
+        return self._function
+
+    def _logger(self, attempt: Attempt) -> logging.Logger:
+        """A logger of this call only (so concurrent calls do not see each other's lines), below the function's."""
+        key = attempt.workflow_id, attempt.function_name
+        parent = self._loggers.get(key)
+        if parent is None:
+            parent = self._loggers[key] = logging.getLogger(f"xflow.functions.{key[0]}.{key[1]}")
+        logger = logging.Logger(parent.name, logging.DEBUG)
+        logger.parent = parent
+        logger.propagate = self.propagate_logs
+        return logger
+
+    def _run_in_thread(self, job: _Job) -> HandlerOutcome:
+        try:
+            function = self._load()
+        except HandlerLoadError as exc:
+            return HandlerOutcome(False, [], [], f"cannot load handler {self.handler!r}: {exc}", 0.0)
+        attempt = job.attempt
+        ctx = HandlerContext(attempt.execution_id, attempt.event_name, attempt.event_id, attempt.attempt,
+                             attempt.workflow_id, attempt.function_name, self._logger(attempt))
+        job.output = AttemptOutput(ctx.logs)
+        data = _private_copy(job.data)  # what the handler changes in it stays out of a retry's data
+        if self.timeout is not None:
+            self._watch_job(job)
+        try:
+            outcome = call_handler(function, data, ctx, self.publishes, redirect=False, output=job.output)
+        finally:
+            if self.timeout is not None:
+                with self._watch:
+                    self._running.pop(job, None)
+        outcome, text = sendable(outcome)
+        if text is not None:
+            outcome.published = [(name, data) for name, data in json.loads(text)]
+        return outcome
+
+    def _watch_job(self, job: _Job) -> None:
+        assert self.timeout is not None
+        job.deadline = time.monotonic() + self.timeout
+        with self._watch:
+            self._running[job] = job.deadline
+            if job.deadline < self._wake_at:
+                self._watch.notify()
+
+    def _watch_deadlines(self) -> None:
+        """Thread isolation with a timeout: fail the calls past it and give their slots to new threads."""
+        with self._watch:
+            while not self._closed:
+                now = time.monotonic()
+                for job, deadline in list(self._running.items()):
+                    if deadline <= now:
+                        del self._running[job]
+                        self._abandon(job)
+                self._wake_at = min(self._running.values(), default=float("inf"))
+                self._watch.wait(None if self._wake_at == float("inf") else max(0.0, self._wake_at - now))
+
+    def _abandon(self, job: _Job) -> None:
+        lines = job.output.finish()[:] if job.output is not None else []
+        assert self.timeout is not None
+        _settle(job, HandlerOutcome(False, [], lines, f"timed out after {seconds(self.timeout)}", self.timeout))
+        slot = job.slot
+        if slot is None or slot.abandoned:
+            return
+        slot.abandoned = True
+        log.warning("%s: the call of %s timed out after %s; its thread is left running (Python cannot stop a "
+                    "thread) and another takes its place", self.label, job.attempt.event_id, seconds(self.timeout))
+        if not self._closed:
+            self._add_slot()
+
+    # -- logs --------------------------------------------------------------------------------------------
+    def _reemit(self, records: list[dict[str, Any]], attempt: Attempt) -> None:
+        """Log records sent back by a handler process, on ``xflow.functions.<workflow>.<function>``."""
+        logger = logging.getLogger(f"xflow.functions.{attempt.workflow_id}.{attempt.function_name}")
+        for fields in records:
+            record = logging.makeLogRecord(fields)
+            record.name = logger.name
+            record.msecs = (record.created - int(record.created)) * 1000
+            logger.handle(record)
+
+
+def _private_copy(data: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return pickle.loads(pickle.dumps(data, pickle.HIGHEST_PROTOCOL))
+    except Exception:
+        return data
+
+
+@atexit.register
+def _close_live_pools() -> None:
+    """Pools left open at exit: their handler processes are stopped (before multiprocessing waits for them)."""
+    for pool in list(_live_pools):
+        with contextlib.suppress(Exception):
+            pool.close(timeout=0.5)
