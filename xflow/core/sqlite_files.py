@@ -12,6 +12,12 @@ log held and splits the processes between two logs, which loses records for good
 checkpoints what it still sees into the file, notes the incident beside it (``FILE.incidents``, read by the
 tracker to warn that records may be missing) and raises an error: the process stops instead of writing on.
 
+A connection may be shared by the threads of a process (an application publishing from request threads while a
+worker runs): each ``using`` block holds the connection's lock, so one thread's transaction never takes in
+another thread's statements. ``bench/bench_sqlite_threads.py`` measured this against one connection per thread:
+the same throughput (0.8-1.2x from 1 to 32 threads) and a like 99th percentile, with one connection (three open
+files) per process instead of one for every thread that ever touched the file, none left behind by threads that end.
+
 Only the standard library is used: the core imports no backend.
 """
 
@@ -21,10 +27,11 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +165,8 @@ class _Opened:
     database: Identity | None
     log: Identity | None
     broken: StateFileError | None = None
+    #: held by each ``using`` block and by ``close``: the threads sharing the connection take turns
+    lock: threading.RLock = field(default_factory=threading.RLock)
 
 
 class SqliteFile:
@@ -170,6 +179,9 @@ class SqliteFile:
         self._opened: dict[int, _Opened] = {}
         #: the incident this process found (noted and written back once, whichever connection found it)
         self._incident: str | None = None
+        self._incident_lock = threading.Lock()
+        #: the lock of connections this object did not open
+        self._lock = threading.RLock()
 
     @property
     def wal(self) -> Path:
@@ -207,33 +219,44 @@ class SqliteFile:
         self._opened[id(connection)] = _Opened(_identity(self.path), _identity(self.wal))
         return connection
 
+    def lock(self, connection: sqlite3.Connection) -> threading.RLock:
+        """The lock that threads sharing ``connection`` take turns with (held by :meth:`using`)."""
+        opened = self._opened.get(id(connection))
+        return opened.lock if opened is not None else self._lock
+
     def close(self, connection: sqlite3.Connection | None) -> None:
-        """Close ``connection``; if its log was removed meanwhile, write back what it sees and note it first."""
+        """Close ``connection`` (once no thread uses it); if its log was removed meanwhile, write back what it sees
+        and note it first."""
         if connection is None:
             return
-        try:
-            self.check(connection)
-        except XflowError as exc:
-            log.debug("closing a connection to %s: %s", self.path, exc)
-        self._opened.pop(id(connection), None)
-        with suppress(sqlite3.Error):
-            connection.close()
+        with self.lock(connection):
+            try:
+                self.check(connection)
+            except XflowError as exc:
+                log.debug("closing a connection to %s: %s", self.path, exc)
+            self._opened.pop(id(connection), None)
+            with suppress(sqlite3.Error):
+                connection.close()
 
     @contextmanager
     def using(self, connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         """``with file.using(db) as db:`` check that the file and its log are still the ones ``db`` opened, then
         run the block, turning SQLite errors about the file into one-line errors. On a full disk, the write-ahead
-        log is written back and truncated first, which often frees the room the next try needs."""
-        self.check(connection)
-        try:
-            yield connection
-        except sqlite3.Error as exc:
-            error = self.error(exc)
-            if isinstance(error, DiskFull):
-                self._make_room(connection)
-            if error is None:
-                raise
-            raise error from None
+        log is written back and truncated first, which often frees the room the next try needs.
+
+        The block holds the connection's lock: other threads using the same connection wait until it ends, so a
+        transaction begun inside is the only one on the connection and takes in no other thread's statements."""
+        with self.lock(connection):
+            self.check(connection)
+            try:
+                yield connection
+            except sqlite3.Error as exc:
+                error = self.error(exc)
+                if isinstance(error, DiskFull):
+                    self._make_room(connection)
+                if error is None:
+                    raise
+                raise error from None
 
     def _make_room(self, connection: sqlite3.Connection) -> None:
         """Best effort after SQLITE_FULL: move the write-ahead log into the file and truncate it (the log holds every
@@ -267,8 +290,9 @@ class SqliteFile:
             what = (f"{self.path} was deleted" if database is None else f"{self.path} was replaced by another file")
         else:
             what = f"its write-ahead log {self.wal.name} was {'deleted' if wal is None else 'replaced'}"
-        if self._incident is None:
-            self._incident = what
+        with self._incident_lock:
+            first, self._incident = self._incident is None, self._incident or what
+        if first:
             if database == opened.database:
                 self._checkpoint(connection)
             if database is not None:  # the file (the same or another) is there to be read: say what it may miss

@@ -1,7 +1,8 @@
 """The ``sqlite`` tracker store: every event and delivery outcome of a workflow in one SQLite file.
 
 Options: ``path`` (default ``STATE_DIR/WORKFLOW/tracker.db``). Safe for many worker processes on
-one machine (WAL mode); events are keyed by event id, so recording one twice is a no-op.
+one machine (WAL mode) and for the threads of one process (they take turns on one connection); events
+are keyed by event id, so recording one twice is a no-op.
 Any content is stored: text that UTF-8 cannot carry (lone surrogates) is kept as escapes, and
 times that are not finite numbers are replaced by the time of recording.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -59,15 +61,20 @@ class SqliteTrackerStore(TrackerStore):
         self.path = Path(context.option("path", Path(context.state_dir) / context.workflow_id / "tracker.db"))
         self.file = SqliteFile(self.path, "tracker database")
         self._connection: sqlite3.Connection | None = None
+        self._connecting = threading.Lock()  # threads opening the shared connection at once open one
 
     @property
     def db(self) -> sqlite3.Connection:
-        if self._connection is None:
-            if not self.path.exists():
-                raise XflowError(f"the tracker database {self.path} does not exist",
-                                 "run 'xflow setup FILE --tracker sqlite' (or 'xflow run') first")
-            self._connection = self.file.connect()
-        return self._connection
+        connection = self._connection
+        if connection is None:
+            with self._connecting:
+                if self._connection is None:
+                    if not self.path.exists():
+                        raise XflowError(f"the tracker database {self.path} does not exist",
+                                         "run 'xflow setup FILE --tracker sqlite' (or 'xflow run') first")
+                    self._connection = self.file.connect()
+                connection = self._connection
+        return connection
 
     @contextmanager
     def _using(self) -> Iterator[sqlite3.Connection]:
@@ -76,9 +83,9 @@ class SqliteTrackerStore(TrackerStore):
             yield db
 
     def close(self) -> None:
-        if self._connection is not None:
-            self.file.close(self._connection)
-            self._connection = None
+        with self._connecting:
+            connection, self._connection = self._connection, None
+        self.file.close(connection)
 
     def plan_setup(self, workflow: Workflow) -> list[Step]:
         if self.path.exists():

@@ -14,6 +14,10 @@ out and go on, a command exits 1. A bad option, a missing topic and a record ove
 Every client call has a deadline (``publish_timeout_ms`` for a publish in all; ``connect_timeout_ms`` plus
 ``request_timeout_ms`` for the rest), and a producer whose publish failed is replaced by a new one.
 
+Threads: one transport may be shared by the threads of a process. Their publishes take turns on the one producer
+(a publish's failures are told apart from another's, and a producer replaced after a failure takes no other
+thread's records with it); a publish waits at most ``publish_timeout_ms`` for its turn, then is BackendUnavailable.
+
 Connection: ``bootstrap_servers`` is a comma-separated ``host:port`` list. Two clients sit behind
 the same behaviour: ``client: kafka-python`` (default, ``pip install 'xflow[kafka]'``) and
 ``client: confluent`` (librdkafka, ``pip install 'xflow[kafka-fast]'``). Security settings
@@ -27,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -159,6 +164,7 @@ class KafkaTransport(Transport):
         )
         self.client = CLIENTS[client_name](settings)
         self._known_topics: set[str] = set()
+        self._producing = threading.Lock()  # publishes from many threads take turns on the one producer
 
     def _int_option(self, key: str, default: int) -> int:
         value = self.context.option(key, default)
@@ -327,6 +333,9 @@ class KafkaTransport(Transport):
         self._send(outgoing, f"publishing {event!r}")
 
     def _send(self, outgoing: list[Outgoing], doing: str) -> None:
+        if not self._producing.acquire(timeout=self.publish_timeout):
+            raise BackendUnavailable(f"kafka transport: other threads' publishes held the producer for "
+                                     f"{self.publish_timeout:g} s while {doing}", _HINT_TRANSIENT)
         try:
             self.client.produce(outgoing, self.publish_timeout)
         except KafkaClientError as exc:
@@ -345,6 +354,8 @@ class KafkaTransport(Transport):
                 raise BackendUnavailable(f"kafka transport: the brokers do not serve the topics yet while {doing} "
                                          f"({exc})", _HINT_TRANSIENT) from exc
             raise self._as_error(doing, exc) from exc
+        finally:
+            self._producing.release()
 
     # -- consume --------------------------------------------------------------------------
     def _offset_reset(self, group: str) -> str:

@@ -13,6 +13,9 @@ Disk and state errors are named in one line (:mod:`xflow.core.sqlite_files`): a 
 long or an I/O error is :class:`BackendUnavailable` (workers wait it out, ``publish`` exits 1); a read-only
 or damaged file is an :class:`XflowError`. Deleting ``events.db-wal`` (or replacing ``events.db``) under a
 running process is detected by that process, which stops.
+
+One transport may be shared by the threads of a process: they share its connection and take turns on it
+(:meth:`SqliteFile.using` holds the connection's lock), and each consumer has a connection of its own.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import math
 import os
 import socket
 import sqlite3
+import threading
 import time
 import uuid
 import zlib
@@ -76,17 +80,22 @@ class LocalTransport(Transport):
         self.poll_interval = context.number_option("poll_interval", 0.05, minimum=0.001, kind=float)
         self.max_record_bytes = context.number_option("max_record_bytes", 1_048_576, minimum=1)
         self._connection: sqlite3.Connection | None = None
+        self._connecting = threading.Lock()  # threads opening the shared connection at once open one
         self._partitions_of: dict[str, int] = {}
 
     # -- connection ---------------------------------------------------------------------------
     @property
     def db(self) -> sqlite3.Connection:
-        if self._connection is None:
-            if not self.path.exists():
-                raise XflowError(f"the event log {self.path} does not exist",
-                                 "run 'xflow setup FILE --transport local' (or 'xflow run') first")
-            self._connection = self.file.connect()
-        return self._connection
+        connection = self._connection
+        if connection is None:
+            with self._connecting:
+                if self._connection is None:
+                    if not self.path.exists():
+                        raise XflowError(f"the event log {self.path} does not exist",
+                                         "run 'xflow setup FILE --transport local' (or 'xflow run') first")
+                    self._connection = self.file.connect()
+                connection = self._connection
+        return connection
 
     @contextmanager
     def _using(self) -> Iterator[sqlite3.Connection]:
@@ -107,15 +116,15 @@ class LocalTransport(Transport):
         except BaseException:
             self.file.close(connection)
             raise
-        if self._connection is None:
-            self._connection = connection
-        else:
-            self.file.close(connection)
+        with self._connecting:
+            if self._connection is None:
+                self._connection, connection = connection, None
+        self.file.close(connection)
 
     def close(self) -> None:
-        if self._connection is not None:
-            self.file.close(self._connection)
-            self._connection = None
+        with self._connecting:
+            connection, self._connection = self._connection, None
+        self.file.close(connection)
 
     def _existing(self) -> dict[str, int]:
         if not self.path.exists():
