@@ -3,9 +3,9 @@
     python bench/bench_supervisor.py [--calls 5000] [--concurrency 1 4]
 
 For each isolation and concurrency, times N no-op calls submitted at once (throughput) and N calls submitted
-one after the other, each waited for (latency), and prints calls/s and the ratio to the plain loop (the
-handler called directly with a fresh ctx, as the dispatcher did before). Not a test: machines are noisy, so
-read the ratios, and run it a few times.
+one after the other, each waited for (latency), and prints calls/s and the ratios to a plain loop (the handler
+called directly with a fresh ctx) and to call_handler called inline (what the dispatcher did before). Not a
+test: machines are noisy, so read the ratios, and run it a few times.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from xflow.core.runtime import HandlerContext, load_handler
+from xflow.core.runtime import HandlerContext, call_handler, load_handler
 from xflow.providers.supervisor import Attempt, HandlerPool
 
 HANDLER = "def noop(event, ctx):\n    return None\n"
@@ -32,6 +32,17 @@ def plain(source: Path, calls: int) -> float:
     for _ in range(calls):
         ctx = HandlerContext("ex", "In", "ev", 1, "bench", "noop", logger)
         function(dict(DATA), ctx)
+    return time.perf_counter() - started
+
+
+def inline_call_handler(source: Path, calls: int) -> float:
+    """What the dispatcher did before: call_handler in its own thread (capture by a process-wide redirect)."""
+    function = load_handler(source, "noop")
+    logger = logging.getLogger("xflow.functions.bench.noop")
+    started = time.perf_counter()
+    for _ in range(calls):
+        ctx = HandlerContext("ex", "In", "ev", 1, "bench", "noop", logger)
+        assert call_handler(function, DATA, ctx, []).ok
     return time.perf_counter() - started
 
 
@@ -60,15 +71,18 @@ def main() -> None:
         source = Path(tmp) / "noop.py"
         source.write_text(HANDLER)
         base = plain(source, args.calls)
-        print(f"{'case':<34} {'calls/s':>10} {'us/call':>9} {'x plain':>9}")
-        print(f"{'plain loop':<34} {args.calls / base:>10.0f} {base / args.calls * 1e6:>9.1f} {1:>9.1f}")
+        before = inline_call_handler(source, args.calls)
+        print(f"{'case':<34} {'calls/s':>10} {'us/call':>9} {'x plain':>9} {'x inline':>9}")
+        for name, seconds in (("plain loop", base), ("inline call_handler (before)", before)):
+            print(f"{name:<34} {args.calls / seconds:>10.0f} {seconds / args.calls * 1e6:>9.1f} {seconds / base:>9.1f} "
+                  f"{seconds / before:>9.1f}")
         for isolation in ("thread", "process"):
             for concurrency in args.concurrency:
                 for one_by_one in (False, True):
                     seconds = pooled(source, args.calls, isolation, concurrency, one_by_one)
                     name = f"{isolation} c={concurrency} {'one by one' if one_by_one else 'all at once'}"
                     print(f"{name:<34} {args.calls / seconds:>10.0f} {seconds / args.calls * 1e6:>9.1f} "
-                          f"{seconds / base:>9.1f}")
+                          f"{seconds / base:>9.1f} {seconds / before:>9.1f}")
 
 
 if __name__ == "__main__":

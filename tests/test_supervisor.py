@@ -369,3 +369,23 @@ def test_bad_settings_are_user_errors(tmp_path):
     for settings in ({"isolation": "container"}, {"concurrency": 0}, {"timeout": 0}):
         with pytest.raises(XflowError):
             HandlerPool(source, "handle", ["Out"], **settings)
+
+
+@pytest.mark.parametrize("isolation", ["process", "thread"])
+def test_a_flood_of_output_is_cut_at_the_limit_and_says_so(tmp_path, isolation):
+    source = write(tmp_path / "src", "loud.py", """
+        def handle(event, ctx):
+            for i in range(400):
+                print(f"{i:04d}" + "x" * 4996)
+        """)
+    with HandlerPool(source, "handle", ["Out"], isolation=isolation) as pool:
+        outcome = run(pool, {})
+    assert outcome.ok
+    assert len(outcome.logs) == 200 and outcome.logs[0].startswith("0000x") and outcome.logs[198].startswith("0198x")
+    assert outcome.logs[-1] == "[xflow: 201 more lines of output dropped, over 1000000 characters]"
+
+
+def test_the_environment_holds_strings(tmp_path):
+    source = write(tmp_path / "src", "steps.py", STEPS)
+    with pytest.raises(XflowError, match="strings only"):
+        HandlerPool(source, "handle", ["Out"], environment={"N": 1})  # type: ignore[dict-item]

@@ -30,6 +30,7 @@ import time
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from multiprocessing import reduction
 from pathlib import Path
 from typing import Any
 
@@ -53,13 +54,28 @@ class ChildSpec:
     source: str
     handler: str
     publishes: tuple[str, ...]
-    #: a file the child appends its output lines to as they come (the parent reads it when the child dies)
-    mirror: str
+    #: an unnamed file the child writes its output lines to as they come (the parent reads it when the child dies):
+    #: a :class:`PassedFd` in the parent, the child's file descriptor once unpickled there
+    mirror: Any
     #: send log records back with each reply (the parent re-emits them)
     keep_records: bool
     #: the parent's environment and working folder when the child was started (a forkserver's are older)
     environment: dict[str, str] = field(default_factory=dict)
     cwd: str = ""
+
+
+class PassedFd:
+    """A file descriptor handed to a process being started (pickled as multiprocessing passes a pipe's)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return _detach, (reduction.DupFd(self.fd),)
+
+
+def _detach(duplicate: Any) -> int:
+    return duplicate.detach()
 
 
 def published_json(published: list[tuple[str, dict[str, Any]]]) -> str:
@@ -104,6 +120,7 @@ class _State:
         if self.dirty:
             with contextlib.suppress(OSError):
                 os.ftruncate(self.mirror, 0)
+                os.lseek(self.mirror, 0, os.SEEK_SET)
             self.dirty = False
         self.current = runtime.AttemptOutput(mirror=self.mirror, records=[] if keep_records else None)
         return self.current
@@ -172,7 +189,7 @@ def main(conn: Any, spec: ChildSpec) -> None:
     if spec.cwd:
         with contextlib.suppress(OSError):
             os.chdir(spec.cwd)
-    mirror = os.open(spec.mirror, os.O_WRONLY | os.O_APPEND)
+    mirror = spec.mirror
     state = _State(mirror)
     streams = _Stream(state, sys.stdout), _Stream(state, sys.stderr)
     sys.stdout, sys.stderr = streams
@@ -265,10 +282,11 @@ class HandlerProcess:
 
     def __init__(self, context: Any, source: Path, handler: str, publishes: Sequence[str], *, keep_records: bool,
                  environment: Mapping[str, str], load_timeout: float, file: Path, label: str) -> None:
-        fd, path = tempfile.mkstemp(prefix="xflow-handler-", suffix=".out")
-        self.mirror_fd = fd
-        spec = ChildSpec(str(source), handler, tuple(publishes), path, keep_records, {**os.environ, **environment},
-                         os.getcwd())
+        # unnamed (nothing is left behind, whatever happens to either process); closed by close_files()
+        self._mirror = tempfile.TemporaryFile(prefix="xflow-handler-", suffix=".out")  # noqa: SIM115
+        self.mirror_fd = self._mirror.fileno()
+        spec = ChildSpec(str(source), handler, tuple(publishes), PassedFd(self.mirror_fd), keep_records,
+                         {**os.environ, **environment}, os.getcwd())
         self.conn, child_end = context.Pipe()
         self.process = context.Process(target=main, args=(child_end, spec), name=f"xflow-handler:{label}")
         #: the process has ended (its sentinel was seen); its slot replaces it
@@ -292,9 +310,6 @@ class HandlerProcess:
             self.kill()
             self.close_files()
             raise
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(path)  # both ends have it open; nothing is left behind
         if reply is not None and reply[0] == "ready":
             self.pid: int = reply[1]
             return
@@ -416,7 +431,7 @@ class HandlerProcess:
         if self.mirror_fd < 0:
             return
         with contextlib.suppress(OSError):
-            os.close(self.mirror_fd)
+            self._mirror.close()
         self.mirror_fd = -1
         with contextlib.suppress(OSError):
             self.conn.close()

@@ -20,6 +20,17 @@ stop a thread; it runs on, and its result is dropped), and another thread takes 
 failed call ("called sys.exit(3)"); ``os._exit`` or a segfault end this process: use processes for code
 that may do that.
 
+Handler processes see the environment and working folder this process has when they start (plus
+``environment``), and keep the handler's folder on ``sys.path``. As in any program whose processes start from a
+forkserver or by spawn, each imports this program's main module again (as ``__mp_main__``): a script that builds
+a pool must keep its work under ``if __name__ == "__main__":`` (the ``xflow`` command does). In thread mode the
+handler's folder is on ``sys.path`` only while it is imported (:func:`~xflow.core.runtime.load_handler`): modules
+next to it must be imported at the top of its module.
+
+Per call, in process mode: one message each way on the pipe (the event's data and the attempt; the outcome with
+the published events as JSON text). Published data must be JSON in both modes (it is what the event will carry):
+data that is not is a failed outcome saying which event.
+
 Slots are daemon threads of this module rather than a ``ThreadPoolExecutor``: an executor can neither replace a
 thread it has lost to a hung handler nor let the interpreter exit while one runs.
 """
@@ -126,13 +137,19 @@ class HandlerPool:
             raise XflowError(f"concurrency must be a whole number of at least 1, not {concurrency!r}")
         if timeout is not None and not timeout > 0:
             raise XflowError(f"timeout must be a number of seconds above 0, not {timeout!r}")
+        environment = dict(environment or {})
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in environment.items()):
+            raise XflowError("the environment of a handler holds strings only", "quote the values")
         self.source = Path(source)
         self.handler = handler
         self.publishes = list(publishes)
         self.isolation = isolation
         self.timeout = None if timeout is None else float(timeout)
         self.propagate_logs = propagate_logs
-        self.environment = dict(environment or {})
+        self.environment = environment
+        if environment and isolation == "thread":
+            log.warning("%s: 'environment' is not applied with thread isolation (this process's environment is "
+                        "shared by every handler); use process isolation", function_name or handler)
         self.load_timeout = load_timeout
         self.label = function_name or handler
         try:
