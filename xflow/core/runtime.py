@@ -364,7 +364,7 @@ class AttemptOutput(io.TextIOBase):
         self.lines: list[str] = [] if lines is None else lines
         self.records = records
         self.mirror = mirror
-        self._room = limit
+        self._limit = self._room = limit
         self._dropped = 0
         self._partial = ""
         self._lock = threading.Lock()
@@ -414,7 +414,7 @@ class AttemptOutput(io.TextIOBase):
                 self._keep_locked(self._partial)
                 self._partial = ""
             if self._dropped:
-                self.lines.append(f"[xflow: {self._dropped} more lines of output dropped, over {MAX_OUTPUT_CHARS} "
+                self.lines.append(f"[xflow: {self._dropped} more lines of output dropped, over {self._limit} "
                                   "characters]")
                 self._dropped = 0
                 self._room = 0
