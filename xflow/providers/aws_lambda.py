@@ -44,6 +44,7 @@ from xflow.core.aws import (
     create_log_group,
     delete_log_group,
     is_client_error,
+    is_transient,
     set_log_retention,
     translate_errors,
 )
@@ -609,7 +610,7 @@ class LambdaProvider(FunctionProvider):
         try:
             self.lam.get_waiter(waiter).wait(FunctionName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 120})
         except Exception as exc:
-            if "Waiter" in type(exc).__name__:
+            if "Waiter" in type(exc).__name__ and not is_transient(exc):  # throttling or a 5xx: translate_errors
                 raise XflowError(f"Lambda function {name} did not become ready: {exc}") from None
             raise
 
