@@ -3,8 +3,9 @@
 - stream name: ``<workflow_id>-<event>``, tagged ``xflow:workflow=<workflow_id>``; shard count from
   the ``shards`` option (default 1); setup creates missing streams, reshards, removes this
   workflow's streams that the file no longer names;
-- publish: ``PutRecords`` in batches within 500 records / 5 MB, partition key = execution id,
-  partially failed records retried with backoff; a record over 1 MB is an error naming the event;
+- publish: ``PutRecords`` in batches within 500 records / 5 MB, partition key = execution id, at most
+  one record per key in a call so that a partial failure cannot reorder an execution's records;
+  refused records retried with backoff and jitter; a record over 1 MB is an error naming the event;
 - subscribe (for the ``local`` provider / ``xflow worker``): reads shards with GetShardIterator /
   GetRecords. Each (group, stream, shard) has a lease and a checkpoint in a DynamoDB table per
   workflow (``xflow-<workflow_id>-checkpoints``, created on first subscribe), so several worker
@@ -22,15 +23,19 @@ import logging
 import math
 import os
 import random
+import threading
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from xflow.core.aws import TAG_KEY, AwsSession, is_client_error, translate_errors
-from xflow.core.errors import XflowError
+from tenacity import RetryCallState
+
+from xflow.core.aws import TAG_KEY, AwsSession, ServiceBusy, is_client_error, retrying, translate_errors
+from xflow.core.errors import BackendUnavailable, XflowError
 from xflow.core.hookspecs import hookimpl
 from xflow.core.interfaces import Consumer, Delivery, PluginContext, Record, Step, Transport
 
@@ -40,7 +45,12 @@ MAX_RECORDS_PER_CALL = 500
 MAX_BYTES_PER_CALL = 5 * 1024 * 1024
 MAX_RECORD_BYTES = 1024 * 1024
 MAX_KEY_CHARS = 256
+#: a publish fails when PutRecords stored nothing this many calls in a row, or for this many seconds
 PUT_ATTEMPTS = 8
+PUT_SECONDS = 30.0
+#: the first and the longest wait after a call that left records unstored (seconds; exponential, with jitter)
+PUT_FIRST_WAIT = 0.05
+PUT_MAX_WAIT = 2.0
 
 
 def _session_for(context: PluginContext) -> AwsSession:
@@ -166,8 +176,21 @@ class KinesisTransport(Transport):
     # ------------------------------------------------------------------ publish
 
     def publish(self, event: str, records: Sequence[Record]) -> None:
+        """PutRecords, keeping the order of each partition key (execution) also when some entries are refused.
+
+        Kinesis may store a later entry of a PutRecords call and refuse an earlier one (a shard over its write
+        budget, an internal failure): sending the refused one again would put it after the later one. So a
+        call carries at most one entry per partition key, and a key's next entry goes in a call only after the
+        call that stored the previous one returned. Each call takes the oldest unsent entry of each key, keys
+        with the most entries left first (as few calls as the longest key needs, 500 entries / 5 MB a call);
+        refused entries stay first in their key's queue for the next call, after a backoff with jitter.
+        Whole-call failures (throttling, a 5xx, a dropped connection) were retried by botocore and are
+        retried again here; if a call stores nothing ``PUT_ATTEMPTS`` times in a row or for ``PUT_SECONDS``,
+        the publish fails with :class:`BackendUnavailable`. What was stored by then stays stored: publishing
+        the same records again repeats those (consumers drop repeated event ids) and keeps every key's order.
+        """
         name = self.stream_name(event)
-        entries: list[dict[str, Any]] = []
+        queues: dict[str, deque[dict[str, Any]]] = {}
         for record in records:
             key = record.key or "-"
             if len(key) > MAX_KEY_CHARS:
@@ -178,47 +201,24 @@ class KinesisTransport(Transport):
                     f"event {event}: a record of {size} bytes is over the Kinesis limit of {MAX_RECORD_BYTES} bytes",
                     "publish a reference (an s3:// path) instead of the content",
                 )
-            entries.append({"Data": record.value, "PartitionKey": key})
-        batch: list[dict[str, Any]] = []
-        batch_bytes = 0
-        for entry in entries:
-            size = len(entry["Data"]) + len(entry["PartitionKey"].encode("utf-8"))
-            if batch and (len(batch) >= MAX_RECORDS_PER_CALL or batch_bytes + size > MAX_BYTES_PER_CALL):
-                self._put_batch(event, name, batch)
-                batch, batch_bytes = [], 0
-            batch.append(entry)
-            batch_bytes += size
-        if batch:
-            self._put_batch(event, name, batch)
+            queues.setdefault(key, deque()).append({"Data": record.value, "PartitionKey": key})
+        if queues:
+            _OrderedPut(self, event, name, queues).run()
 
-    def _put_batch(self, event: str, name: str, batch: list[dict[str, Any]]) -> None:
-        pending = batch
-        last_error = ""
-        for attempt in range(PUT_ATTEMPTS):
-            if attempt:
-                time.sleep(min(0.05 * 2 ** attempt, 2.0))
-            with translate_errors(f"publishing {event} to stream {name}"):
-                try:
-                    self.put_calls += 1
-                    response = self.kinesis.put_records(StreamName=name, Records=pending)
-                except Exception as exc:
-                    if is_client_error(exc, "ResourceNotFoundException"):
-                        raise XflowError(f"event {event}: stream {name} does not exist",
-                                         "run xflow setup for this workflow first") from None
-                    if is_client_error(exc, "ProvisionedThroughputExceededException", "LimitExceededException",
-                                       "InternalFailure", "ServiceUnavailable"):
-                        last_error = str(exc)
-                        continue
-                    raise
-            if not response.get("FailedRecordCount"):
-                return
-            failed = [entry for entry, result in zip(pending, response["Records"], strict=True)
-                      if result.get("ErrorCode")]
-            codes = {r.get("ErrorCode") for r in response["Records"] if r.get("ErrorCode")}
-            last_error = ", ".join(sorted(c for c in codes if c))
-            pending = failed
-        raise XflowError(f"event {event}: {len(pending)} record(s) not accepted by stream {name} after "
-                         f"{PUT_ATTEMPTS} attempts ({last_error})", "the stream is throttled: add shards")
+    def _put_records(self, event: str, name: str, batch: list[dict[str, Any]]) -> dict[str, Any]:
+        """One PutRecords call (botocore retries it on throttling, 5xx and dropped connections)."""
+        with translate_errors(f"publishing {event} to stream {name}"):
+            try:
+                self.put_calls += 1
+                return dict(self.kinesis.put_records(StreamName=name, Records=batch))
+            except Exception as exc:
+                if is_client_error(exc, "ResourceNotFoundException"):
+                    raise XflowError(f"event {event}: stream {name} does not exist",
+                                     "run xflow setup for this workflow first") from None
+                if is_client_error(exc, "LimitExceededException"):  # too many calls at once: passes like throttling
+                    raise ServiceBusy(f"publishing {event} to stream {name}: {exc}",
+                                      "the stream is busy: add shards or publish less at once") from None
+                raise
 
     # ------------------------------------------------------------------ subscribe
 
@@ -241,7 +241,8 @@ class KinesisTransport(Transport):
 
     @property
     def dynamodb(self) -> Any:
-        return self.aws.client("dynamodb")
+        """DynamoDB (the checkpoint table) with a long-running client's retries: workers use it all the time."""
+        return self.aws.client("dynamodb", long_running=True)
 
     def _table_exists(self) -> bool:
         with translate_errors(f"describing table {self.checkpoint_table}"):
@@ -280,6 +281,76 @@ class KinesisTransport(Transport):
                     raise
 
 
+class _NotStored(ServiceBusy):
+    """Some entries of a PutRecords call were refused (they are sent again)."""
+
+
+class _OrderedPut:
+    """The calls of one :meth:`KinesisTransport.publish`: per-key queues, one entry per key and call."""
+
+    def __init__(self, transport: KinesisTransport, event: str, name: str,
+                 queues: dict[str, deque[dict[str, Any]]]) -> None:
+        self.transport, self.event, self.name, self.queues = transport, event, name, queues
+        #: calls in a row that stored nothing, and when something was last stored
+        self.stalled = 0
+        self.progress_at = time.monotonic()
+
+    def run(self) -> None:
+        retry = retrying(stop=self._stop, first_wait=PUT_FIRST_WAIT, max_wait=PUT_MAX_WAIT)
+        while self.queues:
+            retry(self._call)
+
+    def _stop(self, state: RetryCallState) -> bool:
+        return self.stalled >= PUT_ATTEMPTS or time.monotonic() - self.progress_at >= PUT_SECONDS
+
+    def _batch(self) -> list[dict[str, Any]]:
+        """The oldest entry of each key, keys with the most left first, within a call's limits."""
+        batch: list[dict[str, Any]] = []
+        size = 0
+        for queue in sorted(self.queues.values(), key=len, reverse=True):  # stable: ties keep first-seen order
+            entry = queue[0]
+            entry_size = len(entry["Data"]) + len(entry["PartitionKey"].encode("utf-8"))
+            if len(batch) >= MAX_RECORDS_PER_CALL:
+                break
+            if batch and size + entry_size > MAX_BYTES_PER_CALL:
+                continue
+            batch.append(entry)
+            size += entry_size
+        return batch
+
+    def _call(self) -> None:
+        batch = self._batch()
+        try:
+            response = self.transport._put_records(self.event, self.name, batch)
+        except BackendUnavailable:
+            self.stalled += 1
+            raise
+        results = response.get("Records") or []
+        if len(results) != len(batch):
+            raise XflowError(f"publishing {self.event} to stream {self.name}: PutRecords answered {len(results)} "
+                             f"results for {len(batch)} records")
+        codes: set[str] = set()
+        stored = 0
+        for entry, result in zip(batch, results, strict=True):
+            if result.get("ErrorCode"):
+                codes.add(str(result["ErrorCode"]))
+                continue
+            stored += 1
+            queue = self.queues[entry["PartitionKey"]]
+            queue.popleft()
+            if not queue:
+                del self.queues[entry["PartitionKey"]]
+        if stored:
+            self.stalled, self.progress_at = 0, time.monotonic()
+        if len(batch) > stored:
+            if not stored:
+                self.stalled += 1
+            left = sum(len(q) for q in self.queues.values())
+            raise _NotStored(f"event {self.event}: {left} record(s) not stored by stream {self.name}, which refused "
+                             f"{len(batch) - stored} of the last call's {len(batch)} ({', '.join(sorted(codes))})",
+                             "the stream is throttled: add shards")
+
+
 #: the checkpoint of a shard that was read to its end after a reshard and settled: its children may be read
 SHARD_END = "SHARD_END"
 
@@ -308,6 +379,8 @@ class _Shard:
         #: throttled GetRecords calls in a row, and whether that was logged
         self.throttled = 0
         self.throttle_logged = False
+        #: GetRecords calls in a row that failed for a transient reason (5xx, dropped) after botocore's retries
+        self.failed_reads = 0
         #: when another member's progress on this (parent) shard was last looked up
         self.checked_at = 0.0
         #: positions handed out by poll and not committed yet
@@ -330,6 +403,21 @@ class KinesisConsumer(Consumer):
     reshard, a child shard is read only once its parent(s) were read to their end and every
     record of them was committed (their checkpoint is then ``SHARD_END``), so the records of an
     execution keep their order across the reshard.
+
+    Transient AWS failures are retried where they happen: DynamoDB calls (leases, heartbeats,
+    checkpoints) on a long-running client (``WORKER_ATTEMPTS`` botocore tries) and then with tenacity
+    for up to a third of the lease time; ListShards and GetShardIterator with tenacity; a GetRecords
+    call that fails anyway backs its shard off as throttling does (other shards go on). Only then
+    does :class:`BackendUnavailable` reach the worker, which waits it out. A poll that already took
+    records when a later call fails hands those records out (the failure comes again next poll).
+
+    A worker settles one function's batch at a time, and a slow batch (slow handlers, AWS calls
+    retried with backoff) would let the leases of its other functions' consumers expire: another
+    member would take them over and handle again what is being handled. So a lease keeper (a daemon
+    thread per consumer, like the Kinesis Client Library's lease renewer) extends the expiry of the
+    leases this member holds, and its heartbeat, every third of the lease time; taking, handing
+    back and losing leases stay with the polling thread. The keeper ends with :meth:`close` (or
+    with the consumer) and with the process: a dead worker's leases expire as before.
     """
 
     RESCAN_SECONDS = 5.0
@@ -342,6 +430,9 @@ class KinesisConsumer(Consumer):
     THROTTLE_MAX = 10.0
     #: how often (seconds) the checkpoint of a parent shard that another member reads is looked up
     PARENT_CHECK_SECONDS = 2.0
+    #: GetRecords failures in a row (5xx, dropped connections; each already retried by botocore) that a shard
+    #: rides out with the throttling backoff before the failure goes to the worker (which waits it out)
+    READ_FAILURES_MAX = 5
 
     def __init__(self, transport: KinesisTransport, group: str, events: list[str], starting_position: str) -> None:
         self.transport = transport
@@ -355,6 +446,15 @@ class KinesisConsumer(Consumer):
         self.heartbeat_at = 0.0
         self.members = 1
         self.cursor = 0
+        #: how long (seconds) a lease, heartbeat, checkpoint or shard-listing call is retried before it fails
+        self.patience = max(2.0, transport.lease_seconds / 3)
+        self._keeper_stop = threading.Event()
+        #: when the lease keeper last announced this member (the polling thread's heartbeat also counts members)
+        self._kept_alive_at = 0.0
+        self._keeper = threading.Thread(target=_keep_leases, args=(weakref.ref(self), self._keeper_stop,
+                                                                   transport.lease_seconds / 3),
+                                        name=f"xflow-lease-keeper-{group}", daemon=True)
+        self._keeper.start()
 
     @property
     def table(self) -> str:
@@ -364,6 +464,9 @@ class KinesisConsumer(Consumer):
         return f"{self.group}|{stream}|{shard_id}"
 
     def _list_shards(self, stream: str) -> list[dict[str, Any]]:
+        return list(retrying(self.patience)(self._list_shards_once, stream))
+
+    def _list_shards_once(self, stream: str) -> list[dict[str, Any]]:
         kinesis = self.transport.kinesis
         found: list[dict[str, Any]] = []
         kwargs: dict[str, Any] = {"StreamName": stream}
@@ -418,6 +521,9 @@ class KinesisConsumer(Consumer):
 
     def _heartbeat(self) -> None:
         """Say this member is alive and count the group's live members."""
+        retrying(self.patience)(self._heartbeat_once)
+
+    def _heartbeat_once(self) -> None:
         ddb = self.transport.dynamodb
         now = time.time()
         prefix = f"member|{self.group}|"
@@ -435,11 +541,12 @@ class KinesisConsumer(Consumer):
 
     def _acquire_or_renew(self, shard: _Shard) -> None:
         """Take the lease if free, expired or ours; keep the checkpoint it holds."""
-        now = time.time()
         ddb = self.transport.dynamodb
-        try:
+
+        def take() -> dict[str, Any]:
+            now = time.time()
             with translate_errors(f"taking the lease on {shard.lease}"):
-                response = ddb.update_item(
+                return dict(ddb.update_item(
                     TableName=self.table,
                     Key={"lease": {"S": shard.lease}},
                     UpdateExpression="SET #o = :me, expires = :exp",
@@ -449,7 +556,10 @@ class KinesisConsumer(Consumer):
                                                ":exp": {"N": str(now + self.transport.lease_seconds)},
                                                ":now": {"N": str(now)}},
                     ReturnValues="ALL_NEW",
-                )
+                ))
+
+        try:
+            response = retrying(self.patience)(take)
         except XflowError as exc:
             if "ConditionalCheckFailed" in exc.message:
                 if shard.owned:
@@ -457,20 +567,23 @@ class KinesisConsumer(Consumer):
                 self._drop(shard)
                 return
             raise
-        was_owned = shard.owned
-        shard.owned, shard.renewed_at = True, time.monotonic()
-        if not was_owned:
+        if not shard.owned:
             checkpoint = response.get("Attributes", {}).get("checkpoint", {}).get("S")
             if checkpoint == SHARD_END:  # another member read it to its end: nothing left here
                 shard.finished = True
                 self._release(shard)
                 return
-            shard.iterator = self._iterator(shard, checkpoint)
+            try:
+                shard.iterator = self._iterator(shard, checkpoint)
+            except XflowError:
+                self._release(shard)  # not readable now: hand the lease back, take it again later
+                raise
             shard.last_read = int(checkpoint) if checkpoint else None
             shard.ended = False
             shard.next_read_at = 0.0
             shard.pending.clear()
             shard.buffer.clear()
+        shard.owned, shard.renewed_at = True, time.monotonic()
 
     def _drop(self, shard: _Shard) -> None:
         shard.owned, shard.iterator = False, None
@@ -519,8 +632,12 @@ class KinesisConsumer(Consumer):
             kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=checkpoint)
         else:
             kwargs["ShardIteratorType"] = self.starting_position
-        with translate_errors(f"reading shard {shard.shard_id} of {shard.stream}"):
-            return self.transport.kinesis.get_shard_iterator(**kwargs).get("ShardIterator")
+
+        def ask() -> str | None:
+            with translate_errors(f"reading shard {shard.shard_id} of {shard.stream}"):
+                return self.transport.kinesis.get_shard_iterator(**kwargs).get("ShardIterator")
+
+        return retrying(self.patience)(ask)
 
     def _maintain(self) -> None:
         now = time.monotonic()
@@ -553,18 +670,26 @@ class KinesisConsumer(Consumer):
         """One GetRecords call on a shard whose turn it is, into its buffer."""
         now = time.monotonic()
         shard.next_read_at = now + self.READ_INTERVAL
-        with translate_errors(f"reading shard {shard.shard_id} of {shard.stream}"):
-            try:
-                response = self.transport.kinesis.get_records(ShardIterator=shard.iterator, Limit=self.READ_LIMIT)
-            except Exception as exc:
-                if is_client_error(exc, "ExpiredIteratorException"):
-                    self._drop(shard)
-                    return
-                if is_client_error(exc, "ProvisionedThroughputExceededException"):
-                    self._throttled(shard, now)
-                    return
-                raise
-        shard.throttled = 0
+        try:
+            with translate_errors(f"reading shard {shard.shard_id} of {shard.stream}"):
+                try:
+                    response = self.transport.kinesis.get_records(ShardIterator=shard.iterator,
+                                                                  Limit=self.READ_LIMIT)
+                except Exception as exc:
+                    if is_client_error(exc, "ExpiredIteratorException"):
+                        self._drop(shard)
+                        return
+                    if is_client_error(exc, "ProvisionedThroughputExceededException"):
+                        self._throttled(shard, now)
+                        return
+                    raise
+        except BackendUnavailable as exc:
+            self._read_failed(shard, now, exc)
+            return
+        if shard.failed_reads:
+            log.info("shard %s of %s is read again after %d failed GetRecords calls", shard.shard_id, shard.stream,
+                     shard.failed_reads)
+        shard.throttled = shard.failed_reads = 0
         shard.iterator = response.get("NextShardIterator")
         records = response.get("Records", [])
         for rec in records:
@@ -620,6 +745,18 @@ class KinesisConsumer(Consumer):
             log.debug("shard %s of %s throttled again (%d in a row): next read in %.2f s", shard.shard_id,
                       shard.stream, shard.throttled, wait)
 
+    def _read_failed(self, shard: _Shard, now: float, exc: BackendUnavailable) -> None:
+        """A GetRecords call failed after botocore's retries: back the shard off (exponentially, with jitter);
+        after ``READ_FAILURES_MAX`` in a row, let the worker know (it waits the outage out and polls again)."""
+        shard.failed_reads += 1
+        if shard.failed_reads > self.READ_FAILURES_MAX:
+            shard.failed_reads = 0
+            raise exc
+        wait = min(self.THROTTLE_MAX, self.THROTTLE_BASE * 2 ** (shard.failed_reads - 1))
+        shard.next_read_at = now + random.uniform(wait / 2, wait)
+        level = logging.WARNING if shard.failed_reads == 1 else logging.DEBUG
+        log.log(level, "%s; reading shard %s again in up to %.1f s", exc, shard.shard_id, wait)
+
     def poll(self, max_records: int, timeout: float) -> list[Delivery]:
         deadline = time.monotonic() + max(timeout, 0.0)
         while True:
@@ -634,10 +771,17 @@ class KinesisConsumer(Consumer):
                 shard = ready[(self.cursor + i) % len(ready)]
                 if not shard.owned:
                     continue
-                if not shard.buffer and shard.iterator and not shard.ended:
-                    self._read(shard)
-                found.extend(self._take(shard, max_records - len(found)))
-                self._end_if_done(shard)
+                try:
+                    if not shard.buffer and shard.iterator and not shard.ended:
+                        self._read(shard)
+                    found.extend(self._take(shard, max_records - len(found)))
+                    self._end_if_done(shard)
+                except XflowError as exc:
+                    if not found:
+                        raise
+                    # records taken are pending now: hand them out (or they would be skipped); the failure comes back
+                    log.debug("handing out %d record(s) before a failure: %s", len(found), exc)
+                    return found
             self.cursor += 1
             now = time.monotonic()
             if found or now >= deadline:
@@ -655,7 +799,7 @@ class KinesisConsumer(Consumer):
         ddb = self.transport.dynamodb
         for (event, partition), delivery in latest.items():
             lease = self._lease_key(self.transport.stream_name(event), partition)
-            try:
+            def checkpoint(lease: str = lease, delivery: Delivery = delivery) -> None:
                 with translate_errors(f"checkpointing {lease}"):
                     ddb.update_item(
                         TableName=self.table,
@@ -666,6 +810,9 @@ class KinesisConsumer(Consumer):
                         ExpressionAttributeValues={":seq": {"S": delivery.position}, ":me": {"S": self.owner},
                                                    ":exp": {"N": str(time.time() + self.transport.lease_seconds)}},
                     )
+
+            try:
+                retrying(self.patience)(checkpoint)
             except XflowError as exc:
                 if "ConditionalCheckFailed" not in exc.message:
                     raise
@@ -681,7 +828,46 @@ class KinesisConsumer(Consumer):
                 shard.pending = {p for p in shard.pending if int(p) > done}
                 self._end_if_done(shard)
 
+    def _extend_leases(self) -> None:
+        """The lease keeper's turn: push back the expiry of the leases held (and the heartbeat) that are due.
+
+        Only the expiry changes, and only while the lease is this member's (a lease handed back or taken over
+        is left alone); a lease found lost is left for the polling thread to notice at its next renewal.
+        """
+        ddb = self.transport.dynamodb
+        interval = self.transport.lease_seconds / 3
+        for shard in list(self.shards.values()):
+            if self._keeper_stop.is_set():
+                return
+            if not shard.owned or time.monotonic() - shard.renewed_at < interval:
+                continue
+            try:
+                with translate_errors(f"extending the lease on {shard.lease}"):
+                    ddb.update_item(
+                        TableName=self.table, Key={"lease": {"S": shard.lease}},
+                        UpdateExpression="SET expires = :exp", ConditionExpression="#o = :me",
+                        ExpressionAttributeNames={"#o": "owner"},
+                        ExpressionAttributeValues={":me": {"S": self.owner},
+                                                   ":exp": {"N": str(time.time() + self.transport.lease_seconds)}})
+                shard.renewed_at = time.monotonic()
+            except XflowError as exc:
+                if "ConditionalCheckFailed" in exc.message:
+                    shard.renewed_at = 0.0  # lost: the polling thread's renewal finds out and drops it
+                log.debug("lease keeper: %s", exc)
+        if time.monotonic() - max(self.heartbeat_at, self._kept_alive_at) >= interval:
+            try:
+                with translate_errors(f"announcing a member of group {self.group}"):
+                    ddb.put_item(TableName=self.table, Item={
+                        "lease": {"S": f"member|{self.group}|{self.owner}"},
+                        "expires": {"N": str(time.time() + self.transport.lease_seconds)}})
+                self._kept_alive_at = time.monotonic()
+            except XflowError as exc:
+                log.debug("lease keeper: %s", exc)
+
     def close(self) -> None:
+        self._keeper_stop.set()
+        if self._keeper.is_alive() and self._keeper is not threading.current_thread():
+            self._keeper.join(timeout=5.0)
         for shard in self.shards.values():
             if shard.owned:
                 self._release(shard)
@@ -690,6 +876,19 @@ class KinesisConsumer(Consumer):
                                                 Key={"lease": {"S": f"member|{self.group}|{self.owner}"}})
         except Exception as exc:  # best effort: the heartbeat expires anyway
             log.debug("leaving group %s: %s", self.group, exc)
+
+
+def _keep_leases(consumer: weakref.ref[KinesisConsumer], stop: threading.Event, interval: float) -> None:
+    """The lease keeper's loop (see :class:`KinesisConsumer`): ends when told to, or when the consumer is gone."""
+    while not stop.wait(max(0.5, interval / 2)):
+        found = consumer()
+        if found is None:
+            return
+        try:
+            found._extend_leases()
+        except Exception:  # never let the keeper die of a surprise: the polling thread renews too
+            log.exception("lease keeper of group %s", found.group)
+        del found
 
 
 @hookimpl
