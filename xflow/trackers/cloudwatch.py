@@ -13,6 +13,11 @@ An event is written once: the tracker remembers, per execution, the event ids it
 execution's log stream, and before writing an event it does not know it reads what was added to
 the stream since its last look (one GetLogEvents call from a forward token). What another
 process writes at the very same moment can still come twice; reading drops such duplicates.
+
+Transient failures (throttling, 5xx, dropped connections) are retried: what workers do (writes and the
+look-ups before them, ``has_succeeded``) goes through a long-running client (more botocore tries) and
+tenacity for up to ``WRITE_SECONDS``; a write whose answer was lost may be stored twice, which reading
+drops too. What still fails is :class:`~xflow.core.errors.BackendUnavailable`, which workers wait out.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from xflow.core.aws import (
     create_log_group,
     delete_log_group,
     is_client_error,
+    retrying,
     set_log_retention,
     translate_errors,
 )
@@ -59,6 +65,8 @@ KNOWN_EXECUTIONS = 1024
 #: GetLogEvents pages one look for new lines of a log stream reads at most, and lines per page
 LOOKUP_PAGES = 10
 LOOKUP_LIMIT = 1000
+#: how long (seconds) a write, or a look-up a worker makes, is retried with tenacity after botocore's tries
+WRITE_SECONDS = 10.0
 
 
 @dataclass
@@ -151,6 +159,11 @@ class CloudWatchTracker(TrackerStore):
     def logs(self) -> Any:
         return self.aws.client("logs")
 
+    @property
+    def writer(self) -> Any:
+        """The client for what workers do all the time (writes, look-ups before them): more tries per call."""
+        return self.aws.client("logs", long_running=True)
+
     # ------------------------------------------------------------------ setup / teardown
 
     def _group(self, name: str) -> dict[str, Any] | None:
@@ -187,34 +200,40 @@ class CloudWatchTracker(TrackerStore):
     # ------------------------------------------------------------------ writing
 
     def _put(self, execution_id: str, message: str) -> None:
-        stream = log_stream_name(execution_id)
         # the record's own times are in the line; CloudWatch rejects timestamps older than 14 days
         event = {"timestamp": int(time.time() * 1000), "message": message}
+        retrying(WRITE_SECONDS)(self._put_once, execution_id, event)
+
+    def _make_stream(self, stream: str) -> None:
+        try:
+            self.writer.create_log_stream(logGroupName=self.log_group, logStreamName=stream)
+        except Exception as exc:
+            if is_client_error(exc, "ResourceNotFoundException"):
+                raise XflowError(f"log group {self.log_group} does not exist",
+                                 "run xflow setup for this workflow first") from None
+            if not is_client_error(exc, "ResourceAlreadyExistsException"):
+                raise
+        self._streams.add(stream)
+
+    def _put_once(self, execution_id: str, event: dict[str, Any]) -> None:
+        stream = log_stream_name(execution_id)
         with translate_errors(f"writing to log group {self.log_group}"):
-            for attempt in range(3):
-                if stream not in self._streams:
-                    try:
-                        self.logs.create_log_stream(logGroupName=self.log_group, logStreamName=stream)
-                    except Exception as exc:
-                        if not is_client_error(exc, "ResourceAlreadyExistsException"):
-                            if is_client_error(exc, "ResourceNotFoundException"):
-                                raise XflowError(f"log group {self.log_group} does not exist",
-                                                 "run xflow setup for this workflow first") from None
-                            raise
-                    self._streams.add(stream)
-                try:
-                    response = self.logs.put_log_events(logGroupName=self.log_group, logStreamName=stream,
-                                                        logEvents=[event])
-                    rejected = response.get("rejectedLogEventsInfo")
-                    if rejected:
-                        raise XflowError(f"CloudWatch Logs rejected a record of execution {execution_id} in "
-                                         f"{self.log_group}: {rejected}")
-                    return
-                except Exception as exc:
-                    if is_client_error(exc, "ResourceNotFoundException") and attempt < 2:
-                        self._streams.discard(stream)
-                        continue
+            if stream not in self._streams:
+                self._make_stream(stream)
+            try:
+                response = self.writer.put_log_events(logGroupName=self.log_group, logStreamName=stream,
+                                                      logEvents=[event])
+            except Exception as exc:
+                if not is_client_error(exc, "ResourceNotFoundException"):
                     raise
+                self._streams.discard(stream)  # the stream was deleted meanwhile: make it again, write again
+                self._make_stream(stream)
+                response = self.writer.put_log_events(logGroupName=self.log_group, logStreamName=stream,
+                                                      logEvents=[event])
+            rejected = response.get("rejectedLogEventsInfo")
+            if rejected:
+                raise XflowError(f"CloudWatch Logs rejected a record of execution {execution_id} in "
+                                 f"{self.log_group}: {rejected}")
 
     def _index(self, execution_id: str) -> _StreamIndex:
         index = self._known.get(execution_id)
@@ -228,6 +247,9 @@ class CloudWatchTracker(TrackerStore):
 
     def _catch_up(self, execution_id: str, index: _StreamIndex) -> None:
         """Add the event ids written to the execution's log stream since the last look (a bounded read)."""
+        retrying(WRITE_SECONDS)(self._catch_up_once, execution_id, index)
+
+    def _catch_up_once(self, execution_id: str, index: _StreamIndex) -> None:
         stream = log_stream_name(execution_id)
         with translate_errors(f"reading log group {self.log_group}"):
             for _ in range(LOOKUP_PAGES):
@@ -236,7 +258,7 @@ class CloudWatchTracker(TrackerStore):
                 if index.token:
                     kwargs["nextToken"] = index.token
                 try:
-                    page = self.logs.get_log_events(**kwargs)
+                    page = self.writer.get_log_events(**kwargs)
                 except Exception as exc:
                     if is_client_error(exc, "ResourceNotFoundException"):
                         return  # no stream yet: nothing written
@@ -271,7 +293,8 @@ class CloudWatchTracker(TrackerStore):
 
     # ------------------------------------------------------------------ reading
 
-    def _own_lines(self, execution_id: str) -> list[tuple[int, str]]:
+    def _own_lines(self, execution_id: str, client: Any = None) -> list[tuple[int, str]]:
+        logs = client if client is not None else self.logs
         stream = log_stream_name(execution_id)
         found: list[tuple[int, str]] = []
         token = None
@@ -283,7 +306,7 @@ class CloudWatchTracker(TrackerStore):
                 if token:
                     kwargs["nextToken"] = token
                 try:
-                    page = self.logs.get_log_events(**kwargs)
+                    page = logs.get_log_events(**kwargs)
                 except Exception as exc:
                     if is_client_error(exc, "ResourceNotFoundException"):
                         return found
@@ -328,8 +351,9 @@ class CloudWatchTracker(TrackerStore):
         workflow = self.context.workflow
         return list(workflow.functions) if workflow is not None else []
 
-    def _history(self, execution_id: str, with_functions: bool) -> ExecutionHistory:
-        lines = self._own_lines(execution_id)
+    def _history(self, execution_id: str, with_functions: bool, lines: list[tuple[int, str]] | None = None,
+                 ) -> ExecutionHistory:
+        lines = self._own_lines(execution_id) if lines is None else lines
         if with_functions and self.function_logs:
             # an execution's function lines come after its first recorded event (less a margin for clock skew)
             since = min(t for t, _ in lines) - 300_000 if lines else None
@@ -358,8 +382,10 @@ class CloudWatchTracker(TrackerStore):
         return [r for r in found if isinstance(r, EventRecord) and r.execution_id == execution_id]
 
     def has_succeeded(self, execution_id: str, event_id: str, function: str) -> bool:
+        """Asked by workers before each delivery: read with the long-running client, retried (see the module)."""
+        lines = retrying(WRITE_SECONDS)(self._own_lines, execution_id, self.writer)
         return any(d.event_id == event_id and d.function == function and d.status == "succeeded"
-                   for d in self._history(execution_id, with_functions=False).deliveries)
+                   for d in self._history(execution_id, with_functions=False, lines=lines).deliveries)
 
 
 @hookimpl
