@@ -9,7 +9,7 @@ For each broker and client, in the same run, on the same topic:
   beside the client's own producer sending the same records with the same batching and acks;
 - consume: xflow's Consumer alone (poll, commit) beside the client's own consumer-group loop reading and
   committing the same records;
-- dispatch: xflow's worker loop (the engine's Dispatcher: decode, duplicate check, a no-op
+- dispatch: xflow's worker loop (the local provider's dispatcher, handlers in threads: decode, duplicate check, a no-op
   handler, tracker records, commits) beside the same raw consumer loop. The tracker here is an
   in-memory one, so the figure is the transport and the dispatch loop, not SQLite.
 
@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -43,7 +44,7 @@ from xflow.core.interfaces import (  # noqa: E402
     TrackerStore,
 )
 from xflow.core.runtime import encode_event, new_event_id  # noqa: E402
-from xflow.core.worker import Dispatcher  # noqa: E402
+from xflow.providers.dispatcher import LocalDispatcher  # noqa: E402
 from xflow.transports.kafka import KafkaTransport  # noqa: E402
 
 BATCH = 100
@@ -197,16 +198,21 @@ def xflow_dispatch(folder: Path, transport: KafkaTransport, count: int) -> float
     path.write_text(WORKFLOW.format(workflow_id=transport.workflow_id))
     workflow = load_workflow(path)
     tracker = MemoryTracker(PluginContext(workflow.id, {}, folder))
-    dispatcher = Dispatcher(workflow, transport, tracker, cache_dir=folder / "sources", batch_size=500)
+    dispatcher = LocalDispatcher(workflow, transport, tracker, cache_dir=folder / "sources", batch_size=500,
+                                 isolation="thread")
     start: list[float] = []
-
-    def should_stop() -> bool:
+    stop = threading.Event()
+    runner = threading.Thread(target=dispatcher.run, args=(stop,), daemon=True)
+    runner.start()
+    began = time.perf_counter()
+    while len(tracker.succeeded) < count and runner.is_alive():
         if not start and tracker.succeeded:
             start.append(time.perf_counter())  # from the first delivery: the group join is not the loop's cost
-        return len(tracker.succeeded) >= count
-
-    dispatcher.run(should_stop)
-    return time.perf_counter() - start[0]
+        time.sleep(0.001)
+    elapsed = time.perf_counter() - (start[0] if start else began)
+    stop.set()
+    runner.join()
+    return elapsed
 
 
 # -- brokers ---------------------------------------------------------------------------------------

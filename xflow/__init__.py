@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Engine": "xflow.core.engine",
     "SetupReport": "xflow.core.engine",
+    "Worker": "xflow.core.worker",
     "LOCAL_DEFAULTS": "xflow.core.engine",
     "AWS_DEFAULTS": "xflow.core.engine",
     "load_workflow": "xflow.core.config",

@@ -300,9 +300,15 @@ def run(ctx: click.Context, file: Path, event: str | None, data: str, execution_
 
     Prints the final event's data and the tracking summary; exit 0 if it succeeded, 1 if not.
     """
+    import threading
+
+    from xflow.core.worker import stop_on_signals
+
     payload = _json_object(data, "--data")
     engine = _engine(ctx, str(file), transport=transport, provider=provider, tracker=tracker, options=options)
-    summary = engine.run(event, payload, execution_id, timeout=timeout)
+    stop = threading.Event()
+    with stop_on_signals(stop):  # SIGTERM/Ctrl-C: stop waiting, report what was reached (exit 1 unless done)
+        summary = engine.run(event, payload, execution_id, timeout=timeout, stop=stop)
     if output == "json":
         _print_json(summary)
     else:
@@ -326,7 +332,13 @@ def worker(ctx: click.Context, file: Path, functions: tuple[str, ...], transport
     names = engine.plugin_names()
     click.echo(f"worker for {engine.workflow.id}: transport {names['transport']}, tracker {names['tracker']}; "
                "stop with Ctrl-C", err=True)
-    handled = engine.work(list(functions) or None, install_signal_handlers=True)
+    import threading
+
+    from xflow.core.worker import stop_on_signals
+
+    stop = threading.Event()
+    with stop_on_signals(stop):
+        handled = engine.work(list(functions) or None, stop=stop)
     click.echo(f"worker stopped after {handled} deliveries", err=True)
 
 

@@ -59,6 +59,8 @@ MAX_MAPPING_VALUES = 1_000_000
 #: how a workflow given as a mapping is named in its problems, unless another name is given
 MAPPING_NAME = "<mapping>"
 MAX_HOP_LIMIT = 1_000_000
+#: the most handler calls of one function a worker runs at once (``concurrency:``)
+MAX_CONCURRENCY = 1024
 
 # Patterns are matched whole: ``\Z`` (not ``$``, which also matches before a final newline).
 EVENT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,99}\Z")
@@ -110,6 +112,7 @@ class FunctionSchema(_Strict):
     starting_position = fields.Str(load_default="TRIM_HORIZON", validate=validate.OneOf(["TRIM_HORIZON", "LATEST"]))
     bisect_on_error = fields.Bool(load_default=True)
     environment = fields.Dict(keys=fields.Str(), values=fields.Str(), load_default=dict)
+    concurrency = WholeNumber(load_default=None, allow_none=True, validate=validate.Range(1, MAX_CONCURRENCY))
 
 
 class SubscriptionSchema(_Strict):
@@ -895,6 +898,7 @@ def _build(file: Path, raw: dict[str, Any], data: dict[str, Any], problems: _Pro
             starting_position=_default(loaded.get("starting_position"), "TRIM_HORIZON"),
             bisect_on_error=_default(loaded.get("bisect_on_error"), True),
             environment=dict(environment) if isinstance(environment, dict) else {},
+            concurrency=loaded.get("concurrency") if isinstance(loaded.get("concurrency"), int) else None,
         )
     subscriptions: list[Subscription] = []
     seen_events: dict[str, str] = {}

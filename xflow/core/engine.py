@@ -14,9 +14,9 @@ A workflow may also be given in code, as the mapping a workflow file parses to::
                                  base_dir=Path(__file__).parent)
 
 One Engine may be shared by the threads of an application (request threads publishing and tracking while a
-worker thread runs). The engine leaves the host's process state alone: ``publish``, ``track``, ``setup`` and the
-other calls install no signal handler (``run`` and ``work(install_signal_handlers=True)`` are the CLI's loops),
-configure no logging and change no environment variable.
+worker thread runs). The engine leaves the host's process state alone: ``publish``, ``track``, ``setup``, ``run`` and
+the other calls install no signal handler (only ``work(install_signal_handlers=True)`` does, and puts the previous
+ones back), configure no logging and change no environment variable.
 """
 
 from __future__ import annotations
@@ -24,25 +24,34 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from xflow.core.config import MAPPING_NAME, load_workflow, load_workflow_mapping
+from xflow.core.delivery import OutgoingEvent, publish_events
 from xflow.core.errors import XflowError
-from xflow.core.interfaces import DeliveryRecord, FunctionProvider, Plugin, PluginContext, Step, TrackerStore, Transport
+from xflow.core.interfaces import (
+    DeliveryRecord,
+    FunctionProvider,
+    Plugin,
+    PluginContext,
+    Runner,
+    Step,
+    TrackerStore,
+    Transport,
+)
 from xflow.core.model import Workflow
 from xflow.core.plugins import PluginInfo, PluginRegistry, check_options, env_options
 from xflow.core.redact import is_secret_name, redact, url_password, userinfo_is_ambiguous
 from xflow.core.runtime import new_event_id
 from xflow.core.tracking import final_result, summarize
-from xflow.core.worker import Dispatcher, OutgoingEvent, publish_events
+from xflow.core.worker import Worker, stop_on_signals
 
 log = logging.getLogger("xflow")
 
@@ -469,32 +478,40 @@ class Engine:
         return execution_id
 
     # -- work ---------------------------------------------------------------------------------
-    def dispatcher(self, functions: Sequence[str] | None = None) -> Dispatcher:
-        provider = self.provider
-        if not provider.runs_locally:
-            raise XflowError(f"the {provider.name!r} provider runs functions itself; 'xflow worker' and 'xflow run' "
-                             "run them with --provider local")
-        options = provider.context
-        return Dispatcher(
-            self.workflow, self.transport, self.tracker, functions=functions,
-            cache_dir=self.state_dir / self.workflow.id / "sources",
-            batch_size=options.number_option("batch_size", 100, minimum=1),
-            backoff_seconds=options.number_option("backoff_seconds", 0.2, minimum=0, kind=float),
-            backoff_max_seconds=options.number_option("backoff_max_seconds", 5.0, minimum=0, kind=float),
-            unavailable_give_up_seconds=options.number_option("unavailable_give_up_seconds", 0, minimum=0, kind=float),
-        )
+    def dispatcher(self, functions: Sequence[str] | None = None) -> Runner:
+        """What runs ``functions`` (default: all) of the workflow here: the provider's runner.
+
+        A provider written before runners existed that sets ``runs_locally`` gets the local provider's runner.
+        """
+        provider, transport, tracker = self.provider, self.transport, self.tracker
+        runner = provider.runner(self.workflow, transport, tracker, functions)
+        if runner is None and provider.runs_locally and type(provider).runner is FunctionProvider.runner:
+            local = self.registry.get("provider", "local")
+            assert local.cls is not None
+            options = {k: v for k, v in provider.context.options.items() if k in local.cls.options}
+            stand_in = local.cls(PluginContext(self.workflow.id, options, self.state_dir, self.workflow))
+            runner = stand_in.runner(self.workflow, transport, tracker, functions)
+        if runner is None:
+            hint = ("'xflow emulate' runs them on this machine against an emulator" if provider.name == "lambda" else
+                    "run them with --provider local")
+            raise XflowError(f"the {provider.name!r} provider runs functions itself: 'xflow worker' and 'xflow run' "
+                             "have nothing to run", hint)
+        return runner
 
     def work(self, functions: Sequence[str] | None = None, *, until: Callable[[], bool] | None = None,
-             install_signal_handlers: bool = False) -> int:
-        """Run the local dispatch loop until ``until()`` is true or SIGTERM/SIGINT; returns deliveries handled."""
-        stop = threading.Event()
-        if install_signal_handlers:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: stop.set())
-        dispatcher = self.dispatcher(functions)
-        with self._state_files():
-            dispatcher.run(lambda: stop.is_set() or (until is not None and until()))
-        return dispatcher.handled
+             install_signal_handlers: bool = False, stop: threading.Event | None = None,
+             stop_timeout: float = 10.0) -> int:
+        """Run the provider's runner (a :class:`~xflow.core.worker.Worker`, in a thread) until ``until()`` is true
+        (checked from this thread) or ``stop`` is set; returns the deliveries handled. Handlers in flight then get
+        ``stop_timeout`` seconds to finish. The worker's error, if one stopped it, is raised.
+
+        No signal handler is installed unless ``install_signal_handlers`` (then SIGTERM and SIGINT set ``stop``,
+        and the previous handlers are put back on return; the main thread only)."""
+        stop = stop if stop is not None else threading.Event()
+        worker = Worker(self, functions)
+        with self._state_files(), stop_on_signals(stop) if install_signal_handlers else nullcontext():
+            worker.run_until(until, stop, stop_timeout=stop_timeout)
+        return worker.handled
 
     # -- track --------------------------------------------------------------------------------
     def track(self, execution_id: str, *, known: bool = False) -> dict[str, Any]:
@@ -557,8 +574,10 @@ class Engine:
 
     # -- run ----------------------------------------------------------------------------------
     def run(self, event: str | None = None, data: Mapping[str, Any] | None = None,
-            execution_id: str | None = None, timeout: float = 300.0, setup: bool = True) -> dict[str, Any]:
-        """Set up, publish one event, process until the execution settles; the track object plus ``result``."""
+            execution_id: str | None = None, timeout: float = 300.0, setup: bool = True,
+            stop: threading.Event | None = None) -> dict[str, Any]:
+        """Set up, publish one event, process until the execution settles (or ``stop`` is set); the track object plus
+        ``result``. Installs no signal handler (``xflow run`` sets ``stop`` on SIGTERM/SIGINT)."""
         event = event or self.workflow.first_event
         if event not in self.workflow.flow:
             raise XflowError(f"workflow {self.workflow.id!r} has no event {event!r}",
@@ -580,7 +599,7 @@ class Engine:
             summary = self.track(execution_id)
             return summary["status"] != "running" or now > deadline
 
-        self.work(until=settled, install_signal_handlers=threading.current_thread() is threading.main_thread())
+        self.work(until=settled, stop=stop)
         summary = self.track(execution_id)
         summary["result"] = self.result(execution_id)
         if summary["status"] == "running":

@@ -8,6 +8,7 @@ only on what is declared here, and :mod:`xflow.testing` checks exactly this beha
 from __future__ import annotations
 
 import abc
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +115,13 @@ class Consumer(abc.ABC):
     def close(self) -> None:
         """Leave the group; uncommitted deliveries go to other members."""
 
+    def keep_alive(self) -> None:  # noqa: B027
+        """Tell the group that this member is alive while its handlers run and it does not poll.
+
+        A runner calls it often (every pass of its loop, at least every second) from the thread that polls, so it
+        must be cheap: do the work only when it is due (renew leases a third of the way through them, say). The
+        default does nothing: for transports whose clients send heartbeats by themselves."""
+
 
 class Plugin(abc.ABC):
     """What the three kinds share: a name, a description, declared options, the errors they raise."""
@@ -172,11 +180,48 @@ class Transport(Plugin):
         """Keep a delivery that failed for good, with the reason. Optional."""
 
 
-class FunctionProvider(Plugin):
-    """Deploys functions. Providers with ``runs_locally`` have their handlers run by ``xflow worker``."""
+class Runner(abc.ABC):
+    """What runs a workflow's functions on this machine: ``xflow worker``, ``xflow run`` and :class:`xflow.Worker`
+    get it from the provider (:meth:`FunctionProvider.runner`) and call :meth:`run` in a thread of their own.
 
-    #: True when handlers run in xflow's own worker processes (the ``local`` provider)
+    Every runner follows the delivery rules of :mod:`xflow.core.delivery`: skip what already succeeded, retry with
+    backoff without blocking other executions, dead-letter after ``retries``, commit only what is settled, keep
+    order per ``execution_id``.
+    """
+
+    #: deliveries whose handler ran (counted once per delivery, whatever its attempts)
+    handled: int = 0
+    #: how often, at most, the runner's loops look for new records and for ``stop`` when idle, in seconds
+    poll_interval: float = 0.05
+    #: how long handlers in flight when ``stop`` is set may take to finish (set before ``stop``); the rest are left
+    #: uncommitted, and delivered again later
+    grace_seconds: float = 30.0
+
+    def prepare(self) -> None:  # noqa: B027
+        """Fetch sources and import (or check) every handler now, so that a broken one is an XflowError before
+        anything is read. :meth:`run` calls it if it was not called."""
+
+    @abc.abstractmethod
+    def run(self, stop: threading.Event) -> None:
+        """Process until ``stop`` is set (noticed within ``poll_interval``), then return: handlers in flight are
+        given ``grace_seconds`` to finish and are settled, or are left uncommitted; never is a delivery committed
+        before it is settled. Errors that stop the runner (a backend's) are raised from here, once it has stopped.
+
+        Installs no signal handler and changes no process-wide state (``sys.path``, streams, logging)."""
+
+
+class FunctionProvider(Plugin):
+    """Deploys functions, and supplies what runs them on this machine (:meth:`runner`), if anything does."""
+
+    #: True when handlers run in xflow's own worker processes. Kept for providers written before :meth:`runner`:
+    #: one that sets it and does not override :meth:`runner` has its functions run by the local provider's runner
     runs_locally: ClassVar[bool] = False
+
+    def runner(self, workflow: Workflow, transport: Transport, tracker: TrackerStore,
+               functions: Sequence[str] | None = None) -> Runner | None:
+        """What runs ``functions`` (all the workflow's when None) for ``xflow worker``/``xflow run``; None when the
+        provider's platform runs them (Lambda) and nothing runs here. The default is None."""
+        return None
 
     @abc.abstractmethod
     def plan_setup(self, workflow: Workflow, transport: Transport, tracker: TrackerStore) -> list[Step]:

@@ -31,6 +31,8 @@ class Function:
     starting_position: str = "TRIM_HORIZON"
     bisect_on_error: bool = True
     environment: Mapping[str, str] = field(default_factory=dict)
+    #: handler calls a worker runs at once (None: the provider's ``concurrency`` option, default 1)
+    concurrency: int | None = None
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,8 @@ _SECURITY_KEYS = (
 )
 _HINT_UNREACHABLE = "check bootstrap_servers (--option bootstrap_servers=HOST:PORT or XFLOW_KAFKA_BOOTSTRAP_SERVERS)"
 _HINT_TRANSIENT = "the brokers are busy or restarting; workers wait and go on, a command can be run again"
+#: how long a consumer may go without polling before keep_alive polls (well under the default max.poll.interval.ms)
+KEEP_ALIVE_AFTER = 30.0
 
 
 class KafkaConsumer(Consumer):
@@ -73,8 +75,24 @@ class KafkaConsumer(Consumer):
             "joining the consumer group",
             lambda: transport.client.consumer(group_id, list(topics), transport._offset_reset(group_id)),
         )
+        self._held: list[Delivery] = []  # read by keep_alive, handed out by the next poll
+        self._last_poll = time.monotonic()
 
     def poll(self, max_records: int, timeout: float) -> list[Delivery]:
+        if self._held:
+            taken, self._held = self._held[:max(1, max_records)], self._held[max(1, max_records):]
+            return taken
+        return self._fetch(max_records, timeout)
+
+    def keep_alive(self) -> None:
+        """While the worker's handlers keep it from polling, poll for one record every ``KEEP_ALIVE_AFTER`` seconds
+        (held for the next poll), so that the group does not count this member as stuck (``max.poll.interval.ms``)
+        and move its partitions away. Heartbeats themselves are sent by the client's own thread."""
+        if time.monotonic() - self._last_poll >= KEEP_ALIVE_AFTER:
+            self._held.extend(self._fetch(1, 0.0))
+
+    def _fetch(self, max_records: int, timeout: float) -> list[Delivery]:
+        self._last_poll = time.monotonic()
         try:
             messages = self._member.poll(max(1, max_records), max(0.0, timeout))
         except KafkaClientError as exc:

@@ -265,8 +265,16 @@ class LocalConsumer(Consumer):
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.units: list[Unit] = [(s, p) for s in streams for p in range(transport.partitions_of(s))]
         self.fetched: dict[Unit, int] = {}
+        #: per unit, the position this member committed (or found committed when it took the unit)
+        self.acked: dict[Unit, int] = {}
+        #: units this member gives up once what it handed out of them is committed; no more is read from them
+        self.draining: set[Unit] = set()
         self.next_heartbeat = 0.0
         self.next_renewal = 0.0
+
+    def _holds(self, unit: Unit) -> bool:
+        """Whether deliveries of ``unit`` were handed out and not committed (a runner is handling them)."""
+        return self.fetched.get(unit, 0) > self.acked.get(unit, 0)
 
     def _rebalance(self) -> None:
         now = time.time()
@@ -282,8 +290,13 @@ class LocalConsumer(Consumer):
             leased = {(s, p): o for s, p, o in db.execute(
                 "SELECT stream, part, owner FROM leases WHERE grp = ?", (self.group,))}
             mine = [u for u in self.units if leased.get(u) == self.owner]
+            # a unit with deliveries still being handled here is given up only once they are committed (else the
+            # member taking it would deliver them again while they run here): kept first, drained if over the share
+            mine.sort(key=lambda unit: not self._holds(unit))
+            draining = [u for u in mine[share:] if self._holds(u)]
             for unit in mine[share:]:
-                db.execute("DELETE FROM leases WHERE grp = ? AND stream = ? AND part = ?", (self.group, *unit))
+                if unit not in draining:
+                    db.execute("DELETE FROM leases WHERE grp = ? AND stream = ? AND part = ?", (self.group, *unit))
             mine = mine[:share]
             for unit in self.units:
                 if len(mine) >= share:
@@ -294,7 +307,10 @@ class LocalConsumer(Consumer):
                     mine.append(unit)
             committed = {(s, p): pos for s, p, pos in db.execute(
                 "SELECT stream, part, position FROM offsets WHERE grp = ?", (self.group,))}
-        self.fetched = {u: self.fetched.get(u, committed.get(u, 0)) for u in mine}
+        held = set(mine) | set(draining)
+        self.draining = set(draining)
+        self.fetched = {u: self.fetched.get(u, committed.get(u, 0)) for u in self.units if u in held}
+        self.acked = {u: self.acked.get(u, committed.get(u, 0)) for u in self.units if u in held}
         self.next_heartbeat = self.next_renewal = now + self.transport.lease_seconds / 3
 
     def poll(self, max_records: int, timeout: float) -> list[Delivery]:
@@ -310,6 +326,8 @@ class LocalConsumer(Consumer):
                 for unit, position in self.fetched.items():
                     if len(deliveries) >= max_records:
                         break
+                    if unit in self.draining:
+                        continue
                     rows = db.execute(
                         "SELECT id, key, value FROM records WHERE stream = ? AND part = ? AND id > ? ORDER BY id LIMIT ?",
                         (*unit, position, max_records - len(deliveries))).fetchall()
@@ -346,8 +364,22 @@ class LocalConsumer(Consumer):
                     "INSERT INTO offsets(grp, stream, part, position) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT(grp, stream, part) DO UPDATE SET position = MAX(position, excluded.position)",
                     (self.group, stream, part, position))
+                self.acked[(stream, part)] = max(self.acked.get((stream, part), 0), position)
         if renew:
             self.next_renewal = now + self.transport.lease_seconds / 3
+
+    def keep_alive(self) -> None:
+        """Renew this member's leases, a third of the way through them, while its handlers run without polling or
+        committing (a handler longer than ``lease_seconds`` would otherwise lose its partition to another member,
+        which would run it again)."""
+        now = time.time()
+        if now < self.next_renewal:
+            return
+        expires = now + self.transport.lease_seconds
+        with self.file.using(self.db) as db, _immediate(db):
+            db.execute("UPDATE leases SET expires_at = ? WHERE grp = ? AND owner = ?", (expires, self.group, self.owner))
+            db.execute("UPDATE members SET expires_at = ? WHERE grp = ? AND owner = ?", (expires, self.group, self.owner))
+        self.next_renewal = now + self.transport.lease_seconds / 3
 
     def close(self) -> None:
         """Leave the group (best effort: on a full disk or a damaged log the leases simply expire)."""

@@ -1,0 +1,555 @@
+"""The delivery rules every runner of functions follows, in batches: admit what a poll returned, settle what ran.
+
+Admitting a poll's deliveries for one function: a record that cannot be decoded is dead-lettered with the reason;
+every decoded event is recorded (one ``record_events`` call); events the function already handled successfully are
+skipped (one ``succeeded_among`` query: re-deliveries after a crash); an event more than the workflow's hop limit of
+handler publishes away from the event published from outside (``general: {hop_limit: N}``, default 1000) is
+recorded failed and dead-lettered, which ends a cycle. The rest become :class:`Job` s for the runner to run.
+
+Settling the attempts that finished: the events each successful handler published are checked (events of the
+workflow, JSON) and published grouped per stream, then recorded with every attempt's outcome (one
+``record_events`` and one ``record_deliveries`` call). A failed attempt with retries left is ``retrying`` and comes
+back from :meth:`FunctionDelivery.settle` with a not-before time (exponential backoff with jitter), so the runner
+keeps working on other executions meanwhile; the last failed attempt is ``failed`` and dead-lettered. A runner
+commits a delivery only once it is settled (succeeded, skipped or dead-lettered).
+
+No record stops a runner: a record whose content makes a batch call fail is found by calling again one record at a
+time, recorded failed (best effort) and dead-lettered with the reason. Only a problem with a backend stops it:
+:class:`XflowError`, a plugin's ``connection_errors``, a damaged SQLite file. A :class:`BackendUnavailable` (a full
+disk, a broker restart, throttling) is waited out where it happened by :class:`BackendWaiter`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    stop_never,
+    wait_exponential,
+    wait_random,
+)
+
+from xflow.core.errors import BackendUnavailable, XflowError
+from xflow.core.interfaces import Delivery, DeliveryRecord, EventRecord, Record, TrackerStore, Transport
+from xflow.core.model import Function, Workflow
+from xflow.core.runtime import (
+    DEFAULT_HOP_LIMIT,
+    MAX_EPOCH,
+    MIN_EPOCH,
+    BadMessage,
+    DecodedEvent,
+    HandlerOutcome,
+    decode_event,
+    derive_event_id,
+    encode_event,
+)
+from xflow.core.sqlite_files import StateFileError
+
+log = logging.getLogger("xflow")
+
+T = TypeVar("T")
+#: runs one backend call, waiting out :class:`BackendUnavailable`: ``call(BACKEND_LABEL, function)``
+BackendCall = Callable[[str, Callable[[], Any]], Any]
+#: how often a worker that waits for a backend says so again, in seconds
+WAIT_LOG_INTERVAL = 30.0
+#: the first and the longest wait between tries of a call to an unavailable backend, in seconds
+UNAVAILABLE_FIRST_WAIT = 0.1
+UNAVAILABLE_MAX_WAIT = 4.0
+
+
+class StopRequested(Exception):
+    """The runner was asked to stop while it waited for a backend: leave; what is not committed comes again."""
+
+
+@dataclass(frozen=True)
+class OutgoingEvent:
+    event: str
+    data: dict[str, Any]
+    execution_id: str
+    event_id: str
+    producer: str
+    #: handler publishes between the event published from outside and this one
+    hops: int = 0
+
+
+def hop_limit(workflow: Workflow) -> int:
+    """How many handler publishes an event may be away from the one published from outside (default 1000)."""
+    value = getattr(workflow, "hop_limit", None) or (workflow.general or {}).get("hop_limit") or DEFAULT_HOP_LIMIT
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return DEFAULT_HOP_LIMIT
+
+
+def publish_events(workflow: Workflow, transport: Transport, tracker: TrackerStore,
+                   events: Sequence[OutgoingEvent], call: BackendCall | None = None) -> None:
+    """Publish events to their streams, then record them in the tracker (ids make both idempotent).
+
+    ``call`` runs each backend call (a worker's waits out an unavailable backend); without it, a tracker that
+    is unavailable after the transport took the events is reported as such: the events are out, do not publish
+    them again.
+    """
+    for item in events:
+        if item.event not in workflow.flow:
+            raise XflowError(f"{item.producer} published {item.event!r}, which is not an event of workflow "
+                             f"{workflow.id!r} (known: {', '.join(workflow.flow)})",
+                             "declare it under the function's 'publishes:' or subscribe a function to it")
+    now = time.time()
+    by_event: dict[str, list[Record]] = {}
+    for item in events:
+        try:
+            value = encode_event(item.event, item.data, item.execution_id, item.event_id, item.producer, now, item.hops)
+        except (TypeError, ValueError) as exc:
+            raise XflowError(f"the data of event {item.event!r} is not JSON-serialisable: {exc}") from None
+        by_event.setdefault(item.event, []).append(Record(item.execution_id, value))
+    run: BackendCall = call or (lambda backend, function: function())
+    for event, records in by_event.items():
+        run(f"transport {transport.name!r}", lambda event=event, records=records: transport.publish(event, records))
+    records = [EventRecord(item.execution_id, item.event_id, item.event, now, item.producer, item.data) for item in events]
+    try:
+        run(f"tracker {tracker.name!r}", lambda: tracker.record_events(records))
+    except BackendUnavailable as exc:
+        if call is not None:
+            raise
+        raise BackendUnavailable(f"{exc.message}; the event was published all the same and a worker records it when it "
+                                 "handles it, so do not publish it again", exc.hint) from None
+
+
+class BackendWaiter:
+    """Runs backend calls, waiting out :class:`BackendUnavailable` where it happened; shared by a runner's threads.
+
+    It logs "waiting for the BACKEND: reason" once (then at most every 30 s, whichever thread waits), retries that
+    same call with exponential backoff and jitter (capped at a few seconds), and says when the backend is back.
+    After ``give_up_seconds`` (0: never) of one call it raises the error; once ``should_stop()`` is true it raises
+    :class:`StopRequested` within 0.1 s.
+    """
+
+    def __init__(self, should_stop: Callable[[], bool], *, give_up_seconds: float = 0.0,
+                 first_wait: float = UNAVAILABLE_FIRST_WAIT, max_wait: float = UNAVAILABLE_MAX_WAIT) -> None:
+        self.should_stop = should_stop
+        self.give_up_seconds = max(0.0, float(give_up_seconds))
+        self.first_wait = max(0.0, first_wait)
+        self.max_wait = max(self.first_wait, max_wait)
+        #: seconds spent waiting for unavailable backends, and how many waits there were
+        self.waited_seconds = 0.0
+        self.waits = 0
+        self._lock = threading.Lock()
+        self._last_log = -math.inf
+        self._announced = False
+
+    def call(self, backend: str, call: Callable[[], T]) -> T:
+        """``call()``; if it raises :class:`BackendUnavailable`, wait (logging once) and try it again until it works,
+        ``stop`` is set (raises :class:`StopRequested`) or the give-up time is over (raises the error)."""
+        try:
+            return call()
+        except BackendUnavailable as exc:
+            first = exc
+        started = time.monotonic()
+        with self._lock:
+            self.waits += 1
+        self._say_waiting(backend, first)
+        retrying = Retrying(
+            retry=retry_if_exception_type(BackendUnavailable),
+            # exponential backoff capped at a few seconds, plus jitter so that many workers do not retry in step
+            wait=wait_exponential(multiplier=self.first_wait, max=self.max_wait) + wait_random(0, self.first_wait),
+            stop=stop_after_delay(self.give_up_seconds) if self.give_up_seconds else stop_never,
+            sleep=self.sleep,
+            before_sleep=lambda state: self._say_waiting(backend, _exception(state)),
+            reraise=True,
+        )
+        try:
+            self.sleep(self.first_wait)
+            result = retrying(call)
+        except BackendUnavailable as exc:
+            waited = self._add_wait(started)
+            raise BackendUnavailable(f"gave up after waiting {waited:.0f} s for the {backend}: {exc.message}",
+                                     exc.hint or "make the backend available again, then start the worker again "
+                                     "(or raise the local provider's option unavailable_give_up_seconds)") from None
+        except BaseException:
+            self._add_wait(started)
+            raise
+        waited = self._add_wait(started)
+        with self._lock:
+            announced, self._announced = self._announced, False
+        if announced:
+            log.warning("the %s is back after %.1f s; going on", backend, waited)
+        return result
+
+    def _add_wait(self, started: float) -> float:
+        waited = time.monotonic() - started
+        with self._lock:
+            self.waited_seconds += waited
+        return waited
+
+    def _say_waiting(self, backend: str, exc: BaseException | None) -> None:
+        """Log that the runner waits: once, then at most every WAIT_LOG_INTERVAL seconds (a flapping backend too)."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last_log < WAIT_LOG_INTERVAL:
+                return
+            self._last_log = now
+            self._announced = True
+        limit = f"for up to {self.give_up_seconds:g} s" if self.give_up_seconds else "until it is back"
+        reason = exc.message if isinstance(exc, XflowError) else str(exc)
+        hint = f" (hint: {exc.hint})" if isinstance(exc, XflowError) and exc.hint else ""
+        log.warning("waiting for the %s: %s; retrying with backoff %s%s", backend, reason, limit, hint)
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, raising :class:`StopRequested` within 0.1 s of ``should_stop()`` becoming true."""
+        deadline = time.monotonic() + seconds
+        while True:
+            if self.should_stop():
+                raise StopRequested()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(0.1, left))
+
+
+@dataclass(eq=False)
+class Job:
+    """A delivery whose handler is to run: its record, the event decoded, and the attempts made so far."""
+
+    delivery: Delivery
+    event: DecodedEvent
+    #: attempts made so far
+    attempts: int = 0
+    #: ``time.monotonic()`` before which it is not tried again (after a failed attempt)
+    not_before: float = 0.0
+
+    @property
+    def execution_id(self) -> str:
+        return self.event.execution_id
+
+
+@dataclass(eq=False)
+class Finished:
+    """One attempt that ran: the job, the outcome and when (``time.time()``) it started."""
+
+    job: Job
+    outcome: HandlerOutcome
+    started_at: float
+
+
+class FunctionDelivery:
+    """The delivery rules of one function on a transport and a tracker, in batches (see the module's docstring).
+
+    ``lock`` (optional) is held around every tracker and transport call, for runners whose threads share plugins
+    that are not safe to share; ``waiter`` runs those calls, waiting out unavailable backends.
+    """
+
+    def __init__(self, workflow: Workflow, transport: Transport, tracker: TrackerStore, function: Function,
+                 waiter: BackendWaiter, *, backoff_seconds: float = 0.2, backoff_max_seconds: float = 5.0,
+                 lock: AbstractContextManager[Any] | None = None) -> None:
+        self.workflow, self.transport, self.tracker, self.function = workflow, transport, tracker, function
+        self.waiter = waiter
+        self.backoff_seconds, self.backoff_max_seconds = max(0.0, backoff_seconds), max(0.0, backoff_max_seconds)
+        self.attempts = function.retries + 1
+        self.hop_limit = hop_limit(workflow)
+        self.producer = f"xflow/{workflow.id}/{function.name}"
+        self._lock: AbstractContextManager[Any] = lock if lock is not None else nullcontext()
+        self._transport_label = f"transport {getattr(transport, 'name', type(transport).__name__)!r}"
+        self._tracker_label = f"tracker {getattr(tracker, 'name', type(tracker).__name__)!r}"
+        # batch calls, unless a subclass of the tracker changed the single call they would bypass
+        self._record_events = _batch(tracker, "record_events", "record_event")
+        self._record_deliveries = _batch(tracker, "record_deliveries", "record_delivery")
+        self._succeeded_among = _batch(tracker, "succeeded_among", "has_succeeded")
+        #: what stops a runner: a problem with a backend, never a record's content
+        self.fatal: tuple[type[BaseException], ...] = (
+            XflowError, StopRequested, *getattr(transport, "connection_errors", ()),
+            *getattr(tracker, "connection_errors", ()))
+
+    # -- backend calls ------------------------------------------------------------------------
+    def _tracker(self, call: Callable[[], T]) -> T:
+        return self.waiter.call(self._tracker_label, lambda: self._locked(call))
+
+    def _transport(self, call: Callable[[], T]) -> T:
+        return self.waiter.call(self._transport_label, lambda: self._locked(call))
+
+    def _locked(self, call: Callable[[], T]) -> T:
+        with self._lock:
+            return call()
+
+    def is_fatal(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is a backend's problem (stop the runner) rather than a record's (set the record aside)."""
+        return isinstance(exc, self.fatal) or type(exc) is sqlite3.DatabaseError or not isinstance(exc, Exception)
+
+    def _each(self, items: Sequence[Any], batch: Callable[[Sequence[Any]], Any],
+              single: Callable[[Any], Any]) -> tuple[Any, dict[int, Exception]]:
+        """``batch(items)`` through the tracker; if it fails because of the content, ``single(item)`` for each item.
+        Returns the batch's result (None after the fallback) and the exception of each item that failed alone."""
+        if not items:
+            return None, {}
+        try:
+            return self._tracker(lambda: batch(items)), {}
+        except Exception as exc:
+            if self.is_fatal(exc):
+                raise
+        failures: dict[int, Exception] = {}
+        for index, item in enumerate(items):
+            try:
+                self._tracker(lambda item=item: single(item))
+            except Exception as exc:
+                if self.is_fatal(exc):
+                    raise
+                failures[index] = exc
+        return None, failures
+
+    # -- admitting a poll -----------------------------------------------------------------------
+    def where(self, delivery: Delivery) -> str:
+        return f"{self.transport.stream_name(delivery.event)}:{delivery.partition}:{delivery.position}"
+
+    def admit(self, deliveries: Sequence[Delivery]) -> list[Job | None]:
+        """Per delivery, the job to run, or None when it is settled already (skipped, or dead-lettered)."""
+        result: list[Job | None] = [None] * len(deliveries)
+        decoded: list[tuple[int, Delivery, DecodedEvent]] = []
+        for index, delivery in enumerate(deliveries):
+            where = self.where(delivery)
+            try:
+                event = decode_event(delivery.value, where)
+            except BadMessage as exc:
+                self.dead_letter(delivery, f"undecodable record at {where}: {exc}")
+                continue
+            if event.producer == "external" and delivery.timestamp is not None and (
+                    MIN_EPOCH <= delivery.timestamp <= MAX_EPOCH):
+                event.published_at = delivery.timestamp  # another producer's record: its time on the transport
+            decoded.append((index, delivery, event))
+        records = [EventRecord(e.execution_id, e.event_id, d.event, e.published_at, e.producer, e.data)
+                   for _, d, e in decoded]
+        _, broken = self._each(records, self._record_events, self.tracker.record_event)
+        decoded = self._set_aside(decoded, broken)
+        keys = [(e.execution_id, e.event_id, self.function.name) for _, _, e in decoded]
+        succeeded, broken = self._succeeded(keys)
+        decoded = self._set_aside(decoded, broken)
+        failures: list[tuple[Delivery, DeliveryRecord]] = []
+        for index, delivery, event in decoded:
+            if (event.execution_id, event.event_id, self.function.name) in succeeded:
+                continue
+            if event.hops > self.hop_limit:
+                reason = (f"execution {event.execution_id} exceeded the hop limit of {self.hop_limit} events; a cycle? "
+                          f"({delivery.event} {event.event_id} is {event.hops} handler publishes away from the event "
+                          "published from outside; raise general.hop_limit in the workflow file if this is intended)")
+                failures.append((delivery, DeliveryRecord(event.execution_id, event.event_id, delivery.event,
+                                                          self.function.name, 1, "failed", time.time(), 0.0, reason)))
+                continue
+            result[index] = Job(delivery, event)
+        if failures:
+            _, broken = self._each([r for _, r in failures], self._record_deliveries,
+                                   self.tracker.record_delivery)
+            for index, (delivery, record) in enumerate(failures):
+                problem = broken.get(index)
+                reason = (record.error or "") if problem is None else self._unsettled(delivery, problem)
+                self.dead_letter(delivery, reason)
+        return result
+
+    def _succeeded(self, keys: list[tuple[str, str, str]]) -> tuple[set[tuple[str, str, str]], dict[int, Exception]]:
+        if not keys:
+            return set(), {}
+        found, broken = self._each(keys, self._succeeded_among, lambda key: self.tracker.has_succeeded(*key))
+        if found is not None:
+            return set(found), {}
+        # the batch failed because of some record: ask one at a time (the broken ones are set aside)
+        succeeded = {key for index, key in enumerate(keys) if index not in broken
+                     and self._tracker(lambda key=key: self.tracker.has_succeeded(*key))}
+        return succeeded, broken
+
+    def _set_aside(self, decoded: list[tuple[int, Delivery, DecodedEvent]],
+                   broken: dict[int, Exception]) -> list[tuple[int, Delivery, DecodedEvent]]:
+        """Dead-letter the records a tracker call failed on (their content broke it); the others go on."""
+        for position, problem in broken.items():
+            _, delivery, event = decoded[position]
+            reason = self._unsettled(delivery, problem, event)
+            self.record_failure(delivery.event, event, reason)
+            self.dead_letter(delivery, reason)
+        return [item for position, item in enumerate(decoded) if position not in broken]
+
+    def _unsettled(self, delivery: Delivery, exc: BaseException, event: DecodedEvent | None = None) -> str:
+        where = self.where(delivery)
+        execution = f" (execution {event.execution_id!r})" if event is not None else ""
+        log.error("%s: settling %s at %s%s failed: %s: %s", self.function.name, delivery.event, where, execution,
+                  type(exc).__name__, exc, exc_info=exc)
+        return f"cannot settle the record at {where}{execution}: {type(exc).__name__}: {exc}"
+
+    # -- settling attempts ----------------------------------------------------------------------
+    def retry_delay(self, attempt: int) -> float:
+        """Seconds before attempt ``attempt + 1``: exponential from ``backoff_seconds``, capped, with jitter."""
+        delay = min(self.backoff_max_seconds, self.backoff_seconds * 2 ** max(0, attempt - 1))
+        return min(self.backoff_max_seconds, delay + random.uniform(0, self.backoff_seconds))
+
+    def settle(self, finished: Sequence[Finished]) -> list[Job]:
+        """Publish and record the outcomes of these attempts; dead-letter the last failures. Returns the jobs to try
+        again (``not_before`` set); every other job is settled."""
+        outcomes = [item.outcome for item in finished]
+        outgoing: dict[int, list[tuple[OutgoingEvent, Record]]] = {}
+        for index, item in enumerate(finished):
+            if outcomes[index].ok:
+                events, problem = self._outgoing(item.job, outcomes[index])
+                if problem is None:
+                    outgoing[index] = events
+                else:
+                    outcomes[index] = _failed(outcomes[index], f"publishing failed: {problem}")
+        for index, problem in self._publish(outgoing).items():
+            outgoing.pop(index)
+            outcomes[index] = _failed(outcomes[index], f"publishing failed: {problem}")
+        now = time.time()
+        published = [EventRecord(e.execution_id, e.event_id, e.event, now, e.producer, e.data)
+                     for events in outgoing.values() for e, _ in events]
+        owner = [index for index, events in outgoing.items() for _ in events]
+        unsettled: dict[int, BaseException] = {}
+        _, broken = self._each(published, self._record_events, self.tracker.record_event)
+        for position, problem in broken.items():
+            unsettled.setdefault(owner[position], problem)
+        records: list[DeliveryRecord] = []
+        retry: list[Job] = []
+        for index, item in enumerate(finished):
+            outcome, job = outcomes[index], item.job
+            status = "succeeded" if outcome.ok else "failed" if job.attempts >= self.attempts else "retrying"
+            if not outcome.ok:
+                log.warning("%s failed on %s (execution %s, attempt %d/%d): %s", self.function.name, job.delivery.event,
+                            job.execution_id, job.attempts, self.attempts, outcome.error)
+            records.append(DeliveryRecord(job.execution_id, job.event.event_id, job.delivery.event, self.function.name,
+                                          job.attempts, status, item.started_at, outcome.duration,
+                                          _printable(outcome.error) if outcome.error else None, tuple(outcome.logs)))
+        _, broken = self._each(records, self._record_deliveries, self.tracker.record_delivery)
+        for position, problem in broken.items():
+            unsettled.setdefault(position, problem)
+        for index, item in enumerate(finished):
+            job, outcome = item.job, outcomes[index]
+            if index in unsettled:
+                reason = self._unsettled(job.delivery, unsettled[index], job.event)
+                self.record_failure(job.delivery.event, job.event, reason)
+                self.dead_letter(job.delivery, reason)
+            elif outcome.ok:
+                continue
+            elif job.attempts >= self.attempts:
+                self.dead_letter(job.delivery, outcome.error or "failed")
+            else:
+                job.not_before = time.monotonic() + self.retry_delay(job.attempts)
+                retry.append(job)
+        return retry
+
+    def _outgoing(self, job: Job, outcome: HandlerOutcome) -> tuple[list[tuple[OutgoingEvent, Record]], str | None]:
+        """The events an attempt published, encoded; or the reason they cannot be published."""
+        events: list[tuple[OutgoingEvent, Record]] = []
+        now = time.time()
+        for index, (name, data) in enumerate(outcome.published):
+            if name not in self.workflow.flow:
+                return [], (f"{self.producer} published {name!r}, which is not an event of workflow {self.workflow.id!r} "
+                            f"(known: {', '.join(self.workflow.flow)})")
+            item = OutgoingEvent(name, data, job.execution_id, derive_event_id(job.event.event_id, self.function.name, index),
+                                 self.producer, job.event.hops + 1)
+            try:
+                value = encode_event(name, data, item.execution_id, item.event_id, self.producer, now, item.hops)
+            except (TypeError, ValueError) as exc:
+                return [], f"the data of event {name!r} is not JSON-serialisable: {exc}"
+            events.append((item, Record(item.execution_id, value)))
+        return events, None
+
+    def _publish(self, outgoing: dict[int, list[tuple[OutgoingEvent, Record]]]) -> dict[int, XflowError]:
+        """Publish every attempt's events, one call per stream; an attempt whose events a stream refuses (too large)
+        fails alone. Returns those attempts with the refusal."""
+        by_event: dict[str, list[tuple[int, Record]]] = {}
+        for index, events in outgoing.items():
+            for item, record in events:
+                by_event.setdefault(item.event, []).append((index, record))
+        refused: dict[int, XflowError] = {}
+        for event, items in by_event.items():
+            try:
+                self._transport(lambda event=event, items=items: self.transport.publish(event, [r for _, r in items]))
+                continue
+            except (BackendUnavailable, StateFileError):
+                raise  # waited for until the give-up time, or a state file that cannot be used: stop, it comes again
+            except XflowError:  # something in the batch was refused: find what, attempt by attempt
+                pass
+            for index in dict.fromkeys(index for index, _ in items):
+                if index in refused:
+                    continue
+                mine = [r for i, r in items if i == index]
+                try:
+                    self._transport(lambda event=event, mine=mine: self.transport.publish(event, mine))
+                except (BackendUnavailable, StateFileError):
+                    raise
+                except XflowError as exc:
+                    refused[index] = exc
+        return refused
+
+    # -- dead letters ---------------------------------------------------------------------------
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        reason = _printable(reason)
+        log.warning("%s: dead-lettered %s: %s", self.function.name, delivery.event, reason)
+        try:
+            self._transport(lambda: self.transport.dead_letter(self.function.name, delivery, reason))
+        except Exception as exc:
+            if self.is_fatal(exc):
+                raise
+            # the transport cannot keep this record: say so loudly, but do not stop the others
+            log.exception("%s: the transport could not keep the dead letter of %s at partition %s, position %s; "
+                          "it is skipped", self.function.name, delivery.event, delivery.partition, delivery.position)
+
+    def record_failure(self, event_name: str, event: DecodedEvent, reason: str) -> None:
+        """Best effort: show the set-aside record as failed in ``track`` (the tracker may be what failed)."""
+        failure = DeliveryRecord(event.execution_id, event.event_id, event_name, self.function.name, 1, "failed",
+                                 time.time(), 0.0, _printable(reason))
+        try:
+            self._tracker(lambda: self.tracker.record_delivery(failure))
+        except Exception as exc:
+            if self.is_fatal(exc):
+                raise
+            log.exception("%s: cannot record the failure of %s in the tracker", self.function.name, event.event_id)
+
+
+def _batch(tracker: TrackerStore, batch: str, single: str) -> Callable[[Sequence[Any]], Any]:
+    """``tracker``'s batch method ``batch``; or, when a subclass overrides the single method ``single`` below the class
+    whose ``batch`` would bypass it (a tracker adapted by subclassing), a loop over ``single``."""
+    mro = type(tracker).__mro__
+    batch_owner = next(cls for cls in mro if batch in vars(cls))
+    single_owner = next(cls for cls in mro if single in vars(cls))
+    if issubclass(batch_owner, single_owner):
+        return getattr(tracker, batch)
+    one = getattr(tracker, single)
+    if batch == "succeeded_among":
+        return lambda keys: {tuple(key) for key in keys if one(*key)}
+    return lambda items: [one(item) for item in items] and None
+
+
+def _failed(outcome: HandlerOutcome, error: str) -> HandlerOutcome:
+    return HandlerOutcome(False, [], list(outcome.logs), error, outcome.duration)
+
+
+def _exception(state: RetryCallState) -> BaseException | None:
+    return state.outcome.exception() if state.outcome is not None else None
+
+
+def _printable(text: str) -> str:
+    """``text`` with what UTF-8 cannot carry (lone surrogates) written as escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def resolve_source(workflow: Workflow, function: Function, workdir: Path) -> Path:
+    """The local file or folder holding a function's code, as the Lambda provider packages it.
+
+    A remote source (git/GitHub link, s3://) is fetched into ``workdir``; s3:// sources use an AWS
+    session made from the file's ``aws:`` block (only then is boto3 needed).
+    """
+    from xflow.sources.resolve import fetch_source
+
+    aws = None
+    if function.source_path is None and function.source.startswith("s3://"):
+        from xflow.core.aws import AwsSession
+
+        aws = AwsSession(dict(workflow.aws or {}))
+    return fetch_source(function, workdir, aws)

@@ -1,0 +1,472 @@
+"""The local provider's runner: per function, a thread that polls its consumer and runs the handler concurrently in
+a supervised pool, keeping order per execution, retrying without blocking, settling and committing in batches.
+
+Each function has a lane (a thread of its own, so a consumer group that is joining, or a slow poll, holds up no
+other function). A lane polls up to ``batch_size`` records at a time and keeps what it polled in order per
+partition. Deliveries of one execution run one after the other, in the order they were polled; different
+executions run at once, up to the function's ``concurrency``. A failed attempt is tried again at a not-before time
+(exponential backoff with jitter) while the lane goes on with other executions; only the later events of that
+execution wait. Attempts that finished are settled together (:meth:`FunctionDelivery.settle`: a batch of tracker
+writes, publishes grouped per stream), and each partition is committed up to its lowest unsettled record (the
+"lowest incomplete offset" of key-ordered parallel consumers), so what was not settled is delivered again after a
+crash and dropped as already handled if it had succeeded. While handlers run, the lane keeps its consumer alive
+(:meth:`Consumer.keep_alive`, which renews the local transport's leases).
+
+Stopping: a lane notices ``stop`` within one poll interval, starts nothing new, gives the handlers in flight
+``grace_seconds`` to finish, settles what finished and commits it; the rest stays uncommitted and is delivered
+again later. An error that stops one lane (a backend's) stops the others at once, and is raised by :meth:`run`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import errno
+import heapq
+import itertools
+import logging
+import math
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from xflow.core.delivery import BackendWaiter, Finished, FunctionDelivery, Job, StopRequested, resolve_source
+from xflow.core.errors import BackendUnavailable, XflowError
+from xflow.core.interfaces import Consumer, Delivery, Runner, TrackerStore, Transport
+from xflow.core.model import Function, Workflow
+from xflow.core.runtime import HandlerOutcome
+from xflow.providers.supervisor import Attempt, HandlerPool
+
+log = logging.getLogger("xflow")
+
+#: the most deliveries a lane holds (polled, not yet committed), in batches of ``batch_size``
+PENDING_BATCHES = 50
+#: how long an attempt that finished may wait for others to be settled with it, in seconds
+SETTLE_AFTER = 0.01
+#: how many event ids that succeeded a lane remembers (to skip a duplicate delivery held at the same time)
+RECENT_SUCCESSES = 10_000
+
+
+@dataclass(eq=False)
+class _Entry:
+    """A delivery a lane holds, from its poll until its partition is committed past it."""
+
+    delivery: Delivery
+    job: Job | None = None
+    settled: bool = False
+    started_at: float = 0.0
+
+
+class LocalDispatcher(Runner):
+    """Runs the workflow's functions (or some of them) on this machine, one lane per function."""
+
+    def __init__(self, workflow: Workflow, transport: Transport, tracker: TrackerStore, *,
+                 functions: Iterable[str] | None = None, cache_dir: Path, batch_size: int = 100,
+                 backoff_seconds: float = 0.2, backoff_max_seconds: float = 5.0, concurrency: int = 1,
+                 isolation: str = "process", propagate_logs: bool = False, unavailable_give_up_seconds: float = 0.0,
+                 grace_seconds: float = 30.0) -> None:
+        self.workflow, self.transport, self.tracker = workflow, transport, tracker
+        names = list(functions) if functions else list(workflow.functions)
+        unknown = [n for n in names if n not in workflow.functions]
+        if unknown:
+            raise XflowError(f"no function named {unknown[0]!r} in {workflow.path}",
+                             f"known functions: {', '.join(workflow.functions)}")
+        self.functions = [workflow.functions[n] for n in names if workflow.subscriptions_of(n)]
+        self.cache_dir = cache_dir
+        self.batch_size = max(1, int(batch_size))
+        self.backoff_seconds, self.backoff_max_seconds = backoff_seconds, backoff_max_seconds
+        self.default_concurrency = concurrency
+        self.isolation, self.propagate_logs = isolation, propagate_logs
+        self.grace_seconds = grace_seconds
+        self.handled = 0
+        #: held around every tracker and transport call of the lanes (plugins need not be safe to share)
+        self.lock = threading.RLock()
+        #: set when the lanes must stop: ``stop`` was set, or a lane failed
+        self.halt = threading.Event()
+        self._stop: threading.Event | None = None
+        self.grace_deadline = math.inf
+        self.waiter = BackendWaiter(self._stopping, give_up_seconds=unavailable_give_up_seconds)
+        self._pools: dict[str, HandlerPool] = {}
+        self._errors: list[BaseException] = []
+        self._state = threading.Lock()
+        #: where this runner fetches remote sources (workers may share ``cache_dir``); removed when it ends
+        self._workdir = cache_dir / f"fetched-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+    def concurrency_of(self, function: Function) -> int:
+        """The function's ``concurrency:``, else the provider's option."""
+        return int(getattr(function, "concurrency", None) or self.default_concurrency)
+
+    def _stopping(self) -> bool:
+        return self.halt.is_set() or (self._stop is not None and self._stop.is_set())
+
+    # -- preparing ----------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Fetch every source and import every handler (in a handler process), so a broken one is reported first."""
+        if not self._pools:
+            self.waiter.call(f"state folder {self.cache_dir.parent}", self._make_pools)
+
+    def _make_pools(self) -> None:
+        _sweep_stale_fetches(self.cache_dir)
+        try:
+            for function in self.functions:
+                if function.name in self._pools:
+                    continue
+                workdir = self._workdir / function.name
+                try:
+                    source = resolve_source(self.workflow, function, workdir)
+                except OSError as exc:  # the state folder: full, read-only, not ours
+                    raise _state_folder_error(exc, f"function {function.name!r}: cannot prepare its source in "
+                                                   f"{workdir}") from None
+                pool = HandlerPool(source, function.handler, function.publishes, isolation=self.isolation,
+                                   concurrency=self.concurrency_of(function), timeout=function.timeout,
+                                   propagate_logs=self.propagate_logs, function_name=function.name,
+                                   environment=function.environment)
+                try:
+                    pool.check()
+                except BaseException:
+                    pool.close(0)
+                    raise
+                self._pools[function.name] = pool
+        except BaseException:
+            self._close_pools()
+            raise
+
+    # -- running ------------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        self._stop = stop
+        lanes: list[_Lane] = []
+        try:
+            self.prepare()
+            lanes = [_Lane(self, function, self._pools[function.name]) for function in self.functions]
+            for lane in lanes:
+                lane.thread.start()
+            while not stop.wait(self.poll_interval):
+                if self._errors or not any(lane.thread.is_alive() for lane in lanes):
+                    break
+            with self._state:
+                self.grace_deadline = time.monotonic() + (0.0 if self._errors else max(0.0, self.grace_seconds))
+        except StopRequested:
+            log.info("stopped while waiting for a backend; what was not settled is delivered again")
+        except BaseException as exc:
+            self.fail(exc)
+        finally:
+            with self._state:
+                self.grace_deadline = min(self.grace_deadline, time.monotonic() + max(0.0, self.grace_seconds))
+            self.halt.set()
+            for lane in lanes:
+                lane.thread.join()
+            self._close_pools()
+            shutil.rmtree(self._workdir, ignore_errors=True)
+        if self._errors:
+            raise self._errors[0]
+
+    def fail(self, exc: BaseException) -> None:
+        """A lane (or the preparation) failed: keep the first error, and stop every lane at once."""
+        with self._state:
+            self._errors.append(exc)
+            self.grace_deadline = time.monotonic()
+        self.halt.set()
+
+    def count_handled(self) -> None:
+        with self._state:
+            self.handled += 1
+
+    def _close_pools(self) -> None:
+        pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            try:
+                pool.close(0)
+            except Exception as exc:  # closing must not hide what happened before
+                log.debug("closing a handler pool: %s", exc)
+
+
+class _Lane:
+    """One function's loop: poll, admit, start, collect, settle, commit (see the module's docstring)."""
+
+    def __init__(self, runner: LocalDispatcher, function: Function, pool: HandlerPool) -> None:
+        self.runner, self.function, self.pool = runner, function, pool
+        self.rules = FunctionDelivery(runner.workflow, runner.transport, runner.tracker, function, runner.waiter,
+                                      backoff_seconds=runner.backoff_seconds,
+                                      backoff_max_seconds=runner.backoff_max_seconds, lock=runner.lock)
+        self.concurrency = runner.concurrency_of(function)
+        self.batch_size = runner.batch_size
+        self.max_pending = runner.batch_size * PENDING_BATCHES
+        self.label = f"transport {getattr(runner.transport, 'name', type(runner.transport).__name__)!r}"
+        self.thread = threading.Thread(target=self._main, name=f"xflow-lane-{function.name}", daemon=True)
+        self.consumer: Consumer | None = None
+        #: what is held, per (event, partition), in polled order
+        self.units: dict[tuple[str, str], deque[_Entry]] = {}
+        self.positions: dict[tuple[str, str], set[str]] = {}
+        self.pending = 0
+        #: per execution, its jobs in order; the head runs (or waits for its not-before time) when the key is free
+        self.keys: dict[str, deque[_Entry]] = {}
+        #: the execution's entry that runs, or whose failed attempt awaits settling
+        self.busy: dict[str, _Entry] = {}
+        self.ready: deque[str] = deque()
+        self.delayed: list[tuple[float, int, str]] = []
+        self._sequence = itertools.count()
+        self.running: dict[concurrent.futures.Future[HandlerOutcome], _Entry] = {}
+        self.finished: list[tuple[_Entry, Finished]] = []
+        self.first_finished = math.inf
+        self.dirty: set[tuple[str, str]] = set()
+        self.recent: OrderedDict[str, None] = OrderedDict()
+
+    # -- the thread ---------------------------------------------------------------------------
+    def _main(self) -> None:
+        events = self.runner.workflow.subscriptions_of(self.function.name)
+        try:
+            try:
+                self.consumer = self.rules._transport(
+                    lambda: self.runner.transport.subscribe(self.function.name, events))
+                self._loop()
+                self._drain()
+            except StopRequested:
+                log.info("%s: stopped while waiting for a backend; what was not settled is delivered again",
+                         self.function.name)
+        except BaseException as exc:
+            self.runner.fail(exc)
+        finally:
+            if self.consumer is not None:
+                try:
+                    self.consumer.close()
+                except Exception as exc:  # leaving the group is best effort: the transport expires members
+                    log.warning("%s: could not leave the consumer group cleanly: %s", self.function.name, exc)
+
+    def _loop(self) -> None:
+        consumer = self.consumer
+        assert consumer is not None
+        interval = max(0.001, self.runner.poll_interval)
+        last_poll = -math.inf
+        halt = self.runner.halt
+        while not halt.is_set():
+            began = time.monotonic()
+            self.runner.waiter.call(self.label, consumer.keep_alive)
+            self._release_due(began)
+            room = self.max_pending - self.pending
+            polled = asked = 0
+            waited = False
+            if room > 0 and (not self._startable() or began - last_poll >= interval):
+                asked = min(self.batch_size, room)
+                idle = not self.running and not self.ready and not self.finished
+                timeout = min(interval, self._next_due(began)) if idle else 0.0
+                deliveries = self.runner.waiter.call(
+                    self.label, lambda asked=asked, timeout=timeout: consumer.poll(asked, timeout))
+                last_poll = time.monotonic()
+                waited = timeout > 0
+                if deliveries:
+                    polled = len(deliveries)
+                    self._admit(deliveries)
+            self._start()
+            now = time.monotonic()
+            wait = min(interval, self._next_due(now), self.first_finished + SETTLE_AFTER - now)
+            if self._startable() or (polled and polled >= asked and self.pending < self.max_pending):
+                wait = 0.0
+            if self.running:
+                self._collect(max(0.0, wait))
+            elif wait > 0 and not waited and not polled:
+                halt.wait(wait)
+            if self.finished and (len(self.finished) >= self.batch_size or not (self.running or self._startable())
+                                  or time.monotonic() - self.first_finished >= SETTLE_AFTER):
+                self._settle()
+            self._commit()
+
+    def _drain(self) -> None:
+        """Stopping: let the handlers in flight finish until the grace deadline, settle what finished, commit."""
+        while self.running:
+            left = self.runner.grace_deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._collect(min(left, max(0.001, self.runner.poll_interval)))
+        if self.running:
+            log.info("%s: %d handlers still running at stop are left unsettled; their deliveries come again",
+                     self.function.name, len(self.running))
+        if self.finished:
+            self._settle()
+        self._commit()
+
+    # -- scheduling ---------------------------------------------------------------------------
+    def _startable(self) -> bool:
+        return bool(self.ready) and len(self.running) < self.concurrency
+
+    def _next_due(self, now: float) -> float:
+        return max(0.0, self.delayed[0][0] - now) if self.delayed else math.inf
+
+    def _release_due(self, now: float) -> None:
+        while self.delayed and self.delayed[0][0] <= now:
+            _, _, key = heapq.heappop(self.delayed)
+            if key in self.keys and key not in self.busy:
+                self.ready.append(key)
+
+    def _admit(self, deliveries: list[Delivery]) -> None:
+        fresh: list[_Entry] = []
+        for delivery in deliveries:
+            unit = (delivery.event, delivery.partition)
+            held = self.positions.setdefault(unit, set())
+            if delivery.position in held:
+                continue  # polled again (the partition went away and came back): the held one settles it
+            held.add(delivery.position)
+            entry = _Entry(delivery)
+            self.units.setdefault(unit, deque()).append(entry)
+            self.pending += 1
+            fresh.append(entry)
+        jobs = self.rules.admit([entry.delivery for entry in fresh])
+        for entry, job in zip(fresh, jobs, strict=True):
+            if job is None:
+                self._settled(entry)
+                continue
+            entry.job = job
+            queue = self.keys.setdefault(job.execution_id, deque())
+            queue.append(entry)
+            if len(queue) == 1 and job.execution_id not in self.busy:
+                self.ready.append(job.execution_id)
+
+    def _start(self) -> None:
+        now = time.monotonic()
+        while self.ready and len(self.running) < self.concurrency:
+            key = self.ready.popleft()
+            queue = self.keys.get(key)
+            if not queue or key in self.busy:
+                continue
+            entry = queue[0]
+            job = entry.job
+            assert job is not None
+            if job.not_before > now:
+                heapq.heappush(self.delayed, (job.not_before, next(self._sequence), key))
+                continue
+            if job.attempts == 0 and job.event.event_id in self.recent:
+                # the same event, delivered twice, succeeded here a moment ago: a duplicate
+                queue.popleft()
+                self._settled(entry)
+                self._next_of(key)
+                continue
+            self.busy[key] = entry
+            job.attempts += 1
+            if job.attempts == 1:
+                self.runner.count_handled()
+            entry.started_at = time.time()
+            attempt = Attempt(self.runner.workflow.id, self.function.name, job.execution_id, job.delivery.event,
+                              job.event.event_id, job.attempts)
+            self.running[self.pool.submit(job.event.data, attempt)] = entry
+
+    def _next_of(self, key: str) -> None:
+        """The execution's key is free: its next job may start (or the key is forgotten)."""
+        queue = self.keys.get(key)
+        if queue:
+            if key not in self.busy:
+                self.ready.append(key)
+        else:
+            self.keys.pop(key, None)
+
+    def _collect(self, timeout: float) -> None:
+        done, _ = concurrent.futures.wait(list(self.running), timeout=timeout,
+                                          return_when=concurrent.futures.FIRST_COMPLETED)
+        for future in done:
+            entry = self.running.pop(future)
+            job = entry.job
+            assert job is not None
+            try:
+                outcome = future.result()
+            except Exception as exc:  # the pool could not run it (closed, cancelled): a failed attempt
+                outcome = HandlerOutcome(False, [], [], f"the handler could not be run: {type(exc).__name__}: {exc}",
+                                         0.0)
+            if not self.finished:
+                self.first_finished = time.monotonic()
+            self.finished.append((entry, Finished(job, outcome, entry.started_at)))
+            if outcome.ok:  # the execution's next event may start now; a failure holds it until settled
+                self._release(entry)
+                self.recent[job.event.event_id] = None
+                if len(self.recent) > RECENT_SUCCESSES:
+                    self.recent.popitem(last=False)
+
+    def _release(self, entry: _Entry) -> None:
+        """Take a job out of its execution's queue; the next one may start."""
+        assert entry.job is not None
+        key = entry.job.execution_id
+        queue = self.keys.get(key)
+        if queue is not None and entry in queue:
+            queue.remove(entry)
+        if self.busy.get(key) is entry:
+            del self.busy[key]
+        self._next_of(key)
+
+    # -- settling and committing ----------------------------------------------------------------
+    def _settle(self) -> None:
+        finished, self.finished = self.finished, []
+        self.first_finished = math.inf
+        retry = {id(job) for job in self.rules.settle([item for _, item in finished])}
+        for entry, item in finished:
+            job = item.job
+            if id(job) not in retry:
+                if not item.outcome.ok:
+                    self._release(entry)
+                self._settled(entry)
+                continue
+            self.recent.pop(job.event.event_id, None)
+            key = job.execution_id
+            queue = self.keys.setdefault(key, deque())
+            if entry not in queue:  # it succeeded but its events could not be published: again, first
+                queue.appendleft(entry)
+            if self.busy.get(key) is entry:
+                del self.busy[key]
+            heapq.heappush(self.delayed, (job.not_before, next(self._sequence), key))
+
+    def _settled(self, entry: _Entry) -> None:
+        entry.settled = True
+        self.dirty.add((entry.delivery.event, entry.delivery.partition))
+
+    def _commit(self) -> None:
+        """Commit each partition that moved up to its lowest unsettled record."""
+        if not self.dirty:
+            return
+        done: list[Delivery] = []
+        for unit in self.dirty:
+            queue = self.units.get(unit)
+            last = None
+            while queue and queue[0].settled:
+                last = queue.popleft()
+                self.positions[unit].discard(last.delivery.position)
+                self.pending -= 1
+            if last is not None:
+                done.append(last.delivery)
+        self.dirty.clear()
+        if done:
+            consumer = self.consumer
+            assert consumer is not None
+            self.runner.waiter.call(self.label, lambda: consumer.commit(done))
+
+
+def _state_folder_error(exc: OSError, what: str) -> XflowError:
+    """``exc``, met writing in the state folder, as a one-line error: a full disk may pass, the rest needs the user."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return BackendUnavailable(f"{what}: {reason}", "free space in the state folder; workers wait and go on")
+    return XflowError(f"{what}: {reason}", "make the state folder writable by this user, or choose another with "
+                                           "--state-dir")
+
+
+def _sweep_stale_fetches(cache_dir: Path) -> None:
+    """Remove the fetch folders of runners whose process is gone (killed before it could clean up)."""
+    try:
+        folders = list(cache_dir.glob("fetched-*-*"))
+    except OSError:
+        return
+    for folder in folders:
+        pid = folder.name.split("-")[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_exists(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process, or cannot tell: keep its folder
+        return True
+    return True
+
