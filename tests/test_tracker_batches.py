@@ -303,3 +303,111 @@ def test_postgres_setup_adds_the_index_to_an_older_database(postgres_tracker: An
     assert "xflow_deliveries_succeeded" in plan[0].detail
     apply_steps(plan)
     assert postgres_tracker.plan_setup(workflow) == []
+
+
+# -- cloudwatch (on a moto server) --------------------------------------------------------------------------------
+
+
+def test_cloudwatch_splits_a_batch_only_at_the_put_limits() -> None:
+    from xflow.trackers.cloudwatch import PUT_EVENT_OVERHEAD, PUT_MAX_BYTES, PUT_MAX_EVENTS, put_ranges
+
+    assert put_ranges([]) == []
+    assert put_ranges(["x"] * 10) == [(0, 10)]
+    assert put_ranges(["x"] * (PUT_MAX_EVENTS + 1)) == [(0, PUT_MAX_EVENTS), (PUT_MAX_EVENTS, PUT_MAX_EVENTS + 1)]
+    line = "é" * 100_000  # 200,000 bytes in UTF-8: five fit in 1 MB with their overhead, six do not
+    ranges = put_ranges([line] * 11)
+    assert ranges == [(0, 5), (5, 10), (10, 11)]
+    for start, end in ranges:
+        assert sum(len(line.encode()) + PUT_EVENT_OVERHEAD for _ in range(start, end)) <= PUT_MAX_BYTES
+    assert put_ranges(["x" * (PUT_MAX_BYTES + 1), "y"]) == [(0, 1), (1, 2)], "an oversize line goes alone"
+
+
+try:
+    from aws_server import aws_endpoint  # noqa: F401
+except ImportError:  # tests/ imported as a package
+    from tests.aws_server import aws_endpoint  # noqa: F401
+
+
+@pytest.fixture
+def cloudwatch(aws_endpoint: str, tmp_path: Path) -> Iterator[Callable[[], Any]]:  # noqa: F811
+    """Instances of the cloudwatch tracker of one fresh workflow (each stands for a process), set up."""
+    from xflow.trackers.cloudwatch import CloudWatchTracker
+
+    workflow = kit_workflow(new_workflow_id("cw"), tmp_path)
+    made: list[Any] = []
+
+    def make() -> Any:
+        tracker = CloudWatchTracker(PluginContext(workflow.id, {}, tmp_path))
+        made.append(tracker)
+        return tracker
+
+    apply_steps(make().plan_setup(workflow))
+    yield make
+    apply_steps(made[0].plan_teardown(workflow))
+
+
+def _calls(tracker: Any) -> list[tuple[str, dict[str, Any]]]:
+    """The CloudWatch Logs calls the tracker's worker client makes from here on: (operation, parameters)."""
+    seen: list[tuple[str, dict[str, Any]]] = []
+    tracker.writer.meta.events.register("provide-client-params.cloudwatch-logs",
+                                        lambda params, model, **_: seen.append((model.name, dict(params))))
+    return seen
+
+
+@pytest.mark.aws
+def test_cloudwatch_writes_one_call_per_execution(cloudwatch: Callable[[], Any]) -> None:
+    tracker = cloudwatch()
+    calls = _calls(tracker)
+    tracker.record_deliveries([_delivery(f"x{i % 3}", f"e{i}", i) for i in range(300)])
+    puts = [params for name, params in calls if name == "PutLogEvents"]
+    assert sorted(p["logStreamName"] for p in puts) == ["x0", "x1", "x2"]
+    assert all(len(p["logEvents"]) == 100 for p in puts)
+    calls.clear()
+    tracker.record_events([_event(f"x{i % 3}", f"e{i}", i) for i in range(300)] + [_event("x0", "e0", 0.0)])
+    assert [name for name, _ in calls].count("PutLogEvents") == 3
+    assert [name for name, _ in calls].count("GetLogEvents") == 3, "one look per stream before writing events"
+    for name, params in calls:
+        if name == "PutLogEvents":
+            times = [e["timestamp"] for e in params["logEvents"]]
+            assert times == sorted(times) and times[-1] - times[0] < 24 * 3600 * 1000
+    calls.clear()
+    tracker.record_events([_event("x1", "e1", 1.0), _event("x2", "e2", 2.0)])
+    assert calls == [], "events known to be in their streams are neither looked up nor written"
+    assert len(tracker.stored_events("x0")) == 100
+
+
+@pytest.mark.aws
+def test_cloudwatch_splits_at_the_put_limits(cloudwatch: Callable[[], Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from xflow.trackers import cloudwatch as module
+
+    monkeypatch.setattr(module, "PUT_MAX_EVENTS", 40)
+    tracker = cloudwatch()
+    calls = _calls(tracker)
+    tracker.record_deliveries([_delivery("x", f"e{i}", i) for i in range(100)])
+    assert [len(p["logEvents"]) for name, p in calls if name == "PutLogEvents"] == [40, 40, 20]
+    assert len(tracker.history("x").deliveries) == 100
+
+
+@pytest.mark.aws
+def test_cloudwatch_answers_successes_without_reading_a_whole_history(cloudwatch: Callable[[], Any]) -> None:
+    writer, other = cloudwatch(), cloudwatch()
+    writer.record_deliveries([_delivery(f"x{i % 2}", f"e{i}", i, "succeeded" if i % 3 else "retrying")
+                              for i in range(200)])
+    keys = [(f"x{i % 2}", f"e{i}", "reader") for i in range(200)]
+    expected = {k for i, k in enumerate(keys) if i % 3}
+    calls = _calls(writer)
+    assert writer.succeeded_among([k for k in keys if k in expected]) == expected
+    assert writer.has_succeeded("x1", "e1", "reader")
+    assert calls == [], "successes this process wrote are answered from memory"
+    assert writer.succeeded_among(keys) == expected
+    assert [name for name, _ in calls] == ["GetLogEvents"] * 2, "one look per execution for unknown keys"
+    assert all(p.get("limit") for _, p in calls), "a bounded read"
+
+    seen = _calls(other)  # another process: reads each stream once, then only what was added
+    assert other.succeeded_among(keys) == expected
+    first = len(seen)
+    assert 2 <= first <= 4
+    assert not other.has_succeeded("x0", "e0", "reader")
+    assert len(seen) == first + 1 and "nextToken" in seen[-1][1], "a later look reads on from where the last stopped"
+    writer.record_deliveries([_delivery("x0", "e0", 500.0)])
+    assert other.has_succeeded("x0", "e0", "reader"), "what another process wrote since is found"

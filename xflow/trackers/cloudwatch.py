@@ -14,6 +14,18 @@ execution's log stream, and before writing an event it does not know it reads wh
 the stream since its last look (one GetLogEvents call from a forward token). What another
 process writes at the very same moment can still come twice; reading drops such duplicates.
 
+Batches: ``record_events`` and ``record_deliveries`` write each execution's records with one PutLogEvents call
+(split only at the call's limits, ``PUT_MAX_EVENTS`` events or ``PUT_MAX_BYTES``; every line of a call carries
+the time of the call, so they are in order and span no time), leaving out events already in the stream or met
+earlier in the batch.
+
+``has_succeeded`` and ``succeeded_among`` read no whole history on each call. The tracker keeps, per execution
+(the ``KNOWN_EXECUTIONS`` used last), the succeeded ``(event_id, function)`` pairs it has written or read, and
+answers from them; a key it does not know costs a read of what was added to the stream since its last look
+(usually one GetLogEvents call that returns little or nothing; ``succeeded_among`` makes one per execution of the
+batch, not one per key). The first look at an execution in a process reads its stream once, in pages of
+``LOOKUP_LIMIT`` lines. Delivery outcomes that Lambda functions print to their own groups are not looked at.
+
 Transient failures (throttling, 5xx, dropped connections) are retried: what workers do (writes and the
 look-ups before them, ``has_succeeded``) goes through a long-running client (more botocore tries) and
 tenacity for up to ``WRITE_SECONDS``; a write whose answer was lost may be stored twice, which reading
@@ -25,9 +37,10 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +80,10 @@ LOOKUP_PAGES = 10
 LOOKUP_LIMIT = 1000
 #: how long (seconds) a write, or a look-up a worker makes, is retried with tenacity after botocore's tries
 WRITE_SECONDS = 10.0
+#: PutLogEvents' limits per call: events, and bytes (UTF-8 message bytes plus ``PUT_EVENT_OVERHEAD`` per event)
+PUT_MAX_EVENTS = 10_000
+PUT_MAX_BYTES = 1_048_576
+PUT_EVENT_OVERHEAD = 26
 
 
 @dataclass
@@ -74,6 +91,8 @@ class _StreamIndex:
     """The event ids known to be in one execution's log stream, and where reading it stopped."""
 
     event_ids: set[str] = field(default_factory=set)
+    #: the ``(event_id, function)`` pairs with a succeeded delivery known to be in the stream (written or read)
+    succeeded: set[tuple[str, str]] = field(default_factory=set)
     #: the forward token after the last line read (None: read from the start)
     token: str | None = None
 
@@ -81,6 +100,29 @@ class _StreamIndex:
 def log_stream_name(execution_id: str) -> str:
     """Log stream names may not hold ':' or '*' and are at most 512 characters."""
     return re.sub(r"[:*]", "_", execution_id)[:512]
+
+
+def put_ranges(messages: Sequence[str]) -> list[tuple[int, int]]:
+    """``(start, end)`` slices of ``messages`` that each fit one PutLogEvents call (its count and size limits)."""
+    ranges: list[tuple[int, int]] = []
+    start, size = 0, 0
+    for end, message in enumerate(messages):
+        cost = len(message.encode("utf-8")) + PUT_EVENT_OVERHEAD
+        if end > start and (end - start >= PUT_MAX_EVENTS or size + cost > PUT_MAX_BYTES):
+            ranges.append((start, end))
+            start, size = end, 0
+        size += cost
+    if start < len(messages):
+        ranges.append((start, len(messages)))
+    return ranges
+
+
+def _by_execution(records: Iterable[Any]) -> dict[str, list[Any]]:
+    """Records grouped by execution (a log stream each), in their order."""
+    groups: dict[str, list[Any]] = {}
+    for record in records:
+        groups.setdefault(record.execution_id, []).append(record)
+    return groups
 
 
 def event_line(record: EventRecord) -> str:
@@ -154,6 +196,7 @@ class CloudWatchTracker(TrackerStore):
         self.function_logs = str(context.option("function_logs", "true")).lower() not in ("0", "false", "no")
         self._streams: set[str] = set()
         self._known: OrderedDict[str, _StreamIndex] = OrderedDict()
+        self._known_lock = threading.Lock()
 
     @property
     def logs(self) -> Any:
@@ -199,10 +242,13 @@ class CloudWatchTracker(TrackerStore):
 
     # ------------------------------------------------------------------ writing
 
-    def _put(self, execution_id: str, message: str) -> None:
-        # the record's own times are in the line; CloudWatch rejects timestamps older than 14 days
-        event = {"timestamp": int(time.time() * 1000), "message": message}
-        retrying(WRITE_SECONDS)(self._put_once, execution_id, event)
+    def _put(self, execution_id: str, messages: Sequence[str]) -> None:
+        """One PutLogEvents call (``messages`` within its limits: see :func:`put_ranges`), retried."""
+        # the record's own times are in the line; CloudWatch rejects timestamps older than 14 days. One time for the
+        # whole call: its events are in order and span no time
+        now = int(time.time() * 1000)
+        events = [{"timestamp": now, "message": message} for message in messages]
+        retrying(WRITE_SECONDS)(self._put_once, execution_id, events)
 
     def _make_stream(self, stream: str) -> None:
         try:
@@ -215,41 +261,45 @@ class CloudWatchTracker(TrackerStore):
                 raise
         self._streams.add(stream)
 
-    def _put_once(self, execution_id: str, event: dict[str, Any]) -> None:
+    def _put_once(self, execution_id: str, events: list[dict[str, Any]]) -> None:
         stream = log_stream_name(execution_id)
         with translate_errors(f"writing to log group {self.log_group}"):
             if stream not in self._streams:
                 self._make_stream(stream)
             try:
                 response = self.writer.put_log_events(logGroupName=self.log_group, logStreamName=stream,
-                                                      logEvents=[event])
+                                                      logEvents=events)
             except Exception as exc:
                 if not is_client_error(exc, "ResourceNotFoundException"):
                     raise
                 self._streams.discard(stream)  # the stream was deleted meanwhile: make it again, write again
                 self._make_stream(stream)
                 response = self.writer.put_log_events(logGroupName=self.log_group, logStreamName=stream,
-                                                      logEvents=[event])
+                                                      logEvents=events)
             rejected = response.get("rejectedLogEventsInfo")
             if rejected:
-                raise XflowError(f"CloudWatch Logs rejected a record of execution {execution_id} in "
+                raise XflowError(f"CloudWatch Logs rejected records of execution {execution_id} in "
                                  f"{self.log_group}: {rejected}")
 
     def _index(self, execution_id: str) -> _StreamIndex:
-        index = self._known.get(execution_id)
-        if index is None:
-            index = self._known[execution_id] = _StreamIndex()
-            while len(self._known) > KNOWN_EXECUTIONS:
-                self._known.popitem(last=False)
-        else:
-            self._known.move_to_end(execution_id)
-        return index
+        with self._known_lock:
+            index = self._known.get(execution_id)
+            if index is None:
+                index = self._known[execution_id] = _StreamIndex()
+                while len(self._known) > KNOWN_EXECUTIONS:
+                    self._known.popitem(last=False)
+            else:
+                self._known.move_to_end(execution_id)
+            return index
 
     def _catch_up(self, execution_id: str, index: _StreamIndex) -> None:
-        """Add the event ids written to the execution's log stream since the last look (a bounded read)."""
-        retrying(WRITE_SECONDS)(self._catch_up_once, execution_id, index)
+        """Add the event ids and successes written to the execution's log stream since the last look, reading on to
+        its end (each call of ``_catch_up_once`` reads at most ``LOOKUP_PAGES`` pages, retried on its own)."""
+        while not retrying(WRITE_SECONDS)(self._catch_up_once, execution_id, index):
+            pass
 
-    def _catch_up_once(self, execution_id: str, index: _StreamIndex) -> None:
+    def _catch_up_once(self, execution_id: str, index: _StreamIndex) -> bool:
+        """Read up to ``LOOKUP_PAGES`` pages from the last look on; whether the stream's end was reached."""
         stream = log_stream_name(execution_id)
         with translate_errors(f"reading log group {self.log_group}"):
             for _ in range(LOOKUP_PAGES):
@@ -261,21 +311,26 @@ class CloudWatchTracker(TrackerStore):
                     page = self.writer.get_log_events(**kwargs)
                 except Exception as exc:
                     if is_client_error(exc, "ResourceNotFoundException"):
-                        return  # no stream yet: nothing written
+                        return True  # no stream yet: nothing written
                     raise
                 for item in page.get("events", []):
                     found = parse_line(item["message"])
-                    if isinstance(found, EventRecord) and found.execution_id == execution_id:
+                    if found is None or found.execution_id != execution_id:
+                        continue
+                    if isinstance(found, EventRecord):
                         index.event_ids.add(found.event_id)
+                    elif found.status == "succeeded":
+                        index.succeeded.add((found.event_id, found.function))
                 token = page.get("nextForwardToken")
                 if token in (None, index.token):
-                    return
+                    return True
                 index.token = token
                 events = page.get("events", [])
                 # a page under both the count asked for and half of GetLogEvents' 1 MB was not cut short:
                 # the stream ends there (saves the call that would only repeat the token)
                 if len(events) < LOOKUP_LIMIT and sum(len(e["message"]) for e in events) < 512 * 1024:
-                    return
+                    return True
+        return False
 
     def record_event(self, record: EventRecord) -> None:
         """Write the event unless it is already in the execution's log stream (see the module's notes)."""
@@ -285,11 +340,34 @@ class CloudWatchTracker(TrackerStore):
         self._catch_up(record.execution_id, index)
         if record.event_id in index.event_ids:
             return
-        self._put(record.execution_id, event_line(record))
+        self._put(record.execution_id, [event_line(record)])
         index.event_ids.add(record.event_id)
 
     def record_delivery(self, record: DeliveryRecord) -> None:
-        self._put(record.execution_id, delivery_line(record))
+        self.record_deliveries([record])
+
+    def record_events(self, records: Sequence[EventRecord]) -> None:
+        """Per execution: one look for what its stream holds (only if an event is not known to be there), then one
+        PutLogEvents call with the events it lacks, each event id once (the batch's first record of it)."""
+        for execution_id, group in _by_execution(records).items():
+            index = self._index(execution_id)
+            fresh = _first_unknown(group, index.event_ids)
+            if fresh:
+                self._catch_up(execution_id, index)
+                fresh = _first_unknown(fresh, index.event_ids)
+            lines = [event_line(record) for record in fresh]
+            for start, end in put_ranges(lines):
+                self._put(execution_id, lines[start:end])
+                index.event_ids.update(record.event_id for record in fresh[start:end])
+
+    def record_deliveries(self, records: Sequence[DeliveryRecord]) -> None:
+        """Per execution, one PutLogEvents call (split only at the call's limits); successes are remembered."""
+        for execution_id, group in _by_execution(records).items():
+            lines = [delivery_line(record) for record in group]
+            for start, end in put_ranges(lines):
+                self._put(execution_id, lines[start:end])
+                self._index(execution_id).succeeded.update(
+                    (record.event_id, record.function) for record in group[start:end] if record.status == "succeeded")
 
     # ------------------------------------------------------------------ reading
 
@@ -382,10 +460,33 @@ class CloudWatchTracker(TrackerStore):
         return [r for r in found if isinstance(r, EventRecord) and r.execution_id == execution_id]
 
     def has_succeeded(self, execution_id: str, event_id: str, function: str) -> bool:
-        """Asked by workers before each delivery: read with the long-running client, retried (see the module)."""
-        lines = retrying(WRITE_SECONDS)(self._own_lines, execution_id, self.writer)
-        return any(d.event_id == event_id and d.function == function and d.status == "succeeded"
-                   for d in self._history(execution_id, with_functions=False, lines=lines).deliveries)
+        """From the successes known in this process, else a read of what the stream gained since the last look
+        (see the module for the cost); read with the long-running client, retried."""
+        return (execution_id, event_id, function) in self.succeeded_among([(execution_id, event_id, function)])
+
+    def succeeded_among(self, keys: Sequence[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
+        """Like ``has_succeeded`` for each key, with at most one look per execution of the batch."""
+        found: set[tuple[str, str, str]] = set()
+        wanted: dict[str, set[tuple[str, str]]] = {}
+        for execution_id, event_id, function in keys:
+            wanted.setdefault(str(execution_id), set()).add((str(event_id), str(function)))
+        for execution_id, pairs in wanted.items():
+            index = self._index(execution_id)
+            if not pairs <= index.succeeded:
+                self._catch_up(execution_id, index)
+            found.update((execution_id, event_id, function) for event_id, function in pairs & index.succeeded)
+        return found
+
+
+def _first_unknown(records: Iterable[EventRecord], known: set[str]) -> list[EventRecord]:
+    """The records whose event id is not in ``known``, each id once (its first record)."""
+    seen: set[str] = set()
+    fresh = []
+    for record in records:
+        if record.event_id not in known and record.event_id not in seen:
+            seen.add(record.event_id)
+            fresh.append(record)
+    return fresh
 
 
 @hookimpl
