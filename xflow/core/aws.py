@@ -147,8 +147,8 @@ class AwsSession:
         connect_timeout = float(os.environ.get(ENV_CONNECT_TIMEOUT, CONNECT_TIMEOUT))
         config = Config(connect_timeout=connect_timeout, read_timeout=READ_TIMEOUT,
                         retries=retry_config(WORKER_ATTEMPTS if long_running else COMMAND_ATTEMPTS))
-        made = self.session.client(service, config=config)
-        with self._lock:
+        with self._lock:  # a boto3 session is not thread-safe: make clients one at a time
+            made = self._clients.get(key) or self.session.client(service, config=config)
             self._clients[key] = made
         return made
 
