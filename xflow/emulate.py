@@ -12,7 +12,12 @@ does what the Lambda service does for Kinesis event source mappings:
 - honours the partial-batch response (``batchItemFailures``): retries from the first failed
   record, drops it once the mapping's retries are used up; a failed invocation is retried whole
   (halved when bisect-on-error is on);
-- writes the function's output to CloudWatch Logs ``/aws/lambda/<name>`` as Lambda does.
+- writes the function's output to CloudWatch Logs ``/aws/lambda/<name>`` as Lambda does, with Lambda's
+  lines for a timeout (``Task timed out after 3.00 seconds``) and a runtime that exited
+  (``Runtime exited with error: exit status 3``);
+- sends a batch it discards after the mapping's retries to the mapping's on-failure destination (an
+  SQS queue), in Lambda's record format (:func:`xflow.providers.lambda_failures.kinesis_failure_record`),
+  and lets the provider record those failures in the tracker after each pass that sent one.
 
 Positions are kept per mapping and shard in ``<state>/<workflow_id>/emulate.json``.
 """
@@ -24,6 +29,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -84,6 +90,17 @@ class DeployedFunction:
 
 
 @dataclass
+class Invocation:
+    """One invocation's outcome."""
+
+    ok: bool
+    result: Any
+    request_id: str
+    #: Lambda's ``functionError`` for a failed invocation ("Unhandled"), None when it succeeded
+    function_error: str | None = None
+
+
+@dataclass
 class ShardCursor:
     """Where one mapping is in one shard."""
 
@@ -99,19 +116,22 @@ class EmulatorReport:
     records: int = 0
     failed_invocations: int = 0
     discarded_records: int = 0
+    #: failure records sent to on-failure destinations
+    failure_records: int = 0
     idle: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {"invocations": self.invocations, "records": self.records,
                 "failed_invocations": self.failed_invocations, "discarded_records": self.discarded_records,
-                "idle": self.idle}
+                "failure_records": self.failure_records, "idle": self.idle}
 
 
 class Emulator:
     """Polls the mapped streams and invokes the deployed functions; see the module docstring."""
 
     def __init__(self, workflow: Any, state_dir: Path, aws: AwsSession,
-                 echo: Callable[[str], None] | None = None, functions: list[str] | None = None) -> None:
+                 echo: Callable[[str], None] | None = None, functions: list[str] | None = None,
+                 collect_failures: Callable[[], int] | None = None) -> None:
         from xflow.providers.aws_lambda import tracker_function_name
 
         self.workflow = workflow
@@ -126,6 +146,9 @@ class Emulator:
         self.position_file = self.state_dir / workflow.id / "emulate.json"
         self._tmp = tempfile.TemporaryDirectory(prefix="xflow-emulate-")
         self.report = EmulatorReport()
+        #: records the failure records sent to the destinations in the tracker (the provider's collect_failures)
+        self.collect_failures = collect_failures
+        self._uncollected = 0
 
     def close(self) -> None:
         self._tmp.cleanup()
@@ -262,7 +285,8 @@ class Emulator:
                       records: list[dict[str, Any]], next_iterator: str | None) -> None:
         function = self.functions[mapping["FunctionName"]]
         event = {"Records": [self._lambda_record(mapping, shard_id, r) for r in records]}
-        ok, result = self.invoke(function, event)
+        invocation = self.run_invocation(function, event)
+        ok, result = invocation.ok, invocation.result
         failures = len(result.get("batchItemFailures") or []) if ok and isinstance(result, dict) else 0
         self.echo(f"{function.name}: {len(records)} record(s) from {stream}/{shard_id}: "
                   + ("ok" if ok and not failures else f"{failures} failed" if ok else "invocation failed"))
@@ -280,7 +304,8 @@ class Emulator:
                 self._advance(cursor, records[-1]["SequenceNumber"], next_iterator)
                 return
             if set(failed) <= sequences:  # an unknown identifier fails the whole batch, as on Lambda
-                self._partial_failure(function, stream, cursor, records, min(int(f) for f in failed), max_retries)
+                self._partial_failure(mapping, function, stream, shard_id, cursor, records,
+                                      min(int(f) for f in failed), max_retries, invocation)
                 return
         self.report.failed_invocations += 1
         cursor.failures[first] = cursor.failures.get(first, 0) + 1
@@ -288,6 +313,7 @@ class Emulator:
             self.report.discarded_records += len(records)
             self.echo(f"{function.name}: a batch of {len(records)} record(s) from {stream} failed "
                       f"{cursor.failures[first]} times; discarded")
+            self._send_failure(mapping, shard_id, records, cursor.failures[first], invocation)
             cursor.failures.pop(first)
             cursor.batch_limit = None
             self._advance(cursor, records[-1]["SequenceNumber"], None)
@@ -296,8 +322,9 @@ class Emulator:
             cursor.batch_limit = max(1, len(records) // 2)
         cursor.iterator = None
 
-    def _partial_failure(self, function: DeployedFunction, stream: str, cursor: ShardCursor,
-                         records: list[dict[str, Any]], lowest: int, max_retries: int) -> None:
+    def _partial_failure(self, mapping: dict[str, Any], function: DeployedFunction, stream: str, shard_id: str,
+                         cursor: ShardCursor, records: list[dict[str, Any]], lowest: int, max_retries: int,
+                         invocation: Invocation) -> None:
         """Records before the first failed one are done; that one is retried, or dropped after its retries."""
         done = [r for r in records if int(r["SequenceNumber"]) < lowest]
         key = str(lowest)
@@ -308,10 +335,45 @@ class Emulator:
         if 0 <= max_retries < cursor.failures[key]:
             self.report.discarded_records += 1
             self.echo(f"{function.name}: record {key} of {stream} failed {cursor.failures[key]} times; discarded")
+            self._send_failure(mapping, shard_id, [r for r in records if r["SequenceNumber"] == key] or records[:1],
+                               cursor.failures[key], invocation)
             cursor.failures.pop(key)
             self._advance(cursor, key, None)
         else:
             cursor.iterator = None
+
+    def _send_failure(self, mapping: dict[str, Any], shard_id: str, records: list[dict[str, Any]], invocations: int,
+                      invocation: Invocation) -> None:
+        """Send the discarded batch's failure record to the mapping's on-failure destination, if it has one."""
+        from xflow.providers.lambda_failures import kinesis_failure_record, send_failure_record
+
+        destination = ((mapping.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination")
+        if not destination:
+            return
+        arrivals = [_epoch(r.get("ApproximateArrivalTimestamp")) for r in records]
+        record = kinesis_failure_record(
+            request_id=invocation.request_id, function_arn=mapping["FunctionArn"], invoke_count=invocations,
+            function_error=invocation.function_error, shard_id=shard_id,
+            start_sequence=records[0]["SequenceNumber"], end_sequence=records[-1]["SequenceNumber"],
+            batch_size=len(records), stream_arn=mapping["EventSourceArn"], first_arrival=arrivals[0],
+            last_arrival=arrivals[-1])
+        send_failure_record(self.aws, destination, record)
+        self.report.failure_records += 1
+        self._uncollected += 1
+        self.echo(f"{mapping['FunctionName']}: failure record sent to {destination.rpartition(':')[2]}")
+
+    def _collect(self) -> None:
+        """Have the failure records sent so far recorded in the tracker (a failure is retried after the next pass)."""
+        if not self._uncollected or self.collect_failures is None:
+            return
+        try:
+            recorded = self.collect_failures()
+        except Exception as exc:  # noqa: BLE001 - the records stay in the queue, for the next pass or track
+            log.warning("recording the failure records: %s", exc)
+            return
+        self._uncollected = 0
+        if recorded:
+            self.echo(f"{recorded} failed delivery record(s) written to the tracker")
 
     def _advance(self, cursor: ShardCursor, checkpoint: str, next_iterator: str | None) -> None:
         cursor.failures = {k: v for k, v in cursor.failures.items() if int(k) > int(checkpoint)}
@@ -364,6 +426,11 @@ class Emulator:
 
     def invoke(self, function: DeployedFunction, event: dict[str, Any]) -> tuple[bool, Any]:
         """Run the function once on ``event`` in a subprocess; (succeeded, its result)."""
+        invocation = self.run_invocation(function, event)
+        return invocation.ok, invocation.result
+
+    def run_invocation(self, function: DeployedFunction, event: dict[str, Any]) -> Invocation:
+        """Run the function once on ``event`` in a subprocess, writing its log as Lambda does."""
         request_id = str(uuid.uuid4())
         folder = Path(self._tmp.name) / "invocations"
         folder.mkdir(exist_ok=True)
@@ -379,18 +446,23 @@ class Emulator:
                 text=True, timeout=function.timeout, check=False)
             output = (done.stdout + done.stderr).splitlines()
             ok = done.returncode == 0
+            exit_code = done.returncode
         except subprocess.TimeoutExpired as exc:
             output = [x for x in ((exc.stdout or b"").decode("utf-8", "replace") if isinstance(exc.stdout, bytes)
                                   else (exc.stdout or "")).splitlines()]
             output.append(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {request_id} "
                           f"Task timed out after {function.timeout:.2f} seconds")
             ok = False
+            exit_code = None
         result = None
         if result_file.exists():
             with contextlib.suppress(ValueError):
                 result = json.loads(result_file.read_text() or "null")
         if not ok and isinstance(result, dict) and result.get("errorMessage"):
             output.append(json.dumps(result))
+        elif not ok and exit_code is not None:  # the runtime exited before answering, as Lambda logs it
+            output += [f"RequestId: {request_id} Error: Runtime exited with error: {_exit_status(exit_code)}",
+                       "Runtime.ExitError"]
         elapsed = (time.perf_counter() - started) * 1000
         lines += output
         lines += [f"END RequestId: {request_id}",
@@ -398,7 +470,7 @@ class Emulator:
         self._write_logs(function, lines)
         event_file.unlink(missing_ok=True)
         result_file.unlink(missing_ok=True)
-        return ok, result
+        return Invocation(ok, result, request_id, None if ok else "Unhandled")
 
     def _write_logs(self, function: DeployedFunction, lines: list[str]) -> None:
         logs = self.aws.client("logs")
@@ -432,6 +504,7 @@ class Emulator:
         deadline = time.monotonic() + timeout if timeout else None
         while True:
             handled = self.run_pass()
+            self._collect()
             if handled == 0 and until_idle:
                 self.report.idle = True
                 return self.report
@@ -441,11 +514,26 @@ class Emulator:
                 time.sleep(poll_interval)
 
 
+def _exit_status(code: int) -> str:
+    """How Lambda's runtime names a process's end: 'exit status 3', 'signal: killed'."""
+    if code >= 0:
+        return f"exit status {code}"
+    try:
+        return f"signal: {(signal.strsignal(-code) or signal.Signals(-code).name).lower()}"
+    except ValueError:
+        return f"signal: {-code}"
+
+
+def _epoch(value: Any) -> float:
+    return value.timestamp() if hasattr(value, "timestamp") else time.time()
+
+
 def emulate(workflow: Any, state_dir: Path, aws: AwsSession, *, until_idle: bool = False,
             poll_interval: float = 1.0, timeout: float | None = None,
-            echo: Callable[[str], None] | None = None) -> EmulatorReport:
+            echo: Callable[[str], None] | None = None,
+            collect_failures: Callable[[], int] | None = None) -> EmulatorReport:
     """Load the deployed functions and mappings of ``workflow`` and run them (see the module docstring)."""
-    emulator = Emulator(workflow, state_dir, aws, echo)
+    emulator = Emulator(workflow, state_dir, aws, echo, collect_failures=collect_failures)
     try:
         emulator.load()
         if not emulator.mappings:
@@ -479,7 +567,9 @@ def emulate_command(ctx: click.Context, file: Path, until_idle: bool, poll_inter
         echo = (lambda line: click.echo(line, err=True)) if output == "text" else None
         try:
             report = emulate(engine.workflow, Path(state_dir), aws, until_idle=until_idle,
-                             poll_interval=poll_interval, timeout=timeout, echo=echo)
+                             poll_interval=poll_interval, timeout=timeout, echo=echo,
+                             collect_failures=lambda: provider.collect_failures(engine.workflow, engine.transport,
+                                                                                engine.tracker))
         except KeyboardInterrupt:
             click.echo("stopped", err=True)
             return

@@ -521,6 +521,7 @@ class Engine:
         :class:`UnknownExecutionError` (which carries the summary) naming the most recent known ids.
         """
         with self._state_files():
+            self._collect_failures()
             history = self.tracker.history(execution_id)
         summary = summarize(self.workflow, execution_id, history)
         if known and not history.events and not history.deliveries:
@@ -532,6 +533,16 @@ class Engine:
                                         f"{self.workflow.id!r}: nothing was published or recorded with that id",
                                         hint, summary)
         return summary
+
+    def _collect_failures(self) -> None:
+        """Let the provider record the failures its platform kept outside the tracker (never fails ``track``)."""
+        provider = self.provider
+        if type(provider).collect_failures is FunctionProvider.collect_failures:
+            return  # the default records nothing: no transport is opened for it
+        try:
+            provider.collect_failures(self.workflow, self.transport, self.tracker)
+        except Exception as exc:  # noqa: BLE001 - track reads what is recorded all the same
+            log.warning("reading the %s provider's failure records: %s", provider.name, exc)
 
     def recent_executions(self, limit: int = 5) -> list[str]:
         """Up to ``limit`` execution ids the tracker knows, most recent first ([] if it cannot list them)."""

@@ -223,6 +223,12 @@ class FunctionProvider(Plugin):
         provider's platform runs them (Lambda) and nothing runs here. The default is None."""
         return None
 
+    def collect_failures(self, workflow: Workflow, transport: Transport, tracker: TrackerStore) -> int:
+        """Record in ``tracker`` the failures that the provider's platform kept outside xflow's records (Lambda's
+        on-failure destination: invocations that timed out or crashed), each at most once; returns how many delivery
+        records it added. ``track`` calls it before reading the tracker. The default records nothing."""
+        return 0
+
     @abc.abstractmethod
     def plan_setup(self, workflow: Workflow, transport: Transport, tracker: TrackerStore) -> list[Step]:
         """Steps that deploy and subscribe exactly the workflow's functions."""

@@ -14,6 +14,10 @@ configuration field by field), and the differences become Steps:
 - the functions, and ``tracker_<workflow_id>`` which writes every event to the tracker's group;
 - one event source mapping per (event, subscriber), plus the tracker's on every stream, with
   batch size, starting position, retries, bisect-on-error and ReportBatchItemFailures;
+- the SQS queue ``xflow-<workflow_id>-failures``, the on-failure destination of every subscriber's
+  mapping (``sqs:SendMessage`` on it in the role's policy): a batch whose invocations failed as a
+  whole (timeout, out of memory, a crash) is recorded from it as failed by ``track`` and ``xflow
+  emulate`` (:mod:`xflow.providers.lambda_failures`);
 - deletion of this workflow's functions and mappings the file no longer names.
 
 A second setup of an unchanged file reads only, and plans nothing. Planning builds the zips in
@@ -52,6 +56,7 @@ from xflow.core.errors import XflowError
 from xflow.core.hookspecs import hookimpl
 from xflow.core.interfaces import FunctionProvider, PluginContext, Step, TrackerStore, Transport
 from xflow.core.worker import hop_limit
+from xflow.providers.lambda_failures import FailureQueue, collect_failures
 
 if TYPE_CHECKING:
     from xflow.core.model import Function, Workflow
@@ -118,10 +123,26 @@ class MappingSpec:
     starting_position: str
     retries: int
     bisect: bool
+    #: the ARN of the on-failure destination ("" for none: the tracker's mappings)
+    on_failure: str = ""
 
     def parameters(self) -> dict[str, Any]:
-        return {"BatchSize": self.batch_size, "MaximumRetryAttempts": self.retries,
-                "BisectBatchOnFunctionError": self.bisect, "FunctionResponseTypes": ["ReportBatchItemFailures"]}
+        params: dict[str, Any] = {"BatchSize": self.batch_size, "MaximumRetryAttempts": self.retries,
+                                  "BisectBatchOnFunctionError": self.bisect,
+                                  "FunctionResponseTypes": ["ReportBatchItemFailures"]}
+        if self.on_failure:
+            params["DestinationConfig"] = {"OnFailure": {"Destination": self.on_failure}}
+        return params
+
+    def differs(self, current: Mapping[str, Any]) -> bool:
+        """Whether the mapping ``current`` (as Lambda lists it) needs an update to be this one."""
+        for key, value in self.parameters().items():
+            if key == "DestinationConfig":
+                if _on_failure_of(current) != self.on_failure:
+                    return True
+            elif current.get(key) != value:
+                return True
+        return False
 
 
 class _ZipBuilder:
@@ -190,6 +211,7 @@ class LambdaProvider(FunctionProvider):
         self.policy_name = f"xflow-{self.workflow_id}"
         self.policy_arns = _policy_arns(context.option("policy_arns"))
         self.policy_statements = _policy_statements(context.option("policy_statements"))
+        self.failures = FailureQueue(self.aws, self.workflow_id)
 
     @property
     def lam(self) -> Any:
@@ -272,12 +294,13 @@ class LambdaProvider(FunctionProvider):
 
     def desired_mappings(self, workflow: Workflow, transport: Any) -> list[MappingSpec]:
         found = []
+        destination = self.failures.arn
         for event in workflow.events:
             arn = transport.stream_arn(event)
             for name in workflow.subscribers(event):
                 fn = workflow.functions[name]
                 found.append(MappingSpec(event, arn, name, fn.batch_size, fn.starting_position, fn.retries,
-                                         fn.bisect_on_error))
+                                         fn.bisect_on_error, destination))
             found.append(MappingSpec(event, arn, tracker_function_name(workflow.id), 100, "TRIM_HORIZON", 10, True))
         return found
 
@@ -303,6 +326,8 @@ class LambdaProvider(FunctionProvider):
                         "logs:GetLogEvents"],
              "Resource": group_arns},
         ]
+        statements.append({"Sid": "FailureDestination", "Effect": "Allow", "Action": ["sqs:SendMessage"],
+                           "Resource": [self.failures.arn]})
         sources = s3_source_arns(workflow)
         if sources:
             statements.append({"Sid": "FunctionSources", "Effect": "Allow", "Action": ["s3:GetObject"],
@@ -367,7 +392,7 @@ class LambdaProvider(FunctionProvider):
                         "Logs need no VPC access)")
         specs = self.desired_functions(workflow, transport, tracker)
         names = [s.name for s in specs]
-        steps: list[Step] = []
+        steps: list[Step] = self.failures.plan_setup()  # before the mappings that name it
         role_arn, role_steps = self._plan_role(workflow, transport, tracker, names)
         steps += role_steps
         retention = int(getattr(tracker, "retention_days", 7))
@@ -408,8 +433,16 @@ class LambdaProvider(FunctionProvider):
         for group in self.function_log_groups(sorted(candidates)):
             if self._log_group_retention(group) is not False and self._group_is_ours(group):
                 steps.append(Step("delete", f"log-group:{group}", lambda g=group: delete_log_group(self.logs, g)))
+        steps += self.failures.plan_teardown()
         steps += self._plan_role_teardown()
         return steps + self._plan_state_teardown(workflow)
+
+    # ------------------------------------------------------------------ failures
+
+    def collect_failures(self, workflow: Workflow, transport: Transport, tracker: TrackerStore) -> int:
+        """Record the batches Lambda discarded after whole-invocation failures (the workflow's on-failure queue)
+        as failed deliveries, with their reason and attempts; see :mod:`xflow.providers.lambda_failures`."""
+        return collect_failures(self.aws, workflow, transport, tracker, self.failures)
 
     def _plan_state_teardown(self, workflow: Workflow) -> list[Step]:
         """What setup and ``xflow emulate`` keep in the state folder for this workflow: its zips, emulate's positions."""
@@ -522,7 +555,7 @@ class LambdaProvider(FunctionProvider):
                 continue
             kept.add(current["UUID"])
             params = spec.parameters()
-            if any(current.get(k) != v for k, v in params.items()):
+            if spec.differs(current):
                 steps.append(Step("update", resource,
                                   lambda u=current["UUID"], p=params: self._update_mapping(u, p)))
         deletions = [Step("delete", f"mapping:{_stream_of(m)}->{_function_of(m)}",
@@ -737,6 +770,12 @@ def _config_value(current: Mapping[str, Any], key: str) -> Any:
     if key == "Description":
         return current.get("Description") or ""
     return current.get(key)
+
+
+def _on_failure_of(mapping: Mapping[str, Any]) -> str:
+    """The on-failure destination of a mapping as Lambda lists it ("" for none)."""
+    config = mapping.get("DestinationConfig") or {}
+    return str(((config.get("OnFailure") or {}).get("Destination")) or "")
 
 
 def _function_of(mapping: Mapping[str, Any]) -> str:
