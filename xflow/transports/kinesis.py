@@ -864,6 +864,11 @@ class KinesisConsumer(Consumer):
             except XflowError as exc:
                 log.debug("lease keeper: %s", exc)
 
+    def keep_alive(self) -> None:
+        """While handlers run and nothing polls: extend the leases held (and the heartbeat) when due. The lease
+        keeper does the same by itself; this is the runner's cheap, explicit say-so."""
+        self._extend_leases()
+
     def close(self) -> None:
         self._keeper_stop.set()
         if self._keeper.is_alive() and self._keeper is not threading.current_thread():
