@@ -175,7 +175,7 @@ import os
 
 def _note(ctx):
     with open(os.environ["XFLOW_TEST_NOTES"], "a") as notes:
-        notes.write(f"{ctx.execution_id} {ctx.function_name} {os.getpid()}\\n")
+        notes.write(f"{ctx.execution_id} {ctx.function_name} {os.environ['XFLOW_TEST_WORKER']}\\n")
 
 
 def double(event, ctx):
@@ -211,8 +211,9 @@ workflows:
     plugins = ["--transport", "kinesis", "--provider", "local", "--tracker", "cloudwatch",
                "--option", "shards=2", "--option", "lease_seconds=3"]
     subprocess.run(["xflow", "setup", "wf.yaml", *plugins], cwd=tmp_path, env=env, check=True, capture_output=True)
-    workers = [subprocess.Popen(["xflow", "worker", "wf.yaml"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE) for _ in range(2)]
+    # handlers run in each worker's own handler processes, which see the worker's environment
+    workers = [subprocess.Popen(["xflow", "worker", "wf.yaml"], cwd=tmp_path, env=dict(env, XFLOW_TEST_WORKER=str(n)),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for n in range(2)]
     executions = [f"run-{i}" for i in range(20)]
     try:
         time.sleep(6)  # let the two members find each other and split the shards
@@ -235,5 +236,5 @@ workflows:
     assert all([ev["count"] for ev in s["events"]] == [1, 1] for s in summaries.values())
     lines = [line.split() for line in notes.read_text().splitlines()]
     assert sorted((e, f) for e, f, _ in lines) == sorted((e, f) for e in executions for f in ("double", "note"))
-    assert len({pid for _, _, pid in lines}) == 2  # both workers took part
+    assert len({worker for _, _, worker in lines}) == 2  # both workers took part
     subprocess.run(["xflow", "teardown", "wf.yaml"], cwd=tmp_path, env=env, check=True, capture_output=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -45,13 +44,12 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, dict[str, str]]:
     from xflow.core.errors import XflowError
 
     parsed: dict[str, dict[str, str]] = {}
-    for pair in pairs:
+    for number, pair in enumerate(pairs, 1):
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            # never echo the text: a mistyped separator ("password:VALUE") would print the secret
-            shown = re.split(r"[^A-Za-z0-9_.\-]", pair, maxsplit=1)[0][:60] or "(empty)"
-            raise XflowError(f"--option {shown}... is not KEY=VALUE (its value is not shown)",
-                             "write for example --option partitions=2")
+            # never echo any of it: a mistyped separator ("password:VALUE", "passwordVALUE") would print the secret
+            raise XflowError(f"--option number {number} ({len(pair)} characters, not shown: it may hold a secret) "
+                             "is not KEY=VALUE", "write for example --option partitions=2")
         kind, dot, bare = key.partition(".")
         if dot and kind in KINDS:
             parsed.setdefault(kind, {})[bare] = value
