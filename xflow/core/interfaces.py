@@ -149,8 +149,8 @@ class Plugin(abc.ABC):
 class Transport(Plugin):
     """Carries events: one stream (topic) per workflow event, consumer groups per function."""
 
-    #: the largest message ``publish`` accepts, in bytes
-    max_record_bytes: ClassVar[int] = 1_000_000
+    #: the largest message ``publish`` accepts, in bytes (a class default; an instance may set its own from options)
+    max_record_bytes: int = 1_000_000
 
     def stream_name(self, event: str) -> str:
         """The name of the stream (topic) that carries ``event`` for this workflow."""

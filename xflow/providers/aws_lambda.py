@@ -39,6 +39,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -400,10 +401,10 @@ class LambdaProvider(FunctionProvider):
             current = self._log_group_retention(group)
             if current is False:
                 steps.append(Step("create", f"log-group:{group}",
-                                  lambda g=group: create_log_group(self.logs, g, self.workflow_id, retention)))
+                                  partial(self._create_log_group, group, retention)))
             elif current != retention:
                 steps.append(Step("update", f"log-group:{group}",
-                                  lambda g=group: set_log_retention(self.logs, g, retention)))
+                                  partial(self._set_log_retention, group, retention)))
         for spec in specs:
             steps += self._plan_function(spec, role_arn)
         deployed = self._workflow_functions(workflow.id)
@@ -414,9 +415,9 @@ class LambdaProvider(FunctionProvider):
                 existing.extend(self._mappings_of(name))
         steps += self._plan_mappings(wanted, existing)
         for name in sorted(set(deployed) - set(names)):
-            steps.append(Step("delete", f"function:{name}", lambda n=name: self._delete_function(n)))
+            steps.append(Step("delete", f"function:{name}", partial(self._delete_function, name)))
             steps.append(Step("delete", f"log-group:/aws/lambda/{name}",
-                              lambda n=name: delete_log_group(self.logs, f"/aws/lambda/{n}")))
+                              partial(self._delete_log_group, f"/aws/lambda/{name}")))
         return steps
 
     def plan_teardown(self, workflow: Workflow, transport: Transport, tracker: TrackerStore) -> list[Step]:
@@ -426,13 +427,13 @@ class LambdaProvider(FunctionProvider):
         for name in names:
             for mapping in self._mappings_of(name):
                 steps.append(Step("delete", f"mapping:{_stream_of(mapping)}->{name}",
-                                  lambda u=mapping["UUID"]: self._delete_mapping(u)))
+                                  partial(self._delete_mapping, mapping["UUID"])))
         for name in names:
-            steps.append(Step("delete", f"function:{name}", lambda n=name: self._delete_function(n)))
+            steps.append(Step("delete", f"function:{name}", partial(self._delete_function, name)))
         candidates = set(names) | set(workflow.functions) | {tracker_function_name(workflow.id)}
         for group in self.function_log_groups(sorted(candidates)):
             if self._log_group_retention(group) is not False and self._group_is_ours(group):
-                steps.append(Step("delete", f"log-group:{group}", lambda g=group: delete_log_group(self.logs, g)))
+                steps.append(Step("delete", f"log-group:{group}", partial(self._delete_log_group, group)))
         steps += self.failures.plan_teardown()
         steps += self._plan_role_teardown()
         return steps + self._plan_state_teardown(workflow)
@@ -512,7 +513,7 @@ class LambdaProvider(FunctionProvider):
     def _plan_attachments(self, attached: list[str]) -> list[Step]:
         """Attach the ``policy_arns`` the role lacks. Setup detaches nothing: a policy attached by hand stays."""
         return [Step("create", f"role-policy-attachment:{self.role_name}/{arn.rpartition('/')[2]}",
-                     lambda a=arn: self._attach(a), arn)
+                     partial(self._attach, arn), arn)
                 for arn in self.policy_arns if arn not in attached]
 
     def _plan_function(self, spec: FunctionSpec, role_arn: str) -> list[Step]:
@@ -551,15 +552,15 @@ class LambdaProvider(FunctionProvider):
             if current is not None and current.get("StartingPosition", spec.starting_position) != spec.starting_position:
                 current = None  # cannot be changed in place: deleted below, created anew
             if current is None:
-                steps.append(Step("create", resource, lambda s=spec: self._create_mapping(s)))
+                steps.append(Step("create", resource, partial(self._create_mapping, spec)))
                 continue
             kept.add(current["UUID"])
             params = spec.parameters()
             if spec.differs(current):
                 steps.append(Step("update", resource,
-                                  lambda u=current["UUID"], p=params: self._update_mapping(u, p)))
+                                  partial(self._update_mapping, current["UUID"], params)))
         deletions = [Step("delete", f"mapping:{_stream_of(m)}->{_function_of(m)}",
-                          lambda u=m["UUID"]: self._delete_mapping(u))
+                          partial(self._delete_mapping, m["UUID"]))
                      for m in existing if m["UUID"] not in kept]
         return deletions + steps
 
@@ -579,7 +580,7 @@ class LambdaProvider(FunctionProvider):
         ours = any(t["Key"] == TAG_KEY and t["Value"] == self.workflow_id for t in tags)
         # a role xflow created goes with every managed policy on it; another role only loses the ones xflow attached
         steps += [Step("delete", f"role-policy-attachment:{self.role_name}/{arn.rpartition('/')[2]}",
-                       lambda a=arn: self._detach(a), arn)
+                       partial(self._detach, arn), arn)
                   for arn in self._attached_policies() if ours or arn in self.policy_arns]
         if ours and set(policies) <= {self.policy_name}:
             steps.append(Step("delete", f"role:{self.role_name}", self._delete_role))
@@ -602,6 +603,15 @@ class LambdaProvider(FunctionProvider):
         with translate_errors(f"writing policy {self.policy_name} of role {self.role_name}"):
             self.iam.put_role_policy(RoleName=self.role_name, PolicyName=self.policy_name,
                                      PolicyDocument=json.dumps(document))
+
+    def _create_log_group(self, group: str, retention: int) -> None:
+        create_log_group(self.logs, group, self.workflow_id, retention)
+
+    def _set_log_retention(self, group: str, retention: int) -> None:
+        set_log_retention(self.logs, group, retention)
+
+    def _delete_log_group(self, group: str) -> None:
+        delete_log_group(self.logs, group)
 
     def _attach(self, arn: str) -> None:
         with translate_errors(f"attaching policy {arn} to IAM role {self.role_name}"):

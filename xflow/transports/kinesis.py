@@ -29,6 +29,7 @@ import uuid
 import weakref
 from collections import deque
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -122,22 +123,22 @@ class KinesisTransport(Transport):
         for event in events:
             name = self.stream_name(event)
             if name not in existing:
-                steps.append(Step("create", f"stream:{name}", lambda n=name: self._create_stream(n),
+                steps.append(Step("create", f"stream:{name}", partial(self._create_stream, name),
                                   f"{self.shards} shard(s)"))
             else:
                 current = self._open_shards(name)
                 if current != self.shards:
-                    steps.append(Step("update", f"stream:{name}", lambda n=name: self._reshard(n),
+                    steps.append(Step("update", f"stream:{name}", partial(self._reshard, name),
                                       f"{current} -> {self.shards} shards"))
         for name in sorted(set(existing) - wanted):
             if self._is_ours(name):
-                steps.append(Step("delete", f"stream:{name}", lambda n=name: self._delete_stream(n)))
+                steps.append(Step("delete", f"stream:{name}", partial(self._delete_stream, name)))
         return steps
 
     def plan_teardown(self, events: Sequence[str]) -> list[Step]:
         existing = self._existing_streams()
         wanted = {self.stream_name(e) for e in events}
-        steps = [Step("delete", f"stream:{name}", lambda n=name: self._delete_stream(n))
+        steps = [Step("delete", f"stream:{name}", partial(self._delete_stream, name))
                  for name in sorted(existing) if name in wanted or self._is_ours(name)]
         if self._table_exists():
             steps.append(Step("delete", f"table:{self.checkpoint_table}", self._delete_table))
@@ -704,7 +705,7 @@ class KinesisConsumer(Consumer):
 
     def _take(self, shard: _Shard, count: int) -> list[Delivery]:
         """Hand out up to ``count`` buffered records of a shard, in order."""
-        taken = []
+        taken: list[Delivery] = []
         while shard.buffer and len(taken) < count:
             delivery = shard.buffer.popleft()
             shard.pending.add(delivery.position)

@@ -30,6 +30,7 @@ import uuid
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
+from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
@@ -118,8 +119,9 @@ class LocalTransport(Transport):
             raise
         with self._connecting:
             if self._connection is None:
-                self._connection, connection = connection, None
-        self.file.close(connection)
+                self._connection = connection
+                return
+        self.file.close(connection)  # another thread opened the shared connection first
 
     def close(self) -> None:
         with self._connecting:
@@ -138,17 +140,17 @@ class LocalTransport(Transport):
     def plan_setup(self, events: Sequence[str]) -> list[Step]:
         existing = self._existing()
         wanted = {self.stream_name(e): e for e in events}
-        steps = [Step("create", f"stream:{name}", lambda name=name: self._create_stream(name),
+        steps = [Step("create", f"stream:{name}", partial(self._create_stream, name),
                       f"{self.partitions} partitions in {self.path}")
                  for name in wanted if name not in existing]
-        steps += [Step("delete", f"stream:{name}", lambda name=name: self._delete_stream(name), "not in the file")
+        steps += [Step("delete", f"stream:{name}", partial(self._delete_stream, name), "not in the file")
                   for name in existing if name not in wanted]
         return steps
 
     def plan_teardown(self, events: Sequence[str]) -> list[Step]:
         if not self.path.exists():
             return []
-        steps = [Step("delete", f"stream:{name}", lambda name=name: self._delete_stream(name))
+        steps = [Step("delete", f"stream:{name}", partial(self._delete_stream, name))
                  for name in self._existing()]
         return steps + [Step("delete", f"log:{self.path}", self._remove_log_if_empty)]
 
