@@ -327,6 +327,12 @@ class _ParseProblem(Exception):
         self.line, self.message = line, message
 
 
+def _start_line(event: yaml.Event) -> int:
+    """The 1-based line ``event`` starts on (the parser marks every event it emits)."""
+    mark = event.start_mark
+    return mark.line + 1 if mark is not None else 0
+
+
 def _tag_name(tag: str) -> str:
     return "!!" + tag[len(_CORE):] if tag.startswith(_CORE) else tag
 
@@ -361,32 +367,34 @@ class _Document:
             event = loader.get_event()
             alias_line = None
             if isinstance(event, yaml.AliasEvent):
-                node = anchors.get(event.anchor)
+                node = anchors.get(event.anchor) if event.anchor is not None else None
                 if node is None:
-                    raise _ParseProblem(event.start_mark.line + 1, f"alias *{event.anchor} refers to no anchor "
+                    raise _ParseProblem(_start_line(event), f"alias *{event.anchor} refers to no anchor "
                                                                    f"(write &{event.anchor} on a value above it)")
                 if id(node) in open_ids:
-                    raise _ParseProblem(event.start_mark.line + 1, f"alias *{event.anchor} refers to the value that "
+                    raise _ParseProblem(_start_line(event), f"alias *{event.anchor} refers to the value that "
                                                                    "contains it (a recursive alias)")
-                alias_line = event.start_mark.line + 1
+                alias_line = _start_line(event)
             elif isinstance(event, yaml.ScalarEvent):
                 tag = event.tag
                 if tag is None or tag == "!":
                     tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
-                node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, style=event.style)
+                # the stubs' Node takes only the pure-Python Mark; the C loader's events carry yaml._yaml.Mark
+                node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark,  # type: ignore[arg-type]
+                                       style=event.style)
             elif isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
                 kind = yaml.SequenceNode if isinstance(event, yaml.SequenceStartEvent) else yaml.MappingNode
                 tag = event.tag
                 if tag is None or tag == "!":
                     tag = loader.resolve(kind, None, event.implicit)
-                node = kind(tag, [], event.start_mark, None, flow_style=event.flow_style)
+                node = kind(tag, [], event.start_mark, None, flow_style=event.flow_style)  # type: ignore[arg-type]
             elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
                 open_ids.discard(id(open_nodes.pop()))
                 if not open_nodes:
                     break
                 continue
             else:  # pragma: no cover - the parser emits nothing else inside a document
-                raise _ParseProblem(event.start_mark.line + 1, f"unexpected YAML event {type(event).__name__}")
+                raise _ParseProblem(_start_line(event), f"unexpected YAML event {type(event).__name__}")
             self.nodes += 1
             if getattr(event, "anchor", None) is not None and not isinstance(event, yaml.AliasEvent):
                 anchors[event.anchor] = node
@@ -398,13 +406,13 @@ class _Document:
                 open_nodes.append(node)
                 open_ids.add(id(node))
                 if len(open_nodes) > MAX_DEPTH:
-                    raise _ParseProblem(event.start_mark.line + 1, f"nested deeper than {MAX_DEPTH} levels")
+                    raise _ParseProblem(_start_line(event), f"nested deeper than {MAX_DEPTH} levels")
             elif not open_nodes:
                 break
         loader.get_event()  # DocumentEndEvent
         if not loader.check_event(yaml.StreamEndEvent):
             extra = loader.get_event()
-            raise _ParseProblem(extra.start_mark.line + 1, "the file holds more than one YAML document ('---'); "
+            raise _ParseProblem(_start_line(extra), "the file holds more than one YAML document ('---'); "
                                                            "a workflow is one document")
         return root
 
@@ -458,14 +466,18 @@ class _Builder:
             self.problems.add(where, f"YAML tag {_tag_name(node.tag)} is not supported (a workflow file holds plain "
                                      "mappings, lists, text, numbers, true/false and null)", line=at)
             return None
-        if isinstance(node, yaml.SequenceNode):
+        if isinstance(node, yaml.SequenceNode) and node.tag == _CORE + "seq":
             items = []
             for index, item in enumerate(node.value):
                 through = line or self.document.alias_lines.get((id(node), 2 * index))
                 self.set_line(where + (index,), through or item.start_mark.line + 1, first)
                 items.append(self.build(item, where + (index,), through, depth + 1, first))
             return items
-        return self.mapping(node, where, line, depth, first)
+        if isinstance(node, yaml.MappingNode) and node.tag == _CORE + "map":
+            return self.mapping(node, where, line, depth, first)
+        written = "a list" if isinstance(node, yaml.SequenceNode) else "a mapping"
+        self.problems.add(where, f"YAML tag {_tag_name(node.tag)} does not fit {written}", line=at)
+        return None
 
     def set_line(self, where: tuple[Any, ...], line: int, first: bool) -> None:
         if first:
@@ -866,7 +878,8 @@ def _build(file: Path, raw: dict[str, Any], data: dict[str, Any], problems: _Pro
     function_schema = FunctionSchema()
     # each entry as the full load left it, when its list lines up with the file's (else each is loaded again)
     loaded_specs = loaded_all.get(key)
-    aligned = isinstance(loaded_specs, list) and len(loaded_specs) == len(specs)
+    if not (isinstance(loaded_specs, list) and len(loaded_specs) == len(specs)):
+        loaded_specs = None
     for index, spec in enumerate(specs):
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             continue
@@ -876,7 +889,7 @@ def _build(file: Path, raw: dict[str, Any], data: dict[str, Any], problems: _Pro
                                                f"(first defined at {problems.place(where_defined[name])})")
             continue
         where_defined[name] = (key, index)
-        loaded = loaded_specs[index] if aligned and isinstance(loaded_specs[index], dict) else None
+        loaded = loaded_specs[index] if loaded_specs is not None and isinstance(loaded_specs[index], dict) else None
         loaded = loaded if loaded is not None else _load_partial(function_schema, spec)
         source = loaded.get("source")
         source = source if isinstance(source, str) else ""
@@ -961,7 +974,7 @@ def _build(file: Path, raw: dict[str, Any], data: dict[str, Any], problems: _Pro
     plugins = {kind: PluginChoice(block.get("name"), dict(block.get("options") or {}))
                for kind in ("transport", "provider", "tracker") if isinstance(block := data.get(kind), dict)}
     workflow = None
-    if not problems.items:
+    if not problems.items and isinstance(workflow_id, str):  # no problems: the id was found and is valid
         workflow = Workflow(
             id=workflow_id, path=file.resolve(), functions=functions, subscriptions=tuple(subscriptions),
             flow=tuple(flow), general=general, aws={k: v for k, v in (data.get("aws") or {}).items() if v is not None},
@@ -1150,7 +1163,9 @@ def _check_plugins(built: _Built, problems: _Problems, registry: PluginRegistry 
 
 def _check_runtimes(built: _Built, problems: _Problems, runtimes: Mapping[str, Sequence[str]]) -> None:
     provider = built.plugins.get("provider")
-    accepted = runtimes.get(provider.name or "") if provider is not None else None
+    if provider is None:
+        return
+    accepted = runtimes.get(provider.name or "")
     if not accepted:
         return
     for name, function in built.functions.items():
