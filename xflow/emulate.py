@@ -39,6 +39,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -390,7 +391,7 @@ class Emulator:
                 "partitionKey": record.get("PartitionKey"),
                 "sequenceNumber": record["SequenceNumber"],
                 "data": base64.b64encode(bytes(record["Data"])).decode(),
-                "approximateArrivalTimestamp": arrived.timestamp() if hasattr(arrived, "timestamp") else time.time(),
+                "approximateArrivalTimestamp": arrived.timestamp() if isinstance(arrived, datetime) else time.time(),
             },
             "eventSource": "aws:kinesis",
             "eventVersion": "1.0",
@@ -476,8 +477,8 @@ class Emulator:
         logs = self.aws.client("logs")
         group = f"/aws/lambda/{function.name}"
         now = int(time.time() * 1000)
-        events = [{"timestamp": now, "message": line.encode("utf-8")[:200_000].decode("utf-8", "ignore")}
-                  for line in lines if line]
+        events: list[dict[str, Any]] = [
+            {"timestamp": now, "message": line.encode("utf-8")[:200_000].decode("utf-8", "ignore")} for line in lines if line]
         with translate_errors(f"writing to log group {group}"):
             for create, kwargs in ((logs.create_log_group, {"logGroupName": group}),
                                    (logs.create_log_stream, {"logGroupName": group,
@@ -489,7 +490,8 @@ class Emulator:
                         raise
             batch: list[dict[str, Any]] = []
             size = 0
-            for event in [*events, None]:
+            to_send: list[dict[str, Any] | None] = [*events, None]  # None: the end, which sends the last batch
+            for event in to_send:
                 cost = len(event["message"].encode("utf-8")) + 26 if event else 0
                 if batch and (event is None or len(batch) >= 1000 or size + cost > 1_000_000):
                     logs.put_log_events(logGroupName=group, logStreamName=function.log_stream, logEvents=batch)

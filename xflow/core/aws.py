@@ -115,7 +115,7 @@ class AwsSession:
         except Exception as exc:  # ProfileNotFound and friends
             raise XflowError(f"cannot make an AWS session: {exc}", "check the aws: block and your AWS config") from None
         self.region: str | None = self.session.region_name
-        self._clients: dict[tuple[str, int], Any] = {}
+        self._clients: dict[tuple[str, int, bool], Any] = {}  # (service, thread, long_running)
         self._lock = threading.Lock()
         self._account: str | None = None
 

@@ -487,7 +487,7 @@ class Engine:
         runner = provider.runner(self.workflow, transport, tracker, functions)
         if runner is None and provider.runs_locally and type(provider).runner is FunctionProvider.runner:
             local = self.registry.get("provider", "local")
-            assert local.cls is not None
+            assert local.cls is not None and issubclass(local.cls, FunctionProvider)  # the registry checked its kind
             options = {k: v for k, v in provider.context.options.items() if k in local.cls.options}
             stand_in = local.cls(PluginContext(self.workflow.id, options, self.state_dir, self.workflow))
             runner = stand_in.runner(self.workflow, transport, tracker, functions)

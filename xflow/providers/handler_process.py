@@ -146,7 +146,7 @@ class _Stream(io.TextIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, text: str) -> int:  # type: ignore[override]
+    def write(self, text: str) -> int:
         output = self._state.current
         if output is not None:
             return output.write(text)
@@ -321,9 +321,9 @@ class HandlerProcess:
             raise LoadFailed(f"{file}: importing the handler took more than {seconds(load_timeout)}",
                               self.mirror_lines())
         self.process.join(5)
-        lines, ended = self.mirror_lines(), describe_exit(self.process.exitcode)
+        lines, how = self.mirror_lines(), describe_exit(self.process.exitcode)
         self.close_files()
-        raise LoadFailed(f"{file}: its handler process {ended} while importing it", lines)
+        raise LoadFailed(f"{file}: its handler process {how} while importing it", lines)
 
     def _receive(self) -> Any:
         try:

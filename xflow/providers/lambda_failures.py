@@ -21,7 +21,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from xflow.core.aws import TAG_KEY, AwsSession, is_client_error, translate_errors
@@ -55,7 +55,8 @@ def failure_queue_name(workflow_id: str) -> str:
 
 
 def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(epoch * 1000) % 1000:03d}Z"
+    # timezone.utc, not datetime.UTC: that is new in Python 3.11 and xflow runs on 3.10
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(epoch * 1000) % 1000:03d}Z"
 
 
 def kinesis_failure_record(*, request_id: str, function_arn: str, invoke_count: int, function_error: str | None,

@@ -31,13 +31,16 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-import xflow_runtime as runtime  # noqa: E402  (the copy of xflow/core/runtime.py next to this file)
+if TYPE_CHECKING:  # type checkers read the original; the zip holds no xflow package
+    from xflow.core import runtime
+else:
+    import xflow_runtime as runtime  # (the copy of xflow/core/runtime.py next to this file)
 
 CONFIG_FILE = "xflow_function.json"
 MAX_LINE_CHARS = 200_000
@@ -135,7 +138,9 @@ def _publish(cfg: Mapping[str, Any], published: list[tuple[str, dict[str, Any]]]
         event_id = runtime.derive_event_id(parent_id, cfg["function"], index)
         value = runtime.encode_event(name, data, execution_id, event_id, source, hops=hops + 1)
         by_stream.setdefault(stream, []).append({"Data": value, "PartitionKey": execution_id})
-    kinesis = client("kinesis") if by_stream else None
+    if not by_stream:
+        return
+    kinesis = client("kinesis")
     for stream, entries in by_stream.items():
         for start in range(0, len(entries), 500):
             pending = entries[start:start + 500]
@@ -305,13 +310,14 @@ def track(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
         written += len(items)
         batch: list[dict[str, Any]] = []
         size = 0
-        for item in [*items, None]:
-            cost = len(item["message"].encode("utf-8")) + 26 if item else 0
-            if batch and (item is None or len(batch) >= 1000 or size + cost > 1_000_000):
+        to_send: list[dict[str, Any] | None] = [*items, None]  # None: the end, which sends the last batch
+        for entry in to_send:
+            cost = len(entry["message"].encode("utf-8")) + 26 if entry else 0
+            if batch and (entry is None or len(batch) >= 1000 or size + cost > 1_000_000):
                 logs.put_log_events(logGroupName=group, logStreamName=stream, logEvents=batch)
                 batch, size = [], 0
-            if item:
-                batch.append(item)
+            if entry:
+                batch.append(entry)
                 size += cost
     print(json.dumps({"xflow": "tracked", "records": written}), flush=True)
     return {"batchItemFailures": []}

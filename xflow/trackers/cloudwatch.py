@@ -140,15 +140,15 @@ def event_line(record: EventRecord) -> str:
 
 def delivery_line(record: DeliveryRecord) -> str:
     logs = list(record.logs)
-    line = {
+    line: dict[str, Any] = {
         "xflow": "delivery", "execution_id": record.execution_id, "event_id": record.event_id,
         "event": record.event, "function": record.function, "attempt": record.attempt,
         "status": record.status, "started_at": record.started_at, "duration": record.duration,
         "error": record.error[:MAX_ERROR_CHARS] if record.error else None, "logs": logs,
     }
     text = json.dumps(line, ensure_ascii=False, default=str)
-    while len(text.encode("utf-8")) > MAX_DATA_CHARS and line["logs"]:
-        line["logs"] = line["logs"][len(line["logs"]) // 2 + 1:]
+    while len(text.encode("utf-8")) > MAX_DATA_CHARS and logs:
+        logs = line["logs"] = logs[len(logs) // 2 + 1:]
         text = json.dumps(line, ensure_ascii=False, default=str)
     return text
 
