@@ -1,9 +1,20 @@
-"""Benchmark of the embedded backend: xflow's local transport beside plain sqlite3 doing the same writes.
+"""Benchmark of the embedded backend: xflow's worker beside hand-written sqlite3 loops doing the same reads and writes.
 
-    python bench/bench_local.py [--events 20000] [--executions 300]
+    python bench/bench_local.py [--executions 3000] [--concurrency-events 200] [--hol-executions 1000] [--quick]
 
-Prints events/s for each case and the ratio xflow / raw. Not a test: machines are noisy, so read
-the ratios, and run it a few times.
+Cases, each measured in the same run so that the ratios hold on a busy machine:
+
+- publish: ``LocalTransport.publish`` beside plain INSERTs into the same schema;
+- end to end: a 3-step no-op chain over ``--executions`` executions, run by ``Engine.work`` with
+  ``isolation: thread`` and with ``isolation: process``, beside a hand-written loop doing the same reads and
+  writes with one transaction per batch of 100 on each file (read, decode, dedup lookup, record event and
+  delivery, encode, append, move the offset). Rates are deliveries/s from the first delivery's start to the last
+  one's end, as the tracker recorded them (start-up is not counted);
+- concurrency: a handler that sleeps 50 ms, ``--concurrency-events`` events, ``concurrency: 8`` beside 1;
+- head-of-line: ``--hol-executions`` executions of the chain with one of them failing on the second step
+  (``retries: 5``, ``backoff_seconds: 1``): how long the others take, beside the same run without it.
+
+Not a test: machines are noisy, so read the ratios, and run it a few times.
 """
 
 from __future__ import annotations
@@ -17,10 +28,12 @@ import textwrap
 import time
 import zlib
 from pathlib import Path
+from typing import Any
 
 from xflow import Engine
 from xflow.core.interfaces import PluginContext, Record
 from xflow.core.runtime import encode_event, new_event_id
+from xflow.trackers.sqlite import SCHEMA as TRACKER_SCHEMA
 from xflow.transports.local import SCHEMA, LocalTransport, connect
 
 
@@ -28,6 +41,7 @@ def rate(count: int, seconds: float) -> float:
     return count / seconds if seconds else float("inf")
 
 
+# -- publish ------------------------------------------------------------------------------------------------------------
 def raw_publish(path: Path, payloads: list[bytes], batch: int) -> float:
     """The ceiling: the same INSERTs into the same schema, with plain sqlite3."""
     db = connect(path)
@@ -55,11 +69,12 @@ def xflow_publish(folder: Path, payloads: list[bytes], batch: int) -> float:
     return elapsed
 
 
+# -- end to end ---------------------------------------------------------------------------------------------------------
 CHAIN = """
 workflow_id: bench_chain
 lambdas:
   - {name: s1, source: steps.py, handler: step, publishes: [B]}
-  - {name: s2, source: steps.py, handler: step, publishes: [C]}
+  - {name: s2, source: steps.py, handler: step, publishes: [C], retries: 5}
   - {name: s3, source: steps.py, handler: step, publishes: [D]}
 subscriptions:
   - {name: A, subscribers: [s1]}
@@ -67,96 +82,193 @@ subscriptions:
   - {name: C, subscribers: [s3]}
 """
 
+STEPS = """
+def step(event, ctx):
+    if event.get("fail") and ctx.function_name == "s2":
+        raise RuntimeError("this execution fails on s2")
+    return {"n": event.get("n", 0) + 1, "fail": bool(event.get("fail"))}
+"""
 
-def xflow_end_to_end(folder: Path, executions: int) -> tuple[float, int]:
-    (folder / "steps.py").write_text("def step(event, ctx):\n    return {'n': event.get('n', 0) + 1}\n")
+SLEEPY = """
+workflow_id: bench_sleepy
+lambdas:
+  - {name: nap, source: nap.py, handler: nap, concurrency: CONCURRENCY}
+subscriptions:
+  - {name: Tick, subscribers: [nap]}
+"""
+
+
+def _tracker_span(folder: Path, workflow_id: str, executions: set[str] | None = None) -> tuple[int, float]:
+    """How many deliveries succeeded, and the seconds from the first one's start to the last one's end."""
+    with sqlite3.connect(folder / "state" / workflow_id / "tracker.db") as db:
+        rows = db.execute("SELECT execution_id, started_at, duration FROM deliveries WHERE status = 'succeeded'").fetchall()
+    rows = [r for r in rows if executions is None or r[0] in executions]
+    if not rows:
+        return 0, 0.0
+    return len(rows), max(s + (d or 0.0) for _, s, d in rows) - min(s for _, s, _ in rows)
+
+
+def _count(folder: Path, workflow_id: str, sql: str) -> int:
+    try:
+        with sqlite3.connect(folder / "state" / workflow_id / "tracker.db") as db:
+            return int(db.execute(sql).fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
+def xflow_chain(folder: Path, executions: int, isolation: str, failing: bool = False,
+                options: dict[str, Any] | None = None) -> tuple[int, float]:
+    """The chain run by Engine.work; (deliveries of the good executions, their span in seconds)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "steps.py").write_text(STEPS)
     (folder / "chain.yaml").write_text(textwrap.dedent(CHAIN))
-    engine = Engine(folder / "chain.yaml", state_dir=folder / "state")
+    engine = Engine(folder / "chain.yaml", state_dir=folder / "state",
+                    options={"provider": {"isolation": isolation, **(options or {})}})
     engine.setup()
     ids = [engine.publish("A", {"n": 0}) for _ in range(executions)]
-    last = ids[-1]
-    start = time.perf_counter()
-    handled = engine.work(until=lambda: engine.track(last)["status"] != "running" and _all_done(engine, ids))
-    elapsed = time.perf_counter() - start
+    if failing:
+        engine.publish("A", {"n": 0, "fail": True}, "poison")
+    expected = 3 * executions
+    done_sql = "SELECT COUNT(*) FROM events WHERE event = 'D'"
+    failed_sql = "SELECT COUNT(*) FROM deliveries WHERE status = 'failed'"
+
+    def finished() -> bool:
+        return _count(folder, "bench_chain", done_sql) >= executions and (
+            not failing or _count(folder, "bench_chain", failed_sql) >= 1)
+
+    engine.work(until=finished)
     engine.close()
-    return elapsed, handled
+    handled, span = _tracker_span(folder, "bench_chain", set(ids))
+    assert handled == expected, (handled, expected)
+    return handled, span
 
 
-def _all_done(engine: Engine, ids: list[str]) -> bool:
-    tracker = engine.tracker
-    done = tracker.db.execute("SELECT COUNT(*) FROM events WHERE event = 'D'").fetchone()[0]
-    return done >= len(ids)
-
-
-def raw_end_to_end(folder: Path, executions: int) -> tuple[float, int]:
-    """The same reads and writes per delivery with plain sqlite3: read record, append output,
-    record the event and the delivery, move the offset."""
+def raw_chain(folder: Path, executions: int, batch: int = 100) -> tuple[int, float]:
+    """A hand-written loop over the same files: per batch of ``batch`` records of a step, one transaction on the log
+    (read, decode, dedup lookup in the tracker, encode, append the outputs, move the offset) and one on the tracker
+    (record the events and the deliveries)."""
     log, tracker = connect(folder / "raw-log.db"), connect(folder / "raw-tracker.db")
     log.executescript(SCHEMA)
-    tracker.executescript("""
-        CREATE TABLE events(event_id TEXT PRIMARY KEY, execution_id TEXT, event TEXT, published_at REAL, producer TEXT,
-                            data TEXT);
-        CREATE TABLE deliveries(id INTEGER PRIMARY KEY AUTOINCREMENT, execution_id TEXT, event_id TEXT, event TEXT,
-                                function TEXT, attempt INTEGER, status TEXT, started_at REAL, duration REAL, error TEXT,
-                                logs TEXT);
-        CREATE INDEX deliveries_by_event ON deliveries(event_id, function, status);""")
-    for _ in range(executions):
-        log.execute("INSERT INTO records(stream, part, key, value, appended_at) VALUES ('A', 0, 'k', ?, 0)",
-                    (json.dumps({"n": 0, "execution_id": "k"}).encode(),))
+    tracker.executescript(TRACKER_SCHEMA)
+    log.execute("BEGIN IMMEDIATE")
+    for index in range(executions):
+        key = f"x{index}"
+        log.execute("INSERT INTO records(stream, part, key, value, appended_at) VALUES ('A', ?, ?, ?, 0)",
+                    (zlib.crc32(key.encode()) % 4, key, encode_event("A", {"n": 0}, key, new_event_id(), "bench")))
+    log.execute("COMMIT")
     handled = 0
     start = time.perf_counter()
-    for source, target in (("A", "B"), ("B", "C"), ("C", "D")):
-        position = 0
-        while True:
-            rows = log.execute("SELECT id, key, value FROM records WHERE stream = ? AND part = 0 AND id > ? "
-                               "ORDER BY id LIMIT 100", (source, position)).fetchall()
-            if not rows:
-                break
-            for record_id, key, value in rows:
-                data = json.loads(value)
-                event_id = new_event_id()
-                tracker.execute("SELECT 1 FROM deliveries WHERE event_id = ? AND function = ? AND status = 'succeeded'",
-                                (event_id, source)).fetchone()
-                out = json.dumps({"n": data["n"] + 1, "execution_id": key}).encode()
+    for function, (source, target) in zip(("s1", "s2", "s3"), (("A", "B"), ("B", "C"), ("C", "D")), strict=True):
+        for part in range(4):
+            position = 0
+            while True:
                 log.execute("BEGIN IMMEDIATE")
-                log.execute("INSERT INTO records(stream, part, key, value, appended_at) VALUES (?, 0, ?, ?, 0)",
-                            (target, key, out))
+                rows = log.execute("SELECT id, key, value FROM records WHERE stream = ? AND part = ? AND id > ? "
+                                   "ORDER BY id LIMIT ?", (source, part, position, batch)).fetchall()
+                if not rows:
+                    log.execute("COMMIT")
+                    break
+                events = [json.loads(value) for _, _, value in rows]
+                marks = ", ".join("?" * len(events))
+                seen = {row[0] for row in tracker.execute(
+                    f"SELECT event_id FROM deliveries WHERE function = ? AND status = 'succeeded' AND event_id IN ({marks})",
+                    (function, *(e["id"] for e in events)))}
+                outputs, event_rows, delivery_rows = [], [], []
+                now = time.time()
+                for (_, key, _), event in zip(rows, events, strict=True):
+                    if event["id"] in seen:
+                        continue
+                    data = {"n": event["data"].get("n", 0) + 1, "execution_id": key}
+                    out_id = new_event_id()
+                    outputs.append((target, part, key, json.dumps({**event, "id": out_id, "type": target, "data": data},
+                                                                   separators=(",", ":")).encode(), now))
+                    event_rows.append((out_id, key, target, now, function, json.dumps(data)))
+                    delivery_rows.append((key, event["id"], source, function, 1, "succeeded", now, 0.0))
+                log.executemany("INSERT INTO records(stream, part, key, value, appended_at) VALUES (?, ?, ?, ?, ?)",
+                                outputs)
+                position = rows[-1][0]
+                log.execute("INSERT OR REPLACE INTO offsets VALUES (?, ?, ?, ?)", (function, source, part, position))
                 log.execute("COMMIT")
-                tracker.execute("INSERT INTO events VALUES (?, ?, ?, 0, '', ?)", (event_id, key, target, out.decode()))
-                tracker.execute("INSERT INTO deliveries(execution_id, event_id, event, function, attempt, status, "
-                                "started_at) VALUES (?, ?, ?, ?, 1, 'succeeded', 0)", (key, event_id, source, source))
-                handled += 1
-                position = record_id
-            log.execute("BEGIN IMMEDIATE")
-            log.execute("INSERT OR REPLACE INTO offsets VALUES (?, 'x', 0, ?)", (source, position))
-            log.execute("COMMIT")
-    return time.perf_counter() - start, handled
+                tracker.execute("BEGIN IMMEDIATE")
+                tracker.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?)", event_rows)
+                tracker.executemany("INSERT INTO deliveries(execution_id, event_id, event, function, attempt, status, "
+                                    "started_at, duration) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", delivery_rows)
+                tracker.execute("COMMIT")
+                handled += len(delivery_rows)
+    elapsed = time.perf_counter() - start
+    log.close()
+    tracker.close()
+    return handled, elapsed
+
+
+def sleepy(folder: Path, events: int, concurrency: int) -> float:
+    """Seconds from the first call's start to the last one's end: ``events`` calls of a 50 ms handler."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "nap.py").write_text("import time\n\ndef nap(event, ctx):\n    time.sleep(0.05)\n")
+    (folder / "sleepy.yaml").write_text(textwrap.dedent(SLEEPY).replace("CONCURRENCY", str(concurrency)))
+    engine = Engine(folder / "sleepy.yaml", state_dir=folder / "state")
+    engine.setup()
+    for _ in range(events):
+        engine.publish("Tick", {})
+    sql = "SELECT COUNT(*) FROM deliveries WHERE status = 'succeeded'"
+    engine.work(until=lambda: _count(folder, "bench_sleepy", sql) >= events)
+    engine.close()
+    handled, span = _tracker_span(folder, "bench_sleepy")
+    assert handled == events, (handled, events)
+    return span
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=20000)
-    parser.add_argument("--executions", type=int, default=300)
+    parser.add_argument("--events", type=int, default=20000, help="records of the publish cases")
+    parser.add_argument("--executions", type=int, default=3000, help="executions of the end-to-end chain")
+    parser.add_argument("--concurrency-events", type=int, default=200)
+    parser.add_argument("--hol-executions", type=int, default=1000)
+    parser.add_argument("--quick", action="store_true", help="a tenth of every size")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.events, args.executions = args.events // 10, args.executions // 10
+        args.concurrency_events, args.hol_executions = args.concurrency_events // 4, args.hol_executions // 10
     payload = encode_event("E", {"word": "x" * 200}, "k", new_event_id(), "bench")
     payloads = [payload] * args.events
-    print(f"python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version}, {args.events} events of {len(payload)} B")
-    print(f"{'case':44} {'xflow ev/s':>12} {'raw ev/s':>12} {'ratio':>7}")
+    print(f"python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version}")
+    print(f"{'case':58} {'xflow /s':>10} {'hand /s':>10} {'ratio':>7}")
     for batch in (100, 1):
         count = args.events if batch > 1 else min(args.events, 3000)
         with tempfile.TemporaryDirectory() as folder:
             raw = raw_publish(Path(folder) / "raw.db", payloads[:count], batch)
         with tempfile.TemporaryDirectory() as folder:
             ours = xflow_publish(Path(folder), payloads[:count], batch)
-        print(f"{f'publish, batches of {batch}':44} {rate(count, ours):12.0f} {rate(count, raw):12.0f} "
-              f"{raw / ours:7.2f}")
+        print(f"{f'publish {count} events of {len(payload)} B, batches of {batch}':58} {rate(count, ours):10.0f} "
+              f"{rate(count, raw):10.0f} {raw / ours:7.2f}")
+
     with tempfile.TemporaryDirectory() as folder:
-        raw_seconds, raw_count = raw_end_to_end(Path(folder), args.executions)
-    with tempfile.TemporaryDirectory() as folder:
-        ours_seconds, ours_count = xflow_end_to_end(Path(folder), args.executions)
-    print(f"{f'end to end, 3 no-op steps x {args.executions} executions':44} {rate(ours_count, ours_seconds):12.0f} "
-          f"{rate(raw_count, raw_seconds):12.0f} {rate(ours_count, ours_seconds) / rate(raw_count, raw_seconds):7.2f}")
-    print("ratio = xflow rate / raw sqlite3 rate for the same writes (1.00 = no overhead)")
+        raw_count, raw_seconds = raw_chain(Path(folder), args.executions)
+    hand = rate(raw_count, raw_seconds)
+    for isolation in ("thread", "process"):
+        with tempfile.TemporaryDirectory() as folder:
+            count, seconds = xflow_chain(Path(folder), args.executions, isolation)
+        ours = rate(count, seconds)
+        goal = 0.5 if isolation == "thread" else 0.3
+        print(f"{f'3 no-op steps x {args.executions} executions, isolation {isolation} (goal {goal})':58} "
+              f"{ours:10.0f} {hand:10.0f} {ours / hand:7.2f}")
+
+    spans = {}
+    for concurrency in (1, 8):
+        with tempfile.TemporaryDirectory() as folder:
+            spans[concurrency] = sleepy(Path(folder), args.concurrency_events, concurrency)
+    print(f"concurrency: {args.concurrency_events} calls of a 50 ms handler: {spans[1]:.2f} s with concurrency 1, "
+          f"{spans[8]:.2f} s with 8: {spans[1] / spans[8]:.1f}x faster (goal >= 6x)")
+
+    hol = {}
+    for failing in (False, True):
+        with tempfile.TemporaryDirectory() as folder:
+            _, hol[failing] = xflow_chain(Path(folder), args.hol_executions, "process", failing,
+                                          {"backoff_seconds": 1})
+    print(f"head-of-line: {args.hol_executions} executions took {hol[False]:.2f} s alone and {hol[True]:.2f} s beside "
+          f"one that fails (retries: 5, backoff 1 s, 1 + 2 + 4 + 5 + 5 s of backoff): {hol[True] / hol[False]:.2f}x "
+          "(goal <= 1.2x)")
+    print("ratio = xflow rate / the hand-written loop's rate for the same reads and writes (1.00 = no overhead)")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The delivery rules every runner of functions follows, in batches: admit what a poll returned, settle what ran.
 
 Admitting a poll's deliveries for one function: a record that cannot be decoded is dead-lettered with the reason;
-every decoded event is recorded (one ``record_events`` call); events the function already handled successfully are
+every decoded event is recorded (one ``record_events`` call), except those the workflow's handlers published,
+which were recorded when their handler's attempt was settled; events the function already handled successfully are
 skipped (one ``succeeded_among`` query: re-deliveries after a crash); an event more than the workflow's hop limit of
 handler publishes away from the event published from outside (``general: {hop_limit: N}``, default 1000) is
 recorded failed and dead-lettered, which ends a cycle. The rest become :class:`Job` s for the runner to run.
@@ -16,32 +17,20 @@ commits a delivery only once it is settled (succeeded, skipped or dead-lettered)
 No record stops a runner: a record whose content makes a batch call fail is found by calling again one record at a
 time, recorded failed (best effort) and dead-lettered with the reason. Only a problem with a backend stops it:
 :class:`XflowError`, a plugin's ``connection_errors``, a damaged SQLite file. A :class:`BackendUnavailable` (a full
-disk, a broker restart, throttling) is waited out where it happened by :class:`BackendWaiter`.
+disk, a broker restart, throttling) is waited out where it happened (:class:`~xflow.core.waiting.BackendWaiter`).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import random
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_delay,
-    stop_never,
-    wait_exponential,
-    wait_random,
-)
 
 from xflow.core.errors import BackendUnavailable, XflowError
 from xflow.core.interfaces import Delivery, DeliveryRecord, EventRecord, Record, TrackerStore, Transport
@@ -58,23 +47,11 @@ from xflow.core.runtime import (
     encode_event,
 )
 from xflow.core.sqlite_files import StateFileError
+from xflow.core.waiting import BackendCall, BackendWaiter, StopRequested
 
 log = logging.getLogger("xflow")
 
 T = TypeVar("T")
-#: runs one backend call, waiting out :class:`BackendUnavailable`: ``call(BACKEND_LABEL, function)``
-BackendCall = Callable[[str, Callable[[], Any]], Any]
-#: how often a worker that waits for a backend says so again, in seconds
-WAIT_LOG_INTERVAL = 30.0
-#: the first and the longest wait between tries of a call to an unavailable backend, in seconds
-UNAVAILABLE_FIRST_WAIT = 0.1
-UNAVAILABLE_MAX_WAIT = 4.0
-
-
-class StopRequested(Exception):
-    """The runner was asked to stop while it waited for a backend: leave; what is not committed comes again."""
-
-
 @dataclass(frozen=True)
 class OutgoingEvent:
     event: str
@@ -129,97 +106,6 @@ def publish_events(workflow: Workflow, transport: Transport, tracker: TrackerSto
                                  "handles it, so do not publish it again", exc.hint) from None
 
 
-class BackendWaiter:
-    """Runs backend calls, waiting out :class:`BackendUnavailable` where it happened; shared by a runner's threads.
-
-    It logs "waiting for the BACKEND: reason" once (then at most every 30 s, whichever thread waits), retries that
-    same call with exponential backoff and jitter (capped at a few seconds), and says when the backend is back.
-    After ``give_up_seconds`` (0: never) of one call it raises the error; once ``should_stop()`` is true it raises
-    :class:`StopRequested` within 0.1 s.
-    """
-
-    def __init__(self, should_stop: Callable[[], bool], *, give_up_seconds: float = 0.0,
-                 first_wait: float = UNAVAILABLE_FIRST_WAIT, max_wait: float = UNAVAILABLE_MAX_WAIT) -> None:
-        self.should_stop = should_stop
-        self.give_up_seconds = max(0.0, float(give_up_seconds))
-        self.first_wait = max(0.0, first_wait)
-        self.max_wait = max(self.first_wait, max_wait)
-        #: seconds spent waiting for unavailable backends, and how many waits there were
-        self.waited_seconds = 0.0
-        self.waits = 0
-        self._lock = threading.Lock()
-        self._last_log = -math.inf
-        self._announced = False
-
-    def call(self, backend: str, call: Callable[[], T]) -> T:
-        """``call()``; if it raises :class:`BackendUnavailable`, wait (logging once) and try it again until it works,
-        ``stop`` is set (raises :class:`StopRequested`) or the give-up time is over (raises the error)."""
-        try:
-            return call()
-        except BackendUnavailable as exc:
-            first = exc
-        started = time.monotonic()
-        with self._lock:
-            self.waits += 1
-        self._say_waiting(backend, first)
-        retrying = Retrying(
-            retry=retry_if_exception_type(BackendUnavailable),
-            # exponential backoff capped at a few seconds, plus jitter so that many workers do not retry in step
-            wait=wait_exponential(multiplier=self.first_wait, max=self.max_wait) + wait_random(0, self.first_wait),
-            stop=stop_after_delay(self.give_up_seconds) if self.give_up_seconds else stop_never,
-            sleep=self.sleep,
-            before_sleep=lambda state: self._say_waiting(backend, _exception(state)),
-            reraise=True,
-        )
-        try:
-            self.sleep(self.first_wait)
-            result = retrying(call)
-        except BackendUnavailable as exc:
-            waited = self._add_wait(started)
-            raise BackendUnavailable(f"gave up after waiting {waited:.0f} s for the {backend}: {exc.message}",
-                                     exc.hint or "make the backend available again, then start the worker again "
-                                     "(or raise the local provider's option unavailable_give_up_seconds)") from None
-        except BaseException:
-            self._add_wait(started)
-            raise
-        waited = self._add_wait(started)
-        with self._lock:
-            announced, self._announced = self._announced, False
-        if announced:
-            log.warning("the %s is back after %.1f s; going on", backend, waited)
-        return result
-
-    def _add_wait(self, started: float) -> float:
-        waited = time.monotonic() - started
-        with self._lock:
-            self.waited_seconds += waited
-        return waited
-
-    def _say_waiting(self, backend: str, exc: BaseException | None) -> None:
-        """Log that the runner waits: once, then at most every WAIT_LOG_INTERVAL seconds (a flapping backend too)."""
-        now = time.monotonic()
-        with self._lock:
-            if now - self._last_log < WAIT_LOG_INTERVAL:
-                return
-            self._last_log = now
-            self._announced = True
-        limit = f"for up to {self.give_up_seconds:g} s" if self.give_up_seconds else "until it is back"
-        reason = exc.message if isinstance(exc, XflowError) else str(exc)
-        hint = f" (hint: {exc.hint})" if isinstance(exc, XflowError) and exc.hint else ""
-        log.warning("waiting for the %s: %s; retrying with backoff %s%s", backend, reason, limit, hint)
-
-    def sleep(self, seconds: float) -> None:
-        """Sleep, raising :class:`StopRequested` within 0.1 s of ``should_stop()`` becoming true."""
-        deadline = time.monotonic() + seconds
-        while True:
-            if self.should_stop():
-                raise StopRequested()
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            time.sleep(min(0.1, left))
-
-
 @dataclass(eq=False)
 class Job:
     """A delivery whose handler is to run: its record, the event decoded, and the attempts made so far."""
@@ -261,6 +147,7 @@ class FunctionDelivery:
         self.attempts = function.retries + 1
         self.hop_limit = hop_limit(workflow)
         self.producer = f"xflow/{workflow.id}/{function.name}"
+        self._ours = f"xflow/{workflow.id}/"
         self._lock: AbstractContextManager[Any] = lock if lock is not None else nullcontext()
         self._transport_label = f"transport {getattr(transport, 'name', type(transport).__name__)!r}"
         self._tracker_label = f"tracker {getattr(tracker, 'name', type(tracker).__name__)!r}"
@@ -328,10 +215,13 @@ class FunctionDelivery:
                     MIN_EPOCH <= delivery.timestamp <= MAX_EPOCH):
                 event.published_at = delivery.timestamp  # another producer's record: its time on the transport
             decoded.append((index, delivery, event))
+        # events this workflow's handlers published were recorded when their handler's attempt was settled (before
+        # it counted as succeeded; else it runs again and records them); the others are recorded here
+        recorded = [position for position, (_, _, e) in enumerate(decoded) if not e.producer.startswith(self._ours)]
         records = [EventRecord(e.execution_id, e.event_id, d.event, e.published_at, e.producer, e.data)
-                   for _, d, e in decoded]
+                   for _, d, e in (decoded[position] for position in recorded)]
         _, broken = self._each(records, self._record_events, self.tracker.record_event)
-        decoded = self._set_aside(decoded, broken)
+        decoded = self._set_aside(decoded, {recorded[index]: problem for index, problem in broken.items()})
         keys = [(e.execution_id, e.event_id, self.function.name) for _, _, e in decoded]
         succeeded, broken = self._succeeded(keys)
         decoded = self._set_aside(decoded, broken)
@@ -528,10 +418,6 @@ def _batch(tracker: TrackerStore, batch: str, single: str) -> Callable[[Sequence
 
 def _failed(outcome: HandlerOutcome, error: str) -> HandlerOutcome:
     return HandlerOutcome(False, [], list(outcome.logs), error, outcome.duration)
-
-
-def _exception(state: RetryCallState) -> BaseException | None:
-    return state.outcome.exception() if state.outcome is not None else None
 
 
 def _printable(text: str) -> str:

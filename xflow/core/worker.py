@@ -24,15 +24,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from xflow.core.delivery import (  # noqa: F401  (names older code imports from here)
-    BackendCall,
-    BackendWaiter,
-    OutgoingEvent,
-    StopRequested,
-    hop_limit,
-    publish_events,
-    resolve_source,
-)
+from xflow.core.delivery import OutgoingEvent, hop_limit, publish_events, resolve_source  # noqa: F401  (older imports)
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import Runner
 

@@ -20,12 +20,14 @@ again later. An error that stops one lane (a backend's) stops the others at once
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import errno
 import heapq
 import itertools
 import logging
 import math
 import os
+import queue
 import shutil
 import threading
 import time
@@ -35,21 +37,26 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from xflow.core.delivery import BackendWaiter, Finished, FunctionDelivery, Job, StopRequested, resolve_source
+from xflow.core.delivery import Finished, FunctionDelivery, Job, resolve_source
 from xflow.core.errors import BackendUnavailable, XflowError
 from xflow.core.interfaces import Consumer, Delivery, Runner, TrackerStore, Transport
 from xflow.core.model import Function, Workflow
 from xflow.core.runtime import HandlerOutcome
+from xflow.core.waiting import BackendWaiter, StopRequested
 from xflow.providers.supervisor import Attempt, HandlerPool
 
 log = logging.getLogger("xflow")
 
 #: the most deliveries a lane holds (polled, not yet committed), in batches of ``batch_size``
 PENDING_BATCHES = 50
-#: how long an attempt that finished may wait for others to be settled with it, in seconds
+#: how long an attempt that finished may wait for others to be settled with it, in seconds (an attempt that took
+#: longer than this is settled at once)
 SETTLE_AFTER = 0.01
 #: how many event ids that succeeded a lane remembers (to skip a duplicate delivery held at the same time)
 RECENT_SUCCESSES = 10_000
+#: how many calls per unit of concurrency a lane hands the pool at once (of different executions): the pool runs
+#: ``concurrency`` of them at a time and starts the next as soon as one ends, without waiting for the lane
+SUBMIT_AHEAD = 16
 
 
 @dataclass(eq=False)
@@ -210,7 +217,10 @@ class _Lane:
         self.ready: deque[str] = deque()
         self.delayed: list[tuple[float, int, str]] = []
         self._sequence = itertools.count()
+        #: calls handed to the pool (running, or queued in it), and those that ended, as the pool ends them
         self.running: dict[concurrent.futures.Future[HandlerOutcome], _Entry] = {}
+        self.ended: queue.SimpleQueue[concurrent.futures.Future[HandlerOutcome]] = queue.SimpleQueue()
+        self.window = max(self.concurrency, min(self.batch_size, self.concurrency * SUBMIT_AHEAD))
         self.finished: list[tuple[_Entry, Finished]] = []
         self.first_finished = math.inf
         self.dirty: set[tuple[str, str]] = set()
@@ -277,6 +287,9 @@ class _Lane:
 
     def _drain(self) -> None:
         """Stopping: let the handlers in flight finish until the grace deadline, settle what finished, commit."""
+        for future in list(self.running):
+            if future.cancel():  # handed to the pool but not started: it is not run (it is delivered again)
+                del self.running[future]
         while self.running:
             left = self.runner.grace_deadline - time.monotonic()
             if left <= 0:
@@ -291,7 +304,7 @@ class _Lane:
 
     # -- scheduling ---------------------------------------------------------------------------
     def _startable(self) -> bool:
-        return bool(self.ready) and len(self.running) < self.concurrency
+        return bool(self.ready) and len(self.running) < self.window
 
     def _next_due(self, now: float) -> float:
         return max(0.0, self.delayed[0][0] - now) if self.delayed else math.inf
@@ -327,7 +340,7 @@ class _Lane:
 
     def _start(self) -> None:
         now = time.monotonic()
-        while self.ready and len(self.running) < self.concurrency:
+        while self.ready and len(self.running) < self.window:
             key = self.ready.popleft()
             queue = self.keys.get(key)
             if not queue or key in self.busy:
@@ -351,7 +364,9 @@ class _Lane:
             entry.started_at = time.time()
             attempt = Attempt(self.runner.workflow.id, self.function.name, job.execution_id, job.delivery.event,
                               job.event.event_id, job.attempts)
-            self.running[self.pool.submit(job.event.data, attempt)] = entry
+            future = self.pool.submit(job.event.data, attempt)
+            self.running[future] = entry
+            future.add_done_callback(self.ended.put)
 
     def _next_of(self, key: str) -> None:
         """The execution's key is free: its next job may start (or the key is forgotten)."""
@@ -363,10 +378,18 @@ class _Lane:
             self.keys.pop(key, None)
 
     def _collect(self, timeout: float) -> None:
-        done, _ = concurrent.futures.wait(list(self.running), timeout=timeout,
-                                          return_when=concurrent.futures.FIRST_COMPLETED)
+        """Take the calls that ended, waiting up to ``timeout`` seconds for one."""
+        try:
+            done = [self.ended.get(timeout=timeout) if timeout > 0 else self.ended.get_nowait()]
+        except queue.Empty:
+            return
+        with contextlib.suppress(queue.Empty):
+            while True:
+                done.append(self.ended.get_nowait())
         for future in done:
-            entry = self.running.pop(future)
+            entry = self.running.pop(future, None)
+            if entry is None:
+                continue  # cancelled at stop
             job = entry.job
             assert job is not None
             try:
@@ -376,6 +399,10 @@ class _Lane:
                                          0.0)
             if not self.finished:
                 self.first_finished = time.monotonic()
+            if outcome.duration >= SETTLE_AFTER:
+                # a slow handler gains nothing from waiting for others to settle with: settle it at once (what
+                # ran and is not settled runs again after a crash)
+                self.first_finished = -math.inf
             self.finished.append((entry, Finished(job, outcome, entry.started_at)))
             if outcome.ok:  # the execution's next event may start now; a failure holds it until settled
                 self._release(entry)
