@@ -157,3 +157,49 @@ def test_a_provider_that_runs_functions_itself_has_no_worker(app_dir):
         Worker(engine).start()
     assert "xflow emulate" in (raised.value.hint or "")
     assert xflow.Worker is Worker
+
+
+SLOW = '''
+import os, time
+
+def slow(event, ctx):
+    with open(os.environ["XFLOW_TEST_NOTES"], "a") as notes:
+        notes.write(f"{event['execution_id']}\\n")
+    if not os.path.exists(os.environ["XFLOW_TEST_QUICK"]):
+        time.sleep(60)
+    return {"done": True}
+'''
+
+
+def test_a_handler_still_running_at_stop_is_left_uncommitted_and_runs_again_later(app_dir, monkeypatch):
+    (app_dir / "slow.py").write_text(SLOW)
+    notes, quick = app_dir / "notes.txt", app_dir / "quick"
+    monkeypatch.setenv("XFLOW_TEST_NOTES", str(notes))
+    monkeypatch.setenv("XFLOW_TEST_QUICK", str(quick))
+    flow = {"workflow_id": "slow", "lambdas": [{"name": "slow", "source": "slow.py", "handler": "slow",
+                                                "publishes": ["Done"], "timeout": 120}],
+            "subscriptions": [{"event": "Go", "subscribers": ["slow"]}, {"event": "Done", "subscribers": []}]}
+    engine = Engine.from_mapping(flow, base_dir=app_dir, state_dir=app_dir / "state")
+    engine.setup()
+    execution = engine.publish("Go", {})
+    worker = Worker(engine).start()
+    deadline = time.monotonic() + 60
+    while not notes.exists():
+        assert time.monotonic() < deadline and worker.running, "the handler never started"
+        time.sleep(0.05)
+    asked = time.monotonic()
+    worker.stop(timeout=1.0)
+    took = time.monotonic() - asked
+    worker.join()
+    assert took < 5.0, f"stop(timeout=1) took {took:.1f} s"
+    assert engine.track(execution)["status"] == "running"  # not settled, not committed
+    quick.touch()
+    with Worker(engine):
+        deadline = time.monotonic() + 60
+        while engine.track(execution)["status"] == "running":
+            assert time.monotonic() < deadline, "the delivery did not come again"
+            time.sleep(0.05)
+    summary = engine.track(execution)
+    assert summary["status"] == "succeeded" and summary["events"][0]["subscribers"][0]["attempts"] == 1
+    assert notes.read_text().split() == [execution, execution]  # it ran again, in full
+    engine.close()

@@ -11,7 +11,10 @@ Embedding example (a web application publishes from its request threads while th
 
 A worker installs no signal handler and leaves ``sys.path``, ``sys.modules``, the standard streams and the
 ``logging`` configuration as it found them (handlers run in handler processes by default; see the local
-provider's ``isolation`` option). The delivery rules live in :mod:`xflow.core.delivery`; this module also keeps the
+provider's ``isolation`` option). Handler processes import the application's main module again, as those of any
+``multiprocessing`` program do: keep the application's start-up under ``if __name__ == "__main__":``.
+
+The delivery rules live in :mod:`xflow.core.delivery`; this module also keeps the
 names older code imported from it.
 """
 
