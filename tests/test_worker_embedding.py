@@ -203,3 +203,27 @@ def test_a_handler_still_running_at_stop_is_left_uncommitted_and_runs_again_late
     assert summary["status"] == "succeeded" and summary["events"][0]["subscribers"][0]["attempts"] == 1
     assert notes.read_text().split() == [execution, execution]  # it ran again, in full
     engine.close()
+
+
+@pytest.mark.parametrize("isolation", ["process", "thread"])
+def test_handler_logs_reach_the_host_logging_only_when_asked(app_dir, isolation):
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    keeper = Keep()
+    host = logging.getLogger("xflow.functions.orders")
+    host.addHandler(keeper)
+    try:
+        for propagate in (False, True):
+            flow = orders_flow(isolation)
+            flow["provider"]["options"]["propagate_logs"] = propagate
+            engine = Engine.from_mapping(flow, base_dir=app_dir, state_dir=app_dir / f"state-{propagate}")
+            summary = engine.run("OrderPlaced", {"order": f"logged-{propagate}"})
+            assert summary["status"] == "succeeded"
+            engine.close()
+    finally:
+        host.removeHandler(keeper)
+    assert "charged logged-True" in seen and "charged logged-False" not in seen, seen
