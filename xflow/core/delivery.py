@@ -29,11 +29,12 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 from xflow.core.errors import BackendUnavailable, XflowError
-from xflow.core.interfaces import Delivery, DeliveryRecord, EventRecord, Record, TrackerStore, Transport
+from xflow.core.interfaces import Delivery, DeliveryRecord, DeliveryStatus, EventRecord, Record, TrackerStore, Transport
 from xflow.core.model import Function, Workflow
 from xflow.core.runtime import (
     DEFAULT_HOP_LIMIT,
@@ -95,10 +96,11 @@ def publish_events(workflow: Workflow, transport: Transport, tracker: TrackerSto
         by_event.setdefault(item.event, []).append(Record(item.execution_id, value))
     run: BackendCall = call or (lambda backend, function: function())
     for event, records in by_event.items():
-        run(f"transport {transport.name!r}", lambda event=event, records=records: transport.publish(event, records))
-    records = [EventRecord(item.execution_id, item.event_id, item.event, now, item.producer, item.data) for item in events]
+        run(f"transport {transport.name!r}", partial(transport.publish, event, records))
+    event_records = [EventRecord(item.execution_id, item.event_id, item.event, now, item.producer, item.data)
+                     for item in events]
     try:
-        run(f"tracker {tracker.name!r}", lambda: tracker.record_events(records))
+        run(f"tracker {tracker.name!r}", partial(tracker.record_events, event_records))
     except BackendUnavailable as exc:
         if call is not None:
             raise
@@ -189,7 +191,7 @@ class FunctionDelivery:
         failures: dict[int, Exception] = {}
         for index, item in enumerate(items):
             try:
-                self._tracker(lambda item=item: single(item))
+                self._tracker(partial(single, item))
             except Exception as exc:
                 if self.is_fatal(exc):
                     raise
@@ -254,7 +256,7 @@ class FunctionDelivery:
             return set(found), {}
         # the batch failed because of some record: ask one at a time (the broken ones are set aside)
         succeeded = {key for index, key in enumerate(keys) if index not in broken
-                     and self._tracker(lambda key=key: self.tracker.has_succeeded(*key))}
+                     and self._tracker(partial(self.tracker.has_succeeded, *key))}
         return succeeded, broken
 
     def _set_aside(self, decoded: list[tuple[int, Delivery, DecodedEvent]],
@@ -292,22 +294,22 @@ class FunctionDelivery:
                     outgoing[index] = events
                 else:
                     outcomes[index] = _failed(outcomes[index], f"publishing failed: {problem}")
-        for index, problem in self._publish(outgoing).items():
+        for index, refusal in self._publish(outgoing).items():
             outgoing.pop(index)
-            outcomes[index] = _failed(outcomes[index], f"publishing failed: {problem}")
+            outcomes[index] = _failed(outcomes[index], f"publishing failed: {refusal}")
         now = time.time()
         published = [EventRecord(e.execution_id, e.event_id, e.event, now, e.producer, e.data)
                      for events in outgoing.values() for e, _ in events]
         owner = [index for index, events in outgoing.items() for _ in events]
         unsettled: dict[int, BaseException] = {}
         _, broken = self._each(published, self._record_events, self.tracker.record_event)
-        for position, problem in broken.items():
-            unsettled.setdefault(owner[position], problem)
+        for position, error in broken.items():
+            unsettled.setdefault(owner[position], error)
         records: list[DeliveryRecord] = []
         retry: list[Job] = []
         for index, item in enumerate(finished):
             outcome, job = outcomes[index], item.job
-            status = "succeeded" if outcome.ok else "failed" if job.attempts >= self.attempts else "retrying"
+            status: DeliveryStatus = "succeeded" if outcome.ok else "failed" if job.attempts >= self.attempts else "retrying"
             if not outcome.ok:
                 log.warning("%s failed on %s (execution %s, attempt %d/%d): %s", self.function.name, job.delivery.event,
                             job.execution_id, job.attempts, self.attempts, outcome.error)
@@ -315,8 +317,8 @@ class FunctionDelivery:
                                           job.attempts, status, item.started_at, outcome.duration,
                                           _printable(outcome.error) if outcome.error else None, tuple(outcome.logs)))
         _, broken = self._each(records, self._record_deliveries, self.tracker.record_delivery)
-        for position, problem in broken.items():
-            unsettled.setdefault(position, problem)
+        for position, error in broken.items():
+            unsettled.setdefault(position, error)
         for index, item in enumerate(finished):
             job, outcome = item.job, outcomes[index]
             if index in unsettled:
@@ -359,7 +361,7 @@ class FunctionDelivery:
         refused: dict[int, XflowError] = {}
         for event, items in by_event.items():
             try:
-                self._transport(lambda event=event, items=items: self.transport.publish(event, [r for _, r in items]))
+                self._transport(partial(self.transport.publish, event, [r for _, r in items]))
                 continue
             except (BackendUnavailable, StateFileError):
                 raise  # waited for until the give-up time, or a state file that cannot be used: stop, it comes again
@@ -370,7 +372,7 @@ class FunctionDelivery:
                     continue
                 mine = [r for i, r in items if i == index]
                 try:
-                    self._transport(lambda event=event, mine=mine: self.transport.publish(event, mine))
+                    self._transport(partial(self.transport.publish, event, mine))
                 except (BackendUnavailable, StateFileError):
                     raise
                 except XflowError as exc:

@@ -35,6 +35,7 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from xflow.core.delivery import Finished, FunctionDelivery, Job, resolve_source
@@ -264,8 +265,7 @@ class _Lane:
                 asked = min(self.batch_size, room)
                 idle = not self.running and not self.ready and not self.finished
                 timeout = min(interval, self._next_due(began)) if idle else 0.0
-                deliveries = self.runner.waiter.call(
-                    self.label, lambda asked=asked, timeout=timeout: consumer.poll(asked, timeout))
+                deliveries = self.runner.waiter.call(self.label, partial(consumer.poll, asked, timeout))
                 last_poll = time.monotonic()
                 waited = timeout > 0
                 if deliveries:
