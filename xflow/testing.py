@@ -37,6 +37,7 @@ from typing import Any
 
 import pytest
 
+from xflow.core.deploy import Executor
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import (
     Consumer,
@@ -45,6 +46,7 @@ from xflow.core.interfaces import (
     EventRecord,
     ExecutionHistory,
     FunctionProvider,
+    Plugin,
     Record,
     Runner,
     Step,
@@ -107,10 +109,17 @@ def kit_workflow(workflow_id: str, directory: Path) -> Workflow:
     )
 
 
-def apply_steps(steps: Sequence[Step]) -> None:
-    """Run a plan, as the engine's executor does."""
-    for step in steps:
-        step.apply()
+def apply_steps(steps: Sequence[Step], plugin: Plugin | None = None) -> None:
+    """Run a plan through ``plugin.execute``, as the engine's executor does (closure-form steps need no plugin)."""
+    perform: Callable[[Step], None]
+    if plugin is not None:
+        perform = plugin.execute
+    else:
+        def perform(step: Step) -> None:
+            if step.apply is None:
+                raise TypeError(f"{step.call} {step.resource} is a data-only step: pass the plugin that planned it")
+            step.apply()
+    Executor(perform).execute(steps)
 
 
 def drain(consumer: Consumer, count: int, timeout: float, max_records: int = 100) -> list[Delivery]:
@@ -132,7 +141,7 @@ def _check_plan(steps: Any, allowed: set[str]) -> None:
         assert step.action in allowed, f"unexpected action {step.action!r} in {step}"
         kind, _, name = step.resource.partition(":")
         assert kind and name, f"a step's resource reads KIND:NAME, got {step.resource!r}"
-        assert callable(step.apply)
+        assert callable(step.apply) or step.call, f"{step} has neither a call for execute() nor an apply"
 
 
 def _values(deliveries: Sequence[Delivery]) -> list[bytes]:
@@ -172,7 +181,7 @@ class TransportContract:
         yield make
         if made:
             with contextlib.suppress(Exception):
-                apply_steps(made[-1].plan_teardown(KIT_EVENTS))
+                apply_steps(made[-1].plan_teardown(KIT_EVENTS), made[-1])
         for transport in made:
             with contextlib.suppress(Exception):
                 transport.close()
@@ -180,7 +189,7 @@ class TransportContract:
     @pytest.fixture
     def transport(self, make_transport: Callable[[], Transport]) -> Transport:
         transport = make_transport()
-        apply_steps(transport.plan_setup(KIT_EVENTS))
+        apply_steps(transport.plan_setup(KIT_EVENTS), transport)
         return transport
 
     @pytest.fixture
@@ -217,7 +226,7 @@ class TransportContract:
         _check_plan(plan, {"create", "update", "delete"})
         assert plan, "a first setup must plan to create the streams"
         assert transport.plan_setup(KIT_EVENTS) == plan, "planning (a dry run) must change nothing"
-        apply_steps(plan)
+        apply_steps(plan, transport)
         assert transport.plan_setup(KIT_EVENTS) == [], "a second setup of the same events must plan nothing"
         assert make_transport().plan_setup(KIT_EVENTS) == [], "a new instance must see the streams too"
 
@@ -226,16 +235,16 @@ class TransportContract:
         plan = transport.plan_setup(kept)
         _check_plan(plan, {"create", "update", "delete"})
         assert [s.action for s in plan] == ["delete"], f"dropping one event plans one delete, got {plan}"
-        apply_steps(plan)
+        apply_steps(plan, transport)
         assert transport.plan_setup(kept) == []
 
     def test_teardown_removes_what_setup_created(self, make_transport: Callable[[], Transport]) -> None:
         transport = make_transport()
-        apply_steps(transport.plan_setup(KIT_EVENTS))
+        apply_steps(transport.plan_setup(KIT_EVENTS), transport)
         plan = transport.plan_teardown(KIT_EVENTS)
         _check_plan(plan, {"delete"})
         assert plan, "teardown after setup must plan deletes"
-        apply_steps(plan)
+        apply_steps(plan, transport)
         assert transport.plan_teardown(KIT_EVENTS) == [], "a second teardown must plan nothing"
         again = make_transport().plan_setup(KIT_EVENTS)
         assert again and {s.action for s in again} == {"create"}, "after teardown, setup must create again"
@@ -393,7 +402,7 @@ class TrackerStoreContract:
         yield make
         if made:
             with contextlib.suppress(Exception):
-                apply_steps(made[-1].plan_teardown(workflow))
+                apply_steps(made[-1].plan_teardown(workflow), made[-1])
         for tracker in made:
             with contextlib.suppress(Exception):
                 tracker.close()
@@ -401,7 +410,7 @@ class TrackerStoreContract:
     @pytest.fixture
     def tracker(self, make_tracker: Callable[[], TrackerStore], workflow: Workflow) -> TrackerStore:
         tracker = make_tracker()
-        apply_steps(tracker.plan_setup(workflow))
+        apply_steps(tracker.plan_setup(workflow), tracker)
         return tracker
 
     def history(self, tracker: TrackerStore, execution_id: str,
@@ -436,7 +445,7 @@ class TrackerStoreContract:
         tracker = make_tracker()
         plan = tracker.plan_setup(workflow)
         _check_plan(plan, {"create", "update"})
-        apply_steps(plan)
+        apply_steps(plan, tracker)
         assert tracker.plan_setup(workflow) == []
         assert make_tracker().plan_setup(workflow) == []
 
@@ -528,13 +537,13 @@ class TrackerStoreContract:
         other_workflow = kit_workflow(new_workflow_id(), tmp_path / "other-workflow")
         other = tracker_factory(other_workflow.id)
         try:
-            apply_steps(other.plan_setup(other_workflow))
+            apply_steps(other.plan_setup(other_workflow), other)
             other.record_event(self.event("ex6", "ev-c", 1_700_000_000.0))
             assert [e.event_id for e in self.history(tracker, "ex6", lambda h: bool(h.events)).events] == ["ev-a"]
             assert [e.event_id for e in self.history(other, "ex6", lambda h: bool(h.events)).events] == ["ev-c"]
         finally:
             with contextlib.suppress(Exception):
-                apply_steps(other.plan_teardown(other_workflow))
+                apply_steps(other.plan_teardown(other_workflow), other)
             other.close()
 
     def test_has_succeeded(self, tracker: TrackerStore) -> None:
@@ -672,18 +681,18 @@ class TrackerStoreContract:
     ) -> None:
         tracker = make_tracker()
         first_plan = tracker.plan_setup(workflow)
-        apply_steps(first_plan)
+        apply_steps(first_plan, tracker)
         tracker.record_event(self.event("ex9", "ev-1", 1_700_000_000.0))
         self.history(tracker, "ex9", lambda h: bool(h.events))
         plan = tracker.plan_teardown(workflow)
         _check_plan(plan, {"delete"})
         assert plan, "teardown after setup must plan deletes"
-        apply_steps(plan)
+        apply_steps(plan, tracker)
         fresh = make_tracker()
         again = fresh.plan_setup(workflow)
         if first_plan:
             assert again, "after teardown, setup must create again"
-        apply_steps(again)
+        apply_steps(again, fresh)
         assert fresh.history("ex9").events == [], "teardown must remove the workflow's records"
 
 
@@ -714,20 +723,20 @@ class FunctionProviderContract:
     def provider_transport(self, workflow: Workflow, tmp_path: Path) -> Iterator[Transport]:
         transport = _builtin("transport", "local", workflow, tmp_path)
         assert isinstance(transport, Transport)
-        apply_steps(transport.plan_setup(workflow.events))
+        apply_steps(transport.plan_setup(workflow.events), transport)
         yield transport
         with contextlib.suppress(Exception):
-            apply_steps(transport.plan_teardown(workflow.events))
+            apply_steps(transport.plan_teardown(workflow.events), transport)
         transport.close()
 
     @pytest.fixture
     def provider_tracker(self, workflow: Workflow, tmp_path: Path) -> Iterator[TrackerStore]:
         tracker = _builtin("tracker", "sqlite", workflow, tmp_path)
         assert isinstance(tracker, TrackerStore)
-        apply_steps(tracker.plan_setup(workflow))
+        apply_steps(tracker.plan_setup(workflow), tracker)
         yield tracker
         with contextlib.suppress(Exception):
-            apply_steps(tracker.plan_teardown(workflow))
+            apply_steps(tracker.plan_teardown(workflow), tracker)
         tracker.close()
 
     @pytest.fixture
@@ -736,7 +745,7 @@ class FunctionProviderContract:
         provider = provider_factory(workflow.id)
         yield provider
         with contextlib.suppress(Exception):
-            apply_steps(provider.plan_teardown(workflow, provider_transport, provider_tracker))
+            apply_steps(provider.plan_teardown(workflow, provider_transport, provider_tracker), provider)
         provider.close()
 
     def test_declares_name_options_and_where_it_runs(self, provider: FunctionProvider) -> None:
@@ -749,7 +758,7 @@ class FunctionProviderContract:
     # -- the runner (providers that run functions on this machine) ---------------------------------
     def _runner(self, provider: FunctionProvider, workflow: Workflow, transport: Transport,
                 tracker: TrackerStore) -> Runner:
-        apply_steps(provider.plan_setup(workflow, transport, tracker))
+        apply_steps(provider.plan_setup(workflow, transport, tracker), provider)
         runner = provider.runner(workflow, transport, tracker)
         if runner is None:
             pytest.skip(f"the {type(provider).name!r} provider runs no functions on this machine (runner() is None)")
@@ -877,7 +886,7 @@ class FunctionProviderContract:
         _check_plan(plan, {"create", "update", "delete"})
         assert provider.plan_setup(workflow, provider_transport, provider_tracker) == plan, \
             "planning (a dry run) must change nothing"
-        apply_steps(plan)
+        apply_steps(plan, provider)
         assert provider.plan_setup(workflow, provider_transport, provider_tracker) == []
 
     def test_teardown_then_setup_plans_the_same_again(
@@ -885,11 +894,11 @@ class FunctionProviderContract:
         provider_tracker: TrackerStore
     ) -> None:
         first = provider.plan_setup(workflow, provider_transport, provider_tracker)
-        apply_steps(first)
+        apply_steps(first, provider)
         teardown = provider.plan_teardown(workflow, provider_transport, provider_tracker)
         _check_plan(teardown, {"delete"})
         assert bool(teardown) == bool(first), "teardown removes what setup created"
-        apply_steps(teardown)
+        apply_steps(teardown, provider)
         assert provider.plan_teardown(workflow, provider_transport, provider_tracker) == []
         again = provider.plan_setup(workflow, provider_transport, provider_tracker)
         assert [s.as_change() for s in again] == [s.as_change() for s in first]

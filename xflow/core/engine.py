@@ -35,6 +35,7 @@ from typing import Any
 
 from xflow.core.config import MAPPING_NAME, load_workflow, load_workflow_mapping
 from xflow.core.delivery import OutgoingEvent, publish_events
+from xflow.core.deploy import DisplayOnlyExecutor, Executor
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import (
     DeliveryRecord,
@@ -237,7 +238,7 @@ class Engine:
                 merged.update(recorded.get("options") or {})
             self._choices[kind] = _Choice(kind, name, merged)
         self._explicit_options = {k: dict(v) for k, v in options.items()}
-        self._step_owner: dict[int, PluginInfo] = {}
+        self._step_owner: dict[int, str] = {}
         self._routed: dict[str, dict[str, Any]] | None = None
 
     @classmethod
@@ -386,7 +387,7 @@ class Engine:
         info = self._info(kind)
         steps = list(_guard(info, "plan", call, self._damaged))
         for step in steps:
-            self._step_owner[id(step)] = info
+            self._step_owner[id(step)] = kind
         return steps
 
     def plan(self) -> list[Step]:
@@ -402,8 +403,8 @@ class Engine:
         """Create or update everything the workflow needs; idempotent. ``dry_run`` only plans."""
         with self._setup_lock:
             steps = self.plan()
+            self._execute(steps, dry_run, on_step)
             if not dry_run:
-                self._apply(steps, on_step)
                 self._write_record()
         return SetupReport(self.workflow.id, self.plugin_names(), steps, dry_run)
 
@@ -416,8 +417,8 @@ class Engine:
             steps = (self._planned("provider", lambda: provider.plan_teardown(self.workflow, transport, tracker))
                      + self._planned("tracker", lambda: tracker.plan_teardown(self.workflow))
                      + self._planned("transport", lambda: transport.plan_teardown(self.workflow.events)))
+            self._execute(steps, dry_run, on_step)
             if not dry_run:
-                self._apply(steps, on_step)
                 record = setup_record_path(self.state_dir, self.workflow.id)
                 record.unlink(missing_ok=True)
                 for folder in (record.parent, self.state_dir):
@@ -425,17 +426,18 @@ class Engine:
                         folder.rmdir()
         return SetupReport(self.workflow.id, self.plugin_names(), steps, dry_run)
 
-    def _apply(self, steps: Sequence[Step], on_step: Callable[[Step, int, int], None] | None) -> None:
-        for index, step in enumerate(steps):
-            if on_step is not None:
-                on_step(step, index, len(steps))
-            try:
-                _guard(self._step_owner.get(id(step), self._info("transport")), f"{step.action} {step.resource}", step.apply,
-                       self._damaged)
-            except XflowError as exc:
-                done = ", ".join(f"{s.action} {s.resource}" for s in steps[:index]) or "nothing"
-                raise XflowError(f"{exc.message}; already done before it: {done}",
-                                 exc.hint or "fix the cause and run the same command again: it resumes") from None
+    def _execute(self, steps: Sequence[Step], dry_run: bool, on_step: Callable[[Step, int, int], None] | None) -> None:
+        """Apply a plan through each step's own plugin, or on a dry run only walk it."""
+        if dry_run:
+            DisplayOnlyExecutor().execute(steps)
+            return
+
+        def perform(step: Step) -> None:
+            kind = self._step_owner.get(id(step), "transport")
+            plugin = {"transport": self.transport, "tracker": self.tracker, "provider": self.provider}[kind]
+            _guard(self._info(kind), f"{step.action} {step.resource}", lambda: plugin.execute(step), self._damaged)
+
+        Executor(perform, on_step).execute(steps)
 
     def _write_record(self) -> None:
         path = setup_record_path(self.state_dir, self.workflow.id)

@@ -24,19 +24,31 @@ Action = Literal["create", "update", "delete"]
 
 @dataclass(frozen=True)
 class Step:
-    """One change that setup or teardown makes: shown by ``--dry-run``, run by the executor.
+    """One change that setup or teardown makes, as data: shown by ``--dry-run``, run by the executor.
 
-    ``resource`` reads ``KIND:NAME`` (``stream:word_count-FileUploaded``). ``apply`` performs
-    the change; it is never called on a dry run.
+    ``resource`` reads ``KIND:NAME`` (``stream:word_count-FileUploaded``). A planner describes the
+    change as ``call`` (the backend operation, ``"kinesis:CreateStream"``) with JSON-able ``params``;
+    the executor hands the step to the owning plugin's :meth:`Plugin.execute`, which performs it.
+    ``depends_on`` names resources that earlier steps of the same plan create or that must exist.
+    ``apply`` is the older form (a closure run by the default ``execute``), kept for third-party plugins.
+    Nothing runs on a dry run.
     """
 
     action: Action
     resource: str
-    apply: Callable[[], None] = field(compare=False, repr=False)
+    apply: Callable[[], None] | None = field(default=None, compare=False, repr=False)
     detail: str = ""
+    call: str = ""
+    params: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    depends_on: tuple[str, ...] = ()
 
     def as_change(self) -> dict[str, str]:
         return {"action": self.action, "resource": self.resource}
+
+    def describe(self) -> dict[str, Any]:
+        """Everything about the step as data (``as_change`` plus the call, its parameters and dependencies)."""
+        return {**self.as_change(), "call": self.call, "params": dict(self.params),
+                "depends_on": list(self.depends_on), "detail": self.detail}
 
 
 @dataclass(frozen=True)
@@ -144,6 +156,17 @@ class Plugin(abc.ABC):
 
     def close(self) -> None:
         """Release connections. Called once by the engine."""
+
+    def execute(self, step: Step) -> None:
+        """Perform one step this plugin planned: the executor's only way into the backend.
+
+        The default runs ``step.apply`` (the closure form). Plugins that plan data-only steps override
+        it and dispatch on ``step.call`` (see :func:`xflow.core.deploy.dispatch`).
+        """
+        if step.apply is None:
+            raise NotImplementedError(f"{type(self).__name__} planned {step.call or step.resource} "
+                                      "but does not implement execute()")
+        step.apply()
 
 
 class Transport(Plugin):
