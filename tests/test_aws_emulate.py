@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from xflow.core.aws import AwsSession
+from xflow.aws import AwsSession
 from xflow.emulate import Emulator
 from xflow.providers.aws_lambda import artifact_path, code_sha256
 

@@ -158,7 +158,7 @@ def test_local_source_missing(tmp_path):
 def test_s3_sources(aws_endpoint, tmp_path):  # noqa: F811
     import boto3
 
-    from xflow.core.aws import AwsSession
+    from xflow.aws import AwsSession
 
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="flows")

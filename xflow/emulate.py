@@ -45,7 +45,7 @@ from typing import Any
 
 import click
 
-from xflow.core.aws import AwsSession, is_client_error, translate_errors
+from xflow.aws import AwsSession, is_client_error, translate_errors
 from xflow.core.errors import XflowError
 
 log = logging.getLogger("xflow.emulate")

@@ -437,7 +437,7 @@ def resolve_source(workflow: Workflow, function: Function, workdir: Path) -> Pat
 
     aws = None
     if function.source_path is None and function.source.startswith("s3://"):
-        from xflow.core.aws import AwsSession
+        from xflow.aws import AwsSession
 
         aws = AwsSession(dict(workflow.aws or {}))
     return fetch_source(function, workdir, aws)

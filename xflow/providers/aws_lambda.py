@@ -43,7 +43,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from xflow.core.aws import (
+from xflow.aws import (
     TAG_KEY,
     AwsSession,
     create_log_group,

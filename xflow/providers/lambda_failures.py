@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from xflow.core.aws import TAG_KEY, AwsSession, is_client_error, translate_errors
+from xflow.aws import TAG_KEY, AwsSession, is_client_error, translate_errors
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import DeliveryRecord, EventRecord, Step, TrackerStore, Transport
 

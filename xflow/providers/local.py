@@ -125,7 +125,7 @@ def check_remote_handlers(workflow: Workflow, functions: list[Function]) -> None
 
     aws = None
     if any(f.source.startswith("s3://") for f in functions):
-        from xflow.core.aws import AwsSession
+        from xflow.aws import AwsSession
 
         aws = AwsSession(dict(workflow.aws or {}))
     with tempfile.TemporaryDirectory(prefix="xflow-check-") as tmp:

@@ -31,7 +31,7 @@ from xflow.sources.git import fetch_git, is_git_source
 from xflow.sources.s3 import fetch_s3
 
 if TYPE_CHECKING:
-    from xflow.core.aws import AwsSession
+    from xflow.aws import AwsSession
     from xflow.core.model import Function
 
 #: folder and file names that are neither shipped nor walked

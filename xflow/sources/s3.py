@@ -1,6 +1,6 @@
 """Function code from S3: ``s3://BUCKET/KEY`` holding a ``.py`` file or a ``.zip`` archive.
 
-The object is downloaded through :mod:`xflow.core.aws` (so ``AWS_ENDPOINT_URL`` applies), its
+The object is downloaded through :mod:`xflow.aws` (so ``AWS_ENDPOINT_URL`` applies), its
 size and (for single-part uploads) its MD5 ETag are checked, and archives are extracted safely
 (:func:`xflow.sources.archive.safe_extract_zip`) into a fresh folder. At most
 :data:`MAX_OBJECT_BYTES` are read, whatever the response's headers say.
@@ -12,7 +12,7 @@ import hashlib
 import shutil
 from pathlib import Path
 
-from xflow.core.aws import AwsSession, is_client_error, translate_errors
+from xflow.aws import AwsSession, is_client_error, translate_errors
 from xflow.core.errors import XflowError
 from xflow.sources.archive import safe_extract_zip
 

@@ -44,7 +44,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from xflow.core.aws import (
+from xflow.aws import (
     AwsSession,
     create_log_group,
     delete_log_group,

@@ -13,7 +13,7 @@
   only by it and only after success, shards are spread over the group's live members, and a dead
   worker's shards are taken over when its lease expires.
 
-Endpoint and credentials: :mod:`xflow.core.aws` (``AWS_ENDPOINT_URL`` honoured).
+Endpoint and credentials: :mod:`xflow.aws` (``AWS_ENDPOINT_URL`` honoured).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Any
 
 from tenacity import RetryCallState
 
-from xflow.core.aws import TAG_KEY, AwsSession, ServiceBusy, is_client_error, retrying, translate_errors
+from xflow.aws import TAG_KEY, AwsSession, ServiceBusy, is_client_error, retrying, translate_errors
 from xflow.core.errors import BackendUnavailable, XflowError
 from xflow.core.hookspecs import hookimpl
 from xflow.core.interfaces import Consumer, Delivery, PluginContext, Record, Step, Transport
