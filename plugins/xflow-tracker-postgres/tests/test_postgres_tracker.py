@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from xflow_tracker_postgres.tracker import PostgresTrackerStore
 
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import EventRecord, PluginContext
 from xflow.testing import TrackerStoreContract, apply_steps, kit_workflow, new_workflow_id
+
+# the suite skips, with the reason, where the plugin is not installed
+PostgresTrackerStore = pytest.importorskip(
+    "xflow_tracker_postgres.tracker",
+    reason="xflow-tracker-postgres is not installed: pip install -e plugins/xflow-tracker-postgres").PostgresTrackerStore
 
 
 class TestPostgresTracker(TrackerStoreContract):

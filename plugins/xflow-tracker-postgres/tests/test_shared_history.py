@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+# the suite skips, with the reason, where the plugin is not installed
+pytest.importorskip("xflow_tracker_postgres",
+    reason="xflow-tracker-postgres is not installed: pip install -e plugins/xflow-tracker-postgres")
+
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "word_count"
 WORKFLOW = EXAMPLES / "word_count.yaml"
 SAMPLE = EXAMPLES / "sample.txt"
