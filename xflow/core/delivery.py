@@ -30,7 +30,6 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any, TypeVar
 
 from xflow.core.errors import BackendUnavailable, XflowError
@@ -425,19 +424,3 @@ def _failed(outcome: HandlerOutcome, error: str) -> HandlerOutcome:
 def _printable(text: str) -> str:
     """``text`` with what UTF-8 cannot carry (lone surrogates) written as escapes."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def resolve_source(workflow: Workflow, function: Function, workdir: Path) -> Path:
-    """The local file or folder holding a function's code, as the Lambda provider packages it.
-
-    A remote source (git/GitHub link, s3://) is fetched into ``workdir``; s3:// sources use an AWS
-    session made from the file's ``aws:`` block (only then is boto3 needed).
-    """
-    from xflow.sources.resolve import fetch_source
-
-    aws = None
-    if function.source_path is None and function.source.startswith("s3://"):
-        from xflow.aws import AwsSession
-
-        aws = AwsSession(dict(workflow.aws or {}))
-    return fetch_source(function, workdir, aws)

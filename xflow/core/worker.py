@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from xflow.core.delivery import OutgoingEvent, hop_limit, publish_events, resolve_source  # noqa: F401  (older imports)
+from xflow.core.delivery import OutgoingEvent, hop_limit, publish_events  # noqa: F401  (older imports)
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import Runner
 

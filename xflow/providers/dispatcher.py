@@ -38,13 +38,14 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from xflow.core.delivery import Finished, FunctionDelivery, Job, resolve_source
+from xflow.core.delivery import Finished, FunctionDelivery, Job
 from xflow.core.errors import BackendUnavailable, XflowError
 from xflow.core.interfaces import Consumer, Delivery, Runner, TrackerStore, Transport
 from xflow.core.model import Function, Workflow
 from xflow.core.runtime import HandlerOutcome
 from xflow.core.waiting import BackendWaiter, StopRequested
 from xflow.providers.supervisor import Attempt, HandlerPool
+from xflow.sources.resolve import resolve_source
 
 log = logging.getLogger("xflow")
 

@@ -32,7 +32,7 @@ from xflow.sources.s3 import fetch_s3
 
 if TYPE_CHECKING:
     from xflow.aws import AwsSession
-    from xflow.core.model import Function
+    from xflow.core.model import Function, Workflow
 
 #: folder and file names that are neither shipped nor walked
 NOT_SHIPPED = frozenset({"__pycache__", ".git", ".xflow", ".venv", "node_modules"})
@@ -162,3 +162,17 @@ def check_handler(function: Function, source: Path) -> None:
             defined.update((a.asname or a.name).split(".")[0] for a in node.names)
     if name not in defined:
         raise XflowError(f"{where}: {file.name} in source {function.source!r} defines no {name!r}")
+
+
+def resolve_source(workflow: Workflow, function: Function, workdir: Path) -> Path:
+    """The local file or folder holding a function's code, as the Lambda provider packages it.
+
+    A remote source (git/GitHub link, s3://) is fetched into ``workdir``; s3:// sources use an AWS
+    session made from the file's ``aws:`` block (only then is boto3 needed).
+    """
+    aws = None
+    if function.source_path is None and function.source.startswith("s3://"):
+        from xflow.aws import AwsSession
+
+        aws = AwsSession(dict(workflow.aws or {}))
+    return fetch_source(function, workdir, aws)
