@@ -45,6 +45,7 @@ from xflow.core.interfaces import (  # noqa: E402
 )
 from xflow.core.runtime import encode_event, new_event_id  # noqa: E402
 from xflow.providers.dispatcher import LocalDispatcher  # noqa: E402
+from xflow.testing import apply_steps  # noqa: E402
 from xflow.transports.kafka import KafkaTransport  # noqa: E402
 
 BATCH = 100
@@ -241,8 +242,7 @@ def run_case(kind: str, bootstrap: str, client: str, events: int, report: Callab
         workflow_id = f"bench{uuid.uuid4().hex[:6]}"
         options = {"bootstrap_servers": bootstrap, "client": client, "partitions": "3", "session_timeout_ms": "3000"}
         transport = KafkaTransport(PluginContext(workflow_id, options, Path(folder)))
-        for step in transport.plan_setup(["E"]):
-            step.apply()
+        apply_steps(transport.plan_setup(["E"]), transport)
         topic = transport.stream_name("E")
         try:
             raw_pub = raw_publish(client, bootstrap, topic, records)
@@ -258,8 +258,7 @@ def run_case(kind: str, bootstrap: str, client: str, events: int, report: Callab
             report(f"{kind:7} {client:13} {'dispatch':9} {rate(total, ours_con):11.0f} {rate(total, raw_con):11.0f} "
                    f"{raw_con / ours_con:6.2f}")
         finally:
-            for step in transport.plan_teardown(["E"]):
-                step.apply()
+            apply_steps(transport.plan_teardown(["E"]), transport)
             transport.close()
 
 

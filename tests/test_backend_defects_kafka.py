@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from xflow.core.interfaces import PluginContext, Record, Transport
+from xflow.testing import apply_steps
 
 try:
     from kafka_brokers import kafka_broker  # noqa: F401
@@ -50,8 +51,7 @@ def transports(kafka_broker, tmp_path):  # noqa: F811
 
     yield build
     if made:
-        for step in made[0].plan_teardown(EVENTS):
-            step.apply()
+        apply_steps(made[0].plan_teardown(EVENTS), made[0])
     for transport in made:
         transport.close()
 
@@ -91,9 +91,8 @@ def consumer_groups(broker) -> set[str]:  # noqa: F811
         admin.close()
 
 
-def apply(steps) -> list[str]:
-    for step in steps:
-        step.apply()
+def apply(transport: Transport, steps) -> list[str]:
+    apply_steps(steps, transport)
     return [step.resource for step in steps]
 
 
@@ -102,7 +101,7 @@ def test_both_clients_put_each_key_on_the_same_partition(kafka_broker, transport
     from kafka.partitioner.default import murmur2
 
     python_client = transports("kafka-python", partitions="4")
-    apply(python_client.plan_setup(EVENTS))
+    apply(python_client, python_client.plan_setup(EVENTS))
     confluent = transports("confluent", partitions="4")
     keys = [f"exec-{uuid.uuid4().hex[:8]}-{i}" for i in range(200)]
     python_client.publish("Uploaded", [Record(k, b'{"by": "kafka-python"}') for k in keys])
@@ -126,7 +125,7 @@ def test_records_carry_the_cloudevents_content_type(kafka_broker, transports, cl
     from xflow.core.runtime import encode_event
 
     transport = transports(client)
-    apply(transport.plan_setup(EVENTS))
+    apply(transport, transport.plan_setup(EVENTS))
     value = encode_event("Uploaded", {"n": 1}, "exec-ct", "id-ct", f"xflow/{transport.workflow_id}")
     transport.publish("Uploaded", [Record("exec-ct", value)])
     [row] = read_raw(kafka_broker, transport.stream_name("Uploaded"), 1)
@@ -218,7 +217,7 @@ def test_teardown_keeps_a_group_with_members_and_says_so(kafka_broker, transport
     if kafka_broker.kind == "tansu":
         pytest.skip("Tansu (v0.6) deletes a consumer group that still has members without an error")
     transport = transports(client)
-    apply(transport.plan_setup(EVENTS))
+    apply(transport, transport.plan_setup(EVENTS))
     transport.publish("Uploaded", [Record("busy-1", b'{"execution_id": "busy-1"}')])
     consumer = transport.subscribe("busy", ["Uploaded"])
     group = transport.group_id("busy")
@@ -229,7 +228,7 @@ def test_teardown_keeps_a_group_with_members_and_says_so(kafka_broker, transport
         steps = [s for s in transport.plan_teardown(EVENTS) if s.resource == f"consumer-group:{group}"]
         assert len(steps) == 1
         with caplog.at_level(logging.WARNING, logger="xflow.kafka"):
-            steps[0].apply()  # does not raise: the rest of a teardown goes on
+            transport.execute(steps[0])  # does not raise: the rest of a teardown goes on
         assert f"kafka consumer group {group} was not deleted: it still has members" in caplog.text
         assert group in consumer_groups(kafka_broker)
     finally:
@@ -237,7 +236,7 @@ def test_teardown_keeps_a_group_with_members_and_says_so(kafka_broker, transport
     # once the member left, teardown removes the group (and a second teardown has nothing left to do)
     deadline = time.monotonic() + 30
     while group in consumer_groups(kafka_broker) and time.monotonic() < deadline:
-        apply([s for s in transport.plan_teardown(EVENTS) if s.resource.startswith("consumer-group:")])
+        apply(transport, [s for s in transport.plan_teardown(EVENTS) if s.resource.startswith("consumer-group:")])
         time.sleep(0.5)
     assert group not in consumer_groups(kafka_broker)
     assert not [s for s in transport.plan_teardown(EVENTS) if s.resource.startswith("consumer-group:")]

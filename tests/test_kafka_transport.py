@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -9,6 +10,7 @@ import pytest
 
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import Consumer, Delivery, PluginContext, Record, Transport
+from xflow.testing import apply_steps
 
 try:
     from kafka_brokers import free_port, kafka_broker, read_topic  # noqa: F401
@@ -41,8 +43,7 @@ def make(kafka_broker, client, tmp_path):  # noqa: F811
 
     yield build
     if made:
-        for step in made[0].plan_teardown(EVENTS):
-            step.apply()
+        apply_steps(made[0].plan_teardown(EVENTS), made[0])
     for transport in made:
         transport.close()
 
@@ -89,8 +90,7 @@ def test_client_config_passes_producer_and_consumer_settings(make, client):
     from xflow.testing import drain
 
     transport = make(client_config=CLIENT_CONFIG[client])
-    for step in transport.plan_setup(EVENTS):
-        step.apply()
+    apply_steps(transport.plan_setup(EVENTS), transport)
     consumer = transport.subscribe("reader", ["Uploaded"])
     try:
         transport.publish("Uploaded", [Record("e1", b'{"execution_id": "e1"}')])
@@ -113,19 +113,22 @@ def test_setup_creates_topics_with_partitions_and_grows_them(make, kafka_broker)
     transport = make(partitions="2")
     plan = transport.plan_setup(EVENTS)
     assert [(s.action, s.resource) for s in plan] == [("create", f"topic:{transport.stream_name(e)}") for e in EVENTS]
-    for step in plan:
-        step.apply()
+    # data-only steps: the call and its JSON-able parameters, performed by the transport's execute()
+    assert [json.loads(json.dumps(s.describe()))["params"] for s in plan] == [
+        {"topic": transport.stream_name(e), "partitions": 2, "replication_factor": 1} for e in EVENTS]
+    assert {(s.call, s.apply) for s in plan} == {("kafka:CreateTopics", None)}
+    apply_steps(plan, transport)
     assert transport.client.topic_partitions()[transport.stream_name("Uploaded")] == 2
     grown = make(partitions="4")
     plan = grown.plan_setup(EVENTS)
     assert {s.action for s in plan} == {"update"} and len(plan) == 2
+    assert plan[0].call == "kafka:CreatePartitions" and plan[0].params["total"] == 4
     if kafka_broker.kind == "tansu":
         # Tansu (v0.6) has no CreatePartitions: the update is refused in one clear line
         with pytest.raises(XflowError, match="adding partitions"):
-            plan[0].apply()
+            grown.execute(plan[0])
         return
-    for step in plan:
-        step.apply()
+    apply_steps(plan, grown)
     assert grown.plan_setup(EVENTS) == []
     assert grown.client.topic_partitions()[grown.stream_name("Parsed")] == 4
 
@@ -134,27 +137,23 @@ def test_setup_leaves_other_workflows_topics_alone(make, kafka_broker, client, t
     from xflow.transports.kafka import KafkaTransport
 
     transport = make()
-    for step in transport.plan_setup(EVENTS):
-        step.apply()
+    apply_steps(transport.plan_setup(EVENTS), transport)
     # a workflow whose id starts with ours plus '-': its topics must not look like ours
     other = KafkaTransport(PluginContext(f"{transport.workflow_id}-v2",
                                          kafka_broker.transport_options(client=client), tmp_path))
     try:
-        for step in other.plan_setup(["Uploaded"]):
-            step.apply()
+        apply_steps(other.plan_setup(["Uploaded"]), other)
         assert transport.plan_setup(EVENTS) == []
         assert {s.resource for s in transport.plan_teardown(EVENTS)} == {
             f"topic:{transport.stream_name(e)}" for e in EVENTS}
     finally:
-        for step in other.plan_teardown(["Uploaded"]):
-            step.apply()
+        apply_steps(other.plan_teardown(["Uploaded"]), other)
         other.close()
 
 
 def test_dead_letter_keeps_value_key_and_reason(make, kafka_broker):  # noqa: F811
     transport = make()
-    for step in transport.plan_setup(EVENTS):
-        step.apply()
+    apply_steps(transport.plan_setup(EVENTS), transport)
     transport.publish("Uploaded", [Record("exec-9", b"\xff not json")])
     consumer = transport.subscribe("reader", ["Uploaded"])
     try:
@@ -180,8 +179,7 @@ def test_record_over_the_broker_limit_is_a_clear_error(make, kafka_broker):  # n
     if kafka_broker.kind == "tansu":
         pytest.skip("Tansu (v0.6) enforces no record size limit; xflow's own max_record_bytes still applies")
     transport = make(client_config="{}")
-    for step in transport.plan_setup(EVENTS):
-        step.apply()
+    apply_steps(transport.plan_setup(EVENTS), transport)
     transport.max_record_bytes = 4_000_000  # let the record through to the broker
     with pytest.raises(XflowError, match="too large|over the limit"):
         transport.publish("Uploaded", [Record("big", b"x" * 3_000_000)])
@@ -189,8 +187,7 @@ def test_record_over_the_broker_limit_is_a_clear_error(make, kafka_broker):  # n
 
 def test_partitions_move_to_the_survivor_and_uncommitted_records_come_again(make, kafka_broker, client):  # noqa: F811
     transport = make(partitions="4")
-    for step in transport.plan_setup(EVENTS):
-        step.apply()
+    apply_steps(transport.plan_setup(EVENTS), transport)
     records = [Record(f"exec-{i}", f'{{"i": {i}}}'.encode()) for i in range(40)]
     transport.publish("Uploaded", records)
     first = transport.subscribe("reader", ["Uploaded"])
@@ -220,8 +217,7 @@ def test_partitions_move_to_the_survivor_and_uncommitted_records_come_again(make
 
 def test_order_per_execution_over_several_partitions(make):
     transport = make(partitions="4")
-    for step in transport.plan_setup(EVENTS):
-        step.apply()
+    apply_steps(transport.plan_setup(EVENTS), transport)
     keys = [f"exec-{k}" for k in range(8)]
     sent = {k: [f'{{"k": "{k}", "i": {i}}}'.encode() for i in range(10)] for k in keys}
     for i in range(10):
@@ -242,8 +238,7 @@ def test_broker_restart_is_survived(make, kafka_broker):  # noqa: F811
     if not kafka_broker.can_restart:
         pytest.skip(f"the {kafka_broker.kind} broker cannot be restarted keeping its data")
     transport = make()
-    for step in transport.plan_setup(EVENTS):
-        step.apply()
+    apply_steps(transport.plan_setup(EVENTS), transport)
     transport.publish("Uploaded", [Record("before", b'{"n": 1}')])
     consumer = transport.subscribe("survivor", ["Uploaded"])
     try:

@@ -33,19 +33,15 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Sequence
+from typing import ClassVar, TypeVar
 
+from xflow.core.deploy import dispatch
 from xflow.core.errors import BackendUnavailable, XflowError
-from xflow.core.hookspecs import hookimpl
 from xflow.core.interfaces import Consumer, Delivery, PluginContext, Record, Step, Transport
-from xflow.transports.kafka_clients import (
-    CLIENTS,
-    ClientSettings,
-    KafkaClientError,
-    Outgoing,
-    group_offsets,
-)
+from xflow.transports.kafka.clients import CLIENTS, make_client
+from xflow.transports.kafka.clients.base import ClientSettings, KafkaClient, KafkaClientError, Outgoing
+from xflow.transports.kafka.consumer import KafkaConsumer
 
 log = logging.getLogger("xflow.kafka")
 
@@ -59,79 +55,7 @@ _SECURITY_KEYS = (
 )
 _HINT_UNREACHABLE = "check bootstrap_servers (--option bootstrap_servers=HOST:PORT or XFLOW_KAFKA_BOOTSTRAP_SERVERS)"
 _HINT_TRANSIENT = "the brokers are busy or restarting; workers wait and go on, a command can be run again"
-#: how long a consumer may go without polling before keep_alive polls (well under the default max.poll.interval.ms)
-KEEP_ALIVE_AFTER = 30.0
-
-
-class KafkaConsumer(Consumer):
-    """One member of the consumer group ``xflow.<workflow>.<function>``."""
-
-    def __init__(self, transport: KafkaTransport, group_id: str, topics: dict[str, str]) -> None:
-        self.transport = transport
-        self.group_id = group_id
-        self.topics = topics  # topic -> event
-        self.event_topics = {event: topic for topic, event in topics.items()}
-        self._member = transport._guard(
-            "joining the consumer group",
-            lambda: transport.client.consumer(group_id, list(topics), transport._offset_reset(group_id)),
-        )
-        self._held: list[Delivery] = []  # read by keep_alive, handed out by the next poll
-        self._last_poll = time.monotonic()
-
-    def poll(self, max_records: int, timeout: float) -> list[Delivery]:
-        if self._held:
-            taken, self._held = self._held[:max(1, max_records)], self._held[max(1, max_records):]
-            return taken
-        return self._fetch(max_records, timeout)
-
-    def keep_alive(self) -> None:
-        """While the worker's handlers keep it from polling, poll for one record every ``KEEP_ALIVE_AFTER`` seconds
-        (held for the next poll), so that the group does not count this member as stuck (``max.poll.interval.ms``)
-        and move its partitions away. Heartbeats themselves are sent by the client's own thread."""
-        if time.monotonic() - self._last_poll >= KEEP_ALIVE_AFTER:
-            self._held.extend(self._fetch(1, 0.0))
-
-    def _fetch(self, max_records: int, timeout: float) -> list[Delivery]:
-        self._last_poll = time.monotonic()
-        try:
-            messages = self._member.poll(max(1, max_records), max(0.0, timeout))
-        except KafkaClientError as exc:
-            if exc.rebalanced:
-                log.info("kafka poll of %s: %s (the group rebalances; polling again)", self.group_id, exc)
-                return []
-            raise self.transport._as_error(f"polling for consumer group {self.group_id}", exc) from exc
-        return [
-            Delivery(
-                event=self.topics.get(m.topic, m.topic),
-                partition=str(m.partition),
-                position=str(m.offset),
-                key=m.key.decode("utf-8", "replace") if m.key is not None else None,
-                value=m.value,
-                timestamp=m.timestamp,
-            )
-            for m in messages
-        ]
-
-    def commit(self, deliveries: Sequence[Delivery]) -> None:
-        """Commit up to these deliveries. A broker away is :class:`BackendUnavailable` (a worker waits and commits
-        again); a rebalance or a refusal only costs a re-delivery, which the engine drops as already handled."""
-        if not deliveries:
-            return
-        topic_of = self.event_topics
-        offsets = group_offsets((topic_of[d.event], int(d.partition), int(d.position)) for d in deliveries)
-        try:
-            self._member.commit(offsets)
-        except KafkaClientError as exc:
-            if exc.passing:
-                raise self.transport._as_error(f"committing offsets of consumer group {self.group_id}", exc) from exc
-            if exc.rebalanced:
-                # the partitions moved to another member, which will read these records again
-                log.warning("kafka commit of %s lost to a rebalance: %s", self.group_id, exc)
-            else:
-                log.warning("kafka commit of %s failed: %s (the records will be delivered again)", self.group_id, exc)
-
-    def close(self) -> None:
-        self._member.close()
+T = TypeVar("T")
 
 
 class KafkaTransport(Transport):
@@ -180,7 +104,8 @@ class KafkaTransport(Transport):
             security={k: str(context.option(k)) for k in _SECURITY_KEYS if context.option(k) is not None},
             extra=extra,
         )
-        self.client = CLIENTS[client_name](settings)
+        self.client: KafkaClient = make_client(client_name, settings)
+        self._stream_names: dict[str, str] = {}
         self._known_topics: set[str] = set()
         self._producing = threading.Lock()  # publishes from many threads take turns on the one producer
 
@@ -205,7 +130,7 @@ class KafkaTransport(Transport):
                                       _HINT_TRANSIENT)
         return XflowError(f"kafka transport: {exc}")
 
-    def _guard(self, doing: str, call: Any) -> Any:
+    def _guard(self, doing: str, call: Callable[[], T]) -> T:
         """Run a client call; client failures become one-line XflowErrors."""
         try:
             return call()
@@ -214,10 +139,14 @@ class KafkaTransport(Transport):
 
     # -- names ----------------------------------------------------------------------------
     def stream_name(self, event: str) -> str:
+        topic = self._stream_names.get(event)
+        if topic is not None:
+            return topic
         topic = f"{self.prefix}{self.workflow_id}-{event}"
         if not _TOPIC_NAME.match(topic):
             raise XflowError(f"kafka transport: {topic!r} is not a valid Kafka topic name",
                              "use letters, digits, '.', '_' and '-' in workflow ids, events and topic_prefix")
+        self._stream_names[event] = topic
         return topic
 
     def group_id(self, group: str) -> str:
@@ -258,67 +187,69 @@ class KafkaTransport(Transport):
             topic = self.stream_name(event)
             count = existing.get(topic)
             if count is None:
-                steps.append(Step("create", f"topic:{topic}", self._creator(topic),
-                                  f"{self.partitions} partitions, replication factor {self.replication_factor}"))
+                steps.append(Step("create", f"topic:{topic}", detail=f"{self.partitions} partitions, replication "
+                                  f"factor {self.replication_factor}", call="kafka:CreateTopics",
+                                  params={"topic": topic, "partitions": self.partitions,
+                                          "replication_factor": self.replication_factor}))
             elif count < self.partitions:
-                steps.append(Step("update", f"topic:{topic}", self._grower(topic),
-                                  f"partitions {count} -> {self.partitions}"))
+                steps.append(Step("update", f"topic:{topic}", detail=f"partitions {count} -> {self.partitions}",
+                                  call="kafka:CreatePartitions", params={"topic": topic, "total": self.partitions}))
         dlq_of_wanted = {t + DLQ_SUFFIX for t in wanted}
         for topic in self._owned(existing):
             if topic not in wanted and topic not in dlq_of_wanted:
-                steps.append(Step("delete", f"topic:{topic}", self._deleter([topic]), "no longer in the workflow"))
+                steps.append(self._topic_deletion(topic, "no longer in the workflow"))
         return steps
 
     def plan_teardown(self, events: Sequence[str]) -> list[Step]:
         existing = self._topics()
-        steps = [Step("delete", f"topic:{topic}", self._deleter([topic])) for topic in self._owned(existing)]
-        steps += [Step("delete", f"consumer-group:{group}", self._group_deleter(group))
+        steps = [self._topic_deletion(topic) for topic in self._owned(existing)]
+        steps += [Step("delete", f"consumer-group:{group}", call="kafka:DeleteGroups", params={"group": group})
                   for group in self._owned_groups()]
         return steps
 
-    def _creator(self, topic: str, partitions: int | None = None) -> Any:
-        def apply() -> None:
-            self._create(topic, partitions or self.partitions)
-        return apply
+    def _topic_deletion(self, topic: str, detail: str = "") -> Step:
+        return Step("delete", f"topic:{topic}", detail=detail, call="kafka:DeleteTopics", params={"topics": [topic]})
 
-    def _create(self, topic: str, partitions: int) -> None:
+    def execute(self, step: Step) -> None:
+        dispatch(step, {
+            "kafka:CreateTopics": self._create,
+            "kafka:CreatePartitions": self._add_partitions,
+            "kafka:DeleteTopics": self._delete_topics,
+            "kafka:DeleteGroups": self._delete_group,
+        })
+
+    def _create(self, topic: str, partitions: int, replication_factor: int) -> None:
         try:
-            self.client.create_topic(topic, partitions, self.replication_factor)
+            self.client.create_topic(topic, partitions, replication_factor)
         except KafkaClientError as exc:
             if not exc.exists:
                 raise self._as_error(f"creating topic {topic}", exc) from exc
         self._wait_for(topic, present=True)
 
-    def _grower(self, topic: str) -> Any:
-        def apply() -> None:
-            self._guard(f"adding partitions to {topic}", lambda: self.client.add_partitions(topic, self.partitions))
-            deadline = time.monotonic() + 15
-            while self._topics().get(topic, 0) < self.partitions and time.monotonic() < deadline:
-                time.sleep(0.2)
-        return apply
+    def _add_partitions(self, topic: str, total: int) -> None:
+        self._guard(f"adding partitions to {topic}", lambda: self.client.add_partitions(topic, total))
+        deadline = time.monotonic() + 15
+        while self._topics().get(topic, 0) < total and time.monotonic() < deadline:
+            time.sleep(0.2)
 
-    def _deleter(self, topics: list[str]) -> Any:
-        def apply() -> None:
-            try:
-                self.client.delete_topics(topics)
-            except KafkaClientError as exc:
-                if not exc.missing:
-                    raise self._as_error("deleting topics", exc) from exc
-            for topic in topics:
-                self._wait_for(topic, present=False)
-        return apply
+    def _delete_topics(self, topics: list[str]) -> None:
+        try:
+            self.client.delete_topics(topics)
+        except KafkaClientError as exc:
+            if not exc.missing:
+                raise self._as_error("deleting topics", exc) from exc
+        for topic in topics:
+            self._wait_for(topic, present=False)
 
-    def _group_deleter(self, group: str) -> Any:
-        def apply() -> None:
-            [result] = self._guard(f"deleting consumer group {group}", lambda: self.client.delete_groups([group]))
-            if result.deleted or result.problem == "missing":
-                return
-            if result.problem == "not_empty":
-                log.warning("kafka consumer group %s was not deleted: it still has members (stop the workflow's "
-                            "workers, then run teardown again)", group)
-            else:
-                log.warning("kafka consumer group %s was not deleted: %s", group, result.problem)
-        return apply
+    def _delete_group(self, group: str) -> None:
+        [result] = self._guard(f"deleting consumer group {group}", lambda: self.client.delete_groups([group]))
+        if result.deleted or result.problem == "missing":
+            return
+        if result.problem == "not_empty":
+            log.warning("kafka consumer group %s was not deleted: it still has members (stop the workflow's "
+                        "workers, then run teardown again)", group)
+        else:
+            log.warning("kafka consumer group %s was not deleted: %s", group, result.problem)
 
     def _wait_for(self, topic: str, present: bool, timeout: float = 15.0) -> None:
         """Topic creation and deletion are asynchronous on the broker: wait until metadata agrees."""
@@ -392,7 +323,7 @@ class KafkaTransport(Transport):
     def dead_letter(self, group: str, delivery: Delivery, reason: str) -> None:
         topic = self.stream_name(delivery.event) + DLQ_SUFFIX
         if topic not in self._known_topics and topic not in self._topics():
-            self._create(topic, self.partitions)
+            self._create(topic, self.partitions, self.replication_factor)
         headers = (
             ("xflow-reason", reason.encode("utf-8", "replace")[:16000]),
             ("xflow-group", self.group_id(group).encode("utf-8")),
@@ -407,7 +338,3 @@ class KafkaTransport(Transport):
     def close(self) -> None:
         self.client.close()
 
-
-@hookimpl
-def xflow_transports() -> list[type[Transport]]:
-    return [KafkaTransport]
