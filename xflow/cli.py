@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from xflow.cli_serve import executions_command, serve_command
 from xflow.emulate import emulate_command
 from xflow.scaffold import new_plugin_command
 
@@ -226,7 +227,6 @@ def _not_json(constant: str) -> Any:
 
 def _json_object(text: str, what: str) -> dict[str, Any]:
     """DATA given as text or @FILE: a strict JSON object (no NaN/Infinity), at most MAX_DATA_BYTES, UTF-8."""
-    from xflow.core.engine import MAX_DATA_DEPTH, check_event_data
     from xflow.core.errors import XflowError
 
     example = """write a JSON object, e.g. '{"path": "in.txt"}' or @data.json"""
@@ -244,6 +244,16 @@ def _json_object(text: str, what: str) -> dict[str, Any]:
             raw = text.encode("utf-8")
         except UnicodeEncodeError:
             raise XflowError(f"{what} is not valid UTF-8 text", example) from None
+    return json_object(raw, source, what, example)
+
+
+def json_object(raw: bytes, source: str, what: str,
+                example: str = """write a JSON object, e.g. '{"path": "in.txt"}'""") -> dict[str, Any]:
+    """``raw`` as publish takes DATA (also the body of xflow serve's publish routes): a strict JSON object (no
+    NaN/Infinity), at most MAX_DATA_BYTES, UTF-8; else an XflowError naming ``source`` (or ``what``)."""
+    from xflow.core.engine import MAX_DATA_DEPTH, check_event_data
+    from xflow.core.errors import XflowError
+
     if len(raw) > MAX_DATA_BYTES:
         raise XflowError(f"{source} is larger than {MAX_DATA_BYTES // (1024 * 1024)} MiB",
                          "publish a reference (a path or URL) to the data instead")
@@ -404,14 +414,21 @@ def redrive(ctx: click.Context, file: Path, execution_id: str, functions: tuple[
     Only the failed functions run them again: the others already know the events' ids.
     """
     engine = _engine(ctx, str(file), transport=transport, provider=provider, tracker=tracker, options=options)
-    redriven = engine.redrive(execution_id, list(functions) or None)
+    result = redrive_result(engine, execution_id, functions)
+    redriven = result["redriven"]
     if output == "json":
-        _print_json({"workflow_id": engine.workflow.id, "execution_id": execution_id, "redriven": redriven})
+        _print_json(result)
     elif not redriven:
         click.echo(f"execution {execution_id}: nothing failed for good, nothing to re-drive")
     else:
         for item in redriven:
             click.echo(f"re-driven {item['event']} ({item['event_id']}) for {item['function']}")
+
+
+def redrive_result(engine: Engine, execution_id: str, functions: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+    """Re-drive and say what was re-driven: the object of ``xflow redrive -o json`` (and of xflow serve's route)."""
+    redriven = engine.redrive(execution_id, list(functions) or None)
+    return {"workflow_id": engine.workflow.id, "execution_id": execution_id, "redriven": redriven}
 
 
 STATE_STYLE = {"processed": "green", "succeeded": "green", "failed": "bold red", "pending": "yellow",
@@ -486,6 +503,11 @@ def graph(file: Path, fmt: str) -> None:
 
     workflow = load_workflow(file)
     click.echo(to_mermaid(workflow) if fmt == "mermaid" else to_dot(workflow))
+
+
+for _command in (serve_command, executions_command):
+    _plugin_options(_command)  # the shared backend flags, added to the command object (click allows it)
+    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> None:

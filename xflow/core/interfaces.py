@@ -309,6 +309,45 @@ class ExecutionHistory:
     warnings: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class ExecutionInfo:
+    """One execution as :meth:`TrackerStore.list_executions` lists it: its id and the time of its first record."""
+
+    execution_id: str
+    started_at: float
+
+
+@dataclass(frozen=True)
+class ExecutionPage:
+    """A page of :meth:`TrackerStore.list_executions`: most recently started first, and the cursor of the next page
+    (None when there is no more)."""
+
+    executions: list[ExecutionInfo]
+    next_cursor: str | None = None
+
+
+def encode_cursor(position: Any) -> str:
+    """An opaque, URL-safe cursor holding ``position`` (any JSON value), for :class:`ExecutionPage`."""
+    import base64
+    import json
+
+    return base64.urlsafe_b64encode(json.dumps(position, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> Any:
+    """The position an :func:`encode_cursor` cursor holds; an XflowError for text that is not such a cursor."""
+    import base64
+    import binascii
+    import json
+
+    try:
+        return json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, binascii.Error, TypeError):
+        shown = cursor if len(cursor) <= 40 else cursor[:40] + "..."
+        raise XflowError(f"cursor {shown!r} is not one this tracker gave",
+                         "pass the next_cursor of the previous page, or no cursor for the newest") from None
+
+
 class TrackerStore(Plugin):
     """Records published events and delivery outcomes per execution, and reads them back."""
 
@@ -345,6 +384,31 @@ class TrackerStore(Plugin):
         """Up to ``limit`` execution ids this store knows, most recent first (``track`` suggests them for an
         unknown id). Optional: the default lists none."""
         return []
+
+    def list_executions(self, limit: int, cursor: str | None = None, status: str | None = None) -> ExecutionPage:
+        """Up to ``limit`` executions this store knows, most recently started first, from ``cursor`` on (the
+        ``next_cursor`` of the previous page, made by this store; None: from the newest). ``xflow executions`` and
+        ``xflow serve`` list executions with it. A cursor the store did not make is an XflowError.
+
+        ``status`` (``failed``, ``running`` or ``succeeded``, as ``xflow track`` computes it) is a hint: a store may
+        leave out executions that cannot have it (a failed execution has a ``failed`` delivery record), or ignore it;
+        callers compute each listed execution's status from its history. The default pages through
+        :meth:`recent_executions` (its cursor is an offset) and reads each listed execution's history for its start;
+        a store overrides it with an indexed query.
+        """
+        offset = decode_cursor(cursor) if cursor else 0
+        if not isinstance(offset, int) or offset < 0:
+            raise XflowError(f"cursor {cursor!r} is not one this tracker gave",
+                             "pass the next_cursor of the previous page, or no cursor for the newest")
+        limit = max(0, int(limit))
+        known = list(self.recent_executions(offset + limit + 1))
+        listed = []
+        for execution_id in known[offset:offset + limit]:
+            history = self.history(execution_id)
+            times = [e.published_at for e in history.events] + [d.started_at for d in history.deliveries]
+            listed.append(ExecutionInfo(execution_id, min(times, default=0.0)))
+        more = len(known) > offset + limit
+        return ExecutionPage(listed, encode_cursor(offset + limit) if more else None)
 
     def has_succeeded(self, execution_id: str, event_id: str, function: str) -> bool:
         """Whether ``function`` already handled ``event_id`` of ``execution_id`` successfully (used to drop duplicates).

@@ -31,7 +31,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from xflow.core.errors import XflowError
 from xflow.core.hookspecs import hookimpl
-from xflow.core.interfaces import DeliveryRecord, EventRecord, ExecutionHistory, PluginContext, Step, TrackerStore
+from xflow.core.interfaces import (
+    DeliveryRecord,
+    EventRecord,
+    ExecutionHistory,
+    ExecutionInfo,
+    ExecutionPage,
+    PluginContext,
+    Step,
+    TrackerStore,
+    decode_cursor,
+    encode_cursor,
+)
 from xflow.core.runtime import iso_time
 from xflow.core.sqlite_files import SqliteFile
 
@@ -42,6 +53,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS events(event_id TEXT PRIMARY KEY, execution_id TEXT NOT NULL, event TEXT NOT NULL,
     published_at REAL NOT NULL, producer TEXT, data TEXT);
 CREATE INDEX IF NOT EXISTS events_by_execution ON events(execution_id, published_at);
+CREATE INDEX IF NOT EXISTS events_by_time ON events(published_at, execution_id);
 CREATE TABLE IF NOT EXISTS deliveries(id INTEGER PRIMARY KEY AUTOINCREMENT, execution_id TEXT NOT NULL,
     event_id TEXT NOT NULL, event TEXT NOT NULL, function TEXT NOT NULL, attempt INTEGER NOT NULL,
     status TEXT NOT NULL, started_at REAL NOT NULL, duration REAL, error TEXT, logs TEXT);
@@ -62,6 +74,7 @@ class SqliteTrackerStore(TrackerStore):
         self.file = SqliteFile(self.path, "tracker database")
         self._connection: sqlite3.Connection | None = None
         self._connecting = threading.Lock()  # threads opening the shared connection at once open one
+        self._time_index = False  # events_by_time made sure of (files made before it existed lack it)
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -208,6 +221,40 @@ class SqliteTrackerStore(TrackerStore):
             rows = db.execute("SELECT execution_id FROM events GROUP BY execution_id ORDER BY MAX(published_at) DESC "
                               "LIMIT ?", (max(0, int(limit)),)).fetchall()
         return [row[0] for row in rows]
+
+    def list_executions(self, limit: int, cursor: str | None = None, status: str | None = None) -> ExecutionPage:
+        """Walks the ``events_by_time`` index newest first and keeps each execution's first event (one probe of
+        ``events_by_execution`` each); with ``status='failed'``, only executions that have a failed delivery."""
+        self._ensure_time_index()
+        where, params = [], []
+        if cursor:
+            position = decode_cursor(cursor)
+            if not (isinstance(position, list) and len(position) == 2 and isinstance(position[0], int | float)
+                    and isinstance(position[1], str)):
+                raise XflowError(f"cursor {cursor!r} is not one this tracker gave",
+                                 "pass the next_cursor of the previous page, or no cursor for the newest")
+            where.append("(e.published_at < ? OR (e.published_at = ? AND e.execution_id < ?))")
+            params += [position[0], position[0], position[1]]
+        if status == "failed":
+            where.append("EXISTS (SELECT 1 FROM deliveries AS d WHERE d.execution_id = e.execution_id "
+                         "AND d.status = 'failed')")
+        where.append("NOT EXISTS (SELECT 1 FROM events AS p WHERE p.execution_id = e.execution_id AND "
+                     "(p.published_at < e.published_at OR (p.published_at = e.published_at AND p.rowid < e.rowid)))")
+        limit = max(0, int(limit))
+        with self._using() as db:
+            rows = db.execute(f"SELECT e.execution_id, e.published_at FROM events AS e WHERE {' AND '.join(where)} "
+                              "ORDER BY e.published_at DESC, e.execution_id DESC LIMIT ?", (*params, limit + 1)).fetchall()
+        listed = [ExecutionInfo(execution_id, started_at) for execution_id, started_at in rows[:limit]]
+        more = len(rows) > limit and listed
+        return ExecutionPage(listed, encode_cursor([listed[-1].started_at, listed[-1].execution_id]) if more else None)
+
+    def _ensure_time_index(self) -> None:
+        """Add ``events_by_time`` to a file made before it existed (once; a read-only file is listed without it)."""
+        if self._time_index:
+            return
+        with suppress(XflowError), self._using() as db:
+            db.execute("CREATE INDEX IF NOT EXISTS events_by_time ON events(published_at, execution_id)")
+            self._time_index = True
 
 
 INSERT_EVENT = ("INSERT OR IGNORE INTO events(event_id, execution_id, event, published_at, producer, data) "
