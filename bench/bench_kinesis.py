@@ -68,7 +68,7 @@ def main() -> None:
         workflow_id = f"bench{uuid.uuid4().hex[:6]}"
         transport = KinesisTransport(PluginContext(workflow_id, {"shards": args.shards}, Path(folder.name)))
         for step in transport.plan_setup(["Bench", "Raw"]):
-            step.apply()
+            transport.execute(step)
         client = boto3.client("kinesis")
         records = payloads(args.events, args.size)
         results = {"xflow": [], "raw": []}
@@ -95,7 +95,7 @@ def main() -> None:
         }
         print(json.dumps(report, indent=2))
         for step in transport.plan_teardown(["Bench", "Raw"]):
-            step.apply()
+            transport.execute(step)
     finally:
         if proc is not None:
             stop_moto(proc)

@@ -11,6 +11,7 @@ import pytest
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import PluginContext, Record
 from xflow.core.runtime import decode_event, encode_event
+from xflow.testing import apply_steps
 
 try:
     from aws_server import aws_endpoint  # noqa: F401
@@ -27,9 +28,9 @@ def make_transport(tmp_path: Path, workflow_id: str | None = None, **options):
     return KinesisTransport(PluginContext(wid, options, tmp_path))
 
 
-def apply(steps):
-    for step in steps:
-        step.apply()
+def apply(plugin, steps):
+    """Run a plan as the engine does (through the executor and ``plugin.execute``); the changes it made."""
+    apply_steps(steps, plugin)
     return [step.as_change() for step in steps]
 
 
@@ -38,7 +39,7 @@ def test_setup_is_idempotent_and_removes_dropped_streams(aws_endpoint, tmp_path)
 
     transport = make_transport(tmp_path, shards=2)
     wid = transport.workflow_id
-    changes = apply(transport.plan_setup(["A", "B"]))
+    changes = apply(transport, transport.plan_setup(["A", "B"]))
     assert changes == [{"action": "create", "resource": f"stream:{wid}-A"},
                        {"action": "create", "resource": f"stream:{wid}-B"}]
     client = boto3.client("kinesis")
@@ -47,13 +48,13 @@ def test_setup_is_idempotent_and_removes_dropped_streams(aws_endpoint, tmp_path)
     assert transport.plan_setup(["A", "B"]) == []
     # a foreign stream sharing the prefix but not the tag is left alone
     client.create_stream(StreamName=f"{wid}-foreign", ShardCount=1)
-    changes = apply(transport.plan_setup(["A"]))
+    changes = apply(transport, transport.plan_setup(["A"]))
     assert changes == [{"action": "delete", "resource": f"stream:{wid}-B"}]
     names = client.list_streams()["StreamNames"]
     assert f"{wid}-B" not in names and f"{wid}-foreign" in names
     resharded = make_transport(tmp_path, wid, shards=3)
-    assert apply(resharded.plan_setup(["A"])) == [{"action": "update", "resource": f"stream:{wid}-A"}]
-    assert apply(resharded.plan_teardown(["A"])) == [{"action": "delete", "resource": f"stream:{wid}-A"}]
+    assert apply(resharded, resharded.plan_setup(["A"])) == [{"action": "update", "resource": f"stream:{wid}-A"}]
+    assert apply(resharded, resharded.plan_teardown(["A"])) == [{"action": "delete", "resource": f"stream:{wid}-A"}]
     assert resharded.plan_teardown(["A"]) == []
 
 
@@ -64,7 +65,7 @@ def _event(i: int, execution_id: str, size: int = 10) -> Record:
 
 def test_publish_batches_and_consumer_group_reads_each_record_once(aws_endpoint, tmp_path):  # noqa: F811
     transport = make_transport(tmp_path, shards=2)
-    apply(transport.plan_setup(["A"]))
+    apply(transport, transport.plan_setup(["A"]))
     records = [_event(i, f"exec-{i % 601}") for i in range(1203)]  # two or three records per execution
     transport.publish("A", records)
     assert transport.put_calls == 3  # 500 + 500 + 203, at most one record of an execution in a call
@@ -95,12 +96,12 @@ def test_publish_batches_and_consumer_group_reads_each_record_once(aws_endpoint,
         total += len(batch)
     assert total == 1204
     other.close()
-    apply(transport.plan_teardown(["A"]))
+    apply(transport, transport.plan_teardown(["A"]))
 
 
 def test_uncommitted_deliveries_come_back_to_the_group(aws_endpoint, tmp_path):  # noqa: F811
     transport = make_transport(tmp_path)
-    apply(transport.plan_setup(["A"]))
+    apply(transport, transport.plan_setup(["A"]))
     transport.publish("A", [_event(i, "e1") for i in range(10)])
     first = transport.subscribe("fn", ["A"])
     batch = first.poll(4, 2.0)
@@ -114,17 +115,17 @@ def test_uncommitted_deliveries_come_back_to_the_group(aws_endpoint, tmp_path): 
     rest = second.poll(100, 3.0)
     assert [decode_event(d.value, "x").data["i"] for d in rest] == list(range(2, 10))
     second.close()
-    apply(transport.plan_teardown(["A"]))
+    apply(transport, transport.plan_teardown(["A"]))
 
 
 def test_publish_errors_are_clear(aws_endpoint, tmp_path):  # noqa: F811
     transport = make_transport(tmp_path)
     with pytest.raises(XflowError, match="stream .*-Missing does not exist"):
         transport.publish("Missing", [_event(1, "e")])
-    apply(transport.plan_setup(["A"]))
+    apply(transport, transport.plan_setup(["A"]))
     with pytest.raises(XflowError, match="event A: a record of .* bytes is over the Kinesis limit"):
         transport.publish("A", [_event(1, "e", size=1024 * 1024)])
-    apply(transport.plan_teardown(["A"]))
+    apply(transport, transport.plan_teardown(["A"]))
 
 
 def test_unreachable_endpoint_is_an_xflow_error_in_seconds(tmp_path, monkeypatch):
@@ -143,7 +144,7 @@ def test_unreachable_endpoint_is_an_xflow_error_in_seconds(tmp_path, monkeypatch
 
 def test_two_members_of_a_group_share_the_shards(aws_endpoint, tmp_path):  # noqa: F811
     transport = make_transport(tmp_path, shards=2, lease_seconds=3)
-    apply(transport.plan_setup(["A"]))
+    apply(transport, transport.plan_setup(["A"]))
     transport.publish("A", [_event(i, f"exec-{i}") for i in range(200)])
     first = transport.subscribe("fn", ["A"])
     seen: list[int] = []
@@ -166,7 +167,7 @@ def test_two_members_of_a_group_share_the_shards(aws_endpoint, tmp_path):  # noq
     assert sorted(seen) == list(range(200))  # nothing lost, nothing twice
     first.close()
     second.close()
-    apply(transport.plan_teardown(["A"]))
+    apply(transport, transport.plan_teardown(["A"]))
 
 
 WORKER_STEPS = '''

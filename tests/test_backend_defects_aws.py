@@ -23,6 +23,7 @@ import pytest
 
 from xflow.core.interfaces import Delivery, PluginContext, Record
 from xflow.core.runtime import encode_event
+from xflow.testing import apply_steps
 
 try:
     from aws_server import aws_endpoint  # noqa: F401
@@ -52,15 +53,13 @@ def kinesis(aws_endpoint, tmp_path):  # noqa: F811
     def make(events: list[str], **options: Any):
         transport = kinesis_transport(tmp_path, made[0].workflow_id if made else None, **options)
         if not made:
-            for step in transport.plan_setup(events):
-                step.apply()
+            apply_steps(transport.plan_setup(events), transport)
         made.append(transport)
         return transport
 
     yield make
     if made:
-        for step in made[0].plan_teardown(["A"]):
-            step.apply()
+        apply_steps(made[0].plan_teardown(["A"]), made[0])
 
 
 def count_calls(client: Any, operation: str) -> list[float]:

@@ -37,6 +37,7 @@ from xflow_cli_testing import CLI
 from xflow.core.errors import BackendUnavailable, XflowError
 from xflow.core.interfaces import PluginContext, Record
 from xflow.core.runtime import encode_event
+from xflow.testing import apply_steps
 
 try:
     from aws_server import aws_endpoint  # noqa: F401
@@ -70,9 +71,8 @@ def _kinesis(tmp_path: Path, **options: Any) -> Any:
     return KinesisTransport(PluginContext(f"ft{uuid.uuid4().hex[:8]}", options, tmp_path))
 
 
-def _apply(steps: list[Any]) -> None:
-    for step in steps:
-        step.apply()
+def _apply(plugin: Any, steps: list[Any]) -> None:
+    apply_steps(steps, plugin)
 
 
 # ---------------------------------------------------------------------------------------------- classification
@@ -81,7 +81,7 @@ def _apply(steps: list[Any]) -> None:
 def test_transient_failures_are_backend_unavailable_and_mistakes_are_not(proxy, tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
     transport = _kinesis(tmp_path)
-    _apply(transport.plan_setup(["A"]))
+    _apply(transport, transport.plan_setup(["A"]))
     name = transport.stream_name("A")
     try:
         # a missing stream is the user's problem: exit 2, not waited for
@@ -107,7 +107,7 @@ def test_transient_failures_are_backend_unavailable_and_mistakes_are_not(proxy, 
         assert "cannot be reached" not in drop.value.message
         proxy.clear()
     finally:
-        _apply(transport.plan_teardown(["A"]))
+        _apply(transport, transport.plan_teardown(["A"]))
 
 
 def test_an_endpoint_that_is_not_there_fails_a_command_within_seconds(tmp_path, monkeypatch):
@@ -156,7 +156,7 @@ def _stream_order(stream: str) -> dict[str, list[int]]:
 def test_partly_failed_putrecords_keep_each_execution_in_order(proxy, tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
     transport = _kinesis(tmp_path, shards=2)
-    _apply(transport.plan_setup(["A"]))
+    _apply(transport, transport.plan_setup(["A"]))
     try:
         rule = proxy.add(Rule(("partial",), operations=("PutRecords",), count=3))  # the first three calls
         transport.publish("A", _records(20, 3))  # 20 executions, 3 events each, in one publish
@@ -169,7 +169,7 @@ def test_partly_failed_putrecords_keep_each_execution_in_order(proxy, tmp_path, 
         assert order == {f"exec-{e}": [0, 1, 2] for e in range(20)}
         assert transport.put_calls >= 3  # an execution's three events go in three calls
     finally:
-        _apply(transport.plan_teardown(["A"]))
+        _apply(transport, transport.plan_teardown(["A"]))
 
 
 # ---------------------------------------------------------------------------------------------- workers and CLI

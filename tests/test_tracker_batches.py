@@ -341,9 +341,9 @@ def cloudwatch(aws_endpoint: str, tmp_path: Path) -> Iterator[Callable[[], Any]]
         made.append(tracker)
         return tracker
 
-    apply_steps(make().plan_setup(workflow))
+    apply_steps(make().plan_setup(workflow), made[0])
     yield make
-    apply_steps(made[0].plan_teardown(workflow))
+    apply_steps(made[0].plan_teardown(workflow), made[0])
 
 
 def _calls(tracker: Any) -> list[tuple[str, dict[str, Any]]]:
@@ -378,7 +378,7 @@ def test_cloudwatch_writes_one_call_per_execution(cloudwatch: Callable[[], Any])
 
 @pytest.mark.aws
 def test_cloudwatch_splits_at_the_put_limits(cloudwatch: Callable[[], Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    from xflow.trackers import cloudwatch as module
+    from xflow.trackers.cloudwatch import lines as module
 
     monkeypatch.setattr(module, "PUT_MAX_EVENTS", 40)
     tracker = cloudwatch()

@@ -20,17 +20,17 @@ import logging
 import time
 from collections import deque
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from tenacity import RetryCallState
 
 from xflow.aws import TAG_KEY, AwsSession, ServiceBusy, is_client_error, retrying, translate_errors
+from xflow.core.deploy import dispatch
 from xflow.core.errors import BackendUnavailable, XflowError
 from xflow.core.interfaces import Consumer, Delivery, PluginContext, Record, Step, Transport
 from xflow.transports.kinesis.consumer import KinesisConsumer
-from xflow.transports.kinesis.leases import LeaseTable
+from xflow.transports.kinesis.leases import LeaseTable, table_definition
 
 log = logging.getLogger("xflow.kinesis")
 
@@ -111,59 +111,91 @@ class KinesisTransport(Transport):
         return int(summary.get("OpenShardCount", 0))
 
     def plan_setup(self, events: Sequence[str]) -> list[Step]:
+        """Create missing streams, reshard those with another shard count, delete this workflow's streams the file
+        no longer names (only reads; :meth:`execute` makes the changes)."""
         existing = self._existing_streams()
         steps: list[Step] = []
         wanted = {self.stream_name(e) for e in events}
         for event in events:
             name = self.stream_name(event)
             if name not in existing:
-                steps.append(Step("create", f"stream:{name}", partial(self._create_stream, name),
-                                  f"{self.shards} shard(s)"))
+                steps.append(Step("create", f"stream:{name}", detail=f"{self.shards} shard(s)",
+                                  call="kinesis:CreateStream", params=self._stream_definition(name)))
             else:
                 current = self._open_shards(name)
                 if current != self.shards:
-                    steps.append(Step("update", f"stream:{name}", partial(self._reshard, name),
-                                      f"{current} -> {self.shards} shards"))
+                    steps.append(Step("update", f"stream:{name}", detail=f"{current} -> {self.shards} shards",
+                                      call="kinesis:UpdateShardCount",
+                                      params={"StreamName": name, "TargetShardCount": self.shards,
+                                              "ScalingType": "UNIFORM_SCALING"}))
         for name in sorted(set(existing) - wanted):
             if self._is_ours(name):
-                steps.append(Step("delete", f"stream:{name}", partial(self._delete_stream, name)))
+                steps.append(self._delete_stream_step(name))
         return steps
 
     def plan_teardown(self, events: Sequence[str]) -> list[Step]:
+        """Delete the workflow's streams and its lease table (only reads; :meth:`execute` deletes)."""
         existing = self._existing_streams()
         wanted = {self.stream_name(e) for e in events}
-        steps = [Step("delete", f"stream:{name}", partial(self._delete_stream, name))
-                 for name in sorted(existing) if name in wanted or self._is_ours(name)]
+        steps = [self._delete_stream_step(name) for name in sorted(existing) if name in wanted or self._is_ours(name)]
         if self.leases.exists():
-            steps.append(Step("delete", f"table:{self.checkpoint_table}", self.leases.delete))
+            steps.append(Step("delete", f"table:{self.checkpoint_table}", call="dynamodb:DeleteTable",
+                              params={"TableName": self.checkpoint_table}))
         return steps
 
-    def _create_stream(self, name: str) -> None:
+    def _stream_definition(self, name: str) -> dict[str, Any]:
+        return {"StreamName": name, "ShardCount": self.shards, "StreamModeDetails": {"StreamMode": "PROVISIONED"},
+                "Tags": {TAG_KEY: self.workflow_id}}
+
+    @staticmethod
+    def _delete_stream_step(name: str) -> Step:
+        return Step("delete", f"stream:{name}", call="kinesis:DeleteStream",
+                    params={"StreamName": name, "EnforceConsumerDeletion": True})
+
+    def _table_step(self) -> Step:
+        """Creating the lease table: what the first subscribe does (not part of setup's changes)."""
+        return Step("create", f"table:{self.checkpoint_table}", call="dynamodb:CreateTable",
+                    params=table_definition(self.checkpoint_table, self.workflow_id))
+
+    def execute(self, step: Step) -> None:
+        dispatch(step, {
+            "kinesis:CreateStream": self._create_stream,
+            "kinesis:UpdateShardCount": self._update_shard_count,
+            "kinesis:DeleteStream": self._delete_stream,
+            "dynamodb:CreateTable": self.leases.create,
+            "dynamodb:DeleteTable": self.leases.delete,
+        })
+
+    def _create_stream(self, **request: Any) -> None:
+        """CreateStream (one that exists already is kept), wait until it is active, tag it: also when the endpoint
+        ignored ``Tags`` in CreateStream or an earlier setup was cut short before tagging."""
+        name = request["StreamName"]
         with translate_errors(f"creating stream {name}"):
             try:
-                self.kinesis.create_stream(StreamName=name, ShardCount=self.shards,
-                                           StreamModeDetails={"StreamMode": "PROVISIONED"})
+                self.kinesis.create_stream(**request)
             except Exception as exc:
                 if not is_client_error(exc, "ResourceInUseException"):
                     raise
             self._wait_active(name)
-            self.kinesis.add_tags_to_stream(StreamName=name, Tags={TAG_KEY: self.workflow_id})
+            if request.get("Tags"):
+                self.kinesis.add_tags_to_stream(StreamName=name, Tags=request["Tags"])
 
     def _wait_active(self, name: str) -> None:
         with translate_errors(f"waiting for stream {name}"):
             self.kinesis.get_waiter("stream_exists").wait(StreamName=name,
                                                           WaiterConfig={"Delay": 1, "MaxAttempts": 120})
 
-    def _reshard(self, name: str) -> None:
+    def _update_shard_count(self, **request: Any) -> None:
+        name = request["StreamName"]
         with translate_errors(f"resharding stream {name}"):
-            self.kinesis.update_shard_count(StreamName=name, TargetShardCount=self.shards,
-                                            ScalingType="UNIFORM_SCALING")
+            self.kinesis.update_shard_count(**request)
             self._wait_active(name)
 
-    def _delete_stream(self, name: str) -> None:
-        with translate_errors(f"deleting stream {name}"):
+    def _delete_stream(self, **request: Any) -> None:
+        """DeleteStream; one that is already gone is fine."""
+        with translate_errors(f"deleting stream {request['StreamName']}"):
             try:
-                self.kinesis.delete_stream(StreamName=name, EnforceConsumerDeletion=True)
+                self.kinesis.delete_stream(**request)
             except Exception as exc:
                 if not is_client_error(exc, "ResourceNotFoundException"):
                     raise
@@ -218,7 +250,8 @@ class KinesisTransport(Transport):
     # ------------------------------------------------------------------ subscribe
 
     def subscribe(self, group: str, events: Sequence[str]) -> Consumer:
-        self.leases.ensure()
+        if not self.leases.exists():
+            self.execute(self._table_step())
         starting = "TRIM_HORIZON"
         workflow = self.context.workflow
         if workflow is not None and group in workflow.functions:

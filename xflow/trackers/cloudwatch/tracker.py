@@ -1,13 +1,12 @@
-"""Tracker ``cloudwatch``: a CloudWatch Logs group per workflow, a log stream per execution.
+"""The cloudwatch tracker: a CloudWatch Logs group per workflow, a log stream per execution; setup, writing, reading.
 
-Every record is one JSON line: ``{"xflow": "event", ...}`` for an event and ``{"xflow":
-"delivery", ...}`` for a delivery outcome. The group is ``/xflow/<workflow_id>`` (option
+Records are JSON lines (:mod:`xflow.trackers.cloudwatch.lines`). The group is ``/xflow/<workflow_id>`` (option
 ``log_group``), kept ``retention_days`` (default 7); setup creates it, teardown removes it.
 
 When the workflow runs on Lambda, events are written by the ``tracker_<workflow_id>`` function
 (same line format) and each function's runtime shim prints its delivery outcomes to the
 function's own group ``/aws/lambda/<function>``; :meth:`CloudWatchTracker.history` reads those
-too, filtered by execution id, and drops duplicates by event id.
+too (:mod:`xflow.trackers.cloudwatch.history`), filtered by execution id, and drops duplicates by event id.
 
 An event is written once: the tracker remembers, per execution, the event ids it has seen in the
 execution's log stream, and before writing an event it does not know it reads what was added to
@@ -34,9 +33,7 @@ drops too. What still fails is :class:`~xflow.core.errors.BackendUnavailable`, w
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -45,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from xflow.aws import (
+    TAG_KEY,
     AwsSession,
     create_log_group,
     delete_log_group,
@@ -53,8 +51,8 @@ from xflow.aws import (
     set_log_retention,
     translate_errors,
 )
+from xflow.core.deploy import dispatch
 from xflow.core.errors import XflowError
-from xflow.core.hookspecs import hookimpl
 from xflow.core.interfaces import (
     DeliveryRecord,
     EventRecord,
@@ -63,16 +61,14 @@ from xflow.core.interfaces import (
     Step,
     TrackerStore,
 )
+from xflow.trackers.cloudwatch.history import function_lines, read_history, stream_lines
+from xflow.trackers.cloudwatch.lines import delivery_line, event_line, log_stream_name, parse_line, put_ranges
 
 if TYPE_CHECKING:
     from xflow.core.model import Workflow
 
 log = logging.getLogger("xflow.cloudwatch")
 
-#: CloudWatch takes events up to 256 KB; event data above this is left out of the line
-MAX_DATA_CHARS = 200_000
-MAX_ERROR_CHARS = 8_000
-LAMBDA_LOG_PREFIX = "/aws/lambda/"
 #: executions whose recorded event ids a tracker keeps in memory (least recently used are forgotten)
 KNOWN_EXECUTIONS = 1024
 #: GetLogEvents pages one look for new lines of a log stream reads at most, and lines per page
@@ -80,11 +76,6 @@ LOOKUP_PAGES = 10
 LOOKUP_LIMIT = 1000
 #: how long (seconds) a write, or a look-up a worker makes, is retried with tenacity after botocore's tries
 WRITE_SECONDS = 10.0
-#: PutLogEvents' limits per call: events, and bytes (UTF-8 message bytes plus ``PUT_EVENT_OVERHEAD`` per event)
-PUT_MAX_EVENTS = 10_000
-PUT_MAX_BYTES = 1_048_576
-PUT_EVENT_OVERHEAD = 26
-
 
 @dataclass
 class _StreamIndex:
@@ -97,84 +88,12 @@ class _StreamIndex:
     token: str | None = None
 
 
-def log_stream_name(execution_id: str) -> str:
-    """Log stream names may not hold ':' or '*' and are at most 512 characters."""
-    return re.sub(r"[:*]", "_", execution_id)[:512]
-
-
-def put_ranges(messages: Sequence[str]) -> list[tuple[int, int]]:
-    """``(start, end)`` slices of ``messages`` that each fit one PutLogEvents call (its count and size limits)."""
-    ranges: list[tuple[int, int]] = []
-    start, size = 0, 0
-    for end, message in enumerate(messages):
-        cost = len(message.encode("utf-8")) + PUT_EVENT_OVERHEAD
-        if end > start and (end - start >= PUT_MAX_EVENTS or size + cost > PUT_MAX_BYTES):
-            ranges.append((start, end))
-            start, size = end, 0
-        size += cost
-    if start < len(messages):
-        ranges.append((start, len(messages)))
-    return ranges
-
-
 def _by_execution(records: Iterable[Any]) -> dict[str, list[Any]]:
     """Records grouped by execution (a log stream each), in their order."""
     groups: dict[str, list[Any]] = {}
     for record in records:
         groups.setdefault(record.execution_id, []).append(record)
     return groups
-
-
-def event_line(record: EventRecord) -> str:
-    line: dict[str, Any] = {
-        "xflow": "event", "execution_id": record.execution_id, "event_id": record.event_id,
-        "event": record.event, "published_at": record.published_at, "producer": record.producer,
-        "data": dict(record.data) if record.data is not None else None,
-    }
-    text = json.dumps(line, ensure_ascii=False, default=str)
-    if len(text.encode("utf-8")) > MAX_DATA_CHARS:
-        line["data"], line["data_truncated"] = None, True
-        text = json.dumps(line, ensure_ascii=False, default=str)
-    return text
-
-
-def delivery_line(record: DeliveryRecord) -> str:
-    logs = list(record.logs)
-    line: dict[str, Any] = {
-        "xflow": "delivery", "execution_id": record.execution_id, "event_id": record.event_id,
-        "event": record.event, "function": record.function, "attempt": record.attempt,
-        "status": record.status, "started_at": record.started_at, "duration": record.duration,
-        "error": record.error[:MAX_ERROR_CHARS] if record.error else None, "logs": logs,
-    }
-    text = json.dumps(line, ensure_ascii=False, default=str)
-    while len(text.encode("utf-8")) > MAX_DATA_CHARS and logs:
-        logs = line["logs"] = logs[len(logs) // 2 + 1:]
-        text = json.dumps(line, ensure_ascii=False, default=str)
-    return text
-
-
-def parse_line(message: str) -> EventRecord | DeliveryRecord | None:
-    """The record a log line holds, or None for any other line."""
-    start = message.find('{"xflow"')
-    if start < 0:
-        return None
-    try:
-        line = json.loads(message[start:])
-    except ValueError:
-        return None
-    try:
-        if line.get("xflow") == "event":
-            return EventRecord(str(line["execution_id"]), str(line["event_id"]), str(line["event"]),
-                               float(line.get("published_at") or 0.0), str(line.get("producer") or ""),
-                               line.get("data"))
-        if line.get("xflow") == "delivery":
-            return DeliveryRecord(str(line["execution_id"]), str(line["event_id"]), str(line["event"]),
-                                  str(line["function"]), int(line.get("attempt") or 1), line["status"],
-                                  float(line.get("started_at") or 0.0), float(line.get("duration") or 0.0),
-                                  line.get("error"), tuple(str(x) for x in line.get("logs") or ()))
-    except (KeyError, TypeError, ValueError):
-        return None
-    return None
 
 
 class CloudWatchTracker(TrackerStore):
@@ -219,26 +138,42 @@ class CloudWatchTracker(TrackerStore):
         return None
 
     def plan_setup(self, workflow: Workflow) -> list[Step]:
+        """Create the log group, or set its retention (only reads; :meth:`execute` makes the change)."""
         group = self._group(self.log_group)
         if group is None:
-            return [Step("create", f"log-group:{self.log_group}",
-                         lambda: create_log_group(self.logs, self.log_group, self.workflow_id, self.retention_days),
-                         f"{self.retention_days} days")]
+            return [Step("create", f"log-group:{self.log_group}", detail=f"{self.retention_days} days",
+                         call="logs:CreateLogGroup",
+                         params={"logGroupName": self.log_group, "tags": {TAG_KEY: self.workflow_id},
+                                 "retentionInDays": self.retention_days})]
         if group.get("retentionInDays") != self.retention_days:
             return [Step("update", f"log-group:{self.log_group}",
-                         lambda: set_log_retention(self.logs, self.log_group, self.retention_days),
-                         f"retention {group.get('retentionInDays')} -> {self.retention_days} days")]
+                         detail=f"retention {group.get('retentionInDays')} -> {self.retention_days} days",
+                         call="logs:PutRetentionPolicy",
+                         params={"logGroupName": self.log_group, "retentionInDays": self.retention_days})]
         return []
 
     def plan_teardown(self, workflow: Workflow) -> list[Step]:
         if self._group(self.log_group) is None:
             return []
-        return [Step("delete", f"log-group:{self.log_group}", self._delete_group)]
+        return [Step("delete", f"log-group:{self.log_group}", call="logs:DeleteLogGroup",
+                     params={"logGroupName": self.log_group})]
 
-    def _delete_group(self) -> None:
-        delete_log_group(self.logs, self.log_group)
-        self._streams.clear()
-        self._known.clear()  # what was written is gone
+    def execute(self, step: Step) -> None:
+        dispatch(step, {"logs:CreateLogGroup": self._create_group, "logs:PutRetentionPolicy": self._set_retention,
+                        "logs:DeleteLogGroup": self._delete_group})
+
+    def _create_group(self, *, logGroupName: str, retentionInDays: int, tags: dict[str, str]) -> None:  # noqa: N803
+        """CreateLogGroup with its tags (one that exists is kept), then PutRetentionPolicy with ``retentionInDays``."""
+        create_log_group(self.logs, logGroupName, tags.get(TAG_KEY, self.workflow_id), retentionInDays)
+
+    def _set_retention(self, *, logGroupName: str, retentionInDays: int) -> None:  # noqa: N803
+        set_log_retention(self.logs, logGroupName, retentionInDays)
+
+    def _delete_group(self, *, logGroupName: str) -> None:  # noqa: N803
+        delete_log_group(self.logs, logGroupName)
+        if logGroupName == self.log_group:
+            self._streams.clear()
+            self._known.clear()  # what was written is gone
 
     # ------------------------------------------------------------------ writing
 
@@ -371,92 +306,20 @@ class CloudWatchTracker(TrackerStore):
 
     # ------------------------------------------------------------------ reading
 
-    def _own_lines(self, execution_id: str, client: Any = None) -> list[tuple[int, str]]:
-        logs = client if client is not None else self.logs
-        stream = log_stream_name(execution_id)
-        found: list[tuple[int, str]] = []
-        token = None
-        empty_pages = 0
-        with translate_errors(f"reading log group {self.log_group}"):
-            while True:
-                kwargs: dict[str, Any] = {"logGroupName": self.log_group, "logStreamName": stream,
-                                          "startFromHead": True}
-                if token:
-                    kwargs["nextToken"] = token
-                try:
-                    page = logs.get_log_events(**kwargs)
-                except Exception as exc:
-                    if is_client_error(exc, "ResourceNotFoundException"):
-                        return found
-                    raise
-                found.extend((e["timestamp"], e["message"]) for e in page.get("events", []))
-                # the end is the same token coming back; an empty page alone may sit mid-stream
-                empty_pages = 0 if page.get("events") else empty_pages + 1
-                if page.get("nextForwardToken") in (None, token) or empty_pages >= 3:
-                    return found
-                token = page["nextForwardToken"]
-
     def function_log_lines(self, function: str, execution_id: str, since_ms: int | None = None) -> list[tuple[int, str]]:
         """The lines of ``/aws/lambda/<function>`` that mention ``execution_id`` (from ``since_ms`` on)."""
-        group = LAMBDA_LOG_PREFIX + function
-        found: list[tuple[int, str]] = []
-        with translate_errors(f"reading log group {group}"):
-            paginator = self.logs.get_paginator("filter_log_events")
-            try:
-                pattern = '"' + execution_id.replace('"', "") + '"'
-                window = {"startTime": since_ms} if since_ms else {}
-                for page in paginator.paginate(logGroupName=group, filterPattern=pattern, **window):
-                    found.extend((e["timestamp"], e["message"]) for e in page.get("events", [])
-                                 if self._this_workflow(e["message"]))
-            except Exception as exc:
-                if is_client_error(exc, "ResourceNotFoundException"):
-                    return []
-                raise
-        return found
-
-    def _this_workflow(self, message: str) -> bool:
-        """A function's line belongs here unless it names another workflow (same function names, two flows)."""
-        start = message.find('{"xflow"')
-        if start < 0:
-            return False
-        try:
-            owner = json.loads(message[start:]).get("workflow_id")
-        except ValueError:
-            return False
-        return owner in (None, self.workflow_id)
+        return function_lines(self.logs, function, execution_id, self.workflow_id, since_ms)
 
     def _functions(self) -> Iterable[str]:
         workflow = self.context.workflow
-        return list(workflow.functions) if workflow is not None else []
-
-    def _history(self, execution_id: str, with_functions: bool, lines: list[tuple[int, str]] | None = None,
-                 ) -> ExecutionHistory:
-        lines = self._own_lines(execution_id) if lines is None else lines
-        if with_functions and self.function_logs:
-            # an execution's function lines come after its first recorded event (less a margin for clock skew)
-            since = min(t for t, _ in lines) - 300_000 if lines else None
-            for function in self._functions():
-                lines.extend(self.function_log_lines(function, execution_id, since))
-        events: dict[str, EventRecord] = {}
-        deliveries: dict[tuple[Any, ...], DeliveryRecord] = {}
-        for _, message in sorted(lines, key=lambda x: x[0]):
-            record = parse_line(message)
-            if record is None or record.execution_id != execution_id:
-                continue
-            if isinstance(record, EventRecord):
-                events.setdefault(record.event_id, record)
-            else:
-                key = (record.event_id, record.function, record.attempt, record.status, record.started_at)
-                deliveries.setdefault(key, record)
-        return ExecutionHistory(sorted(events.values(), key=lambda e: e.published_at),
-                                sorted(deliveries.values(), key=lambda d: d.started_at))
+        return list(workflow.functions) if workflow is not None and self.function_logs else []
 
     def history(self, execution_id: str) -> ExecutionHistory:
-        return self._history(execution_id, with_functions=True)
+        return read_history(self.logs, self.log_group, execution_id, self.workflow_id, self._functions())
 
     def stored_events(self, execution_id: str) -> list[EventRecord]:
         """The event lines of the execution's log stream as written, duplicates included (history drops them)."""
-        found = [parse_line(message) for _, message in self._own_lines(execution_id)]
+        found = [parse_line(message) for _, message in stream_lines(self.logs, self.log_group, execution_id)]
         return [r for r in found if isinstance(r, EventRecord) and r.execution_id == execution_id]
 
     def has_succeeded(self, execution_id: str, event_id: str, function: str) -> bool:
@@ -487,8 +350,3 @@ def _first_unknown(records: Iterable[EventRecord], known: set[str]) -> list[Even
             seen.add(record.event_id)
             fresh.append(record)
     return fresh
-
-
-@hookimpl
-def xflow_tracker_stores() -> list[type[TrackerStore]]:
-    return [CloudWatchTracker]
