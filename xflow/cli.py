@@ -21,6 +21,7 @@ from xflow.scaffold import new_plugin_command
 
 if TYPE_CHECKING:
     from xflow.core.engine import Engine
+    from xflow.core.plugins import PluginInfo
 
 KINDS = ("transport", "provider", "tracker")
 OUTPUT = click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True,
@@ -64,7 +65,8 @@ def _engine(ctx: click.Context, file: str, *, transport: str | None = None, prov
     from xflow.core.engine import AWS_DEFAULTS, LOCAL_DEFAULTS, Engine
 
     engine = Engine(file, transport=transport, provider=provider, tracker=tracker, options=_parse_options(options),
-                    state_dir=ctx.obj["state_dir"], defaults=AWS_DEFAULTS if aws_defaults else LOCAL_DEFAULTS)
+                    state_dir=ctx.obj["state_dir"], defaults=AWS_DEFAULTS if aws_defaults else LOCAL_DEFAULTS,
+                    options_source="--option")
     ctx.call_on_close(engine.close)
     return engine
 
@@ -466,27 +468,64 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 # -- plugins / graph --------------------------------------------------------------------------
 @cli.group(invoke_without_command=True)
+@click.option("--options", "with_options", is_flag=True,
+              help="List every plugin's options: type, default, description, secret, environment variable.")
 @OUTPUT
 @click.pass_context
-def plugins(ctx: click.Context, output: str) -> None:
-    """List installed transports, providers and trackers with their distributions."""
+def plugins(ctx: click.Context, with_options: bool, output: str) -> None:
+    """List installed transports, providers and trackers with their distributions (--options: and their options)."""
     if ctx.invoked_subcommand is not None:
         return
     from xflow.core.plugins import PluginRegistry
 
-    infos = [info.as_dict() for info in PluginRegistry().infos()]
+    found = PluginRegistry().infos()
+    infos = [info.as_dict() for info in found]
+    if with_options:
+        for plugin, described in zip(found, infos, strict=True):
+            described["options"] = plugin.options_as_dicts()
     if output == "json":
         _print_json(infos)
+        return
+    if with_options:
+        _print_plugin_options(found)
         return
     from rich.table import Table
 
     table = Table()
     for column in ("kind", "name", "distribution", "version", "description"):
         table.add_column(column)
-    for info in infos:
-        description = info["description"] if info["status"] == "ok" else f"[red]broken: {info['error']}[/]"
-        table.add_row(info["kind"], info["name"], info["distribution"], info["version"], description)
+    for row in infos:
+        description = row["description"] if row["status"] == "ok" else f"[red]broken: {row['error']}[/]"
+        table.add_row(row["kind"], row["name"], row["distribution"], row["version"], description)
     _console().print(table)
+
+
+def _print_plugin_options(found: list[PluginInfo]) -> None:
+    """One table per plugin: each option's type, default, environment variable and description."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from xflow.core.options import env_name
+
+    console = _console()
+    for info in found:
+        title = escape(f"{info.kind} {info.name} ({info.distribution} {info.version})")
+        if info.broken:
+            console.print(f"[bold]{title}[/]: [red]broken: {escape(str(info.error))}[/]")
+            continue
+        declared = info.declared()
+        if not declared:
+            console.print(f"[bold]{title}[/]: no options")
+            continue
+        table = Table(title=title, title_justify="left")
+        for column in ("option", "type", "default", "variable", "description"):
+            table.add_column(column)
+        for option in declared.values():
+            default = option.shown_default()
+            secret = "[bold]secret[/]: " if option.secret else ""
+            table.add_row(option.name, escape(option.type_label), "-" if default is None else escape(json.dumps(default)),
+                          env_name(info.name, option.name), secret + escape(option.description))
+        console.print(table)
 
 
 plugins.add_command(new_plugin_command)

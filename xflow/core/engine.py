@@ -48,7 +48,8 @@ from xflow.core.interfaces import (
     Transport,
 )
 from xflow.core.model import Workflow
-from xflow.core.plugins import PluginInfo, PluginRegistry, check_options, env_options
+from xflow.core.options import Option, declared_options, env_name, env_values, resolve_options
+from xflow.core.plugins import PluginInfo, PluginRegistry
 from xflow.core.redact import is_secret_name, redact, url_password, userinfo_is_ambiguous
 from xflow.core.runtime import new_event_id
 from xflow.core.tracking import final_result, summarize
@@ -184,6 +185,8 @@ class _Choice:
     name: str
     options: dict[str, Any] = field(default_factory=dict)
     instance: Plugin | None = None
+    #: where each of ``options`` came from (the workflow file, the setup record)
+    sources: dict[str, str] = field(default_factory=dict)
 
 
 class Engine:
@@ -197,8 +200,11 @@ class Engine:
 
     ``transport`` / ``provider`` / ``tracker`` are plugin names or ready instances. Names not given
     come from what ``setup`` recorded in ``state_dir``, then the workflow file's blocks, then
-    ``defaults`` (:data:`LOCAL_DEFAULTS`). ``options`` maps a kind to ``{key: value}``; they are
-    merged over the file's block options and ``XFLOW_<PLUGIN>_<KEY>`` variables.
+    ``defaults`` (:data:`LOCAL_DEFAULTS`). ``options`` maps a kind (or ``"any"``: the plugin that declares the key)
+    to ``{key: value}``; they are merged over the file's block options, what setup recorded, and ``XFLOW_<KIND>_<KEY>``
+    then ``XFLOW_<PLUGIN>_<KEY>`` variables, and converted to the types the plugins declare (a bad value is an
+    XflowError naming the plugin, the option and where the value came from; ``options_source`` names ``options``
+    there, ``--option`` for the CLI).
 
     Threads: one Engine may be shared by many threads at once (``publish``, ``track``, ``result``, ``redrive``,
     ``recent_executions``, ``setup`` from request threads while a worker thread runs). Plugins are made once, by
@@ -213,7 +219,8 @@ class Engine:
                  state_dir: str | os.PathLike[str] | None = None,
                  defaults: Mapping[str, str] = LOCAL_DEFAULTS,
                  registry: PluginRegistry | None = None, use_setup_record: bool = True,
-                 base_dir: str | os.PathLike[str] | None = None, workflow_id: str | None = None) -> None:
+                 base_dir: str | os.PathLike[str] | None = None, workflow_id: str | None = None,
+                 options_source: str = "Engine(options=...)") -> None:
         self._lock = threading.RLock()  # plugins are made once, whichever thread needs them first
         self._setup_lock = threading.Lock()  # one setup or teardown at a time
         self.workflow = _as_workflow(workflow, base_dir, workflow_id)
@@ -232,12 +239,17 @@ class Engine:
             block = self.workflow.plugin_choice(kind)
             name = value or recorded.get("name") or block.name or defaults[kind]
             merged: dict[str, Any] = {}
+            sources: dict[str, str] = {}
             if block.name in (None, name):
                 merged.update(block.options)
+                sources.update(dict.fromkeys(block.options, f"the workflow file {self.workflow.path} ({kind}.options)"))
             if recorded.get("name") == name:
                 merged.update(recorded.get("options") or {})
-            self._choices[kind] = _Choice(kind, name, merged)
+                sources.update(dict.fromkeys(recorded.get("options") or {},
+                                             f"the setup record {setup_record_path(self.state_dir, self.workflow.id)}"))
+            self._choices[kind] = _Choice(kind, name, merged, sources=sources)
         self._explicit_options = {k: dict(v) for k, v in options.items()}
+        self._options_source = options_source
         self._step_owner: dict[int, str] = {}
         self._routed: dict[str, dict[str, Any]] | None = None
 
@@ -269,18 +281,24 @@ class Engine:
         return self.registry.get(kind, self._choices[kind].name)
 
     def _options(self, kind: str) -> dict[str, Any]:
+        """The chosen plugin's options, each converted to its declared type (an XflowError naming where a bad one
+        came from)."""
         choice = self._choices[kind]
         info = self._info(kind)
-        assert info.cls is not None
-        merged = dict(choice.options)
-        merged.update(env_options(choice.name, info.cls.options))
-        merged.update(self._given_options(kind))
-        return check_options(info, merged, "the workflow file, XFLOW_* variables or --option")
+        declared = info.declared()
+        given: dict[str, tuple[Any, str]] = {key: (value, choice.sources.get(key, "the workflow file"))
+                                             for key, value in choice.options.items()}
+        for key, (value, variable) in env_values(choice.name, kind, declared).items():
+            given[key] = (value, f"environment variable {variable}")
+        for key, value in self._given_options(kind).items():
+            given[key] = (value, self._options_source)
+        return resolve_options(info.label, declared, given)
 
-    def _declared(self, kind: str) -> Mapping[str, str]:
+    def _declared(self, kind: str) -> Mapping[str, Option]:
         instance = self._choices[kind].instance
-        cls = type(instance) if instance is not None else self._info(kind).cls
-        return cls.options if cls is not None else {}
+        if instance is not None:
+            return declared_options(type(instance))
+        return self._info(kind).declared()
 
     def _given_options(self, kind: str) -> dict[str, Any]:
         """Options given in code or by --option: per kind, plus un-prefixed keys routed to the plugin that declares them."""
@@ -313,7 +331,7 @@ class Engine:
             if choice.instance is None:
                 info = self._info(kind)
                 options = self._options(kind)
-                context = PluginContext(self.workflow.id, options, self.state_dir, self.workflow)
+                context = PluginContext(self.workflow.id, options, self.state_dir, self.workflow, info.declared())
                 assert info.cls is not None
                 choice.instance = _guard(info, "start", lambda: info.cls(context), self._damaged)  # type: ignore[misc]
                 choice.options = options
@@ -448,10 +466,11 @@ class Engine:
         }
         for kind, choice in self._choices.items():
             explicit = self._given_options(kind)
-            kept = {k: v for k, v in explicit.items() if not _looks_secret(k, v)}
+            declared = self._declared(kind)
+            kept = {k: v for k, v in explicit.items() if not _looks_secret(k, v, declared.get(k))}
             for key in sorted(set(explicit) - set(kept)):
                 log.warning("option %s of %s %r holds a secret and is not recorded in %s: give it again to later "
-                            "commands, or set XFLOW_%s_%s", key, kind, choice.name, path, choice.name.upper(), key.upper())
+                            "commands, or set %s", key, kind, choice.name, path, env_name(choice.name, key))
             record[kind] = {"name": choice.name, "options": kept}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -490,7 +509,7 @@ class Engine:
         if runner is None and provider.runs_locally and type(provider).runner is FunctionProvider.runner:
             local = self.registry.get("provider", "local")
             assert local.cls is not None and issubclass(local.cls, FunctionProvider)  # the registry checked its kind
-            options = {k: v for k, v in provider.context.options.items() if k in local.cls.options}
+            options = {k: v for k, v in provider.context.options.items() if k in declared_options(local.cls)}
             stand_in = local.cls(PluginContext(self.workflow.id, options, self.state_dir, self.workflow))
             runner = stand_in.runner(self.workflow, transport, tracker, functions)
         if runner is None:
@@ -637,9 +656,10 @@ def _as_workflow(workflow: Any, base_dir: str | os.PathLike[str] | None, workflo
     return workflow if isinstance(workflow, Workflow) else load_workflow(workflow)
 
 
-def _looks_secret(key: str, value: Any) -> bool:
-    """Options never written to the setup record: secret names, values holding a URL password or a password= pair."""
-    if is_secret_name(key):
+def _looks_secret(key: str, value: Any, option: Option | None = None) -> bool:
+    """Options never written to the setup record: those declared secret (those with secret names when the plugin
+    declares no type for them), values holding a URL password or a password= pair."""
+    if option is not None and option.secret or option is None and is_secret_name(key):
         return True
     text = str(value)
     return url_password(text) is not None or userinfo_is_ambiguous(text) or redact(text) != text

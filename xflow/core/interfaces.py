@@ -10,16 +10,19 @@ from __future__ import annotations
 import abc
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from xflow.core.errors import XflowError
+from xflow.core.options import Option, declared_options, env_values, resolve_options
 
 if TYPE_CHECKING:
     from xflow.core.model import Workflow
 
 Action = Literal["create", "update", "delete"]
+#: ``PluginContext.option``'s default: the declared one
+_DECLARED: Any = object()
 
 
 @dataclass(frozen=True)
@@ -55,22 +58,36 @@ class Step:
 class PluginContext:
     """What every plugin is constructed with.
 
-    ``options`` holds only keys the plugin declared in ``options`` (already checked), as
-    strings or YAML scalars. ``workflow`` is None when a plugin is used on its own (for
-    example by the conformance kit).
+    ``options`` holds the values given for the plugin (the workflow file's block, ``XFLOW_*`` variables,
+    ``--option``), converted to the types the plugin declares (:class:`~xflow.core.options.Option`); ``declared``
+    holds those declarations, so :meth:`option` answers the default of an option not given. The engine passes a
+    context bound to the plugin's declarations; :class:`Plugin` binds one made by hand (tests, the kit) itself, so
+    read options through ``self.context``. ``workflow`` is None when a plugin is used on its own (for example by
+    the conformance kit).
     """
 
     workflow_id: str
     options: Mapping[str, Any]
     state_dir: Path
     workflow: Workflow | None = None
+    declared: Mapping[str, Option] = field(default_factory=dict, compare=False, repr=False)
 
-    def option(self, key: str, default: Any = None) -> Any:
+    def option(self, key: str, default: Any = _DECLARED) -> Any:
+        """The value of option ``key``, converted to its declared type; when it was not given (or given empty),
+        ``default`` if one is passed, else the declared default (None for an undeclared key)."""
         value = self.options.get(key)
-        return default if value is None or value == "" else value
+        if value is None or value == "":
+            if default is not _DECLARED:
+                return default
+            declared = self.declared.get(key)
+            return declared.default if declared is not None else None
+        return value
 
     def number_option(self, key: str, default: float, minimum: float, kind: type = int) -> Any:
-        """A numeric option (``kind`` int or float) of at least ``minimum``; anything else is a one-line error."""
+        """A numeric option (``kind`` int or float) of at least ``minimum``; anything else is a one-line error.
+
+        For plugins that declare their options in the older form (key -> description); a typed declaration
+        (``Option(key, int, default, ..., minimum=1)``) has the engine do this, and :meth:`option` returns the number."""
         value = self.option(key, default)
         try:
             number = kind(value)
@@ -80,6 +97,22 @@ class PluginContext:
             what = "a whole number" if kind is int else "a number"
             raise XflowError(f"option {key}={value!r} must be {what} of at least {minimum:g}")
         return number
+
+    def bound_to(self, declared: Mapping[str, Option], owner: str, kind: str | None = None,
+                 plugin: str | None = None) -> PluginContext:
+        """This context with its options converted to ``declared`` (itself when already bound to them).
+
+        Options not given are looked up in ``XFLOW_<PLUGIN>_<KEY>`` variables (when ``plugin`` is given); keys that
+        are not declared pass through unchanged. A bad value is an XflowError naming ``owner``.
+        """
+        if self.declared is declared:
+            return self
+        given = {key: (value, "the plugin's context") for key, value in self.options.items()}
+        if plugin is not None:
+            for key, found in env_values(plugin, kind, declared).items():
+                given.setdefault(key, (found[0], f"environment variable {found[1]}"))
+        options = resolve_options(owner, declared, given, unknown="keep")
+        return replace(self, options=options, declared=declared)
 
 
 @dataclass(frozen=True)
@@ -142,13 +175,18 @@ class Plugin(abc.ABC):
     name: ClassVar[str]
     #: one line for ``xflow plugins``
     description: ClassVar[str] = ""
-    #: option key -> one-line description; any other key is a user error
-    options: ClassVar[Mapping[str, str]] = {}
+    #: the options it accepts, each declared once: ``(Option("partitions", int, 4, "partitions per stream",
+    #: minimum=1), ...)``; any other key is a user error. (The older form, key -> one-line description, still works
+    #: with a DeprecationWarning: its values arrive as given.)
+    options: ClassVar[Sequence[Option] | Mapping[str, str]] = ()
     #: exceptions that mean "the backend could not be reached"; the engine reports them in one line
     connection_errors: ClassVar[tuple[type[BaseException], ...]] = ()
 
     def __init__(self, context: PluginContext) -> None:
-        self.context = context
+        cls = type(self)
+        kind = next((k for k, base in KINDS.items() if isinstance(self, base)), "plugin")
+        name = getattr(cls, "name", cls.__name__)
+        self.context = context.bound_to(declared_options(cls), f"{kind} {name!r}", kind, name)
 
     @property
     def workflow_id(self) -> str:

@@ -1,9 +1,8 @@
-"""Plugin discovery over the ``xflow`` entry-point group, lookup by name, and option checking."""
+"""Plugin discovery over the ``xflow`` entry-point group, lookup by name, and the options each plugin declares."""
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
@@ -15,7 +14,7 @@ import pluggy
 from xflow.core import hookspecs
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import KINDS, Plugin
-from xflow.core.redact import remember_options
+from xflow.core.options import Option, declared_options, env_values, resolve_options
 
 log = logging.getLogger("xflow")
 
@@ -42,6 +41,25 @@ class PluginInfo:
     @property
     def broken(self) -> bool:
         return self.error is not None
+
+    @property
+    def label(self) -> str:
+        """How messages name it: ``transport 'local' (xflow)``."""
+        return f"{self.kind} {self.name!r} ({self.distribution})"
+
+    def declared(self) -> dict[str, Option]:
+        """Its options by key; a declaration that is not one is an XflowError naming the distribution."""
+        if self.cls is None:
+            return {}
+        try:
+            return declared_options(self.cls)
+        except (TypeError, ValueError) as exc:
+            raise XflowError(f"{self.label} declares its options wrongly: {exc}",
+                             f"this is a problem in {self.distribution}; report it there") from None
+
+    def options_as_dicts(self) -> list[dict[str, Any]]:
+        """Its options for ``xflow plugins --options``: type, default, description, secret, environment variable."""
+        return [option.describe(self.name) for option in self.declared().values()]
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -156,27 +174,13 @@ def _check_class(kind: str, cls: Any, dist_name: str) -> None:
 
 
 def env_options(plugin_name: str, keys: Iterable[str], environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """``XFLOW_<PLUGIN>_<KEY>`` variables for the keys a plugin declares."""
-    environ = os.environ if environ is None else environ
-    prefix = "XFLOW_" + plugin_name.upper().replace("-", "_") + "_"
-    found = {}
-    for key in keys:
-        value = environ.get(prefix + key.upper())
-        if value is not None:
-            found[key] = value
-    return found
+    """``XFLOW_<PLUGIN>_<KEY>`` variables for the keys a plugin declares (see :func:`xflow.core.options.env_name`)."""
+    return {key: value for key, (value, _) in env_values(plugin_name, None, keys, environ).items()}
 
 
 def check_options(info: PluginInfo, options: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """Reject keys the plugin does not declare, with the list of keys it accepts; register secret values for masking."""
-    assert info.cls is not None
-    remember_options(options)
-    accepted = dict(info.cls.options)
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        listed = ", ".join(sorted(accepted)) or "none"
-        raise XflowError(
-            f"{info.kind} {info.name!r} ({info.distribution}) does not accept option {unknown[0]!r} from {where}; "
-            f"it accepts: {listed}"
-        )
-    return dict(options)
+    """``options`` converted to the types ``info``'s plugin declares; an XflowError for a key it does not declare
+    (listing those it accepts) or a value its type refuses (naming ``where`` it came from). Secret values are
+    registered for masking."""
+    return resolve_options(info.label, info.declared(), {key: (value, where) for key, value in options.items()})
+

@@ -20,6 +20,7 @@ from xflow.core.interfaces import (
     Transport,
 )
 from xflow.core.model import Workflow
+from xflow.core.options import Option, declared_options
 from xflow.testing.kit import apply_steps, check_plan, kit_workflow, new_workflow_id
 
 ProviderFactory = Callable[[str], FunctionProvider]
@@ -82,7 +83,7 @@ class FunctionProviderContract:
         assert isinstance(cls.name, str) and cls.name
         assert isinstance(cls.runs_locally, bool)
         assert callable(getattr(provider, "runner", None)), "a provider has runner() (the default returns None)"
-        assert all(isinstance(k, str) and isinstance(v, str) for k, v in cls.options.items())
+        assert all(isinstance(option, Option) for option in declared_options(cls).values())
 
     # -- the runner (providers that run functions on this machine) ---------------------------------
     def _runner(self, provider: FunctionProvider, workflow: Workflow, transport: Transport,

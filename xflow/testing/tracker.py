@@ -18,6 +18,7 @@ from xflow.core.interfaces import (
     TrackerStore,
 )
 from xflow.core.model import Workflow
+from xflow.core.options import Option, declared_options
 from xflow.testing.kit import apply_steps, check_plan, kit_workflow, new_workflow_id
 
 TrackerFactory = Callable[[str], TrackerStore]
@@ -91,7 +92,7 @@ class TrackerStoreContract:
     def test_declares_name_and_options(self, make_tracker: Callable[[], TrackerStore]) -> None:
         cls = type(make_tracker())
         assert isinstance(cls.name, str) and cls.name
-        assert all(isinstance(k, str) and isinstance(v, str) for k, v in cls.options.items())
+        assert all(isinstance(option, Option) for option in declared_options(cls).values())
 
     def test_setup_is_idempotent(self, make_tracker: Callable[[], TrackerStore], workflow: Workflow) -> None:
         tracker = make_tracker()

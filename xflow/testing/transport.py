@@ -15,6 +15,7 @@ from xflow.core.interfaces import (
     Record,
     Transport,
 )
+from xflow.core.options import Option, declared_options
 from xflow.testing.kit import KIT_EVENTS, apply_steps, check_plan, drain, new_workflow_id
 
 TransportFactory = Callable[[str], Transport]
@@ -89,7 +90,7 @@ class TransportContract:
         transport = make_transport()
         cls = type(transport)
         assert isinstance(cls.name, str) and cls.name
-        assert all(isinstance(k, str) and isinstance(v, str) for k, v in cls.options.items())
+        assert all(isinstance(option, Option) for option in declared_options(cls).values())
         assert isinstance(transport.max_record_bytes, int) and transport.max_record_bytes > self.large_record_margin
         assert isinstance(cls.connection_errors, tuple)
         assert transport.stream_name("Uploaded") != transport.stream_name("Parsed")
