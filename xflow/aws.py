@@ -18,6 +18,9 @@ fails is translated by :func:`translate_errors`: a transient failure becomes a
 (throttling or a 5xx after the retries) -- and anything else (access denied, validation, a missing
 resource, no credentials or region) a plain :class:`~xflow.core.errors.XflowError` (exit 2). Connect
 timeouts are short so that a command against an endpoint that is not there fails within seconds.
+
+Also here, for every AWS backend: :data:`TAG_KEY`, the tag put on what xflow creates, and the CloudWatch Logs
+group operations that the cloudwatch tracker and the lambda provider both perform.
 """
 
 from __future__ import annotations
@@ -299,6 +302,8 @@ def retrying(seconds: float = RETRY_SECONDS, *, unreachable: bool = False,
                     wait=wait_random_exponential(multiplier=first_wait, max=max_wait),
                     stop=stop or stop_after_delay(seconds), reraise=True)
 
+
+# ---------------------------------------------------------------------------------------------- shared by the backends
 
 #: the tag xflow puts on what it creates, valued with the workflow id
 TAG_KEY = "xflow:workflow"
