@@ -240,6 +240,16 @@ class Transport(Plugin):
     def dead_letter(self, group: str, delivery: Delivery, reason: str) -> None:  # noqa: B027
         """Keep a delivery that failed for good, with the reason. Optional."""
 
+    def lambda_event_source(self, event: str) -> dict[str, Any] | None:
+        """A capability for providers that deploy to AWS Lambda: what an event source mapping reads ``event`` from.
+
+        ``None`` (the default) when Lambda cannot read this transport. Otherwise a dict: ``kind``, the kind of
+        records Lambda hands the function (``"kinesis"``); ``arn``, the mapping's ``EventSourceArn``; ``resource``,
+        the resource of this transport's own setup plan that makes it (``"stream:NAME"``), which a mapping depends
+        on; ``actions``, the IAM actions a function needs on it to read it and to publish to it. It may read the
+        backend (an account id), never write."""
+        return None
+
 
 class Runner(abc.ABC):
     """What runs a workflow's functions on this machine: ``xflow worker``, ``xflow run`` and :class:`xflow.Worker`
@@ -478,6 +488,14 @@ class TrackerStore(Plugin):
         store overrides it with one query per batch."""
         unique = dict.fromkeys((str(x), str(e), str(f)) for x, e, f in keys)
         return {key for key in unique if self.has_succeeded(*key)}
+
+    def lambda_tracking_target(self) -> dict[str, Any] | None:
+        """A capability for providers that deploy to AWS Lambda: where functions running there record into this store.
+
+        ``None`` (the default) when they cannot. Otherwise a dict: ``log_group``, the CloudWatch Logs group the Lambda
+        shim writes every event to (one log stream per execution id, in this store's line format); ``retention_days``,
+        how long the store keeps records (the functions' own log groups, which it also reads, are kept as long)."""
+        return None
 
 
 KINDS: dict[str, type[Plugin]] = {
