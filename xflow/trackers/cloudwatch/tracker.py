@@ -61,6 +61,7 @@ from xflow.core.interfaces import (
     Step,
     TrackerStore,
 )
+from xflow.core.options import Option
 from xflow.trackers.cloudwatch.history import function_lines, read_history, stream_lines
 from xflow.trackers.cloudwatch.lines import delivery_line, event_line, log_stream_name, parse_line, put_ranges
 
@@ -99,20 +100,20 @@ def _by_execution(records: Iterable[Any]) -> dict[str, list[Any]]:
 class CloudWatchTracker(TrackerStore):
     name = "cloudwatch"
     description = "CloudWatch Logs: a log group per workflow (7 days), a log stream per execution"
-    options = {
-        "log_group": "log group name (default /xflow/<workflow_id>)",
-        "retention_days": "days CloudWatch keeps the records (default 7)",
-        "region": "AWS region (default: aws.region in the file, else AWS_REGION)",
-        "function_logs": "read delivery outcomes from /aws/lambda/<function> groups too (default true)",
-    }
+    options = (
+        Option("log_group", str, None, "log group name (default /xflow/<workflow_id>)"),
+        Option("retention_days", int, 7, "days CloudWatch keeps the records", minimum=1),
+        Option("region", str, None, "AWS region (default: aws.region in the file, else AWS_REGION)"),
+        Option("function_logs", bool, True, "read delivery outcomes from /aws/lambda/<function> groups too"),
+    )
 
     def __init__(self, context: PluginContext) -> None:
         super().__init__(context)
         aws = dict(context.workflow.aws) if context.workflow is not None else {}
-        self.aws = AwsSession(aws, region=context.option("region"))
-        self.log_group = str(context.option("log_group", f"/xflow/{self.workflow_id}"))
-        self.retention_days = context.number_option("retention_days", 7, minimum=1)
-        self.function_logs = str(context.option("function_logs", "true")).lower() not in ("0", "false", "no")
+        self.aws = AwsSession(aws, region=self.context.option("region"))
+        self.log_group = self.context.option("log_group") or f"/xflow/{self.workflow_id}"
+        self.retention_days = self.context.option("retention_days")
+        self.function_logs = self.context.option("function_logs")
         self._streams: set[str] = set()
         self._known: OrderedDict[str, _StreamIndex] = OrderedDict()
         self._known_lock = threading.Lock()

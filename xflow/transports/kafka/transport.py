@@ -28,7 +28,6 @@ any other client setting as a JSON object, verbatim. Every option may also come 
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
@@ -39,6 +38,7 @@ from typing import ClassVar, TypeVar
 from xflow.core.deploy import dispatch
 from xflow.core.errors import BackendUnavailable, XflowError
 from xflow.core.interfaces import Consumer, Delivery, PluginContext, Record, Step, Transport
+from xflow.core.options import Option
 from xflow.transports.kafka.clients import CLIENTS, make_client
 from xflow.transports.kafka.clients.base import ClientSettings, KafkaClient, KafkaClientError, Outgoing
 from xflow.transports.kafka.consumer import KafkaConsumer
@@ -63,61 +63,49 @@ class KafkaTransport(Transport):
 
     name: ClassVar[str] = "kafka"
     description: ClassVar[str] = "Apache Kafka (or a compatible broker): topic per event, consumer group per function"
-    options: ClassVar[dict[str, str]] = {
-        "bootstrap_servers": "comma-separated host:port list of the brokers (default localhost:9092)",
-        "client": "kafka-python (default) or confluent (librdkafka, pip install 'xflow[kafka-fast]')",
-        "partitions": "partitions per topic created by setup (default 3)",
-        "replication_factor": "replicas per topic created by setup (default 1)",
-        "topic_prefix": "prepended to every topic name (default none)",
-        "session_timeout_ms": "consumer group session timeout: how soon a dead worker's partitions move (default 10000)",
-        "connect_timeout_ms": "how long to wait for the first broker connection (default 5000)",
-        "request_timeout_ms": "how long to wait for one broker request (default 15000)",
-        "publish_timeout_ms": "how long publish waits for all acknowledgements (default 30000)",
-        "client_config": "JSON object of further client settings, passed verbatim to the client",
-        **{key: "passed to the client" for key in _SECURITY_KEYS},
-    }
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("bootstrap_servers", str, "localhost:9092", "comma-separated host:port list of the brokers"),
+        Option("client", "choice", "kafka-python", "kafka-python, or confluent (librdkafka, pip install "
+               "'xflow[kafka-fast]')", choices=tuple(CLIENTS)),
+        Option("partitions", int, 3, "partitions per topic created by setup", minimum=1),
+        Option("replication_factor", int, 1, "replicas per topic created by setup", minimum=1),
+        Option("topic_prefix", str, "", "prepended to every topic name"),
+        Option("session_timeout_ms", int, 10000, "consumer group session timeout in ms: how soon a dead worker's "
+               "partitions move", minimum=1),
+        Option("connect_timeout_ms", int, 5000, "how long to wait for the first broker connection, in ms", minimum=1),
+        Option("request_timeout_ms", int, 15000, "how long to wait for one broker request, in ms", minimum=1),
+        Option("publish_timeout_ms", int, 30000, "how long publish waits for all acknowledgements, in ms", minimum=1),
+        Option("client_config", dict, None, "further client settings (a JSON object), passed verbatim to the client"),
+        Option("security_protocol", str, None, "passed to the client (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL)"),
+        Option("sasl_mechanism", str, None, "passed to the client (PLAIN, SCRAM-SHA-256, ...)"),
+        Option("sasl_plain_username", str, None, "passed to the client"),
+        Option("sasl_plain_password", str, None, "passed to the client", secret=True),
+        Option("ssl_cafile", str, None, "passed to the client"),
+        Option("ssl_certfile", str, None, "passed to the client"),
+        Option("ssl_keyfile", str, None, "passed to the client"),
+        Option("ssl_password", str, None, "passed to the client: the password of ssl_keyfile", secret=True),
+    )
 
     def __init__(self, context: PluginContext) -> None:
         super().__init__(context)
-        self.prefix = str(context.option("topic_prefix", ""))
-        self.partitions = self._int_option("partitions", 3)
-        self.replication_factor = self._int_option("replication_factor", 1)
-        self.publish_timeout = self._int_option("publish_timeout_ms", 30000) / 1000
-        client_name = str(context.option("client", "kafka-python"))
-        if client_name not in CLIENTS:
-            raise XflowError(f"kafka transport: unknown client {client_name!r}",
-                             f"use one of: {', '.join(CLIENTS)}")
-        extra = context.option("client_config", {})
-        if isinstance(extra, str):
-            try:
-                extra = json.loads(extra)
-            except ValueError as exc:
-                raise XflowError(f"kafka transport: client_config is not JSON: {exc}",
-                                 'give a JSON object, e.g. {"linger_ms": 5}') from None
-        if not isinstance(extra, dict):
-            raise XflowError("kafka transport: client_config must be a JSON object / mapping")
+        options = self.context  # typed values (Option declarations above), defaults included
+        self.prefix = options.option("topic_prefix")
+        self.partitions = options.option("partitions")
+        self.replication_factor = options.option("replication_factor")
+        self.publish_timeout = options.option("publish_timeout_ms") / 1000
+        client_name = options.option("client")
         settings = ClientSettings(
-            bootstrap_servers=str(context.option("bootstrap_servers", "localhost:9092")),
-            connect_timeout_ms=self._int_option("connect_timeout_ms", 5000),
-            request_timeout_ms=self._int_option("request_timeout_ms", 15000),
-            session_timeout_ms=self._int_option("session_timeout_ms", 10000),
-            security={k: str(context.option(k)) for k in _SECURITY_KEYS if context.option(k) is not None},
-            extra=extra,
+            bootstrap_servers=options.option("bootstrap_servers"),
+            connect_timeout_ms=options.option("connect_timeout_ms"),
+            request_timeout_ms=options.option("request_timeout_ms"),
+            session_timeout_ms=options.option("session_timeout_ms"),
+            security={k: options.option(k) for k in _SECURITY_KEYS if options.option(k) is not None},
+            extra=options.option("client_config") or {},
         )
         self.client: KafkaClient = make_client(client_name, settings)
         self._stream_names: dict[str, str] = {}
         self._known_topics: set[str] = set()
         self._producing = threading.Lock()  # publishes from many threads take turns on the one producer
-
-    def _int_option(self, key: str, default: int) -> int:
-        value = self.context.option(key, default)
-        try:
-            number = int(value)
-        except (TypeError, ValueError):
-            raise XflowError(f"kafka transport: option {key} must be a whole number, not {value!r}") from None
-        if number < 1:
-            raise XflowError(f"kafka transport: option {key} must be at least 1, not {number}")
-        return number
 
     def _as_error(self, doing: str, exc: KafkaClientError) -> XflowError:
         """A client failure as a one-line error: :class:`BackendUnavailable` if it may pass, else XflowError."""

@@ -29,6 +29,7 @@ from xflow.aws import TAG_KEY, AwsSession, ServiceBusy, is_client_error, retryin
 from xflow.core.deploy import dispatch
 from xflow.core.errors import BackendUnavailable, XflowError
 from xflow.core.interfaces import Consumer, Delivery, PluginContext, Record, Step, Transport
+from xflow.core.options import Option
 from xflow.transports.kinesis.consumer import KinesisConsumer
 from xflow.transports.kinesis.leases import LeaseTable, table_definition
 
@@ -54,20 +55,21 @@ def _session_for(context: PluginContext) -> AwsSession:
 class KinesisTransport(Transport):
     name = "kinesis"
     description = "Amazon Kinesis Data Streams: one stream per event, partition key = execution id"
-    options = {
-        "shards": "shards per stream (default 1)",
-        "region": "AWS region (default: aws.region in the file, else AWS_REGION)",
-        "lease_seconds": "how long a worker's shard lease lasts without renewal (default 20)",
-        "checkpoint_table": "DynamoDB table for consumer checkpoints (default xflow-<workflow_id>-checkpoints)",
-    }
+    options = (
+        Option("shards", int, 1, "shards per stream", minimum=1),
+        Option("region", str, None, "AWS region (default: aws.region in the file, else AWS_REGION)"),
+        Option("lease_seconds", "duration", 20.0, "how long a worker's shard lease lasts without renewal", minimum=1),
+        Option("checkpoint_table", str, None, "DynamoDB table for consumer checkpoints (default "
+               "xflow-<workflow_id>-checkpoints)"),
+    )
     max_record_bytes = MAX_RECORD_BYTES
 
     def __init__(self, context: PluginContext) -> None:
         super().__init__(context)
-        self.aws = _session_for(context)
-        self.shards = context.number_option("shards", 1, minimum=1)
-        self.lease_seconds = context.number_option("lease_seconds", 20, minimum=1, kind=float)
-        self.checkpoint_table = str(context.option("checkpoint_table", f"xflow-{self.workflow_id}-checkpoints"))
+        self.aws = _session_for(self.context)
+        self.shards = self.context.option("shards")
+        self.lease_seconds = self.context.option("lease_seconds")
+        self.checkpoint_table = self.context.option("checkpoint_table") or f"xflow-{self.workflow_id}-checkpoints"
         #: the DynamoDB table of this workflow's consumer leases and checkpoints
         self.leases = LeaseTable(self.aws, self.checkpoint_table, self.workflow_id, self.lease_seconds)
         #: PutRecords calls made by this instance (for benchmarks)
