@@ -74,7 +74,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def _check(answer: httpx.Response) -> None:
     assert answer.status_code < 500, f"{answer.status_code}: {answer.text[:500]}"
     assert "Traceback" not in answer.text and 'File "' not in answer.text
-    if answer.status_code >= 400:
+    if answer.status_code >= 400 and not answer.headers.get("content-type", "").startswith("application/json"):
+        # a request that is not valid HTTP (a control character in a header) is refused by uvicorn's HTTP parser
+        # before it reaches xflow: a 400 with its own one-line text
+        assert answer.status_code == 400 and answer.text.strip() and "\n" not in answer.text.strip()
+    elif answer.status_code >= 400:
         body = answer.json()
         assert isinstance(body["error"], str) and body["error"].strip() and "\n" not in body["error"]
 

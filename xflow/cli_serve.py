@@ -71,7 +71,8 @@ def serve_command(ctx: click.Context, files: tuple[Path, ...], host: str, port: 
     app = create_app(engines, token=token, loopback_hosts_only=is_loopback(host), workers=workers)
     verbose = logging.getLogger("xflow").getEffectiveLevel() <= logging.INFO
     config = uvicorn.Config(app, host=host, port=port, log_level="info" if verbose else "warning",
-                            access_log=verbose, server_header=False, timeout_graceful_shutdown=10)
+                            access_log=verbose, server_header=False, proxy_headers=False,
+                            timeout_graceful_shutdown=10)
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"xflow serve: http://{shown}:{port}/ serving {', '.join(notes)}; stop with Ctrl-C", err=True)
     try:

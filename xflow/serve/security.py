@@ -1,14 +1,16 @@
 """Who may talk to ``xflow serve``: the loopback rule, the bearer token, and the headers every response carries.
 
-- :func:`check_bind`: binding anything but a loopback address without a token is refused (one line, exit 2).
-- :class:`TokenGate`: with a token, every route but the health check (``/ping``) and the page shell (``/``,
+:func:`check_bind`: binding anything but a loopback address without a token is refused (one line, exit 2).
+:class:`Gate`, one ASGI middleware, applies the rest:
+
+- with a token, every route but the health check (``/ping``) and the page shell (``/``,
   ``/docs``, ``/static/...``: HTML, CSS and JavaScript that hold no data) needs ``Authorization: Bearer TOKEN``,
   compared in constant time; the web view asks for the token once and sends it with each request.
-- :class:`RequestGuard`: a request another site's page makes through the user's browser is refused (403): one
+- a request another site's page makes through the user's browser is refused (403): one
   that changes something (not GET/HEAD) whose ``Origin`` is not this server, and, when no token protects the
   server, one whose ``Host`` is not a loopback name (a DNS-rebinding page). ``curl`` and other clients send no
   ``Origin`` and are not concerned.
-- :class:`SecurityHeaders`: ``nosniff``, no referrer, no framing, and a content security policy that lets pages run
+- every answer carries ``nosniff``, no referrer, no framing, and a content security policy that lets pages run
   only the scripts and styles served here (no inline script, nothing from elsewhere). No CORS header is ever sent.
 """
 
@@ -65,66 +67,30 @@ def check_bind(host: str, token: str | None) -> None:
                          f"pass --token TOKEN or set {TOKEN_VARIABLE}; clients then send 'Authorization: Bearer TOKEN'")
 
 
-class TokenGate:
-    """ASGI middleware: ``401`` unless the request carries ``Authorization: Bearer TOKEN`` (open paths aside)."""
+class Gate:
+    """ASGI middleware doing all of the above in one layer: the token (``401``, open paths aside), cross-site writes
+    and, with ``loopback_hosts_only``, non-loopback Host headers (``403``), and :data:`HEADERS` on every answer."""
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
+    def __init__(self, app: ASGIApp, token: str | None = None, loopback_hosts_only: bool = True) -> None:
         self.app = app
-        self.expected = b"Bearer " + token.encode("utf-8")
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or _is_open(scope.get("path", "")):
-            await self.app(scope, receive, send)
-            return
-        given = b""
-        for name, value in scope.get("headers", ()):
-            if name == b"authorization":
-                given = value
-                break
-        if hmac.compare_digest(given, self.expected):
-            await self.app(scope, receive, send)
-            return
-        reason = "a token is needed" if not given else "the token is wrong"
-        await _send_json(send, 401, {"error": f"{reason}: send the header 'Authorization: Bearer TOKEN'"},
-                         [(b"www-authenticate", b'Bearer realm="xflow"')])
-
-
-class RequestGuard:
-    """ASGI middleware: 403 for cross-site writes and, with ``loopback_hosts_only``, for non-loopback Host headers."""
-
-    def __init__(self, app: ASGIApp, loopback_hosts_only: bool) -> None:
-        self.app = app
+        self.expected = b"Bearer " + token.encode("utf-8") if token is not None else None
         self.loopback_hosts_only = loopback_hosts_only
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {name: value for name, value in scope.get("headers", ())}
-        host = headers.get(b"host", b"").decode("latin-1")
-        problem = None
-        if self.loopback_hosts_only and host and not is_loopback(_host_name(host)):
-            problem = f"Host {host!r} is not this machine: this server answers only on its loopback names"
-        origin = headers.get(b"origin")
-        if problem is None and origin is not None and scope.get("method") not in ("GET", "HEAD"):
-            given = origin.decode("latin-1")
-            if given.partition("://")[2].rstrip("/") != host:
-                problem = f"a cross-site request (Origin {given!r}) may not change anything here"
-        if problem is None:
-            await self.app(scope, receive, send)
-            return
-        await _send_json(send, 403, {"error": problem})
-
-
-class SecurityHeaders:
-    """ASGI middleware adding :data:`HEADERS` to every response that does not set them itself."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+        headers = dict(scope.get("headers", ()))
+        if self.expected is not None and not _is_open(scope.get("path", "")):
+            given = headers.get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                reason = "a token is needed" if not given else "the token is wrong"
+                await _send_json(send, 401, {"error": f"{reason}: send the header 'Authorization: Bearer TOKEN'"},
+                                 [(b"www-authenticate", b'Bearer realm="xflow"')])
+                return
+        problem = self._cross_site(scope, headers)
+        if problem is not None:
+            await _send_json(send, 403, {"error": problem})
             return
 
         async def with_headers(message: Message) -> None:
@@ -134,6 +100,17 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+    def _cross_site(self, scope: Scope, headers: dict[bytes, bytes]) -> str | None:
+        host = headers.get(b"host", b"").decode("latin-1")
+        if self.loopback_hosts_only and host and not is_loopback(_host_name(host)):
+            return f"Host {host!r} is not this machine: this server answers only on its loopback names"
+        origin = headers.get(b"origin")
+        if origin is not None and scope.get("method") not in ("GET", "HEAD"):
+            given = origin.decode("latin-1")
+            if given.partition("://")[2].rstrip("/") != host:
+                return f"a cross-site request (Origin {given!r}) may not change anything here"
+        return None
 
 
 async def _send_json(send: Send, status: int, payload: dict[str, Any],
