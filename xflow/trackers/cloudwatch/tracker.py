@@ -127,6 +127,11 @@ class CloudWatchTracker(TrackerStore):
         """The client for what workers do all the time (writes, look-ups before them): more tries per call."""
         return self.aws.client("logs", long_running=True)
 
+    def lambda_tracking_target(self) -> dict[str, Any]:
+        """Lambda functions record here: the shim writes this tracker's lines to its log group (the capability of
+        :class:`TrackerStore`); the functions' own log groups are kept as long as the records."""
+        return {"log_group": self.log_group, "retention_days": self.retention_days}
+
     # ------------------------------------------------------------------ setup / teardown
 
     def _group(self, name: str) -> dict[str, Any] | None:

@@ -83,6 +83,14 @@ class KinesisTransport(Transport):
         region = self.aws.require_region()
         return f"arn:aws:kinesis:{region}:{self.aws.account_id()}:stream/{self.stream_name(event)}"
 
+    def lambda_event_source(self, event: str) -> dict[str, Any]:
+        """Lambda reads Kinesis streams itself: the stream's ARN, the ``stream:NAME`` this transport's setup makes,
+        and what a function needs on it to read it and to publish to it (the capability of :class:`Transport`)."""
+        return {"kind": "kinesis", "arn": self.stream_arn(event), "resource": f"stream:{self.stream_name(event)}",
+                "actions": ["kinesis:DescribeStream", "kinesis:DescribeStreamSummary", "kinesis:GetRecords",
+                            "kinesis:GetShardIterator", "kinesis:ListShards", "kinesis:PutRecord", "kinesis:PutRecords",
+                            "kinesis:SubscribeToShard"]}
+
     # ------------------------------------------------------------------ setup / teardown
 
     def _existing_streams(self) -> dict[str, dict[str, Any]]:
