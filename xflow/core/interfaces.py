@@ -142,6 +142,32 @@ class Delivery:
     timestamp: float | None = None
 
 
+@dataclass(frozen=True)
+class PartitionLag:
+    """How far a consumer group is behind on one partition (shard) of an event's stream: what
+    :meth:`Transport.lag` reports.
+
+    ``records``: records after the group's committed position (None: the transport cannot count them; with
+    ``exact`` False, a lower bound: it counted that many and stopped). ``seconds``: how long the oldest of them has
+    waited on the transport (0.0 when there are none; None: unknown). ``committed`` and ``latest``: the transport's
+    own positions (as text) of the last committed record and of the last record (None: none yet). ``held``: whether a
+    live member of the group holds the partition now (None: unknown).
+    """
+
+    event: str
+    partition: str
+    records: int | None
+    seconds: float | None = None
+    committed: str | None = None
+    latest: str | None = None
+    held: bool | None = None
+    exact: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"event": self.event, "partition": self.partition, "records": self.records, "seconds": self.seconds,
+                "committed": self.committed, "latest": self.latest, "held": self.held, "exact": self.exact}
+
+
 class Consumer(abc.ABC):
     """A consumer group's view of some streams. Not thread-safe; one per worker thread."""
 
@@ -239,6 +265,14 @@ class Transport(Plugin):
 
     def dead_letter(self, group: str, delivery: Delivery, reason: str) -> None:  # noqa: B027
         """Keep a delivery that failed for good, with the reason. Optional."""
+
+    def lag(self, group: str, events: Sequence[str]) -> list[PartitionLag] | None:
+        """How far consumer group ``group`` (a function name, as given to :meth:`subscribe`) is behind on these
+        events' streams: one :class:`PartitionLag` per partition (shard) of each stream. Optional: the default returns
+        None, which means "unknown". ``xflow status`` and the workers' metrics (``xflow_consumer_lag_records``) call it
+        on a transport instance of their own, while the group's members work elsewhere: it only reads, joins no group
+        and moves no position (a group that never committed has every record of its streams behind it)."""
+        return None
 
     def lambda_event_source(self, event: str) -> dict[str, Any] | None:
         """A capability for providers that deploy to AWS Lambda: what an event source mapping reads ``event`` from.
