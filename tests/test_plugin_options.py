@@ -171,7 +171,7 @@ def test_durations_take_a_unit(amount: float, unit: str, upper: bool, space: str
                                                                      max_size=4))
 def test_durations_with_an_unknown_unit_or_a_sign_are_refused(amount: float, unit: str) -> None:
     assume(unit not in DURATION_UNITS)
-    with pytest.raises(OptionValueError, match="not a duration"):
+    with pytest.raises(OptionValueError, match="not a number of seconds"):
         Option("d", "duration").convert(f"{amount:f}{unit}")
     with pytest.raises(OptionValueError, match="negative"):
         Option("d", "duration").convert(-amount)

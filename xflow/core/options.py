@@ -190,7 +190,7 @@ def _to_float(option: Option, value: Any) -> float:
 
 
 def _to_duration(option: Option, value: Any) -> float:
-    wanted = "a duration (seconds, or a number with ms, s, m or h)"
+    wanted = "a number of seconds or a duration such as 500ms, 10s, 2m, 1h"
     if isinstance(value, str):
         text = value.strip().lower()
         match = _DURATION.fullmatch(text)

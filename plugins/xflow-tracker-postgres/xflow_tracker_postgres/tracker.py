@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import DeliveryRecord, EventRecord, ExecutionHistory, PluginContext, Step, TrackerStore
+from xflow.core.options import Option
 from xflow.core.redact import redact, remember, remember_in_text, userinfo_is_ambiguous
 
 if TYPE_CHECKING:
@@ -111,15 +111,16 @@ class PostgresTrackerStore(TrackerStore):
 
     name = "postgres"
     description = "Execution history in PostgreSQL, shared by workers on many machines (dsn=postgresql://...)"
-    options: ClassVar[dict[str, str]] = {
-        "dsn": f"postgresql://USER[:PASSWORD]@HOST:PORT/DATABASE to connect to (default {DEFAULT_DSN})",
-        "schema": "schema that holds the xflow_* tables; must exist (default public)",
-    }
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("dsn", str, DEFAULT_DSN, "postgresql://USER[:PASSWORD]@HOST:PORT/DATABASE (or a libpq key=value "
+               "string) to connect to; its password is masked"),
+        Option("schema", str, "public", "schema that holds the xflow_* tables; must exist"),
+    )
 
     def __init__(self, context: PluginContext) -> None:
         super().__init__(context)
-        self.dsn = str(context.option("dsn") or os.environ.get("XFLOW_POSTGRES_DSN") or DEFAULT_DSN)
-        self.schema = str(context.option("schema", "public"))
+        self.dsn = self.context.option("dsn")  # also XFLOW_POSTGRES_DSN, as every option has its variable
+        self.schema = self.context.option("schema")
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", self.schema):
             raise XflowError(f"postgres tracker: option schema={self.schema!r} is not a plain SQL name",
                              "use letters, digits and underscores")

@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import Consumer, Delivery, PluginContext, Record, Step, Transport
+from xflow.core.options import Option
 from xflow.core.redact import redact, remember_in_text, userinfo_is_ambiguous
 
 DEFAULT_URL = "redis://localhost:6379/0"
@@ -99,19 +100,20 @@ class RedisTransport(Transport):
 
     name = "redis"
     description = "Redis Streams with consumer groups (url=redis://HOST:PORT/DB)"
-    options = {
-        "url": f"redis://[:PASSWORD@]HOST:PORT/DB of the server (default {DEFAULT_URL})",
-        "partitions": f"sub-streams per event; one execution's events stay in one, in order (default "
-                      f"{DEFAULT_PARTITIONS}); read when setup creates a stream",
-        "maxlen": "keep about this many entries per sub-stream, trimming the oldest (default: keep all)",
-        "claim_idle": f"seconds after which a silent consumer's partitions and unacknowledged deliveries "
-                      f"go to the group's other consumers (default {DEFAULT_CLAIM_IDLE:g})",
-    }
+    options = (
+        Option("url", str, DEFAULT_URL, "redis://[:PASSWORD@]HOST:PORT/DB of the server (its password is masked)"),
+        Option("partitions", int, DEFAULT_PARTITIONS, "sub-streams per event; one execution's events stay in one, in "
+               "order; read when setup creates a stream", minimum=1),
+        Option("maxlen", int, None, "keep about this many entries per sub-stream, trimming the oldest (default: keep "
+               "all)", minimum=1),
+        Option("claim_idle", "duration", DEFAULT_CLAIM_IDLE, "seconds after which a silent consumer's partitions and "
+               "unacknowledged deliveries go to the group's other consumers", minimum=0.2),
+    )
     max_record_bytes = 1_000_000
 
     def __init__(self, context: PluginContext) -> None:
         super().__init__(context)
-        self.url = str(context.option("url") or os.environ.get("XFLOW_REDIS_URL") or DEFAULT_URL)
+        self.url = self.context.option("url")  # also XFLOW_REDIS_URL, as every option has its variable
         if not self.url.startswith(("redis://", "rediss://", "unix://")):
             start = self.url.split(":", 1)[0].split("@", 1)[0][:12]  # never more: the rest may hold a password
             raise XflowError(f"redis transport: option url (starting {start!r}) is not a redis:// URL",
@@ -127,36 +129,15 @@ class RedisTransport(Transport):
             raise XflowError(f"redis transport: option url={_safe_url(self.url)!r} is not a valid URL",
                              "use redis://[:PASSWORD@]HOST:PORT/DB, with special characters in the password "
                              "percent-encoded") from None
-        self.partitions = self._int_option("partitions", DEFAULT_PARTITIONS, minimum=1)
-        maxlen = context.option("maxlen")
-        self.maxlen = None if maxlen is None else self._int_option("maxlen", 0, minimum=1)
-        self.claim_idle = self._float_option("claim_idle", DEFAULT_CLAIM_IDLE, minimum=0.2)
+        self.partitions = self.context.option("partitions")
+        self.maxlen = self.context.option("maxlen")
+        self.claim_idle = self.context.option("claim_idle")
         self.prefix = f"xflow:{{{self.workflow_id}}}:"
         self._redis: Any = None
         self._scripts: dict[str, Any] = {}
         self._partition_counts: dict[str, int] = {}
 
     # -- options and connection ----------------------------------------------------------------
-
-    def _int_option(self, key: str, default: int, minimum: int) -> int:
-        raw = self.context.option(key, default)
-        try:
-            value = int(raw)
-        except (TypeError, ValueError):
-            raise XflowError(f"redis transport: option {key}={raw!r} is not a whole number") from None
-        if value < minimum:
-            raise XflowError(f"redis transport: option {key}={value} must be at least {minimum}")
-        return value
-
-    def _float_option(self, key: str, default: float, minimum: float) -> float:
-        raw = self.context.option(key, default)
-        try:
-            value = float(raw)
-        except (TypeError, ValueError):
-            raise XflowError(f"redis transport: option {key}={raw!r} is not a number of seconds") from None
-        if value < minimum:
-            raise XflowError(f"redis transport: option {key}={value:g} must be at least {minimum:g} seconds")
-        return value
 
     @property
     def client(self) -> Any:
