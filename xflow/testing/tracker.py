@@ -329,6 +329,47 @@ class TrackerStoreContract:
         keys = [("ex14", f"ev-{i:04d}", "reader") for i in range(count)]
         assert tracker.succeeded_among(keys) == {key for i, key in enumerate(keys) if i % 2}
 
+    def test_list_executions_pages_newest_first(self, tracker: TrackerStore) -> None:
+        """list_executions: most recently started first, paged by its cursor without gaps or repeats, the status
+        hint never leaves out an execution that has it, a cursor the store did not make is an XflowError."""
+        from xflow.core.errors import XflowError
+
+        base = 1_700_000_000.0
+        for n in range(5):  # ls0 started first, ls4 last; each execution has two events
+            tracker.record_events([self.event(f"ls{n}", f"ls{n}-a", base + n * 10),
+                                   self.event(f"ls{n}", f"ls{n}-b", base + n * 10 + 5, event="Charged")])
+            if n == 1:
+                tracker.record_delivery(self.delivery("ls1", "ls1-a", base + 11, status="failed", error="boom"))
+            time.sleep(0.01)  # a store that orders by the time of writing (CloudWatch) sees them apart
+
+        def walk() -> list[Any]:
+            listed, cursor = [], None
+            for _ in range(10):
+                page = tracker.list_executions(2, cursor)
+                assert len(page.executions) <= 2
+                listed += page.executions
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+            return listed
+
+        deadline = time.monotonic() + self.consistency_timeout
+        listed = walk()
+        while len(listed) < 5 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            listed = walk()
+        if not listed and not tracker.recent_executions(5):
+            pytest.skip(f"the {type(tracker).__name__} store lists no executions (recent_executions and "
+                        "list_executions are optional)")
+        assert [info.execution_id for info in listed] == ["ls4", "ls3", "ls2", "ls1", "ls0"]
+        starts = [info.started_at for info in listed]
+        assert all(isinstance(t, float | int) for t in starts) and starts == sorted(starts, reverse=True)
+        failed = [info.execution_id for info in tracker.list_executions(10, status="failed").executions]
+        assert "ls1" in failed
+        assert tracker.list_executions(0).executions == []
+        with pytest.raises(XflowError):
+            tracker.list_executions(2, "not a cursor of this store")
+
     def test_teardown_removes_the_records(
         self, make_tracker: Callable[[], TrackerStore], workflow: Workflow
     ) -> None:

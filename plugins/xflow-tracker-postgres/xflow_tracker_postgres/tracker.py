@@ -38,6 +38,7 @@ from xflow.core.options import Option
 from xflow.core.redact import redact, remember, remember_in_text, userinfo_is_ambiguous
 
 if TYPE_CHECKING:
+    from xflow.core.interfaces import ExecutionPage
     from xflow.core.model import Workflow
 
 DEFAULT_DSN = "postgresql://localhost/postgres"
@@ -61,6 +62,8 @@ CREATE TABLE IF NOT EXISTS {s}.xflow_events (
 );
 CREATE INDEX IF NOT EXISTS xflow_events_by_execution
     ON {s}.xflow_events (workflow_id, execution_id, published_at, seq);
+CREATE INDEX IF NOT EXISTS xflow_events_by_time
+    ON {s}.xflow_events (workflow_id, published_at, execution_id);
 CREATE TABLE IF NOT EXISTS {s}.xflow_deliveries (
     id bigserial PRIMARY KEY,
     workflow_id text NOT NULL,
@@ -81,7 +84,7 @@ CREATE INDEX IF NOT EXISTS xflow_deliveries_succeeded
     ON {s}.xflow_deliveries (workflow_id, event_id, function, execution_id) WHERE status = 'succeeded';
 """
 _RELATIONS = ("xflow_workflows", "xflow_events", "xflow_events_by_execution", "xflow_deliveries",
-              "xflow_deliveries_by_execution", "xflow_deliveries_succeeded")
+              "xflow_deliveries_by_execution", "xflow_deliveries_succeeded", "xflow_events_by_time")
 
 
 def _import_psycopg() -> Any:
@@ -370,6 +373,34 @@ class PostgresTrackerStore(TrackerStore):
             "AND d.status = 'succeeded' LIMIT 1) AS found",
             (*columns, self.workflow_id)).fetchall())
         return {(x, e, f) for x, e, f in rows}
+
+    def list_executions(self, limit: int, cursor: str | None = None, status: str | None = None) -> ExecutionPage:
+        """Walks ``xflow_events_by_time`` newest first, keeping each execution's first event (one probe of
+        ``xflow_events_by_execution`` each); with ``status='failed'``, only executions that have a failed delivery.
+        A database set up before that index existed is listed all the same, more slowly (setup adds it)."""
+        from xflow.core.interfaces import ExecutionInfo, ExecutionPage, decode_cursor, encode_cursor
+
+        where, params = ["e.workflow_id = %s"], [self.workflow_id]
+        if cursor:
+            position = decode_cursor(cursor)
+            if not (isinstance(position, list) and len(position) == 2 and isinstance(position[0], int | float)
+                    and isinstance(position[1], str)):
+                raise XflowError(f"cursor {cursor!r} is not one this tracker gave",
+                                 "pass the next_cursor of the previous page, or no cursor for the newest")
+            where.append("(e.published_at, e.execution_id) < (%s, %s)")
+            params += [position[0], position[1]]
+        if status == "failed":
+            where.append(f"EXISTS (SELECT 1 FROM {self._table('xflow_deliveries')} AS d WHERE d.workflow_id = "
+                         "e.workflow_id AND d.execution_id = e.execution_id AND d.status = 'failed')")
+        where.append(f"NOT EXISTS (SELECT 1 FROM {self._table('xflow_events')} AS p WHERE p.workflow_id = e.workflow_id "
+                     "AND p.execution_id = e.execution_id AND (p.published_at, p.seq) < (e.published_at, e.seq))")
+        limit = max(0, int(limit))
+        rows = self._run("listing executions", lambda conn: conn.execute(
+            f"SELECT e.execution_id, e.published_at FROM {self._table('xflow_events')} AS e WHERE {' AND '.join(where)} "
+            "ORDER BY e.published_at DESC, e.execution_id DESC LIMIT %s", (*params, limit + 1)).fetchall())
+        listed = [ExecutionInfo(execution_id, started_at) for execution_id, started_at in rows[:limit]]
+        more = len(rows) > limit and listed
+        return ExecutionPage(listed, encode_cursor([listed[-1].started_at, listed[-1].execution_id]) if more else None)
 
     def executions(self) -> list[str]:
         """Execution ids of this workflow, most recent first."""

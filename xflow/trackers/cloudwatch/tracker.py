@@ -57,9 +57,13 @@ from xflow.core.interfaces import (
     DeliveryRecord,
     EventRecord,
     ExecutionHistory,
+    ExecutionInfo,
+    ExecutionPage,
     PluginContext,
     Step,
     TrackerStore,
+    decode_cursor,
+    encode_cursor,
 )
 from xflow.core.options import Option
 from xflow.trackers.cloudwatch.history import function_lines, read_history, stream_lines
@@ -322,6 +326,31 @@ class CloudWatchTracker(TrackerStore):
 
     def history(self, execution_id: str) -> ExecutionHistory:
         return read_history(self.logs, self.log_group, execution_id, self.workflow_id, self._functions())
+
+    def list_executions(self, limit: int, cursor: str | None = None, status: str | None = None) -> ExecutionPage:
+        """The group's log streams, one per execution, from DescribeLogStreams: most recently written first
+        (CloudWatch orders streams by their last event, not their first: an execution still running moves up), each
+        started at its stream's first event; the cursor holds CloudWatch's nextToken; ``status`` is not used. An
+        execution id holding ``:`` or ``*`` is listed under its stream's name (those become ``_``)."""
+        limit = max(0, int(limit))
+        token = decode_cursor(cursor) if cursor else None
+        if token is not None and not isinstance(token, str):
+            raise XflowError(f"cursor {cursor!r} is not one this tracker gave",
+                             "pass the next_cursor of the previous page, or no cursor for the newest")
+        listed: list[ExecutionInfo] = []
+        with translate_errors(f"listing the log streams of {self.log_group}"):
+            while len(listed) < limit:
+                page = self.logs.describe_log_streams(
+                    logGroupName=self.log_group, orderBy="LastEventTime", descending=True,
+                    limit=min(limit - len(listed), 50), **({"nextToken": token} if token else {}))
+                streams = page.get("logStreams", [])
+                listed += [ExecutionInfo(s["logStreamName"], (s.get("firstEventTimestamp") or s["creationTime"]) / 1000)
+                           for s in streams]
+                token = page.get("nextToken")
+                if not token or not streams:
+                    token = None
+                    break
+        return ExecutionPage(listed[:limit], encode_cursor(token) if token else None)
 
     def stored_events(self, execution_id: str) -> list[EventRecord]:
         """The event lines of the execution's log stream as written, duplicates included (history drops them)."""
