@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from xflow.cli_monitoring import metrics_options, start_metrics, status_command
 from xflow.cli_serve import executions_command, serve_command
 from xflow.emulate import emulate_command
 from xflow.scaffold import new_plugin_command
@@ -334,9 +335,10 @@ def run(ctx: click.Context, file: Path, event: str | None, data: str, execution_
 @click.option("--function", "functions", metavar="NAME", multiple=True,
               help="Run only these functions (repeatable; default: all).")
 @_plugin_options
+@metrics_options
 @click.pass_context
 def worker(ctx: click.Context, file: Path, functions: tuple[str, ...], transport: str | None, provider: str | None,
-           tracker: str | None, options: tuple[str, ...]) -> None:
+           tracker: str | None, options: tuple[str, ...], metrics_port: int | None, metrics_host: str) -> None:
     """Process the workflow's subscriptions until stopped (SIGTERM or Ctrl-C); start several to scale out."""
     engine = _engine(ctx, str(file), transport=transport, provider=provider, tracker=tracker, options=options)
     names = engine.plugin_names()
@@ -346,6 +348,8 @@ def worker(ctx: click.Context, file: Path, functions: tuple[str, ...], transport
 
     from xflow.core.worker import stop_on_signals
 
+    start_metrics(ctx, [file], {"transport": transport, "provider": provider, "tracker": tracker, "options": options},
+                  metrics_port, metrics_host)
     stop = threading.Event()
     with stop_on_signals(stop):
         handled = engine.work(list(functions) or None, stop=stop)
@@ -544,7 +548,7 @@ def graph(file: Path, fmt: str) -> None:
     click.echo(to_mermaid(workflow) if fmt == "mermaid" else to_dot(workflow))
 
 
-for _command in (serve_command, executions_command):
+for _command in (serve_command, executions_command, status_command):
     _plugin_options(_command)  # the shared backend flags, added to the command object (click allows it)
     cli.add_command(_command)
 

@@ -1,0 +1,242 @@
+"""Prometheus metrics of a worker (``xflow worker --metrics-port PORT``): the observer that counts what the runners
+report, the collector that reads lag and executions at scrape time, and the HTTP exposition server.
+
+Metrics (every one labelled with ``workflow``):
+
+- ``xflow_events_published_total{event}``: events published to the transport, by handlers and from outside;
+- ``xflow_deliveries_total{function, status}``: settled delivery attempts, ``status`` one of ``succeeded``,
+  ``retrying``, ``failed`` (for good) and ``skipped-duplicate``;
+- ``xflow_handler_duration_seconds{function}``: a histogram of handler run times;
+- ``xflow_dead_letters_total{function, event}``: deliveries dead-lettered;
+- ``xflow_deliveries_in_flight{function}``: handler calls started and not finished;
+- ``xflow_consumer_lag_records{function, event, partition}`` and ``xflow_consumer_lag_seconds{...}``: what the
+  transport's :meth:`~xflow.core.interfaces.Transport.lag` says, read at scrape time (at most every
+  ``lag_interval`` seconds; absent for a transport that cannot tell);
+- ``xflow_recent_executions{status}``: the statuses (as ``xflow track`` gives them) of the workflow's most recent
+  executions, where the tracker can list them.
+
+Counts are taken in the process that runs the dispatcher (handler processes count nothing), so one worker's metrics
+need nothing more. Several worker processes on one machine may share a folder named by ``PROMETHEUS_MULTIPROC_DIR``
+(prometheus-client's multiprocess mode): each then serves the counts of all of them added up.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from xflow.core.errors import XflowError
+from xflow.core.observe import Observer, SettledStatus
+
+if TYPE_CHECKING:
+    from xflow.core.engine import Engine
+
+log = logging.getLogger("xflow")
+
+#: handler run times, in seconds: from a quick in-thread call to a long batch job
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+#: how many of the most recent executions ``xflow_recent_executions`` counts by status
+RECENT_EXECUTIONS = 100
+
+
+def multiprocess_dir() -> str | None:
+    """The folder of prometheus-client's multiprocess mode, when ``PROMETHEUS_MULTIPROC_DIR`` names one."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class PrometheusObserver(Observer):
+    """Counts what runners report (:class:`~xflow.core.observe.Observer`) in prometheus-client metrics registered
+    in ``registry``. Label sets are looked up once each (a dictionary holds their children)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.published_total = Counter("xflow_events_published", "Events published to the transport.",
+                                       ("workflow", "event"), registry=registry)
+        self.deliveries = Counter("xflow_deliveries", "Delivery attempts settled, by status (succeeded, retrying, "
+                                  "failed for good, skipped-duplicate).", ("workflow", "function", "status"),
+                                  registry=registry)
+        self.duration = Histogram("xflow_handler_duration_seconds", "How long handlers ran.", ("workflow", "function"),
+                                  buckets=DURATION_BUCKETS, registry=registry)
+        self.dead_letters = Counter("xflow_dead_letters", "Deliveries dead-lettered.", ("workflow", "function", "event"),
+                                    registry=registry)
+        self.running = Gauge("xflow_deliveries_in_flight", "Handler calls started and not finished.",
+                             ("workflow", "function"), multiprocess_mode="livesum", registry=registry)
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (str(id(metric)), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def published(self, workflow_id: str, event: str, count: int) -> None:
+        self._child(self.published_total, workflow_id, event).inc(count)
+
+    def settled(self, workflow_id: str, function: str, status: SettledStatus, duration: float | None) -> None:
+        self._child(self.deliveries, workflow_id, function, status).inc()
+        if duration is not None:
+            self._child(self.duration, workflow_id, function).observe(duration)
+
+    def dead_lettered(self, workflow_id: str, function: str, event: str) -> None:
+        self._child(self.dead_letters, workflow_id, function, event).inc()
+
+    def in_flight(self, workflow_id: str, function: str, count: int) -> None:
+        self._child(self.running, workflow_id, function).set(count)
+
+
+@dataclass
+class _Reading:
+    at: float = -1e18
+    families: list[Any] = field(default_factory=list)
+
+
+class WorkflowCollector(Collector):
+    """Reads, at scrape time, each workflow's consumer lag (per function and partition) and the statuses of its
+    recent executions, through engines of its own (made by ``engines``: their plugins are used by this collector
+    only). A reading is kept for ``lag_interval`` seconds, so frequent scrapes do not load the backends; a backend
+    that cannot be read leaves its metrics out of that scrape (and is logged)."""
+
+    def __init__(self, engines: Callable[[], Sequence[Engine]], lag_interval: float = 5.0,
+                 recent_executions: int = RECENT_EXECUTIONS) -> None:
+        self._make_engines = engines
+        self._engines: Sequence[Engine] | None = None
+        self.lag_interval = lag_interval
+        self.recent_executions = recent_executions
+        self._lock = threading.Lock()
+        self._reading = _Reading()
+        self._warned: set[str] = set()
+
+    def describe(self) -> list[Any]:
+        return []  # read at scrape time only (registering it reads no backend)
+
+    def collect(self) -> Iterator[Any]:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._reading.at >= self.lag_interval:
+                self._reading = _Reading(now, self._read())
+            yield from self._reading.families
+
+    def _read(self) -> list[Any]:
+        if self._engines is None:
+            self._engines = list(self._make_engines())
+        labels = ["workflow", "function", "event", "partition"]
+        records = GaugeMetricFamily("xflow_consumer_lag_records", "Records after the consumer group's committed "
+                                    "position, per partition (a lower bound where the transport stops counting).",
+                                    labels=labels)
+        seconds = GaugeMetricFamily("xflow_consumer_lag_seconds", "How long the oldest record not committed has "
+                                    "waited on the transport, per partition.", labels=labels)
+        executions = GaugeMetricFamily("xflow_recent_executions", f"Statuses of the workflow's {self.recent_executions}"
+                                       " most recent executions.", labels=["workflow", "status"])
+        for engine in self._engines:
+            self._read_lag(engine, records, seconds)
+            self._read_executions(engine, executions)
+        return [records, seconds, executions]
+
+    def _read_lag(self, engine: Engine, records: GaugeMetricFamily, seconds: GaugeMetricFamily) -> None:
+        from xflow.monitoring.status import function_lag
+
+        workflow = engine.workflow
+        for function in workflow.functions:
+            try:
+                lag = function_lag(engine, function)
+            except Exception as exc:  # noqa: BLE001 - a scrape goes on without this backend's figures
+                self._warn(f"lag of {workflow.id}/{function}", exc)
+                continue
+            for part in lag or ():
+                labels = [workflow.id, function, part.event, part.partition]
+                if part.records is not None:
+                    records.add_metric(labels, part.records)
+                if part.seconds is not None:
+                    seconds.add_metric(labels, part.seconds)
+
+    def _read_executions(self, engine: Engine, executions: GaugeMetricFamily) -> None:
+        from xflow.serve.catalog import MAX_LIMIT, list_executions
+
+        try:
+            listing = list_executions(engine, None, min(self.recent_executions, MAX_LIMIT))
+        except Exception as exc:  # noqa: BLE001
+            self._warn(f"executions of {engine.workflow.id}", exc)
+            return
+        counts: dict[str, int] = {}
+        for row in listing["executions"]:
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+        for status, count in sorted(counts.items()):
+            executions.add_metric([engine.workflow.id, status], count)
+
+    def _warn(self, what: str, exc: Exception) -> None:
+        level = logging.DEBUG if what in self._warned else logging.WARNING
+        self._warned.add(what)
+        log.log(level, "metrics: cannot read the %s: %s", what, exc)
+
+    def close(self) -> None:
+        with self._lock:
+            for engine in self._engines or ():
+                engine.close()
+            self._engines = []
+
+
+class MetricsServer:
+    """The exposition server of one process: ``/metrics`` on ``host:port`` (prometheus-client's HTTP server, in a
+    daemon thread), fed by a :class:`PrometheusObserver` and a :class:`WorkflowCollector`."""
+
+    def __init__(self, observer: PrometheusObserver, registry: CollectorRegistry, collector: WorkflowCollector,
+                 server: Any, thread: threading.Thread, host: str, port: int) -> None:
+        self.observer, self.registry, self.collector = observer, registry, collector
+        self._server, self._thread = server, thread
+        self.host, self.port = host, port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        """Stop serving, and close the collector's engines (the observer stays installed if it was)."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+        self.collector.close()
+
+
+def start_metrics_server(port: int, host: str = "127.0.0.1", engines: Callable[[], Sequence[Engine]] = list,
+                         lag_interval: float = 5.0) -> MetricsServer:
+    """Serve Prometheus metrics on ``host:port`` and install the observer that feeds them
+    (:func:`xflow.core.observe.install`: start it before the runners). ``engines`` makes the engines whose lag and
+    executions are read at scrape time (called once, at the first scrape). A port that cannot be bound is an
+    XflowError."""
+    from prometheus_client import start_http_server
+
+    from xflow.core import observe
+
+    counted = CollectorRegistry()
+    folder = multiprocess_dir()
+    if folder:
+        from prometheus_client import multiprocess
+
+        exposed = CollectorRegistry()
+        multiprocess.MultiProcessCollector(exposed, path=folder)
+        pid = os.getpid()
+        atexit.register(lambda: multiprocess.mark_process_dead(pid, folder))
+    else:
+        exposed = counted
+    observer = PrometheusObserver(counted)
+    collector = WorkflowCollector(engines, lag_interval)
+    exposed.register(collector)
+    try:
+        server, thread = start_http_server(port, addr=host, registry=exposed)
+    except OSError as exc:
+        raise XflowError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}",
+                         "choose a free port with --metrics-port (and an address of this machine with --metrics-host)"
+                         ) from None
+    observe.install(observer)
+    return MetricsServer(observer, exposed, collector, server, thread, host, server.server_address[1])
