@@ -1,0 +1,91 @@
+"""What :func:`~xflow.core.config.validate_workflow` checks beyond loading: sources, handlers, plugins, runtimes."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from xflow.core.config.build import Built
+from xflow.core.config.problems import Problems, one_line
+from xflow.core.config.schema import HANDLER
+from xflow.core.errors import XflowError
+
+if TYPE_CHECKING:
+    from xflow.core.plugins import PluginRegistry
+
+
+def check_sources(built: Built, problems: Problems) -> None:
+    from xflow.sources.git import is_git_source, parse_git_source
+    from xflow.sources.resolve import check_handler, narrow
+    from xflow.sources.s3 import parse_s3_url
+
+    for name, function in built.functions.items():
+        at = built.where[name]
+        source = function.source
+        if not source:
+            continue
+        try:
+            if source.startswith("s3://"):
+                parse_s3_url(source)
+            elif is_git_source(source):
+                parse_git_source(source)
+            elif "://" in source or source.startswith("git@"):
+                scheme = source.partition("://")[0] if "://" in source else "git@"
+                problems.add(at + ("source",), f"{source!r} uses a scheme xflow cannot fetch ({scheme}); use a local "
+                                               "path, s3://BUCKET/KEY or a git link (git://, https://github.com/, "
+                                               "https://HOST/REPO.git/PATH, git+URL)")
+        except XflowError as exc:
+            problems.add(at + ("source",), one_line(str(exc)))
+        except ValueError as exc:
+            problems.add(at + ("source",), f"{source!r} cannot be parsed: {one_line(str(exc))}")
+        path = function.source_path
+        if path is None or not function.handler or not HANDLER.match(function.handler):
+            continue
+        try:
+            if not path.exists():
+                continue  # reported by the loader
+            check_handler(function, narrow(path, function.handler))
+        except XflowError as exc:
+            prefix = f"function {function.name}: handler {function.handler!r}: "
+            problems.add(at + ("handler",), one_line(exc.message.removeprefix(prefix)))
+        except (OSError, ValueError, RecursionError, MemoryError) as exc:
+            problems.add(at + ("source",), f"cannot be read: {one_line(str(exc))[:200]}")
+
+
+def check_plugins(built: Built, problems: Problems, registry: PluginRegistry | None) -> None:
+    named = {kind: choice.name for kind, choice in built.plugins.items() if choice.name}
+    if not named:
+        return
+    if registry is None:
+        from xflow.core.plugins import PluginRegistry
+
+        registry = PluginRegistry()
+    for kind, name in named.items():
+        installed = registry.names(kind)
+        if name in installed:
+            continue
+        close = difflib.get_close_matches(name, installed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else f"; install a distribution named xflow-{kind}-{name}"
+        broken = [b for b in registry.broken if b.name == name]
+        if broken:
+            hint = f"; the plugin {name!r} from {broken[0].distribution} is installed but broken: {broken[0].error}"
+        problems.add((kind, "name"), f"unknown {kind} {name!r}; installed {kind}s: {', '.join(installed) or 'none'}{hint}")
+
+
+def check_runtimes(built: Built, problems: Problems, runtimes: Mapping[str, Sequence[str]]) -> None:
+    provider = built.plugins.get("provider")
+    if provider is None:
+        return
+    accepted = runtimes.get(provider.name or "")
+    if not accepted:
+        return
+    for name, function in built.functions.items():
+        if function.runtime in accepted:
+            continue
+        at = built.where[name]
+        where = at + ("runtime",)
+        if where not in problems.lines and ("general", "runtime") in problems.lines:
+            where = ("general", "runtime")
+        problems.add(where, f"runtime {function.runtime!r} of function {name!r} is not accepted by provider "
+                            f"{provider.name!r}; supported: {', '.join(accepted)}")
