@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 import pytest
@@ -12,6 +13,7 @@ from xflow.core.errors import XflowError
 from xflow.core.interfaces import (
     Consumer,
     Delivery,
+    PartitionLag,
     Record,
     Transport,
 )
@@ -246,3 +248,36 @@ class TransportContract:
         assert len(got) == 1
         transport.dead_letter("dlq", got[0], "undecodable: not JSON")
         consumer.commit(got)
+
+    # -- lag (optional) ------------------------------------------------------------------------
+
+    def test_lag_counts_a_known_backlog(self, transport: Transport, consumers: list[Consumer]) -> None:
+        """Checked when the transport implements ``lag``: a group that read nothing has every record behind it, one
+        per record published; after it committed everything, nothing. Records are published one per call (some
+        Kafka-compatible brokers count a batch as one offset)."""
+        if type(transport).lag is Transport.lag:
+            pytest.skip(f"{type(transport).__name__} does not report lag (the optional Transport.lag)")
+        for i in range(4):
+            transport.publish("Uploaded", [Record(f"lag-{i}", f'{{"i": {i}}}'.encode())])
+        before = transport.lag("lagging", ["Uploaded"])
+        assert isinstance(before, list) and before, "lag() lists one PartitionLag per partition"
+        assert all(isinstance(p, PartitionLag) and p.event == "Uploaded" for p in before)
+        assert len({p.partition for p in before}) == len(before), "one entry per partition"
+        assert sum(p.records or 0 for p in before) == 4 and all(p.exact for p in before), \
+            f"a group that read nothing is 4 records behind, got {before}"
+        assert transport.lag("lagging", ["Parsed"]) is not None
+        assert all(p.records == 0 for p in transport.lag("lagging", ["Parsed"]) or ()), "Parsed holds nothing"
+
+        consumer = self.subscribe(transport, consumers, "lagging")
+        got = drain(consumer, 4, self.poll_timeout)
+        assert len(got) == 4
+        consumer.commit(got)
+        deadline = time.monotonic() + self.poll_timeout
+        after = transport.lag("lagging", ["Uploaded"]) or []
+        while sum(p.records or 0 for p in after) and time.monotonic() < deadline:  # commits may land a moment later
+            time.sleep(0.2)
+            after = transport.lag("lagging", ["Uploaded"]) or []
+        assert after and all(p.records == 0 for p in after), f"everything was committed, got {after}"
+        assert all(p.seconds in (None, 0.0) for p in after), "nothing waits once everything is committed"
+        assert sum(p.records or 0 for p in transport.lag("other-group", ["Uploaded"]) or ()) == 4, \
+            "another group's lag is its own"

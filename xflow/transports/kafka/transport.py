@@ -37,7 +37,7 @@ from typing import ClassVar, TypeVar
 
 from xflow.core.deploy import dispatch
 from xflow.core.errors import BackendUnavailable, XflowError
-from xflow.core.interfaces import Consumer, Delivery, PluginContext, Record, Step, Transport
+from xflow.core.interfaces import Consumer, Delivery, PartitionLag, PluginContext, Record, Step, Transport
 from xflow.core.options import Option
 from xflow.transports.kafka.clients import CLIENTS, make_client
 from xflow.transports.kafka.clients.base import ClientSettings, KafkaClient, KafkaClientError, Outgoing
@@ -322,6 +322,43 @@ class KafkaTransport(Transport):
         )
         key = delivery.key.encode("utf-8") if delivery.key is not None else None
         self._send([Outgoing(topic, key, delivery.value, headers)], f"dead-lettering to {topic}")
+
+    def lag(self, group: str, events: Sequence[str]) -> list[PartitionLag]:
+        """Per partition: the end offset minus the group's committed offset (minus the first offset kept, for a
+        partition the group never committed), and whether a member of the group is assigned the partition. Kafka
+        keeps no arrival time this cheaply: ``seconds`` is known only when nothing is behind (0.0)."""
+        topics = self._topics()
+        wanted: list[tuple[str, int]] = []
+        event_of: dict[str, str] = {}
+        for event in events:
+            topic = self.stream_name(event)
+            if topic not in topics:
+                raise XflowError(f"kafka transport: topic {topic} for event {event!r} does not exist",
+                                 "run `xflow setup FILE --transport kafka` first")
+            event_of[topic] = event
+            wanted += [(topic, partition) for partition in range(topics[topic])]
+        group_id = self.group_id(group)
+        # a broker that never saw a group answers "coordinator not available" while it makes its offsets topic
+        deadline = time.monotonic() + self.client.settings.request_timeout_ms / 1000
+        while True:
+            try:
+                positions = self.client.group_positions(group_id, wanted)
+                break
+            except KafkaClientError as exc:
+                if not exc.transient or time.monotonic() > deadline:
+                    raise self._as_error(f"reading the lag of group {group_id}", exc) from exc
+                time.sleep(0.5)
+        found = []
+        for topic, partition in wanted:
+            end = positions.ends.get((topic, partition))
+            committed = positions.committed.get((topic, partition))
+            start = committed if committed is not None else positions.starts.get((topic, partition))
+            records = max(0, end - start) if end is not None and start is not None else None
+            found.append(PartitionLag(
+                event_of[topic], str(partition), records, 0.0 if records == 0 else None,
+                str(committed - 1) if committed else None, str(end - 1) if end else None,
+                None if positions.assigned is None else (topic, partition) in positions.assigned))
+        return found
 
     def close(self) -> None:
         self.client.close()

@@ -2,7 +2,8 @@
 
 - :mod:`.transport`: the plugin (streams, setup and teardown, publish with ordered PutRecords, subscribe);
 - :mod:`.consumer`: a group member's consumer (shard reading, fair share of the shards, poll and commit);
-- :mod:`.leases`: the DynamoDB lease table (leases, checkpoints, group members, the lease keeper thread).
+- :mod:`.leases`: the DynamoDB lease table (leases, checkpoints, group members, the lease keeper thread);
+- :mod:`.lag`: how far a consumer group is behind, per shard (``KinesisTransport.lag``).
 
 Registered through the entry point ``kinesis = xflow.transports.kinesis`` (group ``xflow``).
 """

@@ -28,9 +28,10 @@ from tenacity import RetryCallState
 from xflow.aws import TAG_KEY, AwsSession, ServiceBusy, is_client_error, retrying, translate_errors
 from xflow.core.deploy import dispatch
 from xflow.core.errors import BackendUnavailable, XflowError
-from xflow.core.interfaces import Consumer, Delivery, PluginContext, Record, Step, Transport
+from xflow.core.interfaces import Consumer, Delivery, PartitionLag, PluginContext, Record, Step, Transport
 from xflow.core.options import Option
 from xflow.transports.kinesis.consumer import KinesisConsumer
+from xflow.transports.kinesis.lag import group_lag
 from xflow.transports.kinesis.leases import LeaseTable, table_definition
 
 log = logging.getLogger("xflow.kinesis")
@@ -267,6 +268,10 @@ class KinesisTransport(Transport):
         if workflow is not None and group in workflow.functions:
             starting = workflow.functions[group].starting_position or starting
         return KinesisConsumer(self, group, list(events), starting)
+
+    def lag(self, group: str, events: Sequence[str]) -> list[PartitionLag]:
+        """Per shard: from the group's checkpoint and GetRecords' MillisBehindLatest (see :mod:`.lag`)."""
+        return group_lag(self, group, events)
 
     def dead_letter(self, group: str, delivery: Delivery, reason: str) -> None:
         folder = Path(self.context.state_dir) / "dead-letters"

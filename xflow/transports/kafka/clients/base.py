@@ -90,6 +90,21 @@ class GroupDeletion:
     problem: str = ""
 
 
+@dataclass(frozen=True)
+class GroupPositions:
+    """Where a consumer group stands on some partitions (what lag is computed from)."""
+
+    #: (topic, partition) -> the group's committed offset (the next record it reads); partitions never committed are
+    #: left out
+    committed: Mapping[tuple[str, int], int]
+    #: (topic, partition) -> the end offset (the offset the next record appended gets)
+    ends: Mapping[tuple[str, int], int]
+    #: (topic, partition) -> the first offset still kept, for the partitions the group never committed
+    starts: Mapping[tuple[str, int], int]
+    #: the partitions assigned to a member of the group now; None when the broker would not say
+    assigned: set[tuple[str, int]] | None
+
+
 class GroupMember(Protocol):
     """One member of a consumer group, made by :meth:`KafkaClient.consumer`. Used by one thread at a time."""
 
@@ -130,6 +145,9 @@ class KafkaClient(Protocol):
         """The ids of the cluster's consumer groups."""
 
     def delete_groups(self, groups: Sequence[str]) -> list[GroupDeletion]: ...
+
+    def group_positions(self, group_id: str, partitions: Sequence[tuple[str, int]]) -> GroupPositions:
+        """The group's committed offsets, the partitions' end offsets and the members' assignment (reads only)."""
 
     def produce(self, records: Sequence[Outgoing], timeout: float) -> None:
         """Send every record and wait until each is acknowledged by all in-sync replicas, ``timeout`` s at most."""

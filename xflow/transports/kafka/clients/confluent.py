@@ -19,6 +19,7 @@ from xflow.core.interfaces import Delivery
 from xflow.transports.kafka.clients.base import (
     ClientSettings,
     GroupDeletion,
+    GroupPositions,
     KafkaClient,
     KafkaClientError,
     Offsets,
@@ -219,6 +220,57 @@ class ConfluentClient:
             else:
                 found.append(GroupDeletion(group, True))
         return found
+
+    def group_positions(self, group_id: str, partitions: Sequence[tuple[str, int]]) -> GroupPositions:
+        from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+        from confluent_kafka.admin import OffsetSpec
+
+        timeout = self.settings.request_timeout_ms / 1000
+        wanted = [TopicPartition(topic, partition) for topic, partition in partitions]
+        futures = self.admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group_id, wanted)],
+                                                         request_timeout=timeout)
+        [answer] = self._results(f"reading the offsets of group {group_id}", futures, timeout)
+        committed = {(tp.topic, tp.partition): int(tp.offset) for tp in answer.topic_partitions or []
+                     if tp.offset >= 0 and tp.error is None}
+        ends = self._offsets("reading end offsets", wanted, OffsetSpec.latest(), timeout)
+        fresh = [tp for tp in wanted if (tp.topic, tp.partition) not in committed]
+        starts = self._offsets("reading start offsets", fresh, OffsetSpec.earliest(), timeout) if fresh else {}
+        return GroupPositions(committed, ends, starts, self._assigned(group_id, timeout))
+
+    def _offsets(self, doing: str, partitions: list[Any], spec: Any, timeout: float) -> dict[tuple[str, int], int]:
+        futures = self.admin.list_offsets({tp: spec for tp in partitions}, request_timeout=timeout)
+        answers = self._results(doing, futures, timeout)
+        return {(tp.topic, tp.partition): int(info.offset) for tp, info in zip(futures, answers, strict=True)}
+
+    def _assigned(self, group_id: str, timeout: float) -> set[tuple[str, int]] | None:
+        """The partitions the group's members hold (DescribeConsumerGroups); None when the broker would not say."""
+        try:
+            [group] = self._results(f"describing group {group_id}",
+                                    self.admin.describe_consumer_groups([group_id], request_timeout=timeout), timeout)
+        except KafkaClientError as exc:
+            if exc.unreachable:
+                raise
+            log.debug("describing group %s: %s", group_id, exc)
+            return None
+        from confluent_kafka import ConsumerGroupState
+
+        members = list(group.members or [])
+        held = {(tp.topic, tp.partition) for member in members
+                for tp in (member.assignment.topic_partitions if member.assignment else [])}
+        if not held and (members or group.state not in (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD)):
+            return None  # members (or a group at work) without assignments: the broker does not say (Tansu)
+        return held
+
+    def _results(self, doing: str, futures: Mapping[Any, Any], timeout: float) -> list[Any]:
+        """The results of admin futures, in order; a failure as a KafkaClientError."""
+        from confluent_kafka import KafkaException
+
+        try:
+            return [future.result(timeout + 1) for future in futures.values()]
+        except KafkaException as exc:
+            raise self._error(exc, doing) from exc
+        except TimeoutError as exc:
+            raise KafkaClientError(f"{doing}: no answer in {timeout:.0f} s", unreachable=True) from exc
 
     def produce(self, records: Sequence[Outgoing], timeout: float) -> None:
         """Send every record and wait until each is acknowledged, ``timeout`` s at most in all.

@@ -19,6 +19,7 @@ from xflow.core.interfaces import Delivery
 from xflow.transports.kafka.clients.base import (
     ClientSettings,
     GroupDeletion,
+    GroupPositions,
     KafkaClient,
     KafkaClientError,
     Offsets,
@@ -179,6 +180,45 @@ class PythonKafkaClient:
             else:
                 found.append(GroupDeletion(group, False, status))
         return found
+
+    def group_positions(self, group_id: str, partitions: Sequence[tuple[str, int]]) -> GroupPositions:
+        from kafka import TopicPartition
+        from kafka.admin import OffsetSpec
+
+        wanted = [TopicPartition(topic, partition) for topic, partition in partitions]
+        found = self._admin_call(f"reading the offsets of group {group_id}", "list_group_offsets", {group_id: wanted})
+        committed = {(tp.topic, tp.partition): int(meta.offset) for tp, meta in (found.get(group_id) or {}).items()
+                     if meta is not None and meta.offset >= 0}
+        latest = self._admin_call("reading end offsets", "list_partition_offsets",
+                                  {tp: OffsetSpec.LATEST for tp in wanted})
+        ends = {(tp.topic, tp.partition): int(found.offset) for tp, found in latest.items()}
+        fresh = [tp for tp in wanted if (tp.topic, tp.partition) not in committed]
+        earliest = self._admin_call("reading start offsets", "list_partition_offsets",
+                                    {tp: OffsetSpec.EARLIEST for tp in fresh}) if fresh else {}
+        starts = {(tp.topic, tp.partition): int(found.offset) for tp, found in earliest.items()}
+        return GroupPositions(committed, ends, starts, self._assigned(group_id))
+
+    def _assigned(self, group_id: str) -> set[tuple[str, int]] | None:
+        """The partitions the group's members hold (DescribeGroups), None when the answer cannot be read (kafka-python
+        fails to parse some brokers' answers: Tansu's authorized operations)."""
+        try:
+            described = self._admin_call(f"describing group {group_id}", "describe_groups", [group_id]).get(group_id)
+        except (KafkaClientError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.debug("describing group %s: %s", group_id, exc)
+            return None
+        if not described or described.get("error"):
+            return None
+        held: set[tuple[str, int]] = set()
+        for member in described.get("members") or []:
+            assignment: Any = member.get("member_assignment")
+            pairs: Any = (assignment.get("assigned_partitions") if isinstance(assignment, dict)
+                          else getattr(assignment, "assigned_partitions", None))
+            if pairs is None:
+                return None  # not decoded
+            for entry in pairs:
+                topic, numbers = (entry.get("topic"), entry.get("partitions") or ()) if isinstance(entry, dict) else entry
+                held.update((str(topic), int(number)) for number in numbers)
+        return held
 
     # -- producing ------------------------------------------------------------------------
     def _new_producer(self, timeout: float) -> Any:
