@@ -233,7 +233,7 @@ def postgres_tracker(postgres_dsn: str, tmp_path: Path) -> Iterator[Any]:
         admin.execute(f"CREATE SCHEMA {schema}")
     workflow = kit_workflow(new_workflow_id("pg"), tmp_path)
     tracker = PostgresTrackerStore(PluginContext(workflow.id, {"dsn": postgres_dsn, "schema": schema}, tmp_path))
-    apply_steps(tracker.plan_setup(workflow))
+    apply_steps(tracker.plan_setup(workflow), tracker)
     tracker.kit_workflow = workflow
     yield tracker
     tracker.close()
@@ -301,7 +301,7 @@ def test_postgres_setup_adds_the_index_to_an_older_database(postgres_tracker: An
     plan = postgres_tracker.plan_setup(workflow)
     assert [s.resource for s in plan] == [f"tables:{postgres_tracker.schema}.xflow_*"]
     assert "xflow_deliveries_succeeded" in plan[0].detail
-    apply_steps(plan)
+    apply_steps(plan, postgres_tracker)
     assert postgres_tracker.plan_setup(workflow) == []
 
 

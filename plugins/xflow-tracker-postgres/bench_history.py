@@ -82,7 +82,7 @@ def main() -> None:
     with running_postgres() as dsn, tempfile.TemporaryDirectory() as folder:
         workflow = kit_workflow("bench", Path(folder))
         tracker = PostgresTrackerStore(PluginContext("bench", {"dsn": dsn}, Path(folder)))
-        apply_steps(tracker.plan_setup(workflow))
+        apply_steps(tracker.plan_setup(workflow), tracker)
         fill(tracker, 0, 10)
         small = measure(tracker, 10)
         started = time.perf_counter()

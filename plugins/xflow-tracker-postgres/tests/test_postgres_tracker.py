@@ -24,9 +24,9 @@ class TestPostgresTracker(TrackerStoreContract):
 def tracker(postgres_dsn, tmp_path):
     workflow = kit_workflow(new_workflow_id("pg"), tmp_path)
     store = PostgresTrackerStore(PluginContext(workflow.id, {"dsn": postgres_dsn}, tmp_path))
-    apply_steps(store.plan_setup(workflow))
+    apply_steps(store.plan_setup(workflow), store)
     yield store
-    apply_steps(store.plan_teardown(workflow))
+    apply_steps(store.plan_teardown(workflow), store)
     store.close()
 
 

@@ -29,9 +29,9 @@ import json
 import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from xflow.core.deploy import dispatch
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import DeliveryRecord, EventRecord, ExecutionHistory, PluginContext, Step, TrackerStore
 from xflow.core.options import Option
@@ -210,20 +210,25 @@ class PostgresTrackerStore(TrackerStore):
             steps = []
             missing = self._missing_relations(conn)
             if missing:
-                steps.append(Step("create", f"tables:{self.schema}.xflow_*", self._create_tables,
-                                  "missing: " + ", ".join(missing)))
+                steps.append(Step("create", f"tables:{self.schema}.xflow_*", detail="missing: " + ", ".join(missing),
+                                  call="postgres:CreateTables", params={"schema": self.schema}))
             if "xflow_workflows" in missing or not self._workflow_known(conn, workflow.id):
-                steps.append(Step("create", f"tracker:{workflow.id}", partial(self._add_workflow, workflow.id),
-                                  f"postgres {_safe_dsn(self.dsn)}"))
+                steps.append(Step("create", f"tracker:{workflow.id}", detail=f"postgres {_safe_dsn(self.dsn)}",
+                                  call="postgres:AddWorkflow", params={"workflow_id": workflow.id},
+                                  depends_on=(f"tables:{self.schema}.xflow_*",)))
             return steps
 
         return self._run("planning setup", plan)
 
-    def _create_tables(self) -> None:
+    def execute(self, step: Step) -> None:
+        dispatch(step, {"postgres:CreateTables": self._create_tables, "postgres:AddWorkflow": self._add_workflow,
+                        "postgres:DeleteWorkflow": self._delete_workflow})
+
+    def _create_tables(self, schema: str) -> None:
         def create(conn: Any) -> None:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(hashtext('xflow tracker tables'))")
-                for statement in _TABLES.format(s=self.schema).split(";"):
+                for statement in _TABLES.format(s=schema).split(";"):
                     if statement.strip():
                         conn.execute(statement)
 
@@ -245,8 +250,8 @@ class PostgresTrackerStore(TrackerStore):
                 {"w": workflow.id}).fetchone()
             if not row[0]:
                 return []
-            return [Step("delete", f"tracker:{workflow.id}", partial(self._delete_workflow, workflow.id),
-                         "the workflow's events and deliveries")]
+            return [Step("delete", f"tracker:{workflow.id}", detail="the workflow's events and deliveries",
+                         call="postgres:DeleteWorkflow", params={"workflow_id": workflow.id})]
 
         return self._run("planning teardown", plan)
 
@@ -380,7 +385,7 @@ class PostgresTrackerStore(TrackerStore):
         A database set up before that index existed is listed all the same, more slowly (setup adds it)."""
         from xflow.core.interfaces import ExecutionInfo, ExecutionPage, decode_cursor, encode_cursor
 
-        where, params = ["e.workflow_id = %s"], [self.workflow_id]
+        where, params = ["e.workflow_id = %s"], list[object]([self.workflow_id])
         if cursor:
             position = decode_cursor(cursor)
             if not (isinstance(position, list) and len(position) == 2 and isinstance(position[0], int | float)
