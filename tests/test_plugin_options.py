@@ -448,3 +448,56 @@ def test_typed_values_reach_the_plugin(cli: Any, demo_site: Path, flow: Path) ->
     assert done.returncode == 0, done.stderr
     assert "planning with seed ***, 7 partitions, polling every 0.25s" in done.stderr
     assert "s33d" not in done.stderr + done.stdout
+
+
+def test_engine_options_are_named_as_given_in_code(flow: Path, tmp_path: Path) -> None:
+    with pytest.raises(XflowError, match=r"^provider 'local' \(xflow\): option concurrency='lots' from Engine\(options=...\) "
+                                         r"is not a whole number"):
+        Engine(flow, options={"provider": {"concurrency": "lots"}}, state_dir=tmp_path / "state").check_plugins()
+
+
+def test_hand_made_contexts_are_converted_by_the_plugin(demo_site: Path, tmp_path: Path, monkeypatch: Any) -> None:
+    """A plugin made without the engine (tests, the kit) gets typed values and defaults all the same."""
+    monkeypatch.syspath_prepend(str(demo_site))
+    monkeypatch.setenv("XFLOW_DEMO_SIGNATURE_SEED", "from-env")
+    from xflow_transport_demo import DemoTransport  # type: ignore[import-not-found]
+
+    from xflow.core.interfaces import PluginContext
+
+    transport = DemoTransport(PluginContext("w", {"partitions": "3", "poll_interval": "1m", "other": "kept"}, tmp_path))
+    context = transport.context
+    assert (context.option("partitions"), context.option("poll_interval"), context.option("fussy")) == (3, 60.0, False)
+    assert context.option("signature_seed") == "from-env" and context.options["other"] == "kept"
+    assert transport.partitions == 3
+    with pytest.raises(XflowError, match=r"transport 'demo': option partitions='0' from the plugin's context must be at "
+                                         r"least 1"):
+        DemoTransport(PluginContext("w", {"partitions": "0"}, tmp_path))
+    transport.close()
+
+
+def test_the_isolations_offered_are_the_supervisors() -> None:
+    from xflow.providers.local import LocalFunctionProvider
+    from xflow.providers.supervisor import ISOLATIONS
+
+    assert set(declared_options(LocalFunctionProvider)["isolation"].choices) == set(ISOLATIONS)
+
+
+@pytest.mark.parametrize("option, message", [
+    ("partitions=0", "transport 'local' (xflow): option partitions='0' from --option must be at least 1 "
+                     "(hint: partitions: partitions per stream, chosen by execution id (int >= 1, default 4))"),
+    ("isolation=fork", "provider 'local' (xflow): option isolation='fork' from --option names an unknown isolation; "
+                       "choose one of: process, thread"),
+    ("poll_interval=soon", "transport 'local' (xflow): option poll_interval='soon' from --option is not a number of "
+                           "seconds or a duration such as 500ms, 10s, 2m, 1h"),
+    ("propagate_logs=maybe", "provider 'local' (xflow): option propagate_logs='maybe' from --option is not true or false"),
+    ("tracker.path=", None),  # empty: the default
+])
+def test_builtin_options_are_checked_on_setup(cli: Any, flow: Path, tmp_path: Path, option: str, message: str | None) -> None:
+    done = cli("setup", flow, "--transport", "local", *EMBEDDED, "--option", option)
+    if message is None:
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / ".xflow" / "flow" / "tracker.db").exists()
+        return
+    assert one_line_error(done).startswith(f"error: {message}")
+    assert not (tmp_path / ".xflow").exists()
+

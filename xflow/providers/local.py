@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, ClassVar
 from xflow.core.errors import XflowError
 from xflow.core.hookspecs import hookimpl
 from xflow.core.interfaces import FunctionProvider, Runner, Step, TrackerStore, Transport
+from xflow.core.options import Option
 
 if TYPE_CHECKING:
     from xflow.core.model import Function, Workflow
@@ -40,35 +41,31 @@ class LocalFunctionProvider(FunctionProvider):
     name = "local"
     description = "Runs handlers in xflow worker processes on this machine (any transport)"
     runs_locally = True
-    options: ClassVar[dict[str, str]] = {
-        "batch_size": "deliveries taken per poll (default 100)",
-        "backoff_seconds": "delay before the first retry, doubled on each retry (default 0.2)",
-        "backoff_max_seconds": "longest delay between retries (default 5)",
-        "unavailable_give_up_seconds": "how long a worker waits for an unavailable backend (a full disk, a broker "
-                                       "restart) before it stops with exit status 1 (default 0: until it is back)",
-        "concurrency": "handler calls at once per function whose 'concurrency:' is not set (default 1)",
-        "isolation": "process (default: each handler call in a handler process) or thread (in the worker's threads)",
-        "propagate_logs": "true: handler log records also go to the host's logging (default false)",
-    }
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("batch_size", int, 100, "deliveries taken per poll", minimum=1),
+        Option("backoff_seconds", "duration", 0.2, "delay before the first retry, doubled on each retry", minimum=0),
+        Option("backoff_max_seconds", "duration", 5.0, "longest delay between retries", minimum=0),
+        Option("unavailable_give_up_seconds", "duration", 0.0, "how long a worker waits for an unavailable backend (a "
+               "full disk, a broker restart) before it stops with exit status 1 (0: until it is back)", minimum=0),
+        Option("concurrency", int, 1, "handler calls at once per function whose 'concurrency:' is not set", minimum=1),
+        Option("isolation", "choice", "process", "process: each handler call in a handler process; thread: in the "
+               "worker's threads", choices=("process", "thread")),
+        Option("propagate_logs", bool, False, "handler log records also go to the host's logging"),
+    )
 
     def runner(self, workflow: Workflow, transport: Transport, tracker: TrackerStore,
                functions: Sequence[str] | None = None) -> Runner:
         """The dispatcher that runs ``functions`` (default: all) on this machine."""
         from xflow.providers.dispatcher import LocalDispatcher
-        from xflow.providers.supervisor import ISOLATIONS
 
-        options = self.context
-        isolation = str(options.option("isolation", "process")).strip().lower()
-        if isolation not in ISOLATIONS:
-            raise XflowError(f"option isolation={isolation!r} must be one of: {', '.join(ISOLATIONS)}")
+        options = self.context  # typed values (Option declarations above), defaults included
         return LocalDispatcher(
             workflow, transport, tracker, functions=functions, cache_dir=self.sources_folder(workflow),
-            batch_size=options.number_option("batch_size", 100, minimum=1),
-            backoff_seconds=options.number_option("backoff_seconds", 0.2, minimum=0, kind=float),
-            backoff_max_seconds=options.number_option("backoff_max_seconds", 5.0, minimum=0, kind=float),
-            unavailable_give_up_seconds=options.number_option("unavailable_give_up_seconds", 0, minimum=0, kind=float),
-            concurrency=options.number_option("concurrency", 1, minimum=1),
-            isolation=isolation, propagate_logs=_flag(options.option("propagate_logs", False), "propagate_logs"),
+            batch_size=options.option("batch_size"), backoff_seconds=options.option("backoff_seconds"),
+            backoff_max_seconds=options.option("backoff_max_seconds"),
+            unavailable_give_up_seconds=options.option("unavailable_give_up_seconds"),
+            concurrency=options.option("concurrency"), isolation=options.option("isolation"),
+            propagate_logs=options.option("propagate_logs"),
         )
 
     def sources_folder(self, workflow: Workflow) -> Path:
@@ -93,18 +90,6 @@ class LocalFunctionProvider(FunctionProvider):
         if not folder.exists():
             return []
         return [Step("delete", f"source-cache:{folder}", lambda: shutil.rmtree(folder, ignore_errors=True))]
-
-
-def _flag(value: object, key: str) -> bool:
-    """A true/false option, from YAML (a boolean) or text (--option, XFLOW_* variables)."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "yes", "on", "1"):
-        return True
-    if text in ("false", "no", "off", "0", ""):
-        return False
-    raise XflowError(f"option {key}={value!r} must be true or false")
 
 
 def check_local_handler(function: Function) -> None:

@@ -43,6 +43,7 @@ from xflow.core.interfaces import (
     decode_cursor,
     encode_cursor,
 )
+from xflow.core.options import Option
 from xflow.core.runtime import iso_time
 from xflow.core.sqlite_files import SqliteFile
 
@@ -65,12 +66,12 @@ CREATE INDEX IF NOT EXISTS deliveries_by_event ON deliveries(event_id, function,
 class SqliteTrackerStore(TrackerStore):
     name = "sqlite"
     description = "Embedded tracker: events and delivery outcomes in a SQLite file under the state folder"
-    options: ClassVar[dict[str, str]] = {"path": "database file (default STATE_DIR/WORKFLOW/tracker.db)"}
+    options: ClassVar[tuple[Option, ...]] = (Option("path", str, None, "database file (default STATE_DIR/WORKFLOW/tracker.db)"),)
     connection_errors = (sqlite3.OperationalError,)
 
     def __init__(self, context: PluginContext) -> None:
         super().__init__(context)
-        self.path = Path(context.option("path", Path(context.state_dir) / context.workflow_id / "tracker.db"))
+        self.path = Path(self.context.option("path") or Path(context.state_dir) / context.workflow_id / "tracker.db")
         self.file = SqliteFile(self.path, "tracker database")
         self._connection: sqlite3.Connection | None = None
         self._connecting = threading.Lock()  # threads opening the shared connection at once open one

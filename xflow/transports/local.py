@@ -37,6 +37,7 @@ from typing import ClassVar
 from xflow.core.errors import XflowError
 from xflow.core.hookspecs import hookimpl
 from xflow.core.interfaces import Consumer, Delivery, PluginContext, Record, Step, Transport
+from xflow.core.options import Option
 from xflow.core.sqlite_files import SqliteFile
 
 SCHEMA = """
@@ -62,24 +63,24 @@ def connect(path: Path) -> sqlite3.Connection:
 class LocalTransport(Transport):
     name = "local"
     description = "Embedded append-only event log in SQLite under the state folder (no server needed)"
-    options: ClassVar[dict[str, str]] = {
-        "path": "database file (default STATE_DIR/WORKFLOW/events.db)",
-        "partitions": "partitions per stream, chosen by execution id (default 4)",
-        "lease_seconds": "seconds before a dead worker's partitions are taken over (default 10)",
-        "poll_interval": "seconds between looks at an idle log (default 0.05)",
-        "max_record_bytes": "largest event accepted, in bytes (default 1048576)",
-    }
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("path", str, None, "database file (default STATE_DIR/WORKFLOW/events.db)"),
+        Option("partitions", int, 4, "partitions per stream, chosen by execution id", minimum=1),
+        Option("lease_seconds", "duration", 10.0, "seconds before a dead worker's partitions are taken over", minimum=0.5),
+        Option("poll_interval", "duration", 0.05, "seconds between looks at an idle log", minimum=0.001),
+        Option("max_record_bytes", int, 1_048_576, "largest event accepted, in bytes", minimum=1),
+    )
     connection_errors = (sqlite3.OperationalError,)
 
     def __init__(self, context: PluginContext) -> None:
         super().__init__(context)
         default = Path(context.state_dir) / context.workflow_id / "events.db"
-        self.path = Path(context.option("path", default))
+        self.path = Path(self.context.option("path") or default)
         self.file = SqliteFile(self.path, "event log")
-        self.partitions = context.number_option("partitions", 4, minimum=1)
-        self.lease_seconds = context.number_option("lease_seconds", 10, minimum=0.5, kind=float)
-        self.poll_interval = context.number_option("poll_interval", 0.05, minimum=0.001, kind=float)
-        self.max_record_bytes = context.number_option("max_record_bytes", 1_048_576, minimum=1)
+        self.partitions = self.context.option("partitions")
+        self.lease_seconds = self.context.option("lease_seconds")
+        self.poll_interval = self.context.option("poll_interval")
+        self.max_record_bytes = self.context.option("max_record_bytes")
         self._connection: sqlite3.Connection | None = None
         self._connecting = threading.Lock()  # threads opening the shared connection at once open one
         self._partitions_of: dict[str, int] = {}
