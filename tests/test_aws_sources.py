@@ -18,8 +18,9 @@ import pytest
 from xflow.core.errors import XflowError
 from xflow.core.model import Function
 from xflow.sources.archive import safe_extract_zip
+from xflow.sources.fetch import fetch_source
 from xflow.sources.git import parse_git_source
-from xflow.sources.resolve import check_handler, fetch_source
+from xflow.sources.resolve import check_handler
 
 try:
     from aws_server import aws_endpoint  # noqa: F401

@@ -25,8 +25,9 @@ from hypothesis import strategies as st
 from xflow.core.errors import XflowError
 from xflow.core.model import Function
 from xflow.sources.archive import MAX_MEMBERS, safe_extract_zip
+from xflow.sources.fetch import fetch_source
 from xflow.sources.git import fetch_git, ref_problem
-from xflow.sources.resolve import fetch_source, source_files
+from xflow.sources.resolve import source_files
 
 try:
     from aws_server import aws_endpoint  # noqa: F401

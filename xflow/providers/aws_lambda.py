@@ -252,7 +252,8 @@ class LambdaProvider(FunctionProvider):
                 "streams": streams, "retries": function.retries, "hop_limit": hop_limit(workflow)}
 
     def desired_functions(self, workflow: Workflow, transport: Transport, tracker: TrackerStore) -> list[FunctionSpec]:
-        from xflow.sources.resolve import check_handler, fetch_source
+        from xflow.sources.fetch import fetch_source
+        from xflow.sources.resolve import check_handler
 
         specs: list[FunctionSpec] = []
         shim = _shim_files()

@@ -45,7 +45,7 @@ from xflow.core.model import Function, Workflow
 from xflow.core.runtime import HandlerOutcome
 from xflow.core.waiting import BackendWaiter, StopRequested
 from xflow.providers.supervisor import Attempt, HandlerPool
-from xflow.sources.resolve import resolve_source
+from xflow.sources.fetch import resolve_source
 
 log = logging.getLogger("xflow")
 

@@ -106,7 +106,8 @@ def check_local_handler(function: Function) -> None:
 
 def check_remote_handlers(workflow: Workflow, functions: list[Function]) -> None:
     """Fetch remote sources into a temporary folder (removed at once) and check their handlers there."""
-    from xflow.sources.resolve import check_handler, fetch_source
+    from xflow.sources.fetch import fetch_source
+    from xflow.sources.resolve import check_handler
 
     aws = None
     if any(f.source.startswith("s3://") for f in functions):

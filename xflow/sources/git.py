@@ -25,7 +25,7 @@ A link is data from a workflow file, so :func:`parse_git_source` (used by valida
   ``GIT_*`` variables of that environment (``GIT_DIR``, ``GIT_CONFIG_PARAMETERS``, ...) are dropped.
 
 A ``PATH`` that goes through a symbolic link leaving the checkout is refused here; links inside the
-folder or file that is returned are checked by :func:`xflow.sources.resolve.fetch_source` (see there).
+folder or file that is returned are checked by :func:`xflow.sources.fetch.fetch_source` (see there).
 """
 
 from __future__ import annotations

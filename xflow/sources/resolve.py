@@ -6,7 +6,7 @@ Accepted: a local ``.py`` file or folder (relative to the workflow file), ``s3:/
 (:func:`xflow.core.runtime.load_handler`) and checked without running the user's code.
 
 Symbolic links: every source, whatever its kind, goes through :func:`source_files` (which
-:func:`fetch_source` runs, and the Lambda packaging uses to walk a folder). Inside a source
+:func:`xflow.sources.fetch.fetch_source` runs, and the Lambda packaging uses to walk a folder). Inside a source
 folder, a link is accepted only when it resolves to a regular file inside that same folder (the
 *source root*), and it is read (and shipped) as a copy of that file. A link that leaves the
 root, points at a folder (which could lead back to an ancestor), dangles or loops is refused,
@@ -27,38 +27,13 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from xflow.core.errors import XflowError
-from xflow.sources.git import fetch_git, is_git_source
-from xflow.sources.s3 import fetch_s3
 
 if TYPE_CHECKING:
-    from xflow.aws import AwsSession
-    from xflow.core.model import Function, Workflow
+    from xflow.core.model import Function
 
 #: folder and file names that are neither shipped nor walked
 NOT_SHIPPED = frozenset({"__pycache__", ".git", ".xflow", ".venv", "node_modules"})
 _LINK_HINT = "replace the link by a copy of what it points to, or point it at a file inside the source"
-
-
-def fetch_source(function: Function, workdir: Path, aws: AwsSession | None = None) -> Path:
-    """A local file or folder holding ``function``'s code (downloads go under ``workdir``)."""
-    source = function.source
-    workdir.mkdir(parents=True, exist_ok=True)
-    if source.startswith("s3://"):
-        if aws is None:
-            raise XflowError(f"function {function.name}: an s3:// source needs AWS access")
-        path = fetch_s3(source, workdir, aws)
-    elif is_git_source(source):
-        path = fetch_git(source, workdir)
-    elif "://" in source:
-        raise XflowError(f"function {function.name}: source {source!r} uses a scheme xflow cannot fetch",
-                         "use a local path, s3://, git://, https://github.com/… or git+URL@REF#path=…")
-    else:
-        path = function.source_path or Path(source)
-        if not path.exists():
-            raise XflowError(f"function {function.name}: source {str(path)!r} does not exist")
-    for _ in source_files(path, f"function {function.name}: source {source!r}"):
-        pass
-    return narrow(path, function.handler)
 
 
 def source_files(root: Path, what: str, skip: Collection[str] = NOT_SHIPPED) -> Iterator[tuple[PurePosixPath, Path]]:
@@ -162,17 +137,3 @@ def check_handler(function: Function, source: Path) -> None:
             defined.update((a.asname or a.name).split(".")[0] for a in node.names)
     if name not in defined:
         raise XflowError(f"{where}: {file.name} in source {function.source!r} defines no {name!r}")
-
-
-def resolve_source(workflow: Workflow, function: Function, workdir: Path) -> Path:
-    """The local file or folder holding a function's code, as the Lambda provider packages it.
-
-    A remote source (git/GitHub link, s3://) is fetched into ``workdir``; s3:// sources use an AWS
-    session made from the file's ``aws:`` block (only then is boto3 needed).
-    """
-    aws = None
-    if function.source_path is None and function.source.startswith("s3://"):
-        from xflow.aws import AwsSession
-
-        aws = AwsSession(dict(workflow.aws or {}))
-    return fetch_source(function, workdir, aws)

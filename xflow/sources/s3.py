@@ -15,15 +15,9 @@ from pathlib import Path
 from xflow.aws import AwsSession, is_client_error, translate_errors
 from xflow.core.errors import XflowError
 from xflow.sources.archive import safe_extract_zip
+from xflow.sources.links import parse_s3_url
 
 MAX_OBJECT_BYTES = 250 * 1024 * 1024
-
-
-def parse_s3_url(source: str) -> tuple[str, str]:
-    bucket, _, key = source[len("s3://"):].partition("/")
-    if not bucket or not key:
-        raise XflowError(f"source {source!r}: an S3 source reads s3://BUCKET/KEY")
-    return bucket, key
 
 
 def fetch_s3(source: str, workdir: Path, aws: AwsSession) -> Path:

@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 
 def check_sources(built: Built, problems: Problems) -> None:
     from xflow.sources.git import is_git_source, parse_git_source
+    from xflow.sources.links import parse_s3_url
     from xflow.sources.resolve import check_handler, narrow
-    from xflow.sources.s3 import parse_s3_url
 
     for name, function in built.functions.items():
         at = built.where[name]
