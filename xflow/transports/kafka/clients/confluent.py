@@ -295,12 +295,16 @@ class ConfluentClient:
             })
         producer = self._producer
         self._failures = []
+        shared: tuple[tuple[str, bytes], ...] = ()
+        headers: list[tuple[str, bytes]] = []
         try:
             for r in records:
+                if r.headers is not shared:  # records of one publish share their headers: made into a list once
+                    shared, headers = r.headers, list(r.headers)
                 while True:
                     try:
-                        if r.headers:
-                            producer.produce(r.topic, value=r.value, key=r.key, headers=list(r.headers))
+                        if headers:
+                            producer.produce(r.topic, value=r.value, key=r.key, headers=headers)
                         else:
                             producer.produce(r.topic, value=r.value, key=r.key)
                         break
