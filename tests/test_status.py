@@ -116,4 +116,5 @@ def test_events_no_worker_reads_are_behind(cli, orders):
 def test_status_of_a_workflow_never_set_up_is_a_one_line_error(cli, orders):
     done = cli("status", orders, *LOCAL)
     assert done.returncode == 2
-    assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "tracker" in errors[0] and "Traceback" not in done.stderr

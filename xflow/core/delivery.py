@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
+from xflow.core import observe
 from xflow.core.errors import BackendUnavailable, XflowError
 from xflow.core.interfaces import Delivery, DeliveryRecord, DeliveryStatus, EventRecord, Record, TrackerStore, Transport
 from xflow.core.model import Function, Workflow
@@ -96,6 +97,8 @@ def publish_events(workflow: Workflow, transport: Transport, tracker: TrackerSto
     run: BackendCall = call or (lambda backend, function: function())
     for event, records in by_event.items():
         run(f"transport {transport.name!r}", partial(transport.publish, event, records))
+        if (observer := observe.current()) is not None:
+            observer.published(workflow.id, event, len(records))
     event_records = [EventRecord(item.execution_id, item.event_id, item.event, now, item.producer, item.data)
                      for item in events]
     try:
@@ -149,6 +152,7 @@ class FunctionDelivery:
         self.hop_limit = hop_limit(workflow)
         self.producer = f"xflow/{workflow.id}/{function.name}"
         self._ours = f"xflow/{workflow.id}/"
+        self.observer = observe.current()  # metrics, when a worker serves them (None: off)
         self._lock: AbstractContextManager[Any] = lock if lock is not None else nullcontext()
         self._transport_label = f"transport {getattr(transport, 'name', type(transport).__name__)!r}"
         self._tracker_label = f"tracker {getattr(tracker, 'name', type(tracker).__name__)!r}"
@@ -229,6 +233,8 @@ class FunctionDelivery:
         failures: list[tuple[Delivery, DeliveryRecord]] = []
         for index, delivery, event in decoded:
             if (event.execution_id, event.event_id, self.function.name) in succeeded:
+                if self.observer is not None:
+                    self.observer.settled(self.workflow.id, self.function.name, "skipped-duplicate", None)
                 continue
             if event.hops > self.hop_limit:
                 reason = (f"execution {event.execution_id} exceeded the hop limit of {self.hop_limit} events; a cycle? "
@@ -315,6 +321,8 @@ class FunctionDelivery:
             records.append(DeliveryRecord(job.execution_id, job.event.event_id, job.delivery.event, self.function.name,
                                           job.attempts, status, item.started_at, outcome.duration,
                                           _printable(outcome.error) if outcome.error else None, tuple(outcome.logs)))
+            if self.observer is not None:
+                self.observer.settled(self.workflow.id, self.function.name, status, outcome.duration)
         _, broken = self._each(records, self._record_deliveries, self.tracker.record_delivery)
         for position, error in broken.items():
             unsettled.setdefault(position, error)
@@ -361,6 +369,8 @@ class FunctionDelivery:
         for event, items in by_event.items():
             try:
                 self._transport(partial(self.transport.publish, event, [r for _, r in items]))
+                if self.observer is not None:
+                    self.observer.published(self.workflow.id, event, len(items))
                 continue
             except (BackendUnavailable, StateFileError):
                 raise  # waited for until the give-up time, or a state file that cannot be used: stop, it comes again
@@ -376,12 +386,17 @@ class FunctionDelivery:
                     raise
                 except XflowError as exc:
                     refused[index] = exc
+                else:
+                    if self.observer is not None:
+                        self.observer.published(self.workflow.id, event, len(mine))
         return refused
 
     # -- dead letters ---------------------------------------------------------------------------
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         reason = _printable(reason)
         log.warning("%s: dead-lettered %s: %s", self.function.name, delivery.event, reason)
+        if self.observer is not None:
+            self.observer.dead_lettered(self.workflow.id, self.function.name, delivery.event)
         try:
             self._transport(lambda: self.transport.dead_letter(self.function.name, delivery, reason))
         except Exception as exc:

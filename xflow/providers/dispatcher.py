@@ -273,6 +273,8 @@ class _Lane:
                     polled = len(deliveries)
                     self._admit(deliveries)
             self._start()
+            if self.rules.observer is not None:  # metrics (None: off)
+                self.rules.observer.in_flight(self.runner.workflow.id, self.function.name, len(self.running))
             now = time.monotonic()
             wait = min(interval, self._next_due(now), self.first_finished + SETTLE_AFTER - now)
             if self._startable() or (polled and polled >= asked and self.pending < self.max_pending):
@@ -354,6 +356,8 @@ class _Lane:
                 continue
             if job.attempts == 0 and job.event.event_id in self.recent:
                 # the same event, delivered twice, succeeded here a moment ago: a duplicate
+                if self.rules.observer is not None:
+                    self.rules.observer.settled(self.runner.workflow.id, self.function.name, "skipped-duplicate", None)
                 queue.popleft()
                 self._settled(entry)
                 self._next_of(key)
@@ -497,4 +501,3 @@ def _process_exists(pid: int) -> bool:
     except OSError:  # another user's process, or cannot tell: keep its folder
         return True
     return True
-

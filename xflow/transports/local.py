@@ -36,7 +36,7 @@ from typing import ClassVar
 
 from xflow.core.errors import XflowError
 from xflow.core.hookspecs import hookimpl
-from xflow.core.interfaces import Consumer, Delivery, PluginContext, Record, Step, Transport
+from xflow.core.interfaces import Consumer, Delivery, PartitionLag, PluginContext, Record, Step, Transport
 from xflow.core.options import Option
 from xflow.core.sqlite_files import SqliteFile
 
@@ -223,6 +223,35 @@ class LocalTransport(Transport):
                               (group,) if group else ()).fetchall()
         keys = ("group", "stream", "partition", "position", "key", "value", "reason")
         return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def lag(self, group: str, events: Sequence[str]) -> list[PartitionLag]:
+        """Per partition of each event's stream: the records after the group's committed offset, how long the oldest
+        of them has waited, and whether a live member holds the partition's lease (read in one transaction)."""
+        streams = [(event, self.stream_name(event)) for event in events]
+        parts = {stream: self.partitions_of(stream) for _, stream in streams}
+        now = time.time()
+        found: list[PartitionLag] = []
+        with self._using() as db:
+            db.execute("BEGIN")
+            try:
+                for event, stream in streams:
+                    committed = dict(db.execute("SELECT part, position FROM offsets WHERE grp = ? AND stream = ?",
+                                                (group, stream)).fetchall())
+                    held = {part for (part,) in db.execute(
+                        "SELECT part FROM leases WHERE grp = ? AND stream = ? AND expires_at >= ?", (group, stream, now))}
+                    for part in range(parts[stream]):
+                        position = committed.get(part)
+                        count, oldest, latest = db.execute(
+                            "SELECT COUNT(*), MIN(appended_at), (SELECT MAX(id) FROM records WHERE stream = ?1 AND "
+                            "part = ?2) FROM records WHERE stream = ?1 AND part = ?2 AND id > ?3",
+                            (stream, part, position or 0)).fetchone()
+                        found.append(PartitionLag(event, str(part), int(count),
+                                                  max(0.0, now - oldest) if oldest is not None else 0.0,
+                                                  None if position is None else str(position),
+                                                  None if latest is None else str(latest), part in held))
+            finally:
+                db.execute("COMMIT")
+        return found
 
 
 class _immediate:
