@@ -374,7 +374,7 @@ def test_a_member_that_does_not_poll_keeps_its_leases_alive_and_gives_up_a_busy_
 
     transport = LocalTransport(PluginContext("leases", {"lease_seconds": 1, "partitions": 2}, tmp_path))
     for step in transport.plan_setup(["E"]):
-        step.apply()
+        transport.execute(step)
     keys = {zlib.crc32(k.encode()) % 2: k for k in (f"k{i}" for i in range(20))}
     transport.publish("E", [Record(keys[0], b"zero-1"), Record(keys[1], b"one-1")])
     first = transport.subscribe("group", ["E"])

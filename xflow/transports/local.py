@@ -20,7 +20,6 @@ One transport may be shared by the threads of a process: they share its connecti
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import sqlite3
@@ -30,13 +29,14 @@ import uuid
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
+from xflow.core.deploy import dispatch
 from xflow.core.errors import XflowError
 from xflow.core.hookspecs import hookimpl
 from xflow.core.interfaces import Consumer, Delivery, PartitionLag, PluginContext, Record, Step, Transport
+from xflow.core.leases import LeaseCoordinator, LeaseStore
 from xflow.core.options import Option
 from xflow.core.sqlite_files import SqliteFile
 
@@ -141,26 +141,31 @@ class LocalTransport(Transport):
     def plan_setup(self, events: Sequence[str]) -> list[Step]:
         existing = self._existing()
         wanted = {self.stream_name(e): e for e in events}
-        steps = [Step("create", f"stream:{name}", partial(self._create_stream, name),
-                      f"{self.partitions} partitions in {self.path}")
+        steps = [Step("create", f"stream:{name}", detail=f"{self.partitions} partitions in {self.path}",
+                      call="local:CreateStream", params={"name": name, "partitions": self.partitions})
                  for name in wanted if name not in existing]
-        steps += [Step("delete", f"stream:{name}", partial(self._delete_stream, name), "not in the file")
+        steps += [Step("delete", f"stream:{name}", detail="not in the file", call="local:DeleteStream",
+                       params={"name": name})
                   for name in existing if name not in wanted]
         return steps
 
     def plan_teardown(self, events: Sequence[str]) -> list[Step]:
         if not self.path.exists():
             return []
-        steps = [Step("delete", f"stream:{name}", partial(self._delete_stream, name))
+        steps = [Step("delete", f"stream:{name}", call="local:DeleteStream", params={"name": name})
                  for name in self._existing()]
-        return steps + [Step("delete", f"log:{self.path}", self._remove_log_if_empty)]
+        return steps + [Step("delete", f"log:{self.path}", call="local:RemoveLogIfEmpty")]
 
-    def _create_stream(self, name: str) -> None:
+    def execute(self, step: Step) -> None:
+        dispatch(step, {"local:CreateStream": self._create_stream, "local:DeleteStream": self._delete_stream,
+                        "local:RemoveLogIfEmpty": self._remove_log_if_empty})
+
+    def _create_stream(self, name: str, partitions: int) -> None:
         if not self.path.exists() or self._connection is None:
             self._create_log()
         with self._using() as db:
             db.execute("INSERT OR IGNORE INTO streams(name, partitions, created_at) VALUES (?, ?, ?)",
-                       (name, self.partitions, time.time()))
+                       (name, partitions, time.time()))
         self._partitions_of.pop(name, None)
 
     def _delete_stream(self, name: str) -> None:
@@ -287,8 +292,54 @@ class _immediate:
 Unit = tuple[str, int]
 
 
+class SqliteLeaseStore(LeaseStore[Unit]):
+    """The local transport's lease store: the ``leases`` and ``members`` tables of the event log, one transaction
+    per operation, expiry times on the wall clock (the processes sharing the file share it)."""
+
+    def __init__(self, file: SqliteFile, db: sqlite3.Connection, group: str) -> None:
+        self.file, self.db, self.group = file, db, group
+
+    def heartbeat(self, member: str, ttl: float) -> None:
+        with self.file.using(self.db) as db:
+            db.execute("INSERT OR REPLACE INTO members(grp, owner, expires_at) VALUES (?, ?, ?)",
+                       (self.group, member, time.time() + ttl))
+
+    def live_members(self) -> int:
+        now = time.time()
+        with self.file.using(self.db) as db, _immediate(db):
+            db.execute("DELETE FROM members WHERE grp = ? AND expires_at < ?", (self.group, now))
+            return int(db.execute("SELECT COUNT(*) FROM members WHERE grp = ?", (self.group,)).fetchone()[0])
+
+    def acquire(self, unit: Unit, member: str, ttl: float) -> bool:
+        now = time.time()
+        with self.file.using(self.db) as db, _immediate(db):
+            db.execute("INSERT INTO leases(grp, stream, part, owner, expires_at) VALUES (?, ?, ?, ?, ?) "
+                       "ON CONFLICT(grp, stream, part) DO UPDATE SET owner = excluded.owner, "
+                       "expires_at = excluded.expires_at WHERE leases.owner = excluded.owner OR leases.expires_at < ?",
+                       (self.group, *unit, member, now + ttl, now))
+            return bool(db.execute("SELECT changes()").fetchone()[0])
+
+    def renew(self, units: Sequence[Unit], member: str, ttl: float) -> set[Unit]:
+        with self.file.using(self.db) as db, _immediate(db):
+            db.execute("UPDATE leases SET expires_at = ? WHERE grp = ? AND owner = ?",
+                       (time.time() + ttl, self.group, member))
+            mine = {(s, p) for s, p in db.execute("SELECT stream, part FROM leases WHERE grp = ? AND owner = ?",
+                                                  (self.group, member))}
+        return mine & set(units)
+
+    def release(self, units: Sequence[Unit], member: str) -> None:
+        with self.file.using(self.db) as db, _immediate(db):
+            db.executemany("DELETE FROM leases WHERE grp = ? AND stream = ? AND part = ? AND owner = ?",
+                           [(self.group, *unit, member) for unit in units])
+
+    def leave(self, member: str) -> None:
+        with self.file.using(self.db) as db:
+            db.execute("DELETE FROM members WHERE grp = ? AND owner = ?", (self.group, member))
+
+
 class LocalConsumer(Consumer):
-    """A member of a consumer group; members share (stream, partition) units through leases."""
+    """A member of a consumer group; members share (stream, partition) units through leases
+    (:class:`~xflow.core.leases.LeaseCoordinator` over a :class:`SqliteLeaseStore`)."""
 
     def __init__(self, transport: LocalTransport, group: str, streams: list[str], events: dict[str, str]) -> None:
         self.transport, self.group, self.events = transport, group, events
@@ -296,69 +347,49 @@ class LocalConsumer(Consumer):
         self.db = self.file.connect() if transport.path.exists() else transport.db
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.units: list[Unit] = [(s, p) for s in streams for p in range(transport.partitions_of(s))]
+        self.leases = LeaseCoordinator(SqliteLeaseStore(self.file, self.db, group), self.owner,
+                                       transport.lease_seconds, name=group)
+        #: per unit held, the position of the last record handed out
         self.fetched: dict[Unit, int] = {}
-        #: per unit, the position this member committed (or found committed when it took the unit)
+        #: per unit held, the position this member committed (or found committed when it took the unit)
         self.acked: dict[Unit, int] = {}
-        #: units this member gives up once what it handed out of them is committed; no more is read from them
-        self.draining: set[Unit] = set()
-        self.next_heartbeat = 0.0
-        self.next_renewal = 0.0
 
     def _holds(self, unit: Unit) -> bool:
         """Whether deliveries of ``unit`` were handed out and not committed (a runner is handling them)."""
         return self.fetched.get(unit, 0) > self.acked.get(unit, 0)
 
-    def _rebalance(self) -> None:
-        now = time.time()
-        expires = now + self.transport.lease_seconds
-        with self.file.using(self.db) as db, _immediate(db):
-            db.execute("INSERT OR REPLACE INTO members(grp, owner, expires_at) VALUES (?, ?, ?)",
-                       (self.group, self.owner, expires))
-            db.execute("DELETE FROM members WHERE grp = ? AND expires_at < ?", (self.group, now))
-            db.execute("DELETE FROM leases WHERE grp = ? AND expires_at < ?", (self.group, now))
-            members = db.execute("SELECT COUNT(*) FROM members WHERE grp = ?", (self.group,)).fetchone()[0]
-            share = math.ceil(len(self.units) / max(members, 1))
-            db.execute("UPDATE leases SET expires_at = ? WHERE grp = ? AND owner = ?", (expires, self.group, self.owner))
-            leased = {(s, p): o for s, p, o in db.execute(
-                "SELECT stream, part, owner FROM leases WHERE grp = ?", (self.group,))}
-            mine = [u for u in self.units if leased.get(u) == self.owner]
-            # a unit with deliveries still being handled here is given up only once they are committed (else the
-            # member taking it would deliver them again while they run here): kept first, drained if over the share
-            mine.sort(key=lambda unit: not self._holds(unit))
-            draining = [u for u in mine[share:] if self._holds(u)]
-            for unit in mine[share:]:
-                if unit not in draining:
-                    db.execute("DELETE FROM leases WHERE grp = ? AND stream = ? AND part = ?", (self.group, *unit))
-            mine = mine[:share]
-            for unit in self.units:
-                if len(mine) >= share:
-                    break
-                if unit not in leased:
-                    db.execute("INSERT INTO leases(grp, stream, part, owner, expires_at) VALUES (?, ?, ?, ?, ?)",
-                               (self.group, *unit, self.owner, expires))
-                    mine.append(unit)
-            committed = {(s, p): pos for s, p, pos in db.execute(
-                "SELECT stream, part, position FROM offsets WHERE grp = ?", (self.group,))}
-        held = set(mine) | set(draining)
-        self.draining = set(draining)
-        self.fetched = {u: self.fetched.get(u, committed.get(u, 0)) for u in self.units if u in held}
-        self.acked = {u: self.acked.get(u, committed.get(u, 0)) for u in self.units if u in held}
-        self.next_heartbeat = self.next_renewal = now + self.transport.lease_seconds / 3
+    def rebalance(self, force: bool = False) -> None:
+        """Let the coordinator renew, hand back and take leases when due (now with ``force``); follow its changes."""
+        changes = self.leases.rebalance(self.units, self._holds, force=force)
+        if not changes:
+            return
+        for unit in changes.dropped:
+            self.fetched.pop(unit, None)
+            self.acked.pop(unit, None)
+        if changes.taken:
+            with self.file.using(self.db) as db:
+                committed = {(s, p): pos for s, p, pos in db.execute(
+                    "SELECT stream, part, position FROM offsets WHERE grp = ?", (self.group,))}
+            for unit in changes.taken:
+                self.fetched[unit] = self.acked[unit] = committed.get(unit, 0)
+        held = self.leases.held  # read in the order of the units, each poll
+        self.fetched = {u: self.fetched[u] for u in self.units if u in held and u in self.fetched}
+        self.acked = {u: self.acked[u] for u in self.units if u in held and u in self.acked}
 
     def poll(self, max_records: int, timeout: float) -> list[Delivery]:
         """Up to ``max_records`` deliveries. A poll that fails (a full disk, an I/O error) moves no position: the
         same records come again from the next poll."""
         deadline = time.monotonic() + timeout
         while True:
-            if time.time() >= self.next_heartbeat:
-                self._rebalance()
+            self.rebalance()
+            draining = self.leases.draining
             deliveries: list[Delivery] = []
             advanced: dict[Unit, int] = {}
             with self.file.using(self.db) as db:
                 for unit, position in self.fetched.items():
                     if len(deliveries) >= max_records:
                         break
-                    if unit in self.draining:
+                    if unit in draining:
                         continue
                     rows = db.execute(
                         "SELECT id, key, value FROM records WHERE stream = ? AND part = ? AND id > ? ORDER BY id LIMIT ?",
@@ -374,53 +405,43 @@ class LocalConsumer(Consumer):
             time.sleep(min(self.transport.poll_interval, max(0.0, deadline - time.monotonic())))
 
     def commit(self, deliveries: Sequence[Delivery]) -> None:
+        """Commit up to each delivery's position, in the partitions this member still holds (a partition taken over
+        meanwhile is left to its new holder, which delivers again what was not committed)."""
         latest: dict[Unit, int] = {}
         for delivery in deliveries:
             unit = (self.transport.stream_name(delivery.event), int(delivery.partition))
             latest[unit] = max(latest.get(unit, 0), int(delivery.position))
         if not latest:
             return
-        now = time.time()
-        renew = now >= self.next_renewal
+        lost: list[Unit] = []
         with self.file.using(self.db) as db, _immediate(db):
-            if renew:
-                expires = now + self.transport.lease_seconds
-                db.execute("UPDATE leases SET expires_at = ? WHERE grp = ? AND owner = ?", (expires, self.group, self.owner))
-                db.execute("UPDATE members SET expires_at = ? WHERE grp = ? AND owner = ?", (expires, self.group, self.owner))
             for (stream, part), position in latest.items():
                 owner = db.execute("SELECT owner FROM leases WHERE grp = ? AND stream = ? AND part = ?",
                                    (self.group, stream, part)).fetchone()
                 if owner is None or owner[0] != self.owner:
-                    continue  # the partition moved to another member, which will deliver again
+                    lost.append((stream, part))
+                    continue
                 db.execute(
                     "INSERT INTO offsets(grp, stream, part, position) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT(grp, stream, part) DO UPDATE SET position = MAX(position, excluded.position)",
                     (self.group, stream, part, position))
                 self.acked[(stream, part)] = max(self.acked.get((stream, part), 0), position)
-        if renew:
-            self.next_renewal = now + self.transport.lease_seconds / 3
+        for unit in lost:
+            self.leases.drop(unit)
+            self.fetched.pop(unit, None)
+            self.acked.pop(unit, None)
+        self.leases.keep_alive()
 
     def keep_alive(self) -> None:
         """Renew this member's leases, a third of the way through them, while its handlers run without polling or
-        committing (a handler longer than ``lease_seconds`` would otherwise lose its partition to another member,
-        which would run it again)."""
-        now = time.time()
-        if now < self.next_renewal:
-            return
-        expires = now + self.transport.lease_seconds
-        with self.file.using(self.db) as db, _immediate(db):
-            db.execute("UPDATE leases SET expires_at = ? WHERE grp = ? AND owner = ?", (expires, self.group, self.owner))
-            db.execute("UPDATE members SET expires_at = ? WHERE grp = ? AND owner = ?", (expires, self.group, self.owner))
-        self.next_renewal = now + self.transport.lease_seconds / 3
+        committing (the lease keeper thread does it too; a handler longer than ``lease_seconds`` would otherwise
+        lose its partition to another member, which would run it again)."""
+        self.leases.keep_alive()
 
     def close(self) -> None:
         """Leave the group (best effort: on a full disk or a damaged log the leases simply expire)."""
-        try:
-            with self.file.using(self.db) as db, _immediate(db):
-                db.execute("DELETE FROM leases WHERE grp = ? AND owner = ?", (self.group, self.owner))
-                db.execute("DELETE FROM members WHERE grp = ? AND owner = ?", (self.group, self.owner))
-        except (sqlite3.Error, XflowError):
-            pass
+        with suppress(sqlite3.Error, XflowError):
+            self.leases.close()
         if self.db is not self.transport._connection:
             self.file.close(self.db)
 
