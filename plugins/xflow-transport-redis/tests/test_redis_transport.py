@@ -40,22 +40,48 @@ def make(redis_url, tmp_path):
 
     yield build
     if made:
-        apply_steps(made[0].plan_teardown(["Uploaded"]))
+        apply_steps(made[0].plan_teardown(["Uploaded"]), made[0])
     for transport in made:
         transport.close()
 
 
-def test_a_killed_consumers_deliveries_go_to_another_after_claim_idle(make):
-    transport = make(claim_idle="0.5", partitions="2")
-    apply_steps(transport.plan_setup(["Uploaded"]))
+DOOMED = """
+import sys, time
+from xflow.core.interfaces import PluginContext
+from xflow.testing import drain
+from xflow_transport_redis.transport import RedisTransport
+
+transport = RedisTransport(PluginContext(sys.argv[1], {"url": sys.argv[2], "claim_idle": "1"}, "."))
+consumer = transport.subscribe("reader", ["Uploaded"])
+print(len(drain(consumer, 6, 10)), flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_killed_consumers_deliveries_go_to_another_after_claim_idle(make, redis_url, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    transport = make(claim_idle="1", partitions="2")
+    apply_steps(transport.plan_setup(["Uploaded"]), transport)
     values = [f'{{"i": {i}}}'.encode() for i in range(6)]
     transport.publish("Uploaded", [Record(f"exec-{i % 3}", v) for i, v in enumerate(values)])
-    doomed = transport.subscribe("reader", ["Uploaded"])
-    assert len(drain(doomed, 6, 10)) == 6  # read, never committed, never closed: the worker was killed
-
-    survivor = make(claim_idle="0.5").subscribe("reader", ["Uploaded"])
+    # another process reads them all and is killed before it commits or closes (its lease keeper dies with it)
+    doomed = subprocess.Popen([sys.executable, "-c", DOOMED, transport.workflow_id, redis_url], cwd=tmp_path,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert doomed.stdout is not None and doomed.stdout.readline().strip() == "6"
+        survivor = make(claim_idle="1").subscribe("reader", ["Uploaded"])
+        assert survivor.poll(10, 0.5) == []  # the leases of a live member are kept, however long it takes
+    finally:
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(timeout=10)
+    started = time.monotonic()
     got = drain(survivor, 6, 20)
     assert sorted(d.value for d in got) == sorted(values)
+    assert time.monotonic() - started >= 0.3  # not before the dead member's leases expired
     for key in ("exec-0", "exec-1", "exec-2"):
         assert [d.value for d in got if d.key == key] == [v for i, v in enumerate(values) if f"exec-{i % 3}" == key]
     survivor.commit(got)
@@ -64,7 +90,7 @@ def test_a_killed_consumers_deliveries_go_to_another_after_claim_idle(make):
 
 def test_consumers_of_one_group_split_the_partitions_and_keep_order(make):
     transport = make(partitions="4")
-    apply_steps(transport.plan_setup(["Uploaded"]))
+    apply_steps(transport.plan_setup(["Uploaded"]), transport)
     first = transport.subscribe("reader", ["Uploaded"])
     second = make().subscribe("reader", ["Uploaded"])
     first.rebalance(force=True)
@@ -95,7 +121,7 @@ def test_consumers_of_one_group_split_the_partitions_and_keep_order(make):
 
 def test_dead_letters_are_kept_with_their_reason(make):
     transport = make()
-    apply_steps(transport.plan_setup(["Uploaded"]))
+    apply_steps(transport.plan_setup(["Uploaded"]), transport)
     transport.publish("Uploaded", [Record("e1", b"\xff not json")])
     consumer = transport.subscribe("reader", ["Uploaded"])
     [delivery] = drain(consumer, 1, 10)
@@ -134,7 +160,8 @@ def test_bad_options_are_clear_errors(tmp_path, options, words):
 
 
 def test_shrinking_partitions_is_refused(make):
-    apply_steps(make(partitions="4").plan_setup(["Uploaded"]))
+    first = make(partitions="4")
+    apply_steps(first.plan_setup(["Uploaded"]), first)
     with pytest.raises(XflowError, match="would drop some"):
         make(partitions="2").plan_setup(["Uploaded"])
     grow = make(partitions="6").plan_setup(["Uploaded"])

@@ -25,7 +25,6 @@ How it lays out a workflow ``W`` on the server (every key starts with ``xflow:{W
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import socket
 import time
@@ -33,12 +32,13 @@ import uuid
 import zlib
 from collections import deque
 from collections.abc import Iterator, Sequence
-from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
+from xflow.core.deploy import dispatch
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import Consumer, Delivery, PluginContext, Record, Step, Transport
+from xflow.core.leases import LeaseCoordinator, LeaseStore
 from xflow.core.options import Option
 from xflow.core.redact import redact, remember_in_text, userinfo_is_ambiguous
 
@@ -52,10 +52,20 @@ _HEARTBEAT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[2])
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ttl * 2)
+return 1
+"""
+_LIVE_MEMBERS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 return redis.call('ZCARD', KEYS[1])
+"""
+_ACQUIRE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
 """
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -207,11 +217,12 @@ class RedisTransport(Transport):
             resource = f"stream:{self.stream_name(event)}"
             have = existing.get(event)
             if have is None:
-                steps.append(Step("create", resource, partial(self._create, event, 0, self.partitions),
-                                  f"{self.partitions} partitions"))
+                steps.append(Step("create", resource, detail=f"{self.partitions} partitions", call="redis:CreatePartitions",
+                                  params={"event": event, "first": 0, "count": self.partitions}))
             elif have < self.partitions:
-                steps.append(Step("update", resource, partial(self._create, event, have, self.partitions),
-                                  f"partitions {have} -> {self.partitions}"))
+                steps.append(Step("update", resource, detail=f"partitions {have} -> {self.partitions}",
+                                  call="redis:CreatePartitions",
+                                  params={"event": event, "first": have, "count": self.partitions}))
             elif have > self.partitions:
                 raise XflowError(
                     f"redis transport: stream {self.stream_name(event)} has {have} partitions; "
@@ -219,8 +230,13 @@ class RedisTransport(Transport):
                     "keep partitions at least as large, or run xflow teardown first")
         for event in existing:
             if event not in events:
-                steps.append(Step("delete", f"stream:{self.stream_name(event)}", partial(self._delete, event)))
+                steps.append(Step("delete", f"stream:{self.stream_name(event)}", call="redis:DeleteStream",
+                                  params={"event": event}))
         return steps
+
+    def execute(self, step: Step) -> None:
+        dispatch(step, {"redis:CreatePartitions": self._create, "redis:DeleteStream": self._delete,
+                        "redis:DeleteConsumerState": self._delete_keys})
 
     def _create(self, event: str, first: int, count: int) -> None:
         with self.talking(f"creating stream {self.stream_name(event)}"):
@@ -259,11 +275,11 @@ class RedisTransport(Transport):
                 self.client.delete(*keys)
 
     def plan_teardown(self, events: Sequence[str]) -> list[Step]:
-        steps = [Step("delete", f"stream:{self.stream_name(event)}", partial(self._delete, event))
+        steps = [Step("delete", f"stream:{self.stream_name(event)}", call="redis:DeleteStream", params={"event": event})
                  for event in self._existing()]
         if self._other_keys():
-            steps.append(Step("delete", f"consumer-state:{self.workflow_id}", self._delete_keys,
-                              "consumer groups, leases and dead letters"))
+            steps.append(Step("delete", f"consumer-state:{self.workflow_id}", detail="consumer groups, leases and dead "
+                              "letters", call="redis:DeleteConsumerState"))
         return steps
 
     # -- publish -------------------------------------------------------------------------------
@@ -330,23 +346,69 @@ class RedisTransport(Transport):
 Part = tuple[str, int]
 
 
+class RedisLeaseStore(LeaseStore[Part]):
+    """The redis transport's lease store: a key per partition lease (``SET NX PX``, renewed and released by
+    scripts that check the holder) and a sorted set of members scored by when their heartbeat expires, both on
+    the server's clock."""
+
+    def __init__(self, transport: RedisTransport, group: str) -> None:
+        self.transport, self.group = transport, group
+        self.members_key = transport.group_key(group, "members")
+
+    def lease_key(self, part: Part) -> str:
+        return self.transport.group_key(self.group, f"lease:{part[0]}:{part[1]}")
+
+    def heartbeat(self, member: str, ttl: float) -> None:
+        self.transport.script("heartbeat", _HEARTBEAT)(keys=[self.members_key], args=[member, _ms(ttl)])
+
+    def live_members(self) -> int:
+        return int(self.transport.script("live", _LIVE_MEMBERS)(keys=[self.members_key]))
+
+    def acquire(self, unit: Part, member: str, ttl: float) -> bool:
+        return bool(self.transport.script("acquire", _ACQUIRE)(keys=[self.lease_key(unit)], args=[member, _ms(ttl)]))
+
+    def renew(self, units: Sequence[Part], member: str, ttl: float) -> set[Part]:
+        kept = self._each("renew", _RENEW, units, member, _ms(ttl))
+        return {unit for unit, mine in zip(units, kept, strict=True) if mine}
+
+    def release(self, units: Sequence[Part], member: str) -> None:
+        self._each("release", _RELEASE, units, member)
+
+    def leave(self, member: str) -> None:
+        self.transport.client.zrem(self.members_key, member)
+
+    def _each(self, name: str, source: str, units: Sequence[Part], *args: object) -> list[Any]:
+        """Run a lease script on each of ``units`` in one round trip."""
+        if not units:
+            return []
+        script = self.transport.script(name, source)
+        pipe = self.transport.client.pipeline(transaction=False)
+        for unit in units:
+            script(keys=[self.lease_key(unit)], args=list(args), client=pipe)
+        return list(pipe.execute())
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
 class RedisConsumer(Consumer):
-    """One member of a consumer group: leases a fair share of the partitions and reads them in order."""
+    """One member of a consumer group: leases a fair share of the partitions (through the
+    :class:`~xflow.core.leases.LeaseCoordinator`) and reads them in order."""
 
     def __init__(self, transport: RedisTransport, group: str, events: list[str]) -> None:
         self.transport = transport
         self.group = group
         self.events = events
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.ttl_ms = int(transport.claim_idle * 1000)
         self.parts: list[Part] = [(e, p) for e in events for p in range(transport.partition_count(e))]
-        self.owned: set[Part] = set()
+        self.leases = LeaseCoordinator(RedisLeaseStore(transport, group), self.id, transport.claim_idle,
+                                       check_seconds=min(1.0, transport.claim_idle / 3), name=group)
         #: partitions just taken over: XAUTOCLAIM cursor of their pending entries still to redeliver
         self.recovering: dict[Part, str] = {}
         #: ids handed out (or buffered) and not yet committed, per partition, in order
         self.outstanding: dict[Part, list[str]] = {}
         self.buffer: deque[Delivery] = deque()
-        self.last_rebalance = 0.0
         self.closed = False
         with transport.talking(f"creating consumer group {group}"):
             for event, p in self.parts:
@@ -358,41 +420,19 @@ class RedisConsumer(Consumer):
 
     # -- partition leases ----------------------------------------------------------------------
 
-    def lease_key(self, part: Part) -> str:
-        return self.transport.group_key(self.group, f"lease:{part[0]}:{part[1]}")
+    @property
+    def owned(self) -> set[Part]:
+        """The partitions this consumer holds the lease of."""
+        return set(self.leases.held)
 
     def rebalance(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self.last_rebalance < min(1.0, self.transport.claim_idle / 3):
-            return
-        self.last_rebalance = now
-        t = self.transport
-        live = int(t.script("heartbeat", _HEARTBEAT)(keys=[t.group_key(self.group, "members")],
-                                                      args=[self.id, self.ttl_ms]))
-        share = math.ceil(len(self.parts) / max(live, 1))
-        renew = t.script("renew", _RENEW)
-        for part in sorted(self.owned):
-            if not renew(keys=[self.lease_key(part)], args=[self.id, self.ttl_ms]):
-                self.owned.discard(part)
-                self.recovering.pop(part, None)
-        release = t.script("release", _RELEASE)
-        for part in sorted(self.owned, reverse=True):
-            if len(self.owned) <= share:
-                break
-            if not self.outstanding.get(part):
-                release(keys=[self.lease_key(part)], args=[self.id])
-                self.owned.discard(part)
-                self.recovering.pop(part, None)
-        if len(self.owned) < share:
-            start = zlib.crc32(self.id.encode()) % len(self.parts)
-            for part in self.parts[start:] + self.parts[:start]:
-                if len(self.owned) >= share:
-                    break
-                if part in self.owned:
-                    continue
-                if t.client.set(self.lease_key(part), self.id, nx=True, px=self.ttl_ms):
-                    self.owned.add(part)
-                    self.recovering[part] = "0-0"
+        """Let the coordinator renew, hand back and take leases when due (now with ``force``); a partition taken
+        starts with redelivering its pending entries."""
+        changes = self.leases.rebalance(self.parts, lambda part: bool(self.outstanding.get(part)), force=force)
+        for part in changes.dropped:
+            self.recovering.pop(part, None)
+        for part in changes.taken:
+            self.recovering[part] = "0-0"
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -408,7 +448,10 @@ class RedisConsumer(Consumer):
 
     def _recover(self, max_records: int) -> None:
         t = self.transport
+        draining = self.leases.draining
         for part in sorted(self.recovering):
+            if part in draining:
+                continue
             cursor = self.recovering[part]
             reply = t.client.xautoclaim(t.partition_key(*part), self.group, self.id, min_idle_time=0,
                                         start_id=cursor, count=max_records)
@@ -424,7 +467,8 @@ class RedisConsumer(Consumer):
 
     def _read_new(self, max_records: int, block_seconds: float) -> None:
         t = self.transport
-        readable = sorted(p for p in self.owned if p not in self.recovering)
+        draining = self.leases.draining
+        readable = sorted(p for p in self.leases.held if p not in self.recovering and p not in draining)
         if not readable:
             if block_seconds > 0:
                 time.sleep(min(block_seconds, 0.2))
@@ -470,22 +514,18 @@ class RedisConsumer(Consumer):
                 self.outstanding[part] = [i for i in pending if _id_tuple(i) > last]
                 pipe.xack(t.partition_key(*part), self.group, *sorted(set(done) | extra[part], key=_id_tuple))
             pipe.execute()
-            renew = t.script("renew", _RENEW)  # a commit also renews the leases of the partitions it touched
-            for part in upto:
-                if part in self.owned and not renew(keys=[self.lease_key(part)], args=[self.id, self.ttl_ms]):
-                    self.owned.discard(part)
-                    self.recovering.pop(part, None)
+            self.leases.keep_alive()
+
+    def keep_alive(self) -> None:
+        """Renew the leases held while handlers run (the coordinator's keeper thread does it too)."""
+        with self.transport.talking(f"renewing the leases of group {self.group}"):
+            self.leases.keep_alive()
 
     def close(self) -> None:
         """Leave the group: leases are released so others take over the pending entries at once."""
         if self.closed:
             return
         self.closed = True
-        t = self.transport
-        with contextlib.suppress(Exception), t.talking(f"leaving group {self.group}"):
-            release = t.script("release", _RELEASE)
-            for part in self.owned:
-                release(keys=[self.lease_key(part)], args=[self.id])
-            t.client.zrem(t.group_key(self.group, "members"), self.id)
-        self.owned.clear()
+        with contextlib.suppress(Exception), self.transport.talking(f"leaving group {self.group}"):
+            self.leases.close()
         self.buffer.clear()
