@@ -292,9 +292,15 @@ def test_calls_during_an_outage_are_backend_unavailable_within_deadlines(cli, ma
                     assert time.monotonic() - started < bound
                 assert all(kind == "unavailable" or got == [] for kind, got in outcomes), outcomes
 
+                # kafka-python's commit waits for the broker: BackendUnavailable; confluent's is sent asynchronously
+                # and returns at once (a failed one is made good by the next commit, checked below)
                 started = time.monotonic()
-                with pytest.raises(BackendUnavailable):
+                try:
                     consumer.commit(before)
+                    waited = False
+                except BackendUnavailable:
+                    waited = True
+                assert waited == (client == "kafka-python")
                 assert time.monotonic() - started < bound
             finally:
                 kafka_broker.start()
@@ -308,10 +314,23 @@ def test_calls_during_an_outage_are_backend_unavailable_within_deadlines(cli, ma
                 except BackendUnavailable:
                     assert time.monotonic() < deadline, "publishing did not recover within 90 s of the broker's return"
             after = _drain(consumer, 1, 90, skip={"down-engine"})
-            assert [json.loads(d.value)["executionid"] for d in after] == ["after"]
+            read = [json.loads(d.value)["executionid"] for d in after]
+            if client == "confluent" and read == ["before"]:
+                # the commit of "before", sent asynchronously just before the kill, may have died with the broker:
+                # "before" comes once more (a runner drops it as already handled), then "after"
+                after += _drain(consumer, 1, 30, skip={"down-engine"})
+                read = [json.loads(d.value)["executionid"] for d in after]
+            assert read == ["after"] or (client == "confluent" and read == ["before", "after"]), read
             consumer.commit(after)
         finally:
             consumer.close()
+        # what was committed during and after the outage holds: the group's next member reads neither again
+        consumer = transport.subscribe("first", ["Start"])
+        try:
+            again = [json.loads(d.value)["executionid"] for d in _drain(consumer, 1, 8)]
+        finally:
+            consumer.close()
+        assert set(again) <= {"down-engine"}, again  # a publish that failed may still have landed
     cli.json("teardown", path)
 
 

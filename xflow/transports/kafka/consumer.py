@@ -92,10 +92,12 @@ class KafkaConsumer(Consumer):
 
     def close(self) -> None:
         try:
+            # a commit that failed: the last chance to keep what was settled is to send it again, for the member's
+            # close to complete (waiting for it here could hang on a broker that is away)
             failure = self._member.take_commit_failure()
-            if failure is not None and self._latest:  # the last chance to keep what was settled: wait for this one
+            if failure is not None and self._latest:
                 held = self._member.assignment()
-                self._member.commit({tp: o for tp, o in self._latest.items() if tp in held}, asynchronous=False)
+                self._member.commit({tp: o for tp, o in self._latest.items() if tp in held}, asynchronous=True)
         except Exception as exc:  # leaving the group matters more
             log.warning("kafka commit of %s at close failed: %s (the records will be delivered again)",
                         self.group_id, exc)
