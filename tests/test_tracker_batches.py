@@ -115,7 +115,7 @@ def sqlite_tracker(tmp_path: Path) -> Iterator[TrackerStore]:
     assert info.cls is not None
     workflow = kit_workflow(new_workflow_id(), tmp_path / "wf")
     tracker = info.cls(PluginContext(workflow.id, {}, tmp_path / "state", workflow))
-    apply_steps(tracker.plan_setup(workflow))
+    apply_steps(tracker.plan_setup(workflow), tracker)
     yield tracker
     tracker.close()
 

@@ -73,6 +73,9 @@ _RFC3339 = re.compile(r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:[.,](\d
 def iso_time(epoch: float) -> str:
     """RFC 3339 in UTC with microseconds. Total: a time outside years 1 to 9999 is shown at the nearest end of that
     range, and a value that is not a number as the epoch."""
+    last = _last_time
+    if type(epoch) is float and epoch == last[0]:  # a batch of events published at one time: formatted once
+        return last[1]
     try:
         seconds = float(epoch)
     except (TypeError, ValueError, OverflowError):
@@ -81,8 +84,19 @@ def iso_time(epoch: float) -> str:
         seconds = 0.0
     seconds = min(max(seconds, MIN_EPOCH), MAX_EPOCH)
     moment = _EPOCH + timedelta(seconds=seconds)
-    return (f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:{moment.minute:02d}:"
+    text = (f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:{moment.minute:02d}:"
             f"{moment.second:02d}.{moment.microsecond:06d}Z")
+    _remember_time(epoch, text)
+    return text
+
+
+#: the last time :func:`iso_time` formatted, and its text (one tuple: replaced at once, read by any thread)
+_last_time: tuple[Any, str] = (None, "")
+
+
+def _remember_time(epoch: Any, text: str) -> None:
+    global _last_time
+    _last_time = (epoch, text)
 
 
 def parse_iso_time(text: str) -> float:
@@ -148,18 +162,41 @@ def encode_event(event: str, data: Mapping[str, Any], execution_id: str, event_i
     """
     payload = dict(data)
     payload["execution_id"] = execution_id
-    envelope = {
-        "specversion": SPEC_VERSION,
-        "id": event_id,
-        "type": event,
-        "source": source_uri(producer),
-        "time": iso_time(time.time() if published_at is None else published_at),
-        "datacontenttype": "application/json",
-        EXECUTION_ID_ATTRIBUTE: execution_id,
-        HOPS_ATTRIBUTE: int(hops),
-        "data": payload,
-    }
-    return json.dumps(envelope, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    return encode_event_json(event, json_text(payload), execution_id, event_id, producer, published_at, hops)
+
+
+def json_text(data: Any) -> str:
+    """``data`` as the compact JSON text events carry (not escaped to ASCII; NaN and infinities refused)."""
+    return _ENCODER.encode(data)
+
+
+def encode_event_json(event: str, data_json: str, execution_id: str, event_id: str, producer: str,
+                      published_at: float | None = None, hops: int = 0) -> bytes:
+    """:func:`encode_event` for data already encoded by :func:`json_text` (an object that holds ``execution_id``):
+    the same bytes, without encoding the data again."""
+    text = "".join(('{"specversion":"', SPEC_VERSION, '","id":', _quote(event_id), ',"type":', _quote(event),
+                    ',"source":', _quote(source_uri(producer)), ',"time":"',
+                    iso_time(time.time() if published_at is None else published_at),
+                    '","datacontenttype":"application/json","', EXECUTION_ID_ATTRIBUTE, '":', _quote(execution_id),
+                    ',"', HOPS_ATTRIBUTE, '":', str(int(hops)), ',"data":', data_json, "}"))
+    return text.encode("utf-8")
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+#: a string as JSON (what ``json.dumps(..., ensure_ascii=False)`` writes for it)
+_quote: Callable[[str], str] = json.encoder.encode_basestring
+
+
+class JsonObject(dict[str, Any]):
+    """A dict together with its JSON text (:func:`json_text`), so that what was encoded once is not encoded again
+    (the tracker stores the text, the transport's record carries it). Read-only by convention: the text is not
+    kept in step with changes."""
+
+    __slots__ = ("json",)
+
+    def __init__(self, data: Mapping[str, Any], text: str) -> None:
+        super().__init__(data)
+        self.json = text
 
 
 @dataclass
@@ -217,7 +254,7 @@ def _decode(value: Any, fallback_id: str) -> DecodedEvent:
             raise BadMessage(f"not a JSON document: not UTF-8 ({exc.reason} at byte {exc.start})") from None
     else:
         raise BadMessage(f"not a JSON document: a record of type {type(value).__name__}, not bytes")
-    if not text.strip():
+    if not text or text.isspace():
         raise BadMessage("not a JSON document: an empty record")
     if len(text) > MAX_MESSAGE_BYTES:
         raise BadMessage(f"{len(text)} characters, over the limit of {MAX_MESSAGE_BYTES}")
@@ -227,7 +264,7 @@ def _decode(value: Any, fallback_id: str) -> DecodedEvent:
         message = _DECODER.decode(text)
     except ValueError as exc:
         raise BadMessage(f"not a JSON document: {exc}") from None
-    if _SURROGATE_ESCAPE.search(text):
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text):
         _check_unicode(message)
     if not isinstance(message, dict):
         raise BadMessage(f"a JSON {_JSON_TYPES.get(type(message).__name__, type(message).__name__)}, not an object")
@@ -241,21 +278,11 @@ def _decode(value: Any, fallback_id: str) -> DecodedEvent:
 
 
 def _decode_cloudevent(message: dict[str, Any]) -> DecodedEvent:
-    def attribute(name: str, required: bool = False) -> str | None:
-        found = message.get(name)
-        if found is None and not required:
-            return None
-        if not isinstance(found, str) or (required and not found):
-            got = "nothing" if found is None else f"a JSON {_JSON_TYPES.get(type(found).__name__, 'object')}"
-            raise BadMessage(f"the CloudEvents attribute {name!r} must be a {'non-empty ' if required else ''}"
-                             f"string, got {got}")
-        return found
-
-    attribute("specversion", required=True)
-    event_id = attribute("id", required=True)
-    assert event_id is not None
-    producer = attribute("source") or ""
-    stamp = attribute("time")
+    event_id, producer, stamp = message.get("id"), message.get("source"), message.get("time")
+    spec = message.get("specversion")
+    if not (type(spec) is str and spec and type(event_id) is str and event_id
+            and (producer is None or type(producer) is str) and (stamp is None or type(stamp) is str)):
+        _check_attributes(message)  # raises BadMessage with the reason
     data = message.get("data")
     if data is None:
         if message.get("data_base64") is not None:
@@ -264,24 +291,40 @@ def _decode_cloudevent(message: dict[str, Any]) -> DecodedEvent:
     elif not isinstance(data, dict):
         raise BadMessage(f"the CloudEvent's data is a JSON {_JSON_TYPES.get(type(data).__name__, 'value')}, "
                          "not an object")
-    else:
-        data = dict(data)
-    execution_id = _execution_id(((message, EXECUTION_ID_ATTRIBUTE, f"the attribute {EXECUTION_ID_ATTRIBUTE!r}"),
-                                  (message, "execution_id", "the attribute 'execution_id'"),
-                                  (data, "execution_id", "data.execution_id")))
+    execution_id = message.get(EXECUTION_ID_ATTRIBUTE)
+    if not (type(execution_id) is str and execution_id):
+        execution_id = _execution_id(((message, EXECUTION_ID_ATTRIBUTE, f"the attribute {EXECUTION_ID_ATTRIBUTE!r}"),
+                                      (message, "execution_id", "the attribute 'execution_id'"),
+                                      (data, "execution_id", "data.execution_id")))
     hops = message.get(HOPS_ATTRIBUTE)
-    if hops is None:
+    if type(hops) is int and hops >= 0:
+        pass
+    elif hops is None:
         hops = 0
     elif isinstance(hops, str) and hops.isascii() and hops.isdigit() and len(hops) <= 18:
         hops = int(hops)
     elif isinstance(hops, bool) or not isinstance(hops, int) or hops < 0:
         raise BadMessage(f"the attribute {HOPS_ATTRIBUTE!r} must be a whole number of at least 0, got {hops!r:.40}")
-    published_at = time.time()  # when ``time`` is missing, unreadable or absurd: the time of reading
+    published_at = None  # when ``time`` is missing, unreadable or absurd: the time of reading
     if stamp is not None:
         with contextlib.suppress(ValueError):
             published_at = parse_iso_time(stamp)
+    # ``data`` belongs to this message alone (just decoded), so it is kept rather than copied
     data["execution_id"] = execution_id
-    return DecodedEvent(event_id, execution_id, data, producer, published_at, hops)
+    return DecodedEvent(str(event_id), execution_id, data, producer or "",
+                        time.time() if published_at is None else published_at, hops)
+
+
+def _check_attributes(message: dict[str, Any]) -> None:
+    """BadMessage naming the first CloudEvents attribute (specversion, id, source, time) that is not as it must be."""
+    for name, required in (("specversion", True), ("id", True), ("source", False), ("time", False)):
+        found = message.get(name)
+        if found is None and not required:
+            continue
+        if not isinstance(found, str) or (required and not found):
+            got = "nothing" if found is None else f"a JSON {_JSON_TYPES.get(type(found).__name__, 'object')}"
+            raise BadMessage(f"the CloudEvents attribute {name!r} must be a {'non-empty ' if required else ''}"
+                             f"string, got {got}")
 
 
 def _execution_id(places: tuple[tuple[dict[str, Any], str, str], ...]) -> str:
@@ -507,7 +550,7 @@ def exit_status(code: Any) -> int:
 
 def call_handler(handler: Callable[..., Any], data: dict[str, Any], ctx: HandlerContext, publishes: list[str], *,
                  redirect: bool = True, output: AttemptOutput | None = None,
-                 exit_as_status: bool = False) -> HandlerOutcome:
+                 exit_as_status: bool = False, capture_logs: bool = True) -> HandlerOutcome:
     """Call ``handler(event, ctx)``; capture its output; never raise for what the handler does (an exception or
     ``sys.exit()``: a failed outcome with the reason and the traceback in ``logs``).
 
@@ -518,12 +561,14 @@ def call_handler(handler: Callable[..., Any], data: dict[str, Any], ctx: Handler
     written to ``sys.stdout`` meanwhile; that is process-wide, so only for a process that runs one handler at a
     time (Lambda's); a caller that runs handlers in threads passes False. ``exit_as_status``: a handler that
     raises ``SystemExit`` is reported as "exited with status N" (where the process is the handler's own), else
-    as "called sys.exit(N)".
+    as "called sys.exit(N)". ``capture_logs``: False when ``ctx.logger`` already writes into ``output`` (a caller
+    that keeps one logger and one :class:`OutputLogHandler` for many calls, rather than making them per call).
     """
     if output is None:
         output = AttemptOutput(ctx.logs)
-    log_handler = OutputLogHandler(output)
-    ctx.logger.addHandler(log_handler)
+    log_handler = OutputLogHandler(output) if capture_logs else None
+    if log_handler is not None:
+        ctx.logger.addHandler(log_handler)
     previous = getattr(_current, "output", None)
     _current.output = output
     started = time.perf_counter()
@@ -555,7 +600,8 @@ def call_handler(handler: Callable[..., Any], data: dict[str, Any], ctx: Handler
     finally:
         duration = time.perf_counter() - started
         _current.output = previous
-        ctx.logger.removeHandler(log_handler)
+        if log_handler is not None:
+            ctx.logger.removeHandler(log_handler)
     logs = output.finish()
     if error:
         return HandlerOutcome(False, [], logs, error, duration)

@@ -150,7 +150,7 @@ def _no_room(path: Path) -> bool:
 Identity = tuple[int, int]
 
 
-def _identity(path: Path) -> Identity | None:
+def _identity(path: str | Path) -> Identity | None:
     try:
         status = os.stat(path)
     except OSError:
@@ -176,6 +176,9 @@ class SqliteFile:
     def __init__(self, path: str | os.PathLike[str], role: str) -> None:
         self.path = Path(path)
         self.role = role
+        #: the file and its write-ahead log as text, for the check made on every ``using`` block
+        self._path_text = str(self.path)
+        self._wal_text = f"{self._path_text}-wal"
         self._opened: dict[int, _Opened] = {}
         #: the incident this process found (noted and written back once, whichever connection found it)
         self._incident: str | None = None
@@ -185,7 +188,7 @@ class SqliteFile:
 
     @property
     def wal(self) -> Path:
-        return Path(f"{self.path}-wal")
+        return Path(self._wal_text)
 
     @property
     def incidents_path(self) -> Path:
@@ -280,7 +283,7 @@ class SqliteFile:
             return
         if opened.broken is not None:
             raise opened.broken
-        database, wal = _identity(self.path), _identity(self.wal)
+        database, wal = _identity(self._path_text), _identity(self._wal_text)
         if opened.log is None and database == opened.database:
             opened.log = wal  # the log was created after the connection opened (a new, empty file)
             return
@@ -342,3 +345,56 @@ class SqliteFile:
         """Delete the file, its -wal and -shm files and its incident notes (after every connection is closed)."""
         for path in (self.path, self.wal, Path(f"{self.path}-shm"), self.incidents_path):
             path.unlink(missing_ok=True)
+
+
+class SharedConnection:
+    """The connection a plugin's threads share to one :class:`SqliteFile`: opened on first use (an
+    :class:`XflowError` saying how to create the file when it does not exist), used by one thread at a time
+    (:meth:`using`), closed once.
+
+    ``missing_hint`` is the hint given when the file does not exist ("run 'xflow setup' first")."""
+
+    def __init__(self, file: SqliteFile, missing_hint: str) -> None:
+        self.file = file
+        self.missing_hint = missing_hint
+        self._connection: sqlite3.Connection | None = None
+        self._opening = threading.Lock()  # threads opening the connection at once open one
+
+    @property
+    def connection(self) -> sqlite3.Connection | None:
+        """The open connection, or None."""
+        return self._connection
+
+    def get(self) -> sqlite3.Connection:
+        """The connection, opened if it is not."""
+        connection = self._connection
+        if connection is None:
+            with self._opening:
+                if self._connection is None:
+                    if not self.file.path.exists():
+                        raise XflowError(f"the {self.file.role} {self.file.path} does not exist", self.missing_hint)
+                    self._connection = self.file.connect()
+                connection = self._connection
+        return connection
+
+    def adopt(self, connection: sqlite3.Connection) -> bool:
+        """Share ``connection`` (one that created the file, say) unless one is open already; False then (the caller
+        closes its own)."""
+        with self._opening:
+            if self._connection is None:
+                self._connection = connection
+                return True
+        return False
+
+    @contextmanager
+    def using(self) -> Iterator[sqlite3.Connection]:
+        """``with shared.using() as db:`` the connection, for this thread alone, checked to be on the file it opened;
+        SQLite errors come out as one-line errors (see :meth:`SqliteFile.using`)."""
+        with self.file.using(self.get()) as db:
+            yield db
+
+    def close(self) -> None:
+        """Close the connection (once no thread uses it); the next use opens another."""
+        with self._opening:
+            connection, self._connection = self._connection, None
+        self.file.close(connection)

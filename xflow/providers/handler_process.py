@@ -3,8 +3,10 @@
 
 The child imports the standard library, :mod:`xflow.core.runtime` and this module only, so that it starts fast. The
 parent starts it with a :class:`ChildSpec` and one end of a pipe; the child imports the handler once, answers
-``("ready", pid)`` (or ``("failed", error, lines)`` and exits), then, for each ``(data, attempt)`` it receives,
-calls the handler and answers one :data:`Reply`. ``None`` or the end of the pipe stops it.
+``("ready", pid)`` (or ``("failed", error, lines)`` and exits), then receives calls in batches: a message is a list
+of pickled ``(data, attempt)`` pairs, and the child calls the handler for each in order, answering one :data:`Reply`
+per call as soon as it ends (so a batch costs one message to the child, and a call that kills the process loses
+none of the outcomes before it). ``None`` or the end of the pipe stops it.
 
 While a call runs, ``sys.stdout``, ``sys.stderr`` and the root logger write into that call's output, so
 everything the handler prints or logs (from any thread of the child) comes back with the outcome. Every
@@ -22,6 +24,7 @@ import json
 import logging
 import multiprocessing.connection
 import os
+import pickle
 import select
 import signal
 import sys
@@ -37,9 +40,9 @@ from typing import Any
 from xflow.core import runtime
 from xflow.core.runtime import HandlerOutcome
 
-#: what the child answers for one call: ok, the published events as JSON text (or None), the output lines,
-#: the error (or None), the handler's duration, and log records (dicts for logging.makeLogRecord) when asked
-Reply = tuple[bool, str | None, list[str], str | None, float, list[dict[str, Any]]]
+#: what the child answers for one call: ok, the published events as (name, data as JSON text) pairs, the output
+#: lines, the error (or None), the handler's duration, and log records (dicts for logging.makeLogRecord) when asked
+Reply = tuple[bool, list[tuple[str, str]], list[str], str | None, float, list[dict[str, Any]]]
 #: the signal that makes a child write its threads' stacks into its mirror file (before it is killed)
 DUMP_SIGNAL = getattr(signal, "SIGUSR1", None)
 #: how long a process that timed out is given to write its threads' stacks before it is killed
@@ -78,33 +81,33 @@ def _detach(duplicate: Any) -> int:
     return duplicate.detach()
 
 
-def published_json(published: list[tuple[str, dict[str, Any]]]) -> str:
-    """What a handler published as JSON text; ValueError naming the event when it is not JSON (or not UTF-8)."""
-    try:
-        text = json.dumps(published, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-        text.encode("utf-8")
-        return text
-    except (TypeError, ValueError, RecursionError, UnicodeEncodeError):
-        pass
+def published_texts(published: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """The data of each published event as JSON text (:func:`~xflow.core.runtime.json_text`, encoded once: the
+    event's record and the tracker reuse it); ValueError naming the event whose data is not JSON (or not UTF-8)."""
+    texts = []
     for name, data in published:
         try:
-            json.dumps(data, ensure_ascii=False, allow_nan=False).encode("utf-8")
+            text = runtime.json_text(data)
+            if not text.isascii():
+                text.encode("utf-8")
         except UnicodeEncodeError:
             raise ValueError(f"the data of event {name!r} is not valid Unicode (a lone surrogate)") from None
         except (TypeError, ValueError, RecursionError) as exc:
             raise ValueError(f"the data of event {name!r} is not JSON: {type(exc).__name__}: {exc}") from None
-    raise ValueError("the published events are not JSON")
+        texts.append(text)
+    return texts
 
 
-def sendable(outcome: runtime.HandlerOutcome) -> tuple[runtime.HandlerOutcome, str | None]:
-    """``outcome`` with its published data as JSON text, or a failed outcome saying why it cannot be sent."""
+def sendable(outcome: runtime.HandlerOutcome) -> tuple[runtime.HandlerOutcome, list[str]]:
+    """``outcome`` with the JSON text of each published event's data, or a failed outcome saying why it cannot be
+    sent (then no texts)."""
     if not outcome.ok:
-        return outcome, None
+        return outcome, []
     try:
-        return outcome, published_json(outcome.published)
+        return outcome, published_texts(outcome.published)
     except ValueError as exc:
         error = f"what the handler published cannot be sent: {exc}"
-        return runtime.HandlerOutcome(False, [], outcome.logs, error, outcome.duration), None
+        return runtime.HandlerOutcome(False, [], outcome.logs, error, outcome.duration), []
 
 
 class _State:
@@ -166,7 +169,8 @@ class _Stream(io.TextIOBase):
 
 
 class _RootCapture(runtime.OutputLogHandler):
-    """On the child's root logger: records of any logger, from any thread, into the running call's output."""
+    """On the child's root logger (and its functions' loggers): records of any logger, from any thread, into the
+    running call's output."""
 
     def __init__(self, state: _State) -> None:
         super().__init__()
@@ -209,6 +213,7 @@ def main(conn: Any, spec: ChildSpec) -> None:
         state.end()
     conn.send(("ready", os.getpid()))
     publishes = list(spec.publishes)
+    loggers: dict[tuple[str, str], logging.Logger] = {}
     while True:
         try:
             message = conn.recv()
@@ -216,35 +221,53 @@ def main(conn: Any, spec: ChildSpec) -> None:
             return
         if message is None:
             return
-        data, attempt = message
-        reply = _call(handler, data, attempt, publishes, state, spec.keep_records, streams)
-        try:
-            conn.send(reply)
-        except (EOFError, OSError):
-            return
-        except Exception as exc:  # a log record or line that cannot be pickled: say so rather than stop
-            conn.send((False, None, [], f"the handler's outcome cannot be sent back: {type(exc).__name__}: {exc}",
-                       reply[4], []))
+        for raw in message:
+            try:
+                data, attempt = pickle.loads(raw)
+            except Exception as exc:  # noqa: BLE001  (cannot happen with JSON data; never stop the process for it)
+                reply: Reply = (False, [], [], f"the event cannot be read in the handler process: {exc}", 0.0, [])
+            else:
+                reply = _call(handler, data, attempt, publishes, state, spec.keep_records, streams, loggers)
+            try:
+                conn.send(reply)
+            except (EOFError, OSError):
+                return
+            except Exception as exc:  # a log record or line that cannot be pickled: say so rather than stop
+                conn.send((False, [], [], f"the handler's outcome cannot be sent back: {type(exc).__name__}: {exc}",
+                           reply[4], []))
+
+
+def _logger(loggers: dict[tuple[str, str], logging.Logger], workflow_id: str, function_name: str,
+            state: _State) -> logging.Logger:
+    """The function's ``ctx.logger`` in this process: made once, its records (from any thread) into the running
+    call's output; not propagated (the root logger would repeat them)."""
+    logger = loggers.get((workflow_id, function_name))
+    if logger is None:
+        logger = logging.Logger(f"xflow.functions.{workflow_id}.{function_name}", logging.DEBUG)
+        logger.propagate = False
+        logger.addHandler(_RootCapture(state))
+        loggers[(workflow_id, function_name)] = logger
+    return logger
 
 
 def _call(handler: Any, data: dict[str, Any], attempt: tuple[Any, ...], publishes: list[str], state: _State,
-          keep_records: bool, streams: tuple[_Stream, _Stream]) -> Reply:
+          keep_records: bool, streams: tuple[_Stream, _Stream], loggers: dict[tuple[str, str], logging.Logger]) -> Reply:
     execution_id, event_name, event_id, number, workflow_id, function_name = attempt
     sys.stdout, sys.stderr = streams  # a handler may have replaced them
     output = state.begin(keep_records)
-    logger = logging.Logger(f"xflow.functions.{workflow_id}.{function_name}", logging.DEBUG)
-    logger.propagate = False  # its records are captured by call_handler; the root logger would repeat them
+    logger = _logger(loggers, workflow_id, function_name, state)
     ctx = runtime.HandlerContext(execution_id, event_name, event_id, number, workflow_id, function_name, logger,
                                  logs=output.lines)
     try:
         outcome = runtime.call_handler(handler, data, ctx, publishes, redirect=False, output=output,
-                                       exit_as_status=True)
+                                       exit_as_status=True, capture_logs=False)
     except BaseException as exc:  # KeyboardInterrupt and the like, raised by the handler itself
         outcome = runtime.HandlerOutcome(False, [], output.finish(), f"{type(exc).__name__}: {exc}", 0.0)
     finally:
         state.end()
-    outcome, text = sendable(outcome)
-    return outcome.ok, text, outcome.logs, outcome.error, outcome.duration, output.records or []
+    outcome, texts = sendable(outcome)
+    published = [(name, text) for (name, _), text in zip(outcome.published, texts, strict=True)]
+    return outcome.ok, published, outcome.logs, outcome.error, outcome.duration, output.records or []
 
 
 # -- the parent's side ------------------------------------------------------------------------------------------
@@ -266,6 +289,12 @@ def describe_exit(code: int | None) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exited with status {code}"
+
+
+def pickled_call(data: dict[str, Any], attempt: tuple[Any, ...]) -> bytes:
+    """One call as :meth:`HandlerProcess.send` takes it (pickled apart, so that a call that cannot be pickled fails
+    alone); raises what pickling raises."""
+    return pickle.dumps((data, attempt), pickle.HIGHEST_PROTOCOL)
 
 
 def seconds(value: float) -> str:
@@ -354,19 +383,32 @@ class HandlerProcess:
 
     def call(self, data: dict[str, Any], attempt: tuple[Any, ...], timeout: float | None,
              ) -> tuple[HandlerOutcome, list[dict[str, Any]]]:
-        """One call: its outcome (the process's end, if it ended: then :attr:`ended` is true), and the log records
-        the process sent back (when started with ``keep_records``). ``attempt``: see :func:`main`."""
+        """One call: :meth:`send` and :meth:`receive`. ``attempt``: see :func:`main`."""
         started = time.perf_counter()
         try:
-            self.conn.send((data, attempt))
-        except OSError:
-            pass  # the process is gone: the wait below says how it ended
+            call = pickled_call(data, attempt)
         except Exception as exc:  # not picklable: nothing was written
             return HandlerOutcome(False, [], [], f"the event cannot be sent to the handler process: {exc}", 0.0), []
-        answered, ended = self._wait(timeout)
+        self.send([call])
+        return self.receive(started, timeout)
+
+    def send(self, calls: Sequence[bytes]) -> None:
+        """Hand the process these calls (from :func:`pickled_call`), in one message: it runs them in order and
+        answers each as it ends; :meth:`receive` takes the answers, one per call. A process that is gone is
+        noticed there."""
+        with contextlib.suppress(OSError):
+            self.conn.send(list(calls))
+
+    def receive(self, started: float, timeout: float | None) -> tuple[HandlerOutcome, list[dict[str, Any]]]:
+        """The outcome of the next call sent, which started at ``started`` (``time.perf_counter()``): its answer;
+        or, with none ``timeout`` seconds after ``started``, "timed out" (the process is killed, after writing its
+        threads' stacks); or how the process ended (then :attr:`ended` is true). Also the log records the process
+        sent back (when started with ``keep_records``)."""
+        wait = None if timeout is None else max(0.0, started + timeout - time.perf_counter())
+        answered, ended = self._wait(wait)
         if answered:
             try:
-                ok, text, logs, error, duration, records = self.conn.recv()
+                ok, pairs, logs, error, duration, records = self.conn.recv()
             except (EOFError, OSError):
                 pass  # died: below
             except Exception as exc:  # what came back cannot be read: the pipe is no longer in step
@@ -374,7 +416,8 @@ class HandlerProcess:
                 return HandlerOutcome(False, [], [], f"the handler process sent back what cannot be read: {exc}",
                                       time.perf_counter() - started), []
             else:
-                published = [(name, data) for name, data in json.loads(text)] if text else []
+                published: list[tuple[str, dict[str, Any]]] = [(name, runtime.JsonObject(json.loads(text), text))
+                                                               for name, text in pairs]
                 return HandlerOutcome(ok, published, logs, error, duration), records
         elapsed = time.perf_counter() - started
         if not answered and not ended:

@@ -27,9 +27,12 @@ a pool must keep its work under ``if __name__ == "__main__":`` (the ``xflow`` co
 handler's folder is on ``sys.path`` only while it is imported (:func:`~xflow.core.runtime.load_handler`): modules
 next to it must be imported at the top of its module.
 
-Per call, in process mode: one message each way on the pipe (the event's data and the attempt; the outcome with
-the published events as JSON text). Published data must be JSON in both modes (it is what the event will carry):
-data that is not is a failed outcome saying which event.
+In process mode, a slot hands its process the calls waiting for it in one message (up to :data:`BATCH` of them,
+and no more than its share when several slots wait, so that ``concurrency`` holds); the process answers each call
+as it ends (its outcome, the published events' data as JSON text). A call that kills the process or times out is
+the failed one; those after it in the message never started, and go to the slot's next process. Published data
+must be JSON in both modes (it is what the event will carry): data that is not is a failed outcome saying which
+event. The JSON text is kept with the data (:class:`~xflow.core.runtime.JsonObject`), so that it is encoded once.
 
 Slots are daemon threads of this module rather than a ``ThreadPoolExecutor``: an executor can neither replace a
 thread it has lost to a hung handler nor let the interpreter exit while one runs.
@@ -41,7 +44,6 @@ import atexit
 import concurrent.futures
 import contextlib
 import itertools
-import json
 import logging
 import multiprocessing
 import multiprocessing.util  # noqa: F401  (imported first, so that its exit hook runs after this module's)
@@ -50,10 +52,9 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from xflow.core.errors import XflowError
 from xflow.core.runtime import (
@@ -61,20 +62,25 @@ from xflow.core.runtime import (
     HandlerContext,
     HandlerLoadError,
     HandlerOutcome,
+    JsonObject,
+    OutputLogHandler,
     call_handler,
     handler_file,
     load_handler,
 )
-from xflow.providers.handler_process import HandlerProcess, LoadFailed, describe_exit, seconds, sendable
+from xflow.providers.handler_process import HandlerProcess, LoadFailed, describe_exit, pickled_call, seconds, sendable
 
 log = logging.getLogger("xflow.supervisor")
 ISOLATIONS = ("process", "thread")
 #: how handler processes are started: a fork of a clean server process where there is one, else a fresh interpreter
 START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+#: the most calls a slot hands its handler process in one message
+BATCH = 64
+#: about how long (by the handler's mean duration) the calls a slot hands its process together take, in seconds
+BATCH_SECONDS = 0.005
 
 
-@dataclass(frozen=True)
-class Attempt:
+class Attempt(NamedTuple):
     """What a handler call needs besides the event's data."""
 
     workflow_id: str
@@ -89,16 +95,76 @@ class Attempt:
         return self.execution_id, self.event_name, self.event_id, self.attempt, self.workflow_id, self.function_name
 
 
-class _Job:
-    __slots__ = ("future", "data", "attempt", "output", "deadline", "slot")
+_PENDING, _RUNNING, _FINISHED, _CANCELLED = range(4)
+#: held while a call changes state (a few instructions: one lock serves every call)
+_state_lock = threading.Lock()
 
-    def __init__(self, data: dict[str, Any], attempt: Attempt) -> None:
-        self.future: concurrent.futures.Future[HandlerOutcome] = concurrent.futures.Future()
+
+class Call:
+    """One handler call handed to a pool (:meth:`HandlerPool.start`): cancelled before it starts, or run to its
+    :attr:`outcome`, after which ``done(call)`` is called (from the pool's thread). Lighter than a ``Future``, which
+    :meth:`HandlerPool.submit` gives for those who want one."""
+
+    __slots__ = ("data", "attempt", "owned", "outcome", "output", "deadline", "slot", "_state", "_done", "_future")
+
+    def __init__(self, data: dict[str, Any], attempt: Attempt, owned: bool,
+                 done: Callable[[Call], None] | None = None,
+                 future: concurrent.futures.Future[HandlerOutcome] | None = None) -> None:
         self.data = data
         self.attempt = attempt
+        self.owned = owned
+        self.outcome: HandlerOutcome | None = None
         self.output: AttemptOutput | None = None
         self.deadline = 0.0
         self.slot: _Slot | None = None
+        self._state = _PENDING
+        self._done = done
+        self._future = future
+
+    @property
+    def done(self) -> bool:
+        """Whether it ended (with an outcome) or was cancelled."""
+        return self._state >= _FINISHED
+
+    @property
+    def cancelled(self) -> bool:
+        return self._state == _CANCELLED
+
+    def cancel(self) -> bool:
+        """Cancel the call unless it has started; whether it is cancelled."""
+        with _state_lock:
+            if self._state == _PENDING:
+                self._state = _CANCELLED
+            elif self._state != _CANCELLED:
+                return False
+        if self._future is not None:
+            self._future.cancel()
+        return True
+
+    def _begin(self) -> bool:
+        """Mark it running, unless it was cancelled."""
+        if self._future is not None and not self._future.set_running_or_notify_cancel():
+            with _state_lock:
+                self._state = _CANCELLED
+            return False
+        with _state_lock:
+            if self._state != _PENDING:
+                return False
+            self._state = _RUNNING
+        return True
+
+    def _end(self, outcome: HandlerOutcome) -> None:
+        """Its outcome (the first one given; a call given up on may end again later)."""
+        with _state_lock:
+            if self._state != _RUNNING:
+                return
+            self._state = _FINISHED
+            self.outcome = outcome
+        if self._future is not None:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                self._future.set_result(outcome)
+        if self._done is not None:
+            self._done(self)
 
 
 class _Slot:
@@ -106,15 +172,19 @@ class _Slot:
 
     def __init__(self) -> None:
         self.child: HandlerProcess | None = None
-        self.job: _Job | None = None
+        self.job: Call | None = None
+        #: the calls this slot took (in process mode, handed to its process together); ``job`` is the one running
+        self.batch: list[Call] = []
         #: its thread was given up on (a call that timed out in thread mode); another slot took its place
         self.abandoned = False
         self.thread: threading.Thread | None = None
+        #: thread mode: the call's ``ctx.logger`` and the handler on it that writes into the running call's output
+        #: (made once per slot: a slot runs one call at a time, so concurrent calls never see each other's lines)
+        self.loggers: dict[tuple[str, str], tuple[logging.Logger, OutputLogHandler]] = {}
 
 
-def _settle(job: _Job, outcome: HandlerOutcome) -> None:
-    with contextlib.suppress(concurrent.futures.InvalidStateError):
-        job.future.set_result(outcome)
+def _settle(job: Call, outcome: HandlerOutcome) -> None:
+    job._end(outcome)
 
 
 _live_pools: weakref.WeakSet[HandlerPool] = weakref.WeakSet()
@@ -161,14 +231,17 @@ class HandlerPool:
         self.stopping = False
         self._concurrency = concurrency
         self._function: Any = None
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Call | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
         self._slots: list[_Slot] = []
+        #: slots waiting for a call, and the handler's mean duration so far (how many calls a message carries)
+        self._idle = 0
+        self._mean_duration: float | None = None
         self._spare: list[HandlerProcess] = []  # started by check(), taken by the first slot that needs a process
         self._loggers: dict[tuple[str, str], logging.Logger] = {}
         self._watch = threading.Condition()
-        self._running: dict[_Job, float] = {}
+        self._running: dict[Call, float] = {}
         self._wake_at = float("inf")
         self._watchdog: threading.Thread | None = None
         self._number = next(_numbers)
@@ -215,15 +288,30 @@ class HandlerPool:
             raise XflowError(f"{where}cannot load handler {self.handler!r}: {exc}",
                              "fix the handler's source file or the 'handler:' name") from None
 
-    def submit(self, data: dict[str, Any], attempt: Attempt) -> concurrent.futures.Future[HandlerOutcome]:
+    def submit(self, data: dict[str, Any], attempt: Attempt, *,
+               owned: bool = False) -> concurrent.futures.Future[HandlerOutcome]:
         """Run the handler on ``data``; the future's outcome says how it went. At most ``concurrency`` calls run
-        at once; later ones wait their turn. Calls still queued when the pool is closed are cancelled."""
-        job = _Job(data, attempt)
+        at once; later ones wait their turn. Calls still queued when the pool is closed are cancelled.
+
+        ``owned``: the caller hands ``data`` over (it does not use it again), so a handler in a thread may get it as
+        it is; otherwise it gets a copy, and what it changes in it stays out of the caller's dict."""
+        future: concurrent.futures.Future[HandlerOutcome] = concurrent.futures.Future()
+        self._put(Call(data, attempt, owned, future=future))
+        return future
+
+    def start(self, data: dict[str, Any], attempt: Attempt, done: Callable[[Call], None], *,
+              owned: bool = False) -> Call:
+        """:meth:`submit` without a future: ``done(call)`` is called once the call has its outcome (not if it is
+        cancelled: :meth:`Call.cancel` says so)."""
+        call = Call(data, attempt, owned, done)
+        self._put(call)
+        return call
+
+    def _put(self, call: Call) -> None:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the handler pool is closed")
-            self._jobs.put(job)
-        return job.future
+            self._jobs.put(call)
 
     def close(self, timeout: float = 5.0) -> None:
         """Cancel the calls not started, give those running ``timeout`` seconds, then stop them (their outcome:
@@ -237,23 +325,26 @@ class HandlerPool:
             while True:
                 job = self._jobs.get_nowait()
                 if job is not None:
-                    job.future.cancel()
+                    job.cancel()
         slots = [slot for slot in self._slots if not slot.abandoned]
-        running = [slot.job.future for slot in slots if slot.job is not None]
-        concurrent.futures.wait(running, timeout=max(0.0, timeout))
+        running = [job for slot in slots for job in list(slot.batch)]
+        deadline = time.monotonic() + max(0.0, timeout)
+        while any(not job.done for job in running) and time.monotonic() < deadline:
+            time.sleep(0.005)
         self.stopping = True
         for _ in slots:
             self._jobs.put(None)
         for slot in slots:
             job = slot.job
-            if job is not None and not job.future.done():
-                if slot.child is not None:
-                    slot.child.signal_kill()  # its thread reports the call stopped, then stops itself
-                else:
-                    _settle(job, HandlerOutcome(False, [], list(job.output.lines) if job.output else [],
-                                                "stopped: the handler pool was closed while the handler ran (its "
-                                                "thread is left running: Python cannot stop a thread)", 0.0))
-                    slot.abandoned = True
+            if all(waiting.done for waiting in list(slot.batch)):
+                continue
+            if slot.child is not None:
+                slot.child.signal_kill()  # its thread reports the calls stopped, then stops itself
+            elif self.isolation == "thread" and job is not None and not job.done:
+                _settle(job, HandlerOutcome(False, [], list(job.output.lines) if job.output else [],
+                                            "stopped: the handler pool was closed while the handler ran (its "
+                                            "thread is left running: Python cannot stop a thread)", 0.0))
+                slot.abandoned = True
         for slot in slots:
             if slot.thread is not None and not slot.abandoned:
                 slot.thread.join(10)
@@ -273,21 +364,43 @@ class HandlerPool:
 
     def _serve(self, slot: _Slot) -> None:
         try:
-            while True:
+            last = False
+            while not last:
+                with self._lock:
+                    self._idle += 1
                 job = self._jobs.get()
+                with self._lock:
+                    self._idle -= 1
                 if job is None:
                     break
-                if not job.future.set_running_or_notify_cancel():
+                batch = [job]
+                if self.isolation == "process":
+                    for _ in range(self._batch_extra()):
+                        try:
+                            more = self._jobs.get_nowait()
+                        except queue.Empty:
+                            break
+                        if more is None:
+                            last = True
+                            break
+                        batch.append(more)
+                batch = [job for job in batch if job._begin()]
+                if not batch:
                     continue
-                slot.job = job
-                job.slot = slot
+                slot.batch = batch
                 try:
-                    outcome = self._run(slot, job)
-                except BaseException as exc:  # a bug here, or a BaseException the handler raised in thread mode
-                    log.exception("%s: the call of %s failed unexpectedly", self.label, job.attempt.event_id)
-                    outcome = HandlerOutcome(False, [], [], f"{type(exc).__name__}: {exc}", 0.0)
-                _settle(job, outcome)
-                slot.job = None
+                    if self.isolation == "thread":
+                        self._serve_in_thread(slot, batch[0])
+                    else:
+                        self._serve_in_process(slot, batch)
+                except BaseException as exc:  # a bug here (or no process can be started): fail what is left
+                    log.exception("%s: the calls of %s failed unexpectedly", self.label,
+                                  ", ".join(job.attempt.event_id for job in batch))
+                    for job in batch:
+                        _settle(job, HandlerOutcome(False, [], [], f"{type(exc).__name__}: {exc}", 0.0))
+                finally:
+                    slot.job = None
+                    slot.batch = []
                 if slot.abandoned:
                     return  # another slot has taken this one's place
         finally:
@@ -295,9 +408,83 @@ class HandlerPool:
                 slot.child.stop(1.0)
                 slot.child = None
 
-    def _run(self, slot: _Slot, job: _Job) -> HandlerOutcome:
-        if self.isolation == "thread":
-            return self._run_in_thread(job)
+    def _batch_extra(self) -> int:
+        """How many more waiting calls a slot that took one hands its process with it: none while another slot is
+        idle (it takes them), else this slot's share of those waiting, and only as many as take about
+        :data:`BATCH_SECONDS` (by the calls' mean duration so far: slow handlers are not batched)."""
+        if self._idle:
+            return 0
+        waiting = self._jobs.qsize() // self._concurrency
+        if not waiting:
+            return 0
+        mean = self._mean_duration
+        if mean is None:
+            return 0
+        return min(BATCH - 1, waiting, int(BATCH_SECONDS / max(mean, 1e-6)))
+
+    def _measured(self, duration: float) -> None:
+        mean = self._mean_duration
+        self._mean_duration = duration if mean is None else mean + (duration - mean) * 0.1
+
+    def _serve_in_thread(self, slot: _Slot, job: Call) -> None:
+        slot.job = job
+        job.slot = slot
+        try:
+            outcome = self._run_in_thread(slot, job)
+        except BaseException as exc:  # a bug here, or a BaseException the handler raised in thread mode
+            log.exception("%s: the call of %s failed unexpectedly", self.label, job.attempt.event_id)
+            outcome = HandlerOutcome(False, [], [], f"{type(exc).__name__}: {exc}", 0.0)
+        _settle(job, outcome)
+
+    def _serve_in_process(self, slot: _Slot, batch: list[Call]) -> None:
+        """Run ``batch`` in the slot's process, in order: one message there, an answer per call back. A call that
+        ends the process is failed with the reason; the calls after it go to another process."""
+        calls: list[tuple[Call, bytes]] = []
+        for job in batch:
+            try:
+                calls.append((job, pickled_call(job.data, job.attempt.as_tuple())))
+            except Exception as exc:  # not picklable: this call fails, the others go on
+                _settle(job, HandlerOutcome(False, [], [], f"the event cannot be sent to the handler process: {exc}",
+                                            0.0))
+        while calls:
+            job = calls[0][0]
+            slot.job = job
+            if self.stopping:
+                for job, _ in calls:
+                    _settle(job, HandlerOutcome(False, [], [], "stopped: the handler pool was closed before the "
+                                                               "handler ran", 0.0))
+                return
+            try:
+                child = self._child(slot)
+            except LoadFailed as exc:
+                _settle(job, HandlerOutcome(False, [], exc.lines, f"cannot load handler {self.handler!r}: {exc}", 0.0))
+                calls.pop(0)
+                continue
+            if self.stopping:
+                continue  # closed while the process started: the calls are reported stopped above
+            started = time.perf_counter()
+            child.send([call for _, call in calls])
+            done = 0
+            for job, _ in calls:
+                slot.job = job
+                outcome, records = child.receive(started, self.timeout)
+                started = time.perf_counter()
+                done += 1
+                self._measured(outcome.duration)
+                if records:
+                    self._reemit(records, job.attempt)
+                if child.ended:
+                    child.stop(1.0)
+                    slot.child = None  # the next call of this slot starts another process
+                    if self.stopping and not outcome.ok and not (outcome.error or "").startswith("timed out"):
+                        outcome.error = "stopped: the handler pool was closed while the handler ran"
+                    _settle(job, outcome)
+                    break
+                _settle(job, outcome)
+            calls = calls[done:]
+
+    def _child(self, slot: _Slot) -> HandlerProcess:
+        """The slot's handler process: the one it has if alive, else a spare one, else a new one (LoadFailed)."""
         child = slot.child
         if child is not None and not child.alive():
             child.stop(1.0)
@@ -308,20 +495,9 @@ class HandlerPool:
             with self._lock:
                 child = self._spare.pop() if self._spare else None
             if child is None:
-                try:
-                    child = self._start_process()
-                except LoadFailed as exc:
-                    return HandlerOutcome(False, [], exc.lines, f"cannot load handler {self.handler!r}: {exc}", 0.0)
+                child = self._start_process()
             slot.child = child
-        outcome, records = child.call(job.data, job.attempt.as_tuple(), self.timeout)
-        if records:
-            self._reemit(records, job.attempt)
-        if child.ended:
-            child.stop(1.0)
-            slot.child = None  # the next call of this slot starts another process
-            if self.stopping and not outcome.ok and not (outcome.error or "").startswith("timed out"):
-                outcome.error = "stopped: the handler pool was closed while the handler ran"
-        return outcome
+        return child
 
     def _start_process(self) -> HandlerProcess:
         return HandlerProcess(self._context, self.source, self.handler, self.publishes, keep_records=self.propagate_logs,
@@ -334,41 +510,50 @@ class HandlerPool:
             self._function = load_handler(self.source, self.handler)
         return self._function
 
-    def _logger(self, attempt: Attempt) -> logging.Logger:
-        """A logger of this call only (so concurrent calls do not see each other's lines), below the function's."""
+    def _logger(self, slot: _Slot, attempt: Attempt) -> tuple[logging.Logger, OutputLogHandler]:
+        """The slot's logger for the function, below the function's, with the handler that captures its records."""
         key = attempt.workflow_id, attempt.function_name
-        parent = self._loggers.get(key)
-        if parent is None:
-            parent = self._loggers[key] = logging.getLogger(f"xflow.functions.{key[0]}.{key[1]}")
-        logger = logging.Logger(parent.name, logging.DEBUG)
-        logger.parent = parent
-        logger.propagate = self.propagate_logs
-        return logger
+        found = slot.loggers.get(key)
+        if found is None:
+            parent = self._loggers.get(key)
+            if parent is None:
+                parent = self._loggers[key] = logging.getLogger(f"xflow.functions.{key[0]}.{key[1]}")
+            logger = logging.Logger(parent.name, logging.DEBUG)
+            logger.parent = parent
+            logger.propagate = self.propagate_logs
+            capture = OutputLogHandler(None)
+            logger.addHandler(capture)
+            found = slot.loggers[key] = logger, capture
+        return found
 
-    def _run_in_thread(self, job: _Job) -> HandlerOutcome:
+    def _run_in_thread(self, slot: _Slot, job: Call) -> HandlerOutcome:
         try:
             function = self._load()
         except HandlerLoadError as exc:
             return HandlerOutcome(False, [], [], f"cannot load handler {self.handler!r}: {exc}", 0.0)
         attempt = job.attempt
+        logger, capture = self._logger(slot, attempt)
         ctx = HandlerContext(attempt.execution_id, attempt.event_name, attempt.event_id, attempt.attempt,
-                             attempt.workflow_id, attempt.function_name, self._logger(attempt))
-        job.output = AttemptOutput(ctx.logs)
-        data = _private_copy(job.data)  # what the handler changes in it stays out of a retry's data
+                             attempt.workflow_id, attempt.function_name, logger)
+        job.output = capture.output = AttemptOutput(ctx.logs)
+        data = job.data if job.owned else _private_copy(job.data)  # what the handler changes stays out of a retry's
         if self.timeout is not None:
             self._watch_job(job)
         try:
-            outcome = call_handler(function, data, ctx, self.publishes, redirect=False, output=job.output)
+            outcome = call_handler(function, data, ctx, self.publishes, redirect=False, output=job.output,
+                                   capture_logs=False)
         finally:
+            capture.output = None
             if self.timeout is not None:
                 with self._watch:
                     self._running.pop(job, None)
-        outcome, text = sendable(outcome)
-        if text is not None:
-            outcome.published = [(name, data) for name, data in json.loads(text)]
+        outcome, texts = sendable(outcome)
+        if outcome.ok:
+            outcome.published = [(name, JsonObject(data, text))
+                                 for (name, data), text in zip(outcome.published, texts, strict=True)]
         return outcome
 
-    def _watch_job(self, job: _Job) -> None:
+    def _watch_job(self, job: Call) -> None:
         assert self.timeout is not None
         job.deadline = time.monotonic() + self.timeout
         with self._watch:
@@ -388,7 +573,7 @@ class HandlerPool:
                 self._wake_at = min(self._running.values(), default=float("inf"))
                 self._watch.wait(None if self._wake_at == float("inf") else max(0.0, self._wake_at - now))
 
-    def _abandon(self, job: _Job) -> None:
+    def _abandon(self, job: Call) -> None:
         lines = job.output.finish()[:] if job.output is not None else []
         assert self.timeout is not None
         _settle(job, HandlerOutcome(False, [], lines, f"timed out after {seconds(self.timeout)}", self.timeout))

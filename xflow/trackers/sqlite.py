@@ -22,13 +22,13 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from xflow.core.deploy import dispatch
 from xflow.core.errors import XflowError
 from xflow.core.hookspecs import hookimpl
 from xflow.core.interfaces import (
@@ -44,8 +44,8 @@ from xflow.core.interfaces import (
     encode_cursor,
 )
 from xflow.core.options import Option
-from xflow.core.runtime import iso_time
-from xflow.core.sqlite_files import SqliteFile
+from xflow.core.runtime import JsonObject, iso_time
+from xflow.core.sqlite_files import SharedConnection, SqliteFile
 
 if TYPE_CHECKING:
     from xflow.core.model import Workflow
@@ -73,40 +73,36 @@ class SqliteTrackerStore(TrackerStore):
         super().__init__(context)
         self.path = Path(self.context.option("path") or Path(context.state_dir) / context.workflow_id / "tracker.db")
         self.file = SqliteFile(self.path, "tracker database")
-        self._connection: sqlite3.Connection | None = None
-        self._connecting = threading.Lock()  # threads opening the shared connection at once open one
+        self.shared = SharedConnection(self.file, "run 'xflow setup FILE --tracker sqlite' (or 'xflow run') first")
         self._time_index = False  # events_by_time made sure of (files made before it existed lack it)
 
     @property
     def db(self) -> sqlite3.Connection:
-        connection = self._connection
-        if connection is None:
-            with self._connecting:
-                if self._connection is None:
-                    if not self.path.exists():
-                        raise XflowError(f"the tracker database {self.path} does not exist",
-                                         "run 'xflow setup FILE --tracker sqlite' (or 'xflow run') first")
-                    self._connection = self.file.connect()
-                connection = self._connection
-        return connection
+        """The connection the threads of this process share (opened on first use)."""
+        return self.shared.get()
 
-    @contextmanager
-    def _using(self) -> Iterator[sqlite3.Connection]:
+    def _using(self) -> AbstractContextManager[sqlite3.Connection]:
         """The connection, checked to be on the file it opened; SQLite errors come out as one-line errors."""
-        with self.file.using(self.db) as db:
-            yield db
+        return self.shared.using()
 
     def close(self) -> None:
-        with self._connecting:
-            connection, self._connection = self._connection, None
-        self.file.close(connection)
+        self.shared.close()
 
     def plan_setup(self, workflow: Workflow) -> list[Step]:
         if self.path.exists():
             return []
-        return [Step("create", f"tracker:{self.path}", self._create)]
+        return [Step("create", f"tracker:{self.path}", call="sqlite:CreateDatabase", params={"path": str(self.path)})]
 
-    def _create(self) -> None:
+    def plan_teardown(self, workflow: Workflow) -> list[Step]:
+        if not self.path.exists():
+            return []
+        return [Step("delete", f"tracker:{self.path}", call="sqlite:DeleteDatabase", params={"path": str(self.path)})]
+
+    def execute(self, step: Step) -> None:
+        dispatch(step, {"sqlite:CreateDatabase": self._create, "sqlite:DeleteDatabase": self._remove})
+
+    def _create(self, path: str) -> None:
+        self._check_path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -119,12 +115,12 @@ class SqliteTrackerStore(TrackerStore):
         finally:
             self.file.close(connection)
 
-    def plan_teardown(self, workflow: Workflow) -> list[Step]:
-        if not self.path.exists():
-            return []
-        return [Step("delete", f"tracker:{self.path}", self._remove)]
+    def _check_path(self, path: str) -> None:
+        if Path(path) != self.path:  # a step planned by another instance of this store
+            raise RuntimeError(f"a step for {path} given to the tracker of {self.path}")
 
-    def _remove(self) -> None:
+    def _remove(self, path: str) -> None:
+        self._check_path(path)
         self.close()
         self.file.remove()
         if self.path.parent.exists() and not any(self.path.parent.iterdir()):
@@ -267,15 +263,19 @@ KEYS_PER_QUERY = 300
 
 
 def _event_row(record: EventRecord) -> tuple[Any, ...]:
-    data = _json(dict(record.data)) if record.data is not None else None
+    data = record.data
+    text = None
+    if data is not None:
+        # data a handler published carries the JSON text it was encoded to once (valid UTF-8): stored as it is
+        text = data.json if type(data) is JsonObject else _json(dict(data))
     return (_text(record.event_id), _text(record.execution_id), _text(record.event), _time(record.published_at),
-            _text(record.producer), data)
+            _text(record.producer), text)
 
 
 def _delivery_row(record: DeliveryRecord) -> tuple[Any, ...]:
     return (_text(record.execution_id), _text(record.event_id), _text(record.event), _text(record.function),
             int(record.attempt), record.status, _time(record.started_at), _time(record.duration, 0.0),
-            _text(record.error), _json([str(line) for line in record.logs]))
+            _text(record.error), _json([str(line) for line in record.logs]) if record.logs else "[]")
 
 
 @contextmanager
@@ -300,6 +300,8 @@ def _text(value: str | None) -> str | None:
     """``value`` as SQLite can store it: lone surrogates (which UTF-8 cannot carry) become ``\\udXXX`` escapes."""
     if value is None:
         return None
+    if type(value) is str and value.isascii():
+        return value
     value = str(value)
     try:
         value.encode("utf-8")
@@ -333,6 +335,8 @@ def _lines(value: Any) -> tuple[str, ...]:
 
 def _time(value: float, default: float | None = None) -> float:
     """A finite number (else ``default``, or now): SQLite stores NaN as NULL, which the NOT NULL columns refuse."""
+    if type(value) is float and -math.inf < value < math.inf:
+        return value
     try:
         number = float(value)
     except (TypeError, ValueError, OverflowError):
