@@ -348,8 +348,7 @@ def worker(ctx: click.Context, file: Path, functions: tuple[str, ...], transport
 
     from xflow.core.worker import stop_on_signals
 
-    start_metrics(ctx, [file], {"transport": transport, "provider": provider, "tracker": tracker, "options": options},
-                  metrics_port, metrics_host)
+    start_metrics(ctx, [engine], metrics_port, metrics_host)
     stop = threading.Event()
     with stop_on_signals(stop):
         handled = engine.work(list(functions) or None, stop=stop)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
+    from xflow.core.engine import Engine
     from xflow.monitoring.metrics import MetricsServer
 
 OUTPUT = click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True,
@@ -30,11 +31,11 @@ def metrics_options(command: Callable[..., Any]) -> Callable[..., Any]:
                              "pip install 'xflow[monitoring]').")(command)
 
 
-def start_metrics(ctx: click.Context, files: Sequence[str | Path], backends: dict[str, Any], port: int | None,
-                  host: str) -> MetricsServer | None:
+def start_metrics(ctx: click.Context, engines: Sequence[Engine], port: int | None, host: str) -> MetricsServer | None:
     """Serve metrics when ``port`` is given (before the workers start: they report to the observer it installs).
 
-    The lag and executions read at scrape time go through engines of their own, made here like the command's."""
+    The lag and executions read at scrape time go through the command's own ``engines`` (the plugins its workers
+    use: a second engine's plugins in a worker process would open its SQLite files once more)."""
     if port is None:
         return None
     from xflow.core.errors import XflowError
@@ -44,9 +45,6 @@ def start_metrics(ctx: click.Context, files: Sequence[str | Path], backends: dic
     except ImportError as exc:
         raise XflowError(f"--metrics-port needs the monitoring extra ({exc.name} is not installed)",
                          "pip install 'xflow[monitoring]'") from None
-    from xflow.cli import _engine
-
-    engines = [_engine(ctx, str(file), **backends) for file in files]
     server = start_metrics_server(port, host, lambda: engines)
     ctx.call_on_close(server.close)
     click.echo(f"metrics on {server.url}", err=True)

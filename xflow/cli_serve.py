@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from xflow.cli_monitoring import metrics_options, start_metrics
 from xflow.serve.catalog import DEFAULT_LIMIT, MAX_LIMIT, STATUSES
 
 OUTPUT = click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True,
@@ -33,9 +34,10 @@ OUTPUT = click.option("--output", "-o", type=click.Choice(["text", "json"]), def
 @click.option("--worker/--no-worker", "run_worker", default=None,
               help="Also run the workflows' functions in this process. Default: only for a workflow that was not set "
                    "up in the state folder, which serve then sets up as 'xflow run' does (embedded backends).")
+@metrics_options
 @click.pass_context
 def serve_command(ctx: click.Context, files: tuple[Path, ...], host: str, port: int, token: str | None,
-                  run_worker: bool | None, **backends: Any) -> None:
+                  run_worker: bool | None, metrics_port: int | None, metrics_host: str, **backends: Any) -> None:
     """REST API and live web view of the workflows in FILE... on http://HOST:PORT/ (OpenAPI at /openapi.json).
 
     Publish (POST /workflows/ID/events/EVENT), list executions, track and re-drive over HTTP, and watch executions
@@ -75,6 +77,7 @@ def serve_command(ctx: click.Context, files: tuple[Path, ...], host: str, port: 
                             timeout_graceful_shutdown=10)
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"xflow serve: http://{shown}:{port}/ serving {', '.join(notes)}; stop with Ctrl-C", err=True)
+    start_metrics(ctx, engines, metrics_port, metrics_host)  # before the workers: they report to it
     try:
         for worker in workers:
             worker.start()

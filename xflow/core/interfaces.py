@@ -269,9 +269,10 @@ class Transport(Plugin):
     def lag(self, group: str, events: Sequence[str]) -> list[PartitionLag] | None:
         """How far consumer group ``group`` (a function name, as given to :meth:`subscribe`) is behind on these
         events' streams: one :class:`PartitionLag` per partition (shard) of each stream. Optional: the default returns
-        None, which means "unknown". ``xflow status`` and the workers' metrics (``xflow_consumer_lag_records``) call it
-        on a transport instance of their own, while the group's members work elsewhere: it only reads, joins no group
-        and moves no position (a group that never committed has every record of its streams behind it)."""
+        None, which means "unknown". It only reads: it joins no group and moves no position (a group that never committed
+        has every record of its streams behind it). ``xflow status`` calls it from a process of its own; a worker that
+        serves metrics (``xflow_consumer_lag_records``) calls it at scrape time on the transport its consumers use, from
+        another thread, so it must be safe to call alongside them."""
         return None
 
     def lambda_event_source(self, event: str) -> dict[str, Any] | None:

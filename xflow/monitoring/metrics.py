@@ -102,9 +102,10 @@ class _Reading:
 
 class WorkflowCollector(Collector):
     """Reads, at scrape time, each workflow's consumer lag (per function and partition) and the statuses of its
-    recent executions, through engines of its own (made by ``engines``: their plugins are used by this collector
-    only). A reading is kept for ``lag_interval`` seconds, so frequent scrapes do not load the backends; a backend
-    that cannot be read leaves its metrics out of that scrape (and is logged)."""
+    recent executions, through the engines ``engines`` gives (a worker's own: its plugins are shared by threads, and
+    another engine's SQLite files opened once more in a worker process would be unsafe). A reading is kept for
+    ``lag_interval`` seconds, so frequent scrapes do not load the backends; a backend that cannot be read leaves its
+    metrics out of that scrape (and is logged)."""
 
     def __init__(self, engines: Callable[[], Sequence[Engine]], lag_interval: float = 5.0,
                  recent_executions: int = RECENT_EXECUTIONS) -> None:
@@ -179,9 +180,8 @@ class WorkflowCollector(Collector):
         log.log(level, "metrics: cannot read the %s: %s", what, exc)
 
     def close(self) -> None:
+        """Read nothing more (the engines are their owner's to close)."""
         with self._lock:
-            for engine in self._engines or ():
-                engine.close()
             self._engines = []
 
 
@@ -201,7 +201,7 @@ class MetricsServer:
         return f"http://{host}:{self.port}/metrics"
 
     def close(self) -> None:
-        """Stop serving, and close the collector's engines (the observer stays installed if it was)."""
+        """Stop serving (the observer stays installed)."""
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)
@@ -211,9 +211,9 @@ class MetricsServer:
 def start_metrics_server(port: int, host: str = "127.0.0.1", engines: Callable[[], Sequence[Engine]] = list,
                          lag_interval: float = 5.0) -> MetricsServer:
     """Serve Prometheus metrics on ``host:port`` and install the observer that feeds them
-    (:func:`xflow.core.observe.install`: start it before the runners). ``engines`` makes the engines whose lag and
-    executions are read at scrape time (called once, at the first scrape). A port that cannot be bound is an
-    XflowError."""
+    (:func:`xflow.core.observe.install`: start it before the runners). ``engines`` gives the engines whose lag and
+    executions are read at scrape time (called once, at the first scrape): those of the process's workers. A port
+    that cannot be bound is an XflowError."""
     from prometheus_client import start_http_server
 
     from xflow.core import observe
