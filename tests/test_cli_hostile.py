@@ -270,3 +270,40 @@ def test_no_region_names_both_variables(flow, tmp_path):
                           text=True, timeout=120)
     line = one_line_error(done)
     assert "region" in line and "AWS_REGION" in line and "AWS_DEFAULT_REGION" in line
+
+
+# -- 4. hostile plugin option values: converted by their declared types, refused in one short line ------------------
+@pytest.mark.parametrize("option, words", [
+    ("partitions=NaN", "option partitions='NaN' from --option is not a whole number"),
+    ("partitions=1e999", "option partitions='1e999' from --option is not a whole number"),
+    ("partitions=4.5", "is not a whole number"),
+    ("partitions=\u0663", "is not a whole number"),  # an Arabic-Indic digit: int() would take it
+    ("partitions=" + "9" * 5000, "is not a whole number xflow takes (5000 digits)"),
+    ("partitions=0x10", "is not a whole number"),
+    ("lease_seconds=inf", "is not a number of seconds or a duration such as 500ms, 10s, 2m, 1h (not finite)"),
+    ("poll_interval=-1s", "is not a number of seconds or a duration"),
+    ("poll_interval=0.1fortnight", "unknown unit 'fortnight'"),
+    ("concurrency=7\nnine", "option concurrency='7\\nnine' from --option"),  # a value that spans lines: shown escaped
+    ("isolation=process thread", "names an unknown isolation; choose one of: process, thread"),
+    ("propagate_logs=truee", "is not true or false"),
+])
+def test_hostile_option_values_are_refused_in_one_short_line(cli, flow, tmp_path, option, words):
+    line = one_line_error(cli("setup", flow, *EMBEDDED, "--option", option))
+    assert words in line and len(line) < 400, line
+    assert not (tmp_path / ".xflow").exists()
+
+
+@pytest.mark.parametrize("block, words", [
+    ("transport: {name: local, options: {partitions: [1, 2]}}", "option partitions=[1, 2] from the workflow file"),
+    ("transport: {name: local, options: {lease_seconds: 2026-01-31}}", "option lease_seconds='2026-01-31' from the "
+                                                                        "workflow file"),
+    ("provider: {name: local, options: {isolation: {process: 1}}}", "option isolation={'process': 1} from the workflow "
+                                                                     "file"),
+    ("provider: {name: local, options: {propagate_logs: 2}}", "option propagate_logs=2 from the workflow file"),
+    ("tracker: {name: sqlite, options: {path: [a, b]}}", "option path=['a', 'b'] from the workflow file"),
+])
+def test_hostile_option_values_in_the_file_are_named_there(cli, make_workflow, tmp_path, block, words):
+    path = make_workflow(FLOW + block + "\n", {"steps.py": STEPS})
+    line = one_line_error(cli("setup", path, *EMBEDDED))
+    assert words in line and f"{path} (" in line, line
+    assert not (tmp_path / ".xflow").exists()

@@ -85,3 +85,19 @@ def test_third_party_transport_is_discovered_and_used(cli, site, tmp_path):
     streams = sqlite3.connect(tmp_path / ".xflow" / "word_count" / "events.db").execute(
         "SELECT name FROM streams").fetchall()
     assert ("word_count-echo-FileUploaded",) in streams
+
+
+def test_third_party_plugins_are_listed_with_their_options(cli, site):
+    """A subclass inherits its parent's typed options; a broken plugin is listed as broken, with no options."""
+    listed = cli.json("plugins", "--options", PYTHONPATH=str(site))
+    echolog = next(p for p in listed if p["name"] == "echolog")
+    options = {o["name"]: o for o in echolog["options"]}
+    assert set(options) == {"path", "partitions", "lease_seconds", "poll_interval", "max_record_bytes"}
+    assert (options["partitions"]["type"], options["partitions"]["default"], options["partitions"]["env"]) == (
+        "int", 4, "XFLOW_ECHOLOG_PARTITIONS")
+    broken = next(p for p in listed if p["distribution"] == "xflow-tracker-broken")
+    assert broken["status"] == "broken" and broken["options"] == []
+    text = cli("plugins", "--options", PYTHONPATH=str(site))
+    assert text.returncode == 0 and "XFLOW_ECHOLOG_PARTITIONS" in text.stdout, text.stderr
+    assert "broken" in text.stdout and "module_that_is_not_there" in text.stdout
+

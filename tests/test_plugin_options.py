@@ -450,6 +450,34 @@ def test_typed_values_reach_the_plugin(cli: Any, demo_site: Path, flow: Path) ->
     assert "s33d" not in done.stderr + done.stdout
 
 
+def test_a_secret_option_never_appears_in_output_or_state_files(cli: Any, demo_site: Path, flow: Path,
+                                                               tmp_path: Path) -> None:
+    """A value declared secret, under a name no word list knows: masked in logs, kept out of the setup record."""
+    seed = "Sig-Seed-4417-zq"
+    env = {"PYTHONPATH": str(demo_site)}
+    runs = [
+        cli("-vv", "setup", flow, "--transport", "demo", *EMBEDDED, "--option", f"signature_seed={seed}",
+            "--option", "fussy=on", "-o", "json", **env),
+        cli("-vv", "run", flow, "--option", f"transport.signature_seed={seed}", "--option", "fussy=1", "-o", "json",
+            **env),
+        cli("-vv", "plugins", "--options", **env),
+        cli("-vv", "setup", flow, "--transport", "demo", *EMBEDDED, "--option", "fussy=true", **env,
+            XFLOW_DEMO_SIGNATURE_SEED=seed),
+    ]
+    for done in runs:
+        assert done.returncode == 0, done.stderr
+        assert seed not in done.stdout + done.stderr and "4417" not in done.stdout + done.stderr
+    assert "planning with seed ***" in runs[0].stderr and "planning with seed ***" in runs[3].stderr
+    assert "option signature_seed of transport 'demo' holds a secret and is not recorded" in runs[0].stderr
+    assert "XFLOW_DEMO_SIGNATURE_SEED" in runs[0].stderr  # the warning says how to give it again
+    files = [path for path in (tmp_path / ".xflow").rglob("*") if path.is_file()]
+    assert any(path.name == "setup.json" for path in files) and any(path.name == "events.db" for path in files)
+    for path in files:
+        assert seed.encode() not in path.read_bytes(), path
+    record = json.loads((tmp_path / ".xflow" / "flow" / "setup.json").read_text())
+    assert record["transport"] == {"name": "demo", "options": {"fussy": "true"}}
+
+
 def test_engine_options_are_named_as_given_in_code(flow: Path, tmp_path: Path) -> None:
     with pytest.raises(XflowError, match=r"^provider 'local' \(xflow\): option concurrency='lots' from Engine\(options=...\) "
                                          r"is not a whole number"):

@@ -158,3 +158,35 @@ def test_registered_secret_masked_in_log_lines() -> None:
     assert formatter.format(record) == "using *** and ***"
     assert redact.is_secret_name("api_key") and redact.is_secret_name("sasl_plain_password")
     assert not redact.is_secret_name("partitions")
+
+
+def test_declared_secret_options_are_masked_whatever_their_names() -> None:
+    """The declared flag decides for typed options; the word list only for names a plugin declares no type for."""
+    from xflow.core.options import Option, resolve_options
+
+    redact.forget_all()
+    declared = {"signing_seed": Option("signing_seed", str, None, "the seed", secret=True),
+                "auth_mode": Option("auth_mode", str, None, "how to authenticate"),
+                "partitions": Option("partitions", int, 4, "partitions")}
+    resolved = resolve_options("transport 'vault'", declared, {"signing_seed": ("Seed-Value-991", "--option"),
+                                                               "auth_mode": ("plain-mode", "--option"),
+                                                               "partitions": ("3", "--option"),
+                                                               "legacy_token": ("tok-77-abc", "--option")},
+                               unknown="keep")
+    assert resolved == {"signing_seed": "Seed-Value-991", "auth_mode": "plain-mode", "partitions": 3,
+                        "legacy_token": "tok-77-abc"}
+    assert redact.redact("seed Seed-Value-991, mode plain-mode, token tok-77-abc") == "seed ***, mode plain-mode, token ***"
+    # the word list alone would have got the first two wrong
+    assert not redact.is_secret_name("signing_seed") and redact.is_secret_name("auth_mode")
+
+
+@settings(max_examples=100, deadline=None)
+@given(password=passwords)
+def test_a_declared_secret_is_masked_in_every_later_message(password: str) -> None:
+    from xflow.core.options import Option, resolve_options
+
+    redact.forget_all()
+    resolve_options("tracker 'vault'", {"signing_seed": Option("signing_seed", str, None, "", secret=True)},
+                    {"signing_seed": (password, "--option")})
+    error = XflowError(f"cannot sign with {password} now", f"check {password!r}")
+    _assert_hidden(password, [], str(error), "")

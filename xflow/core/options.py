@@ -22,6 +22,7 @@ plugin's own.
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
@@ -142,11 +143,15 @@ def _reject_collection(value: Any, wanted: str) -> None:
         raise OptionValueError(f"is a mapping, not {wanted}")
     if isinstance(value, list | tuple | set):
         raise OptionValueError(f"is a list, not {wanted}")
+    if isinstance(value, datetime.date):
+        raise OptionValueError(f"is a date, not {wanted}")
     if not isinstance(value, _SCALARS):
-        raise OptionValueError(f"is a {type(value).__name__}, not {wanted}")
+        raise OptionValueError(f"is of type {type(value).__name__}, not {wanted}")
 
 
 def _to_str(option: Option, value: Any) -> str:
+    if isinstance(value, datetime.date):  # YAML reads 2026-01-31 as a date
+        return value.isoformat()
     _reject_collection(value, "text")
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -166,7 +171,10 @@ def _to_int(option: Option, value: Any) -> int:
     text = value.strip()
     if not _WHOLE.fullmatch(text):
         raise OptionValueError("is not a whole number")
-    return int(text)
+    try:
+        return int(text)
+    except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+        raise OptionValueError(f"is not a whole number xflow takes ({len(text)} digits)") from None
 
 
 def _finite(value: Any, wanted: str) -> float:
