@@ -1,11 +1,10 @@
 """The confluent-kafka client behind the ``kafka`` transport (librdkafka; ``client: confluent``, ``pip install
 'xflow[kafka-fast]'``).
 
-librdkafka does the network work in threads of its own: a publish hands its records to the producer's queue and waits
-for their acknowledgements once (``flush``), a poll takes a batch (``consume``), and a commit is sent asynchronously
-when the transport asks so (failures come back through ``on_commit`` while the member polls; closing completes the
-commits in flight). Every library error leaves here as a classified
-:class:`~xflow.transports.kafka.clients.base.KafkaClientError`.
+Here: admin requests, the producer and the errors' classification; the consumer-group member is in
+:mod:`~xflow.transports.kafka.clients.confluent_member`. librdkafka does the network work in threads of its own: a
+publish hands its records to the producer's queue and waits for their acknowledgements once (``flush``). Every library
+error leaves here as a classified :class:`~xflow.transports.kafka.clients.base.KafkaClientError`.
 """
 
 from __future__ import annotations
@@ -15,18 +14,16 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from xflow.core.interfaces import Delivery
 from xflow.transports.kafka.clients.base import (
     ClientSettings,
     GroupDeletion,
     GroupPositions,
     KafkaClient,
     KafkaClientError,
-    Offsets,
     Outgoing,
     install_hint,
-    record_time,
 )
+from xflow.transports.kafka.clients.confluent_member import ConfluentMember
 
 log = logging.getLogger("xflow.kafka")
 
@@ -362,87 +359,6 @@ class ConfluentClient:
         if self._producer is not None:
             self._producer.flush(1)
         self._producer = self._admin = None
-
-
-class ConfluentMember:
-    """A member of a consumer group, through librdkafka's Consumer."""
-
-    def __init__(self, client: ConfluentClient, events: Mapping[str, str]) -> None:
-        self.client = client
-        self.events = dict(events)
-        self.consumer: Any = None
-        self._commit_failure: KafkaClientError | None = None
-
-    def poll(self, max_records: int, timeout: float) -> list[Delivery]:
-        from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, KafkaException
-
-        try:
-            messages = self.consumer.consume(num_messages=max_records, timeout=timeout)
-        except KafkaException as exc:
-            raise self.client._error(exc, "polling") from exc
-        found = []
-        problem: KafkaClientError | None = None
-        events = self.events
-        for m in messages:
-            err = m.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    continue
-                if err.fatal():  # the member is unusable; what it read and did not commit goes to the others
-                    raise KafkaClientError(f"polling: {err}")
-                error = self.client._classify(err, f"polling: {err}")
-                if error.passing:
-                    problem = problem or error
-                else:
-                    log.warning("kafka consumer: %s", err)
-                continue
-            topic, key = m.topic(), m.key()
-            kind, stamp = m.timestamp()
-            found.append(Delivery(events.get(topic, topic), str(m.partition()), str(m.offset()),
-                                  key.decode("utf-8", "replace") if key is not None else None, m.value() or b"",
-                                  record_time(stamp) if kind != TIMESTAMP_NOT_AVAILABLE else None))
-        if problem is not None:
-            if not found:  # a broker away (librdkafka reconnects by itself): the caller waits and polls again
-                raise problem
-            # the records read must be handed out (the consumer's position is past them); the error is only noted
-            log.debug("kafka consumer: %s (after %d records)", problem, len(found))
-        # consume() may interleave partitions but keeps each partition's order, which is what counts
-        return found
-
-    def commit(self, offsets: Offsets, asynchronous: bool) -> None:
-        from confluent_kafka import KafkaException, TopicPartition
-
-        try:
-            self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                                 asynchronous=asynchronous)
-        except KafkaException as exc:
-            raise self.client._error(exc, "committing offsets") from exc
-
-    def committed(self, err: Any, partitions: Any) -> None:
-        """librdkafka's ``on_commit``: keeps the first failure of a commit (served while the member polls)."""
-        from confluent_kafka import KafkaError
-
-        if self._commit_failure is not None:
-            return
-        if err is None:
-            err = next((tp.error for tp in partitions or () if tp.error is not None), None)
-        if err is not None and err.code() != KafkaError._NO_OFFSET:  # _NO_OFFSET: nothing new to commit
-            self._commit_failure = self.client._classify(err, f"committing offsets: {err}")
-
-    def take_commit_failure(self) -> KafkaClientError | None:
-        failure, self._commit_failure = self._commit_failure, None
-        return failure
-
-    def assignment(self) -> set[tuple[str, int]]:
-        return {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
-
-    def close(self) -> None:
-        if self.consumer is None:
-            return
-        try:  # librdkafka completes the commits in flight, then leaves the group
-            self.consumer.close()
-        except Exception as exc:
-            log.debug("closing confluent consumer: %s", exc)
 
 
 if TYPE_CHECKING:  # checked by mypy: the class is a KafkaClient
