@@ -119,8 +119,8 @@ class $cls($base):
 
     name = "$name"
     description = "TODO: one line shown by 'xflow plugins'"
-    #: every option key the plugin accepts; any other key is refused with this list
-    options = {"url": "TODO: where the backend is (also XFLOW_${env}_URL)"}
+    #: every option the plugin accepts, with its type and default; any other key is refused with this list
+    options = (Option("url", str, None, "TODO: where the backend is (also XFLOW_${env}_URL)"),)
 '''
 
 _TRANSPORT = _HEADER + '''\
@@ -128,6 +128,7 @@ from collections.abc import Sequence
 
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import Consumer, Delivery, PluginContext, Record, Step, Transport
+from xflow.core.options import Option
 
 ''' + _CLASS_HEAD + '''\
     #: the largest message publish accepts, in bytes
@@ -135,7 +136,7 @@ from xflow.core.interfaces import Consumer, Delivery, PluginContext, Record, Ste
 
     def __init__(self, context: PluginContext) -> None:
         super().__init__(context)
-        self.url = context.option("url")
+        self.url = self.context.option("url")  # converted to the declared type
         # connect lazily, on first use: constructing a plugin must not wait on the network
 
     def plan_setup(self, events: Sequence[str]) -> list[Step]:
@@ -181,6 +182,7 @@ _PROVIDER = _HEADER + '''\
 from typing import TYPE_CHECKING
 
 from xflow.core.interfaces import FunctionProvider, PluginContext, Step, TrackerStore, Transport
+from xflow.core.options import Option
 
 if TYPE_CHECKING:
     from xflow.core.model import Workflow
@@ -191,7 +193,7 @@ if TYPE_CHECKING:
 
     def __init__(self, context: PluginContext) -> None:
         super().__init__(context)
-        self.url = context.option("url")
+        self.url = self.context.option("url")  # converted to the declared type
         # connect lazily, on first use: constructing a plugin must not wait on the network
 
     def plan_setup(self, workflow: Workflow, transport: Transport, tracker: TrackerStore) -> list[Step]:
@@ -214,6 +216,7 @@ from xflow.core.interfaces import (
     Step,
     TrackerStore,
 )
+from xflow.core.options import Option
 
 if TYPE_CHECKING:
     from xflow.core.model import Workflow
@@ -222,7 +225,7 @@ if TYPE_CHECKING:
 
     def __init__(self, context: PluginContext) -> None:
         super().__init__(context)
-        self.url = context.option("url")
+        self.url = self.context.option("url")  # converted to the declared type
         # connect lazily, on first use: constructing a plugin must not wait on the network
 
     def plan_setup(self, workflow: Workflow) -> list[Step]:
