@@ -56,7 +56,8 @@ def multiprocess_dir() -> str | None:
 
 class PrometheusObserver(Observer):
     """Counts what runners report (:class:`~xflow.core.observe.Observer`) in prometheus-client metrics registered
-    in ``registry``. Label sets are looked up once each (a dictionary holds their children)."""
+    in ``registry``. Each label set is looked up once (dictionaries hold the children); the runners' threads call it
+    at once, and a dictionary's get and set are atomic, so at worst a child is looked up twice."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.published_total = Counter("xflow_events_published", "Events published to the transport.",
@@ -70,28 +71,48 @@ class PrometheusObserver(Observer):
                                     registry=registry)
         self.running = Gauge("xflow_deliveries_in_flight", "Handler calls started and not finished.",
                              ("workflow", "function"), multiprocess_mode="livesum", registry=registry)
-        self._children: dict[tuple[str, ...], Any] = {}
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (str(id(metric)), *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+        #: children per label set, looked up once each (``labels()`` costs more than what it returns)
+        self._published: dict[tuple[str, str], Any] = {}
+        self._deliveries: dict[tuple[str, str, str], Any] = {}
+        self._durations: dict[tuple[str, str], Any] = {}
+        self._dead: dict[tuple[str, str, str], Any] = {}
+        self._running: dict[tuple[str, str], list[Any]] = {}
 
     def published(self, workflow_id: str, event: str, count: int) -> None:
-        self._child(self.published_total, workflow_id, event).inc(count)
+        key = (workflow_id, event)
+        child = self._published.get(key)
+        if child is None:
+            child = self._published[key] = self.published_total.labels(*key)
+        child.inc(count)
 
     def settled(self, workflow_id: str, function: str, status: SettledStatus, duration: float | None) -> None:
-        self._child(self.deliveries, workflow_id, function, status).inc()
+        key = (workflow_id, function, status)
+        child = self._deliveries.get(key)
+        if child is None:
+            child = self._deliveries[key] = self.deliveries.labels(*key)
+        child.inc()
         if duration is not None:
-            self._child(self.duration, workflow_id, function).observe(duration)
+            timed = self._durations.get((workflow_id, function))
+            if timed is None:
+                timed = self._durations[(workflow_id, function)] = self.duration.labels(workflow_id, function)
+            timed.observe(duration)
 
     def dead_lettered(self, workflow_id: str, function: str, event: str) -> None:
-        self._child(self.dead_letters, workflow_id, function, event).inc()
+        key = (workflow_id, function, event)
+        child = self._dead.get(key)
+        if child is None:
+            child = self._dead[key] = self.dead_letters.labels(*key)
+        child.inc()
 
     def in_flight(self, workflow_id: str, function: str, count: int) -> None:
-        self._child(self.running, workflow_id, function).set(count)
+        """Called by each runner loop's pass: the gauge is set only when the count changed."""
+        key = (workflow_id, function)
+        held = self._running.get(key)
+        if held is None:
+            held = self._running[key] = [self.running.labels(*key), None]
+        if held[1] != count:
+            held[1] = count
+            held[0].set(count)
 
 
 @dataclass
