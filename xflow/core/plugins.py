@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from types import ModuleType
@@ -14,7 +14,7 @@ import pluggy
 from xflow.core import hookspecs
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import KINDS, Plugin
-from xflow.core.options import Option, declared_options, env_values, resolve_options
+from xflow.core.options import Option, declared_options, resolve_options
 
 log = logging.getLogger("xflow")
 
@@ -171,11 +171,6 @@ def _check_class(kind: str, cls: Any, dist_name: str) -> None:
         raise XflowError(f"{dist_name} returned {cls!r} as a {kind}, which is not a subclass of {base.__name__}")
     if not getattr(cls, "name", None):
         raise XflowError(f"{kind} class {cls.__qualname__} from {dist_name} has no 'name'")
-
-
-def env_options(plugin_name: str, keys: Iterable[str], environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """``XFLOW_<PLUGIN>_<KEY>`` variables for the keys a plugin declares (see :func:`xflow.core.options.env_name`)."""
-    return {key: value for key, (value, _) in env_values(plugin_name, None, keys, environ).items()}
 
 
 def check_options(info: PluginInfo, options: Mapping[str, Any], where: str) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Keeps secrets out of every message: masks known secret values, URL passwords and ``password=`` pairs.
 
-Secret option values are registered when options are resolved (:func:`remember_options`); every
+Secret option values are registered when options are resolved (:func:`xflow.core.options.resolve_options`: options
+declared secret, and for plugins that declare no types those whose names say so, :func:`is_secret_name`); every
 :class:`~xflow.core.errors.XflowError` message and every log record printed by the CLI passes
 through :func:`redact`. Masking is by value, so a secret is hidden wherever it ends up: inside a
 URL of any scheme (``Redis://``, a typo such as ``redis:/``), a libpq DSN, a quoted repr, or an
