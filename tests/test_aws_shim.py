@@ -64,7 +64,7 @@ def build(tmp_path: Path, workflow_id: str, retries: int, folder: bool = False) 
                         subscriptions=(Subscription("In", ("step",)),), flow=("In", "Out"))
     provider = LambdaProvider(PluginContext(workflow_id, {}, tmp_path / "state", workflow))
     transport = SimpleNamespace(stream_name=lambda e: f"{workflow_id}-{e}")
-    tracker = SimpleNamespace(log_group=f"/xflow/{workflow_id}")
+    tracker = SimpleNamespace(lambda_tracking_target=lambda: {"log_group": f"/xflow/{workflow_id}", "retention_days": 7})
     spec = next(s for s in provider.desired_functions(workflow, transport, tracker) if s.name == "step")
     root = tmp_path / "task"
     zipfile.ZipFile(io.BytesIO(spec.zip_bytes)).extractall(root)

@@ -177,6 +177,71 @@ def test_dry_run_on_lambda_writes_nothing_and_teardown_removes_artifacts_and_pos
     assert not state.exists(), snapshot(state)
 
 
+READ_ONLY = ("Get", "List", "Describe", "GET ")
+
+
+def aws_state(wid: str) -> dict[str, object]:
+    """What the server holds of workflow ``wid``: functions (with code and change time), mappings, role and policy,
+    queue, log groups, streams."""
+    import boto3
+
+    lam, iam, sqs, logs, kinesis = (boto3.client(s) for s in ("lambda", "iam", "sqs", "logs", "kinesis"))
+    functions = {f["FunctionName"]: (f["CodeSha256"], f["LastModified"], f.get("MemorySize"))
+                 for f in lam.list_functions()["Functions"] if wid in f["FunctionName"]}
+    mappings = sorted((m["UUID"], m["FunctionArn"], m.get("BatchSize"), str(m.get("LastModified")))
+                      for name in functions for m in lam.list_event_source_mappings(FunctionName=name)["EventSourceMappings"])
+    roles = {r["RoleName"]: iam.list_role_policies(RoleName=r["RoleName"])["PolicyNames"]
+             for r in iam.list_roles()["Roles"] if wid in r["RoleName"]}
+    policies = {(name, p): iam.get_role_policy(RoleName=name, PolicyName=p)["PolicyDocument"]
+                for name, names in roles.items() for p in names}
+    return {"functions": functions, "mappings": mappings, "roles": roles, "policies": str(policies),
+            "queues": sorted(u for u in sqs.list_queues().get("QueueUrls", []) if wid in u),
+            "groups": sorted((g["logGroupName"], g.get("retentionInDays")) for g in logs.describe_log_groups()["logGroups"]
+                             if wid in g["logGroupName"]),
+            "streams": sorted(s for s in kinesis.list_streams()["StreamNames"] if wid in s)}
+
+
+@pytest.mark.aws
+def test_a_lambda_dry_run_leaves_no_file_and_changes_nothing_on_the_server(aws_endpoint, cli, make_workflow, tmp_path,
+                                                                            marker):
+    """Through a proxy that names every call: a dry run (of a new workflow, then of a changed one) calls only Get,
+    List and Describe operations, leaves the server as it was, writes nothing in the state folder or the folder
+    for temporary files (TMPDIR) and imports no handler."""
+    from fault_proxy import FaultProxy
+
+    wid = f"dp{os.getpid()}{int(time.time() * 1000) % 100000}"
+    flow = make_workflow(flow_text(wid), {"steps.py": STEPS})
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {"XFLOW_TEST_MARKER": str(marker), "TMPDIR": str(temp)}
+    with FaultProxy(aws_endpoint) as proxy:
+        def dry_run(*args: str) -> set[str]:
+            proxy.forwarded.clear()
+            server, files = aws_state(wid), snapshot(tmp_path)
+            plan = cli.json("setup", flow, *args, "--dry-run", AWS_ENDPOINT_URL=proxy.url, **env)
+            writes = sorted(op for op in proxy.forwarded if not op.startswith(READ_ONLY))
+            assert proxy.forwarded and not writes, writes
+            assert aws_state(wid) == server
+            assert snapshot(tmp_path) == files and not any(temp.iterdir()) and not marker.exists()
+            return {f"{c['action']} {c['resource']}" for c in plan["changes"]}
+
+        planned = dry_run(*AWS)
+        assert {f"create function:{wid}_first", f"create role:xflow-{wid}-lambda", f"create queue:xflow-{wid}-failures",
+                f"create mapping:{wid}-A->{wid}_first"} <= planned
+        assert not (tmp_path / ".xflow").exists()
+
+        cli.json("setup", flow, *AWS, **env)
+        assert dry_run() == set()
+        # new code and a new batch size: the plan has the updates, and still only reads
+        (flow.parent / "steps.py").write_text(STEPS.replace('"n": event.get("n", 0) + 1', '"n": 2'))
+        flow.write_text(flow.read_text().replace("handler: first", "handler: first\n    batch_size: 7"))
+        assert dry_run() == {f"update function-code:{wid}_first", f"update function-code:{wid}_second",
+                             f"update mapping:{wid}-A->{wid}_first"}
+    cli.json("teardown", flow, **env)
+    assert aws_state(wid) == {"functions": {}, "mappings": [], "roles": {}, "policies": "{}", "queues": [], "groups": [],
+                              "streams": []}
+
+
 # -- planning stays linear: the model's indexes say what the plain definitions say ----------------------------
 names = st.sampled_from([f"f{i}" for i in range(6)])
 events = st.sampled_from([f"E{i}" for i in range(6)])

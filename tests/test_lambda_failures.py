@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from xflow.providers.lambda_failures import failure_queue_name, kinesis_failure_record
+from xflow.providers.aws_lambda.failures import kinesis_failure_record
+from xflow.providers.aws_lambda.mappings import failure_queue_name
 
 try:
     from aws_server import aws_endpoint  # noqa: F401

@@ -294,7 +294,7 @@ def _lambda_artifacts(tmp_path: Path, source: str, handler: str,
     state = tmp_path / "state"
     provider = LambdaProvider(PluginContext(wid, {}, state, workflow))
     transport = SimpleNamespace(stream_name=lambda e: f"{wid}-{e}")
-    tracker = SimpleNamespace(log_group=f"/xflow/{wid}")
+    tracker = SimpleNamespace(lambda_tracking_target=lambda: {"log_group": f"/xflow/{wid}", "retention_days": 7})
     error, zips = None, []
     try:
         zips = [spec.zip_bytes for spec in provider.desired_functions(workflow, transport, tracker)]

@@ -1,11 +1,11 @@
-"""The lambda provider's on-failure destination: one SQS queue per workflow, Lambda's failure record, and reading
-those records back into the tracker.
+"""Lambda's failure records: their format, sending one (as Lambda does), and reading them back into the tracker.
 
 Lambda gives up on a Kinesis batch when an invocation keeps failing as a whole (a timeout, running out of memory, the
 runtime exiting) until the mapping's retries are used up. Nothing of xflow's runs then, so without a destination no
 record of the failure is left. Setup gives every subscriber's event source mapping an on-failure destination, the
-queue ``xflow-<workflow>-failures``; Lambda (or ``xflow emulate``) sends it a record that names the function, the
-condition, how often the batch was invoked and where the batch lies in its shard, but holds no record bodies.
+queue ``xflow-<workflow>-failures`` (:class:`~xflow.providers.aws_lambda.mappings.FailureQueue`); Lambda (or ``xflow
+emulate``) sends it a record that names the function, the condition, how often the batch was invoked and where the
+batch lies in its shard, but holds no record bodies.
 :func:`collect_failures` reads the batch back from the stream by sequence number to learn the execution and event ids,
 records each event's attempts for that function in the tracker (the last one ``failed``, with the reason found in the
 function's log for that request, else the condition), and deletes the message only then. A message seen twice records
@@ -14,7 +14,6 @@ nothing new: an event the function already settled for good is skipped, and so a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -24,34 +23,22 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from xflow.aws import TAG_KEY, AwsSession, is_client_error, translate_errors
+from xflow.aws import AwsSession, is_client_error, translate_errors
 from xflow.core.errors import XflowError
-from xflow.core.interfaces import DeliveryRecord, EventRecord, Step, TrackerStore, Transport
+from xflow.core.interfaces import DeliveryRecord, EventRecord, TrackerStore, Transport
 
 if TYPE_CHECKING:
     from xflow.core.model import Workflow
+    from xflow.providers.aws_lambda.mappings import FailureQueue
 
 log = logging.getLogger("xflow.lambda")
 
-#: how long the queue keeps a failure record that no ``track`` or ``emulate`` has read (the most SQS allows)
-RETENTION_SECONDS = 14 * 24 * 3600
 #: what Lambda writes in ``requestContext.condition`` when a batch used up its retries
 RETRIES_EXHAUSTED = "RetryAttemptsExhausted"
-NO_QUEUE = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
 #: how many lines of the failed invocation's log a failure record keeps
 MAX_LOG_LINES = 200
 _TIMED_OUT = re.compile(r"Task timed out after [\d.]+ seconds")
 _RUNTIME_EXIT = re.compile(r"Runtime exited (with error: .*|without providing a reason.*)")
-
-
-def failure_queue_name(workflow_id: str) -> str:
-    """``xflow-<workflow>-failures``; SQS allows letters, digits, ``-`` and ``_``, 80 at most."""
-    safe = re.sub(r"[^A-Za-z0-9_-]", "_", workflow_id)
-    name = f"xflow-{safe}-failures"
-    if len(name) > 80 or safe != workflow_id:
-        digest = hashlib.sha256(workflow_id.encode()).hexdigest()[:8]
-        name = f"xflow-{safe[:56]}-{digest}-failures"
-    return name
 
 
 def _iso(epoch: float) -> str:
@@ -120,85 +107,6 @@ def parse_failure_record(body: str) -> FailedBatch | None:
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
     return found if function and found.start_sequence.isdigit() and found.end_sequence.isdigit() else None
-
-
-class FailureQueue:
-    """The workflow's on-failure queue: its setup and teardown steps, and sending to it."""
-
-    def __init__(self, aws: AwsSession, workflow_id: str) -> None:
-        self.aws = aws
-        self.workflow_id = workflow_id
-        self.name = failure_queue_name(workflow_id)
-
-    @property
-    def sqs(self) -> Any:
-        return self.aws.client("sqs")
-
-    @property
-    def arn(self) -> str:
-        return f"arn:aws:sqs:{self.aws.require_region()}:{self.aws.account_id()}:{self.name}"
-
-    def url(self) -> str | None:
-        """The queue's URL, None when it does not exist."""
-        with translate_errors(f"looking up SQS queue {self.name}"):
-            try:
-                return str(self.sqs.get_queue_url(QueueName=self.name)["QueueUrl"])
-            except Exception as exc:
-                if is_client_error(exc, *NO_QUEUE):
-                    return None
-                raise
-
-    def plan_setup(self) -> list[Step]:
-        url = self.url()
-        if url is None:
-            return [Step("create", f"queue:{self.name}", self._create,
-                         "on-failure destination of the workflow's event source mappings")]
-        with translate_errors(f"reading SQS queue {self.name}"):
-            tags = self.sqs.list_queue_tags(QueueUrl=url).get("Tags") or {}
-            attributes = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["MessageRetentionPeriod"])
-        if tags.get(TAG_KEY) != self.workflow_id:
-            raise XflowError(f"an SQS queue named {self.name} already exists and does not belong to workflow "
-                             f"{self.workflow_id} (it belongs to {tags.get(TAG_KEY) or 'no xflow workflow'})",
-                             "remove that queue, or give this workflow another workflow_id")
-        if str((attributes.get("Attributes") or {}).get("MessageRetentionPeriod")) != str(RETENTION_SECONDS):
-            return [Step("update", f"queue:{self.name}", lambda: self._set_retention(url),
-                         f"MessageRetentionPeriod {RETENTION_SECONDS}")]
-        return []
-
-    def plan_teardown(self) -> list[Step]:
-        url = self.url()
-        if url is None:
-            return []
-        with translate_errors(f"reading the tags of SQS queue {self.name}"):
-            tags = self.sqs.list_queue_tags(QueueUrl=url).get("Tags") or {}
-        if tags.get(TAG_KEY) != self.workflow_id:
-            return []
-        return [Step("delete", f"queue:{self.name}", lambda: self._delete(url))]
-
-    def _create(self) -> None:
-        from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
-
-        def create() -> None:
-            self.sqs.create_queue(QueueName=self.name, tags={TAG_KEY: self.workflow_id},
-                                  Attributes={"MessageRetentionPeriod": str(RETENTION_SECONDS)})
-
-        # SQS refuses a queue's name for 60 s after it was deleted (a teardown just before this setup)
-        with translate_errors(f"creating SQS queue {self.name}"):
-            Retrying(retry=retry_if_exception(lambda e: is_client_error(e, "AWS.SimpleQueueService.QueueDeletedRecently",
-                                                                        "QueueDeletedRecently")),
-                     wait=wait_fixed(5), stop=stop_after_delay(75), reraise=True)(create)
-
-    def _set_retention(self, url: str) -> None:
-        with translate_errors(f"updating SQS queue {self.name}"):
-            self.sqs.set_queue_attributes(QueueUrl=url, Attributes={"MessageRetentionPeriod": str(RETENTION_SECONDS)})
-
-    def _delete(self, url: str) -> None:
-        with translate_errors(f"deleting SQS queue {self.name}"):
-            try:
-                self.sqs.delete_queue(QueueUrl=url)
-            except Exception as exc:
-                if not is_client_error(exc, *NO_QUEUE):
-                    raise
 
 
 def send_failure_record(aws: AwsSession, destination_arn: str, record: dict[str, Any]) -> None:

@@ -1,0 +1,168 @@
+"""Provider ``lambda``, the plugin: each function an AWS Lambda function, subscribed to its event streams.
+
+Setup is desired state → plan → execute. :class:`~xflow.providers.aws_lambda.planner.Planner` compares the file with
+what exists and returns data-only steps; :meth:`LambdaProvider.execute` performs one step by the AWS call it names
+(``lambda:CreateFunction``, ``iam:CreateRole``, ``sqs:CreateQueue``, ...), and the two local ones:
+``xflow:KeepArtifact`` (keep a deployed zip in the state folder for ``xflow emulate``) and ``xflow:DeleteFiles``. A
+step that deploys code names its zip by SHA-256 and size; the zip is built (or taken from planning's memory) only here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from xflow.aws import (
+    TAG_KEY,
+    AwsSession,
+    create_log_group,
+    delete_log_group,
+    is_client_error,
+    is_transient,
+    set_log_retention,
+    translate_errors,
+)
+from xflow.core.deploy import dispatch
+from xflow.core.errors import XflowError
+from xflow.core.interfaces import FunctionProvider, PluginContext, Step, TrackerStore, Transport
+from xflow.providers.aws_lambda.failures import collect_failures
+from xflow.providers.aws_lambda.iam import ExecutionRole, policy_arns, policy_statements, while_role_propagates
+from xflow.providers.aws_lambda.mappings import FailureQueue, Mappings
+from xflow.providers.aws_lambda.packaging import FunctionSpec, Packager, keep_artifact, remove_files
+from xflow.providers.aws_lambda.planner import Planner
+
+if TYPE_CHECKING:
+    from xflow.core.model import Workflow
+
+
+class LambdaProvider(FunctionProvider):
+    name = "lambda"
+    description = "AWS Lambda functions subscribed to Kinesis streams by event source mappings"
+    options = {
+        "region": "AWS region (default: aws.region in the file, else AWS_REGION)",
+        "role_name": "execution role (default: aws.lambda_execution_role_name, else xflow-<workflow_id>-lambda)",
+        "policy_arns": "managed IAM policy ARNs attached to the execution role (comma-separated, or a list)",
+        "policy_statements": "IAM policy statements (a JSON list) added to the execution role's inline policy",
+    }
+    runs_locally = False
+
+    def __init__(self, context: PluginContext) -> None:
+        super().__init__(context)
+        aws = dict(context.workflow.aws) if context.workflow is not None else {}
+        self.aws = AwsSession(aws, region=context.option("region"))
+        role_name = str(context.option("role_name") or aws.get("lambda_execution_role_name")
+                        or f"xflow-{self.workflow_id}-lambda")
+        self.role = ExecutionRole(self.aws, self.workflow_id, role_name, policy_arns(context.option("policy_arns")),
+                                  policy_statements(context.option("policy_statements")))
+        self.failures = FailureQueue(self.aws, self.workflow_id)
+        self.mappings = Mappings(self.aws)
+        self.packager = Packager(self.aws)
+        self.planner = Planner(self.aws, self.workflow_id, context.state_dir, self.role, self.failures, self.packager)
+
+    @property
+    def role_name(self) -> str:
+        return self.role.name
+
+    @property
+    def lam(self) -> Any:
+        return self.aws.client("lambda")
+
+    @property
+    def logs(self) -> Any:
+        return self.aws.client("logs")
+
+    # ------------------------------------------------------------------ plans
+
+    def plan_setup(self, workflow: Workflow, transport: Transport, tracker: TrackerStore) -> list[Step]:
+        return self.planner.plan_setup(workflow, transport, tracker)
+
+    def plan_teardown(self, workflow: Workflow, transport: Transport, tracker: TrackerStore) -> list[Step]:
+        return self.planner.plan_teardown(workflow)
+
+    def desired_functions(self, workflow: Workflow, transport: Transport, tracker: TrackerStore) -> list[FunctionSpec]:
+        """Every function with its zip, built in memory (what setup would deploy)."""
+        return self.planner.desired_functions(workflow, transport, str(self.planner.tracking(tracker)["log_group"]))
+
+    # ------------------------------------------------------------------ failures
+
+    def collect_failures(self, workflow: Workflow, transport: Transport, tracker: TrackerStore) -> int:
+        """Record the batches Lambda discarded after whole-invocation failures (the workflow's on-failure queue)
+        as failed deliveries, with their reason and attempts; see :mod:`xflow.providers.aws_lambda.failures`."""
+        return collect_failures(self.aws, workflow, transport, tracker, self.failures)
+
+    # ------------------------------------------------------------------ execute
+
+    def execute(self, step: Step) -> None:
+        dispatch(step, self.operations())
+
+    def operations(self) -> dict[str, Callable[..., None]]:
+        """Every call a step of this provider may name, and what performs it."""
+        return {
+            **self.failures.operations(), **self.role.operations(), **self.mappings.operations(),
+            "logs:CreateLogGroup": self._create_log_group, "logs:PutRetentionPolicy": self._set_log_retention,
+            "logs:DeleteLogGroup": self._delete_log_group,
+            "lambda:CreateFunction": self._create_function, "lambda:UpdateFunctionCode": self._update_code,
+            "lambda:UpdateFunctionConfiguration": self._update_config, "lambda:DeleteFunction": self._delete_function,
+            "xflow:KeepArtifact": self._keep_artifact, "xflow:DeleteFiles": self._delete_files,
+        }
+
+    def _zip(self, artifact: Mapping[str, Any]) -> bytes:
+        """The zip a step names, kept in the state folder (where ``xflow emulate`` looks for deployed code)."""
+        data = self.packager.zip_for(self.context.workflow, artifact)
+        keep_artifact(self.context.state_dir, data)
+        return data
+
+    def _create_log_group(self, *, logGroupName: str, retentionInDays: int, tags: Mapping[str, str]) -> None:
+        create_log_group(self.logs, logGroupName, tags.get(TAG_KEY, self.workflow_id), retentionInDays)
+
+    def _set_log_retention(self, *, logGroupName: str, retentionInDays: int) -> None:
+        set_log_retention(self.logs, logGroupName, retentionInDays)
+
+    def _delete_log_group(self, *, logGroupName: str) -> None:
+        delete_log_group(self.logs, logGroupName)
+
+    def _create_function(self, *, FunctionName: str, Code: Mapping[str, Any], **request: Any) -> None:
+        data = self._zip(Code["ZipFile"])
+        with translate_errors(f"creating Lambda function {FunctionName}"):
+            while_role_propagates(lambda: self.lam.create_function(FunctionName=FunctionName, Code={"ZipFile": data},
+                                                                   **request))
+            self._wait(FunctionName, "function_active_v2")
+
+    def _update_code(self, *, FunctionName: str, ZipFile: Mapping[str, Any], **request: Any) -> None:
+        data = self._zip(ZipFile)
+        with translate_errors(f"updating the code of {FunctionName}"):
+            self.lam.update_function_code(FunctionName=FunctionName, ZipFile=data, **request)
+            self._wait(FunctionName, "function_updated_v2")
+
+    def _update_config(self, *, FunctionName: str, **config: Any) -> None:
+        with translate_errors(f"updating the configuration of {FunctionName}"):
+            self._wait(FunctionName, "function_updated_v2")
+            self.lam.update_function_configuration(FunctionName=FunctionName, **config)
+            self._wait(FunctionName, "function_updated_v2")
+
+    def _delete_function(self, *, FunctionName: str) -> None:
+        """DeleteFunction, after the function's mappings (those left: the plan deletes them first)."""
+        with translate_errors(f"deleting Lambda function {FunctionName}"):
+            for mapping in self.mappings.of(FunctionName):
+                self.mappings.delete(UUID=mapping["UUID"])
+            try:
+                self.lam.delete_function(FunctionName=FunctionName)
+            except Exception as exc:
+                if not is_client_error(exc, "ResourceNotFoundException"):
+                    raise
+
+    def _wait(self, name: str, waiter: str) -> None:
+        try:
+            self.lam.get_waiter(waiter).wait(FunctionName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 120})
+        except Exception as exc:
+            if "Waiter" in type(exc).__name__ and not is_transient(exc):  # throttling or a 5xx: translate_errors
+                raise XflowError(f"Lambda function {name} did not become ready: {exc}") from None
+            raise
+
+    def _keep_artifact(self, *, FunctionName: str, ZipFile: Mapping[str, Any]) -> None:
+        """Keep the zip of a function deployed from another state folder (the same bytes: same SHA-256)."""
+        self._zip(ZipFile)
+
+    def _delete_files(self, *, Paths: list[str]) -> None:
+        remove_files([Path(p) for p in Paths])
