@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from xflow.core.deploy import dispatch
 from xflow.core.errors import XflowError
 from xflow.core.hookspecs import hookimpl
 from xflow.core.interfaces import FunctionProvider, Runner, Step, TrackerStore, Transport
@@ -89,7 +90,15 @@ class LocalFunctionProvider(FunctionProvider):
         folder = self.sources_folder(workflow)
         if not folder.exists():
             return []
-        return [Step("delete", f"source-cache:{folder}", lambda: shutil.rmtree(folder, ignore_errors=True))]
+        return [Step("delete", f"source-cache:{folder}", call="local:RemoveSourceCache", params={"folder": str(folder)})]
+
+    def execute(self, step: Step) -> None:
+        dispatch(step, {"local:RemoveSourceCache": _remove_folder})
+
+
+def _remove_folder(folder: str) -> None:
+    """Remove the folder where workers fetched remote sources (what is gone already is no error)."""
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def check_local_handler(function: Function) -> None:
