@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from xflow.cli_logs import add_log_route_option, logs_command
 from xflow.cli_monitoring import metrics_options, start_metrics, status_command
 from xflow.cli_serve import executions_command, serve_command
 from xflow.emulate import emulate_command
@@ -547,9 +548,11 @@ def graph(file: Path, fmt: str) -> None:
     click.echo(to_mermaid(workflow) if fmt == "mermaid" else to_dot(workflow))
 
 
-for _command in (serve_command, executions_command, status_command):
+for _command in (serve_command, executions_command, status_command, logs_command):
     _plugin_options(_command)  # the shared backend flags, added to the command object (click allows it)
     cli.add_command(_command)
+for _command in (worker, run):
+    add_log_route_option(_command)
 
 
 def main(argv: list[str] | None = None) -> None:

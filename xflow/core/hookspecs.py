@@ -1,4 +1,4 @@
-"""The pluggy hook specifications: how a distribution adds transports, providers and trackers.
+"""The pluggy hook specifications: how a distribution adds transports, providers, trackers and log destinations.
 
 A plugin distribution declares a module in the ``xflow`` entry-point group; that module
 implements one or more of these hooks with ``@xflow.hookimpl``. xflow's own backends are
@@ -7,9 +7,14 @@ registered the same way, from ``setup.cfg``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pluggy
 
 from xflow.core.interfaces import FunctionProvider, TrackerStore, Transport
+
+if TYPE_CHECKING:
+    from xflow.logs.destination import LogDestination
 
 PROJECT = "xflow"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -29,3 +34,8 @@ def xflow_function_providers() -> list[type[FunctionProvider]]:
 @hookspec
 def xflow_tracker_stores() -> list[type[TrackerStore]]:
     """Return TrackerStore classes this plugin provides."""
+
+
+@hookspec
+def xflow_log_destinations() -> list[type[LogDestination]]:
+    """Return LogDestination classes this plugin provides (what a log route's ``name:`` says)."""

@@ -52,6 +52,29 @@ class PluginChoice:
 
 
 @dataclass(frozen=True)
+class LogRoute:
+    """One ``logging.routes`` entry: a log destination's name, its options, the least level it gets (None: the
+    block's)."""
+
+    name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    level: str | None = None
+
+
+@dataclass(frozen=True)
+class LoggingChoice:
+    """The ``logging:`` block: where handlers' log records go (:mod:`xflow.logs`), and on AWS what setup subscribes
+    the log groups to (``aws``)."""
+
+    routes: tuple[LogRoute, ...] = ()
+    #: the least level routed: DEBUG, INFO, WARNING, ERROR or CRITICAL
+    level: str = "DEBUG"
+    #: records each route holds while its destination is away
+    buffer: int = 10_000
+    aws: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Workflow:
     id: str
     path: Path
@@ -65,6 +88,8 @@ class Workflow:
     plugins: Mapping[str, PluginChoice] = field(default_factory=dict)
     #: ``general.hop_limit``: how many hops (events published one from another) an execution may make
     hop_limit: int = DEFAULT_HOP_LIMIT
+    #: the ``logging:`` block (no routes when absent)
+    logging: LoggingChoice = field(default_factory=LoggingChoice)
 
     @property
     def events(self) -> tuple[str, ...]:

@@ -14,6 +14,8 @@ application embedding a :class:`~xflow.core.worker.Worker` may install its own (
 
     observe.install(Counting())
 
+Log routes (:mod:`xflow.logs`) report beside it: :func:`add` and :func:`remove` keep several observers at once.
+
 The observer is read when a runner starts (install it first); its methods are called from the runners' threads,
 so they must be quick and thread-safe, and must not raise.
 """
@@ -21,7 +23,11 @@ so they must be quick and thread-safe, and must not raise.
 from __future__ import annotations
 
 import threading
-from typing import Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from xflow.core.interfaces import DeliveryRecord
 
 #: how a delivery was settled: ``succeeded``; ``retrying`` (failed, tried again later); ``failed`` (failed for
 #: good: dead-lettered); ``skipped-duplicate`` (the function had handled this event already)
@@ -45,6 +51,37 @@ class Observer:
     def in_flight(self, workflow_id: str, function: str, count: int) -> None:
         """``function`` now has ``count`` handler calls started and not finished, in this runner."""
 
+    def attempts(self, workflow_id: str, records: Sequence[DeliveryRecord]) -> None:
+        """These delivery attempts were settled and recorded: their outcomes, each with the lines its handler logged
+        and printed (log routes, :mod:`xflow.logs`, send them on). Called once per settled batch."""
+
+
+class Several(Observer):
+    """Reports to each of ``observers`` in turn: metrics and log routes at once (see :func:`add`)."""
+
+    def __init__(self, observers: Sequence[Observer]) -> None:
+        self.observers = tuple(observers)
+
+    def published(self, workflow_id: str, event: str, count: int) -> None:
+        for observer in self.observers:
+            observer.published(workflow_id, event, count)
+
+    def settled(self, workflow_id: str, function: str, status: SettledStatus, duration: float | None) -> None:
+        for observer in self.observers:
+            observer.settled(workflow_id, function, status, duration)
+
+    def dead_lettered(self, workflow_id: str, function: str, event: str) -> None:
+        for observer in self.observers:
+            observer.dead_lettered(workflow_id, function, event)
+
+    def in_flight(self, workflow_id: str, function: str, count: int) -> None:
+        for observer in self.observers:
+            observer.in_flight(workflow_id, function, count)
+
+    def attempts(self, workflow_id: str, records: Sequence[DeliveryRecord]) -> None:
+        for observer in self.observers:
+            observer.attempts(workflow_id, records)
+
 
 _lock = threading.Lock()
 _current: Observer | None = None
@@ -62,3 +99,25 @@ def install(observer: Observer | None) -> Observer | None:
     with _lock:
         previous, _current = _current, observer
     return previous
+
+
+def _members(observer: Observer | None) -> tuple[Observer, ...]:
+    if observer is None:
+        return ()
+    return observer.observers if isinstance(observer, Several) else (observer,)
+
+
+def add(observer: Observer) -> None:
+    """Report to ``observer`` as well as to the observer installed, if any (runners started from now on)."""
+    global _current
+    with _lock:
+        members = _members(_current)
+        _current = Several((*members, observer)) if members else observer
+
+
+def remove(observer: Observer) -> None:
+    """Stop reporting to ``observer`` (added with :func:`add` or installed); the others stay."""
+    global _current
+    with _lock:
+        rest = tuple(member for member in _members(_current) if member is not observer)
+        _current = None if not rest else rest[0] if len(rest) == 1 else Several(rest)

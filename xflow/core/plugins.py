@@ -23,7 +23,15 @@ HOOK_BY_KIND = {
     "transport": "xflow_transports",
     "provider": "xflow_function_providers",
     "tracker": "xflow_tracker_stores",
+    "log": "xflow_log_destinations",
 }
+
+
+def _kinds() -> dict[str, type[Plugin]]:
+    """Each kind's base class: the three of the interfaces, and log destinations (defined with the log router)."""
+    from xflow.logs.destination import KIND, LogDestination
+
+    return {**KINDS, KIND: LogDestination}
 
 
 @dataclass(frozen=True)
@@ -143,7 +151,7 @@ class PluginRegistry:
 
     def infos(self) -> list[PluginInfo]:
         """Every installed backend, then the broken plugins."""
-        order = list(KINDS)
+        order = list(_kinds())
         found = sorted(self._collect().values(), key=lambda p: (order.index(p.kind), p.name))
         return found + self.broken
 
@@ -166,7 +174,7 @@ class PluginRegistry:
 
 
 def _check_class(kind: str, cls: Any, dist_name: str) -> None:
-    base = KINDS[kind]
+    base = _kinds()[kind]
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise XflowError(f"{dist_name} returned {cls!r} as a {kind}, which is not a subclass of {base.__name__}")
     if not getattr(cls, "name", None):

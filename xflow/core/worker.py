@@ -33,6 +33,7 @@ from xflow.core.interfaces import Runner
 
 if TYPE_CHECKING:
     from xflow.core.engine import Engine
+    from xflow.logs.routing import Routing
 
 #: the default of :meth:`Worker.stop`: how long handlers in flight may take to finish, in seconds
 STOP_TIMEOUT = 30.0
@@ -61,6 +62,7 @@ class Worker:
         self._ended = threading.Event()
         self._error: BaseException | None = None
         self._raised = False
+        self._logs: Routing | None = None
 
     @property
     def runner(self) -> Runner | None:
@@ -81,7 +83,16 @@ class Worker:
         XflowError raised now; anything later (a handler that cannot be loaded) comes from :meth:`join`."""
         if self._thread is not None:
             raise XflowError("this worker was started already; make a new Worker to start again")
-        runner = self.engine.dispatcher(self.functions)
+        from xflow.logs.routing import start_routing  # the workflow's log routes, if any: the runner reports to them
+
+        self._logs = start_routing(self.engine)
+        try:
+            runner = self.engine.dispatcher(self.functions)
+        except BaseException:
+            if self._logs is not None:
+                self._logs.close()
+                self._logs = None
+            raise
         if self.poll_interval is not None:
             runner.poll_interval = self.poll_interval
         self._runner = runner
@@ -96,6 +107,8 @@ class Worker:
         except BaseException as exc:  # handed to join(), in the application's thread
             self._error = exc
         finally:
+            if self._logs is not None:  # what the routes hold is sent (for a few seconds at most)
+                self._logs.close()
             self._ended.set()
 
     def wait(self, timeout: float | None = None) -> bool:

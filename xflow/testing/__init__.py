@@ -1,4 +1,4 @@
-"""The conformance kit: pytest test classes every Transport, TrackerStore and FunctionProvider passes.
+"""The conformance kit: pytest test classes every Transport, TrackerStore, FunctionProvider and LogDestination passes.
 
 A backend's test module subclasses one class and provides one fixture that builds the
 backend under test for a given workflow id; the kit does the rest::
@@ -26,6 +26,8 @@ never lower the checks themselves.
 
 from xflow.testing.kit import KIT_EVENTS as KIT_EVENTS
 from xflow.testing.kit import apply_steps, drain, kit_workflow, new_workflow_id
+from xflow.testing.logs import LogDestinationContract
+from xflow.testing.logs import LogDestinationFactory as LogDestinationFactory
 from xflow.testing.provider import FunctionProviderContract
 from xflow.testing.provider import ProviderFactory as ProviderFactory
 from xflow.testing.tracker import TrackerFactory as TrackerFactory
@@ -35,6 +37,7 @@ from xflow.testing.transport import TransportFactory as TransportFactory
 
 __all__ = [
     "FunctionProviderContract",
+    "LogDestinationContract",
     "TrackerStoreContract",
     "TransportContract",
     "apply_steps",

@@ -14,7 +14,7 @@ from marshmallow import Schema, ValidationError
 from xflow.core.config.cycles import warn_cycles
 from xflow.core.config.problems import MAX_WARNINGS_SHOWN, Problems, one_line
 from xflow.core.config.schema import WORKFLOW_ID, FunctionSchema
-from xflow.core.model import DEFAULT_HOP_LIMIT, Function, PluginChoice, Subscription, Workflow
+from xflow.core.model import DEFAULT_HOP_LIMIT, Function, LoggingChoice, LogRoute, PluginChoice, Subscription, Workflow
 
 log = logging.getLogger("xflow")
 
@@ -153,9 +153,17 @@ def build_workflow(file: Path, raw: dict[str, Any], data: dict[str, Any], proble
         workflow = Workflow(
             id=workflow_id, path=file.resolve(), functions=functions, subscriptions=tuple(subscriptions),
             flow=tuple(flow), general=general, aws={k: v for k, v in (data.get("aws") or {}).items() if v is not None},
-            plugins=plugins, hop_limit=hop_limit,
+            plugins=plugins, hop_limit=hop_limit, logging=_logging(data.get("logging")),
         )
     return Built(workflow, functions, where_defined, plugins)
+
+
+def _logging(block: Any) -> LoggingChoice:
+    """The ``logging:`` block as loaded (valid: the workflow is built only from a file without problems)."""
+    if not isinstance(block, dict):
+        return LoggingChoice()
+    routes = tuple(LogRoute(r["name"], dict(r.get("options") or {}), r.get("level")) for r in block.get("routes") or ())
+    return LoggingChoice(routes, block.get("level") or "DEBUG", block.get("buffer") or 10_000)
 
 
 def _load_partial(schema: Schema, spec: dict[str, Any]) -> dict[str, Any]:

@@ -111,6 +111,39 @@ class PluginBlockSchema(_Strict):
         return {"name": data} if isinstance(data, str) else data
 
 
+#: the levels a ``logging:`` block routes (written in any case)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+log_level = validate.OneOf(LOG_LEVELS, error="{input!r} is not a level: DEBUG, INFO, WARNING, ERROR or CRITICAL")
+
+
+def _upper_level(data: Any) -> Any:
+    if isinstance(data, dict) and isinstance(data.get("level"), str):
+        return {**data, "level": data["level"].upper()}
+    return data
+
+
+class LogRouteSchema(_Strict):
+    """One ``logging.routes`` entry: ``{name: file, options: {...}, level: INFO}``, or just the name."""
+
+    name = fields.Str(required=True, validate=validate.Length(min=1, error="must not be empty"))
+    options = fields.Dict(keys=fields.Str(), load_default=dict)
+    level = fields.Str(load_default=None, allow_none=True, validate=log_level)
+
+    @pre_load
+    def _shorthand(self, data: Any, **kwargs: Any) -> Any:
+        return _upper_level({"name": data} if isinstance(data, str) else data)
+
+
+class LoggingSchema(_Strict):
+    level = fields.Str(load_default="DEBUG", validate=log_level)
+    buffer = WholeNumber(load_default=10_000, validate=validate.Range(1, 10_000_000))
+    routes = fields.List(fields.Nested(LogRouteSchema), load_default=list)
+
+    @pre_load
+    def _level(self, data: Any, **kwargs: Any) -> Any:
+        return _upper_level(data)
+
+
 class WorkflowSchema(_Strict):
     workflow_id = fields.Str(validate=validate.Regexp(WORKFLOW_ID, error="{input!r} is not a valid workflow id"))
     description = fields.Str()
@@ -124,6 +157,7 @@ class WorkflowSchema(_Strict):
     transport = fields.Nested(PluginBlockSchema)
     provider = fields.Nested(PluginBlockSchema)
     tracker = fields.Nested(PluginBlockSchema)
+    logging = fields.Nested(LoggingSchema)
 
 
 def flatten_messages(messages: Any, where: tuple[Any, ...], raw: Any) -> list[tuple[tuple[Any, ...], str]]:
@@ -165,6 +199,8 @@ _SCHEMA_KEYS: dict[tuple[str, ...], list[str]] = {
     ("transport",): ["name", "options"],
     ("provider",): ["name", "options"],
     ("tracker",): ["name", "options"],
+    ("logging",): list(LoggingSchema().fields),
+    ("logging", "routes"): list(LogRouteSchema().fields),
 }
 
 

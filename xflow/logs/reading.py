@@ -1,0 +1,223 @@
+"""Reading log records back for ``xflow logs``: from the tracker, from a ``file`` route, or from CloudWatch Logs.
+
+- ``tracker``: every tracker keeps each attempt's output with its outcome; the records are made from those
+  (:func:`~xflow.logs.records.records_of`), for one execution or for the executions started since a time.
+- ``file``: the JSON lines a ``file`` route wrote (its rotated files too).
+- ``cloudwatch``: on AWS, FilterLogEvents over each function's log group ``/aws/lambda/<function>``, where the
+  Lambda runtime shim prints every attempt's outcome with its output.
+
+``auto`` picks ``file`` when the workflow routes to a file that exists, ``cloudwatch`` when the tracker is
+``cloudwatch``, else ``tracker``. Records come back merged in time order, each once.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from xflow.core.errors import XflowError
+from xflow.core.interfaces import PluginContext
+from xflow.logs.file import route_path
+from xflow.logs.records import LogRecord, records_of
+
+if TYPE_CHECKING:
+    from xflow.core.engine import Engine
+
+log = logging.getLogger("xflow")
+
+SOURCES = ("auto", "tracker", "file", "cloudwatch")
+#: executions read from the tracker for the workflow-wide view, at most
+MAX_EXECUTIONS = 1000
+
+
+@dataclass(frozen=True)
+class Query:
+    """Which records: one execution (or all), some functions (or all), since a time (seconds since the epoch)."""
+
+    execution_id: str | None = None
+    functions: tuple[str, ...] = ()
+    since: float | None = None
+
+    def wants(self, record: LogRecord) -> bool:
+        return ((self.execution_id is None or record.execution_id == self.execution_id)
+                and (not self.functions or record.function in self.functions)
+                and (self.since is None or record.time >= self.since))
+
+
+def merged(records: Iterable[LogRecord], query: Query) -> list[LogRecord]:
+    """The records ``query`` wants, each once, in time order."""
+    unique = {record.key: record for record in records if query.wants(record)}
+    return sorted(unique.values(), key=lambda r: r.order)
+
+
+class LogReader:
+    """Reads one workflow's records from ``source`` (one of :data:`SOURCES`, resolved by :meth:`resolve`)."""
+
+    def __init__(self, engine: Engine, source: str = "auto") -> None:
+        if source not in SOURCES:
+            raise XflowError(f"unknown log source {source!r}; choose one of {', '.join(SOURCES)}")
+        self.engine = engine
+        self.files = self._file_routes()
+        self.source = self.resolve(source)
+
+    def _file_routes(self) -> list[Path]:
+        workflow = self.engine.workflow
+        context = PluginContext(workflow.id, {}, self.engine.state_dir, workflow)
+        return [route_path(route.options.get("path"), context) for route in workflow.logging.routes
+                if route.name == "file"]
+
+    def resolve(self, source: str) -> str:
+        if source == "file" and not self.files:
+            raise XflowError(f"workflow {self.engine.workflow.id!r} has no file route to read",
+                             "add a route 'name: file' to its logging: block, or read from --source tracker")
+        if source != "auto":
+            return source
+        if any(path.exists() for path in self.files):
+            return "file"
+        if self.engine.plugin_names()["tracker"] == "cloudwatch":
+            return "cloudwatch"
+        return "tracker"
+
+    def read(self, query: Query) -> list[LogRecord]:
+        """The records ``query`` wants, in time order."""
+        if self.source == "file":
+            found: Iterable[LogRecord] = self._from_files()
+        elif self.source == "cloudwatch":
+            found = self._from_cloudwatch(query)
+        else:
+            found = self._from_tracker(query)
+        return merged(found, query)
+
+    # -- file routes -------------------------------------------------------------------------------------------------
+    def _from_files(self) -> Iterator[LogRecord]:
+        for path in self.files:
+            for file in rotated_files(path):
+                yield from read_json_lines(file)
+
+    # -- the tracker -------------------------------------------------------------------------------------------------
+    def _from_tracker(self, query: Query) -> Iterator[LogRecord]:
+        tracker, workflow = self.engine.tracker, self.engine.workflow.id
+        for execution_id in self._executions(query):
+            for delivery in tracker.history(execution_id).deliveries:
+                if not query.functions or delivery.function in query.functions:
+                    yield from records_of(workflow, delivery)
+
+    def _executions(self, query: Query) -> list[str]:
+        if query.execution_id is not None:
+            return [query.execution_id]
+        tracker = self.engine.tracker
+        found: list[str] = []
+        cursor = None
+        while len(found) < MAX_EXECUTIONS:
+            page = tracker.list_executions(min(100, MAX_EXECUTIONS - len(found)), cursor)
+            for info in page.executions:
+                # an execution started before ``since`` may still have lines after it: kept, its records filtered
+                if query.since is not None and info.started_at < query.since - 3600:
+                    return found
+                found.append(info.execution_id)
+            cursor = page.next_cursor
+            if cursor is None or not page.executions:
+                break
+        return found
+
+    # -- CloudWatch Logs (on AWS) ----------------------------------------------------------------------------------
+    def _from_cloudwatch(self, query: Query) -> Iterator[LogRecord]:
+        from xflow.trackers.cloudwatch.history import LAMBDA_LOG_PREFIX, belongs_to
+        from xflow.trackers.cloudwatch.lines import parse_line
+
+        tracker: Any = self.engine.tracker
+        client = getattr(tracker, "logs", None)
+        if client is None:
+            raise XflowError("--source cloudwatch needs the cloudwatch tracker", "pass --tracker cloudwatch")
+        workflow = self.engine.workflow
+        functions = query.functions or tuple(workflow.functions)
+        pattern = f'"{query.execution_id.replace(chr(34), "")}"' if query.execution_id else '"xflow"'
+        window = {"startTime": int(query.since * 1000)} if query.since is not None else {}
+        for function in functions:
+            for message in _filter_events(client, LAMBDA_LOG_PREFIX + function, pattern, window):
+                if not belongs_to(message, workflow.id):
+                    continue
+                record = _cloudwatch_record(message, parse_line)
+                if record is not None:
+                    yield from record(workflow.id)
+
+
+def _cloudwatch_record(message: str, parse_line: Any) -> Any:
+    """A function line's records: a delivery outcome line (its output and outcome), or a structured record line."""
+    parsed = parse_line(message)
+    if parsed is not None and hasattr(parsed, "function"):
+        return lambda workflow: records_of(workflow, parsed)
+    start = message.find('{"time"')
+    if start >= 0:
+        try:
+            record = LogRecord.from_dict(json.loads(message[start:]))
+        except (KeyError, TypeError, ValueError):
+            return None
+        return lambda workflow: [record]
+    return None
+
+
+def _filter_events(client: Any, group: str, pattern: str, window: dict[str, Any]) -> Iterator[str]:
+    from xflow.aws import is_client_error, translate_errors
+
+    with translate_errors(f"reading log group {group}"):
+        try:
+            for page in client.get_paginator("filter_log_events").paginate(logGroupName=group, filterPattern=pattern,
+                                                                            **window):
+                for event in page.get("events", []):
+                    yield event["message"]
+        except Exception as exc:
+            if is_client_error(exc, "ResourceNotFoundException"):
+                return
+            raise
+
+
+def rotated_files(path: Path) -> list[Path]:
+    """A ``file`` route's files, oldest first: ``NAME.N`` ... ``NAME.1``, then ``NAME``."""
+    found = []
+    for candidate in path.parent.glob(glob.escape(path.name) + ".*"):
+        number = candidate.name[len(path.name) + 1:]
+        if number.isdigit():
+            found.append((int(number), candidate))
+    return [candidate for _, candidate in sorted(found, reverse=True)] + [path]
+
+
+def read_json_lines(path: Path) -> Iterator[LogRecord]:
+    """The records of a ``file`` route's file; lines that are not records (a line cut by a crash) are skipped."""
+    try:
+        with path.open(encoding="utf-8", errors="replace") as file:
+            for line in file:
+                try:
+                    yield LogRecord.from_dict(json.loads(line))
+                except (KeyError, TypeError, ValueError, AttributeError):
+                    continue
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise XflowError(f"cannot read {path}: {exc}") from None
+
+
+def follow(reader: LogReader, query: Query, interval: float = 1.0, stop: Any = None,
+           caught_up: Callable[[], None] | None = None) -> Iterator[LogRecord]:
+    """The records ``query`` wants, then every new one as it comes (read again every ``interval`` seconds), until
+    ``stop`` (an Event) is set or the caller stops iterating. ``caught_up`` is called once, after the records there
+    were when it started."""
+    seen: set[tuple[Any, ...]] = set()
+    while True:
+        for record in reader.read(query):
+            if record.key not in seen:
+                seen.add(record.key)
+                yield record
+        if caught_up is not None:
+            caught_up()
+            caught_up = None
+        if stop is not None and stop.wait(interval):
+            return
+        if stop is None:
+            time.sleep(interval)
