@@ -209,6 +209,7 @@ def test_a_choice_is_one_of_its_choices_in_any_case(choices: list[str], pick: in
 def test_lists_come_as_lists_or_comma_separated_text(items: list[str]) -> None:
     option = Option("l", list)
     assert option.convert(items) == items == option.convert(",".join(items)) == option.convert(" , ".join(items) + ",")
+    assert option.convert(json.dumps(items)) == items  # a JSON array as text
 
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
@@ -223,8 +224,19 @@ def test_mappings_come_as_mappings_or_json_text(mapping: dict[str, Any]) -> None
     assert option.convert(mapping) == mapping == option.convert(json.dumps(mapping))
 
 
+@settings(max_examples=200, deadline=None)
+@given(document=json_values)
+def test_json_documents_come_as_data_or_text(document: Any) -> None:
+    option = Option("j", "json")
+    if isinstance(document, list | dict):
+        assert option.convert(document) == document == option.convert(json.dumps(document))
+    else:
+        with pytest.raises(OptionValueError, match="not a JSON array or object"):
+            option.convert(json.dumps(document))
+
+
 anything = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10) | json_values
-KINDS = [str, int, float, bool, "duration", list, dict, "any"]
+KINDS = [str, int, float, bool, "duration", list, dict, "json", "any"]
 
 
 @settings(max_examples=500, deadline=None)
@@ -245,7 +257,7 @@ def test_conversion_either_refuses_in_words_or_is_stable(kind: Any, value: Any, 
     assert option.convert(converted) == converted
     if kind != "any":
         assert isinstance(converted, {str: str, int: int, float: float, bool: bool, "duration": float, list: list,
-                                      dict: dict, "choice": str}[kind])
+                                      dict: dict, "json": list | dict, "choice": str}[kind])
 
 
 @settings(max_examples=200, deadline=None)

@@ -9,9 +9,10 @@ A plugin class lists its options::
     )
 
 Types: ``str``, ``int``, ``float``, ``bool``, ``"duration"`` (seconds, as a float: ``2.5``, ``"500ms"``, ``"2m"``),
-``"choice"`` (one of ``choices``; ``str`` with ``choices`` means the same), ``list`` (of text: a YAML list or
-comma-separated text), ``dict`` (a mapping: a YAML mapping or a JSON object as text) and ``"any"`` (the value as
-given). Values arrive as YAML scalars from the workflow file and as text from ``--option`` and the environment;
+``"choice"`` (one of ``choices``; ``str`` with ``choices`` means the same), ``list`` (of text: a YAML list, a JSON
+array or comma-separated text), ``dict`` (a mapping: a YAML mapping or a JSON object as text), ``"json"`` (an array
+or object: YAML data, or JSON text) and ``"any"`` (the value as given). Values arrive as YAML data from the workflow
+file and as text from ``--option`` and the environment;
 :func:`resolve_options` converts them all the same way and names the place a bad one came from.
 
 The environment variable of an option is ``XFLOW_<PLUGIN>_<KEY>`` (:func:`env_name`): the plugin's name and the
@@ -38,7 +39,7 @@ from xflow.core.redact import is_secret_name, remember, remember_in_text
 
 #: the option types, by the name ``xflow plugins --options`` shows
 KINDS_BY_TYPE: dict[Any, str] = {str: "str", int: "int", float: "float", bool: "bool", list: "list", dict: "dict"}
-TYPE_NAMES = ("str", "int", "float", "bool", "duration", "choice", "list", "dict", "any")
+TYPE_NAMES = ("str", "int", "float", "bool", "duration", "choice", "list", "dict", "json", "any")
 #: seconds per unit of a duration written as text
 DURATION_UNITS = {"ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 TRUE_WORDS = ("true", "yes", "on", "1")
@@ -85,7 +86,7 @@ class Option:
             kind = "choice"
         if kind not in TYPE_NAMES:
             raise ValueError(f"option {self.name!r}: type {self.type!r} is not one of str, int, float, bool, list, dict, "
-                             "'duration', 'choice', 'any'")
+                             "'duration', 'choice', 'json', 'any'")
         object.__setattr__(self, "kind", kind)
         object.__setattr__(self, "choices", tuple(str(c) for c in self.choices))
         if kind == "choice" and not self.choices:
@@ -240,6 +241,11 @@ def _to_choice(option: Option, value: Any) -> str:
 
 
 def _to_list(option: Option, value: Any) -> list[str]:
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise OptionValueError(f"is not a JSON list: {exc}") from None
     if isinstance(value, list | tuple):
         items = list(value)
         for item in items:
@@ -264,12 +270,27 @@ def _to_dict(option: Option, value: Any) -> dict[str, Any]:
     return dict(value)
 
 
+def _to_json(option: Option, value: Any) -> list[Any] | dict[str, Any]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise OptionValueError(f"is not JSON: {exc}") from None
+    if not isinstance(value, list | tuple | Mapping):
+        raise OptionValueError("is not a JSON array or object")
+    try:  # YAML data: only what JSON holds
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise OptionValueError(f"is not JSON data: {exc}") from None
+    return dict(value) if isinstance(value, Mapping) else list(value)
+
+
 def _as_given(option: Option, value: Any) -> Any:
     return value
 
 
 _CONVERTERS = {"str": _to_str, "int": _to_int, "float": _to_float, "bool": _to_bool, "duration": _to_duration,
-               "choice": _to_choice, "list": _to_list, "dict": _to_dict, "any": _as_given}
+               "choice": _to_choice, "list": _to_list, "dict": _to_dict, "json": _to_json, "any": _as_given}
 
 
 # -- declarations ------------------------------------------------------------------------------
