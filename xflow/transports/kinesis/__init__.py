@@ -1,8 +1,9 @@
 """Transport ``kinesis``: one Amazon Kinesis data stream per workflow event, consumer leases in DynamoDB.
 
 - :mod:`.transport`: the plugin (streams, setup and teardown, publish with ordered PutRecords, subscribe);
-- :mod:`.consumer`: a group member's consumer (shard reading, fair share of the shards, poll and commit);
-- :mod:`.leases`: the DynamoDB lease table (leases, checkpoints, group members, the lease keeper thread);
+- :mod:`.consumer`: a group member's consumer (shard reading, poll and commit; its fair share of the shards comes
+  from the core's lease coordinator);
+- :mod:`.leases`: the DynamoDB lease table (the lease store: leases, group members; and the checkpoints);
 - :mod:`.lag`: how far a consumer group is behind, per shard (``KinesisTransport.lag``).
 
 Registered through the entry point ``kinesis = xflow.transports.kinesis`` (group ``xflow``).

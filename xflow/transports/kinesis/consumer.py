@@ -1,14 +1,13 @@
 """The kinesis transport's consumer: reads the shards a group member holds leases on, hands out and commits records.
 
 Leases, checkpoints and group members live in the DynamoDB table of :mod:`xflow.transports.kinesis.leases`;
-this module decides which shards to hold (a fair share of the group's), reads them within Kinesis' limits,
-and keeps each execution's order across reshards.
+the core's :class:`~xflow.core.leases.LeaseCoordinator` decides which shards to hold (a fair share of the group's);
+this module reads them within Kinesis' limits and keeps each execution's order across reshards.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import time
@@ -20,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 from xflow.aws import is_client_error, retrying, translate_errors
 from xflow.core.errors import BackendUnavailable, XflowError
 from xflow.core.interfaces import Consumer, Delivery
-from xflow.transports.kinesis.leases import SHARD_END, LeaseKeeper
+from xflow.core.leases import LeaseCoordinator
+from xflow.transports.kinesis.leases import SHARD_END
 
 if TYPE_CHECKING:
     from xflow.transports.kinesis.transport import KinesisTransport
@@ -36,8 +36,6 @@ class _Shard:
         self.lease = lease
         self.iterator: str | None = None
         self.owned = False
-        self.renewed_at = 0.0
-        self.tried_at = 0.0
         #: read to its end (a closed shard after a reshard); ``finished`` once that is committed too
         self.ended = False
         self.finished = False
@@ -67,7 +65,8 @@ class KinesisConsumer(Consumer):
 
     Members of a group announce themselves with a heartbeat item; each takes free or expired
     leases up to its fair share (shards / live members) and hands back, once it has nothing
-    uncommitted on it, a shard above that share, so a second worker gets half the shards.
+    uncommitted on it, a shard above that share, so a second worker gets half the shards
+    (:class:`~xflow.core.leases.LeaseCoordinator`; nothing more is handed out of a shard to hand back).
 
     Kinesis allows 5 GetRecords calls per second per shard, shared by every reader of the stream:
     a shard is read at most every ``READ_INTERVAL`` seconds, however often ``poll`` is called,
@@ -84,8 +83,8 @@ class KinesisConsumer(Consumer):
     does :class:`BackendUnavailable` reach the worker, which waits it out. A poll that already took
     records when a later call fails hands those records out (the failure comes again next poll).
 
-    A :class:`~xflow.transports.kinesis.leases.LeaseKeeper` thread renews the leases held (and the
-    heartbeat) while handlers run; taking, handing back and losing leases stay with the polling thread.
+    The coordinator's keeper thread renews the leases held (and the heartbeat) while handlers run; taking,
+    handing back and losing leases stay with the polling thread.
     """
 
     RESCAN_SECONDS = 5.0
@@ -111,17 +110,12 @@ class KinesisConsumer(Consumer):
         self.owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.shards: dict[str, _Shard] = {}
         self.scanned_at = 0.0
-        self.heartbeat_at = 0.0
-        self.members = 1
         self.cursor = 0
         #: how long (seconds) a lease, heartbeat, checkpoint or shard-listing call is retried before it fails
         self.patience = max(2.0, transport.lease_seconds / 3)
-        self.store = transport.leases.member(group, self.owner, self.patience)
-        self._keeper = LeaseKeeper(self.store, self._held, f"xflow-lease-keeper-{group}")
-        self._keeper.start()
-
-    def _held(self) -> list[_Shard]:
-        return list(self.shards.values())
+        self.store = transport.leases.group(group, self.patience)
+        self.leases = LeaseCoordinator(self.store, self.owner, transport.lease_seconds,
+                                       check_seconds=min(2.0, transport.lease_seconds / 3), name=group)
 
     def _lease_key(self, stream: str, shard_id: str) -> str:
         return self.store.lease_key(stream, shard_id)
@@ -179,50 +173,34 @@ class KinesisConsumer(Consumer):
             parent.finished = True
         return True
 
-    def _heartbeat(self) -> None:
-        """Say this member is alive and count the group's live members."""
-        self.members = self.store.heartbeat()
-        self.heartbeat_at = time.monotonic()
-
-    def _acquire_or_renew(self, shard: _Shard) -> None:
-        """Take the lease if free, expired or ours; keep the checkpoint it holds."""
-        acquired = self.store.acquire(shard.lease)
-        if acquired is None:
-            if shard.owned:
-                log.info("lost the lease on %s", shard.lease)
-            self._drop(shard)
+    def _start(self, shard: _Shard) -> None:
+        """A lease just taken: read the shard from the checkpoint the lease held."""
+        checkpoint = self.store.acquired.pop(shard.lease, None)
+        if checkpoint == SHARD_END:  # another member read it to its end: nothing left here
+            shard.finished = True
+            self.leases.release([shard.lease])
             return
-        if not shard.owned:
-            checkpoint = acquired.checkpoint
-            if checkpoint == SHARD_END:  # another member read it to its end: nothing left here
-                shard.finished = True
-                self._release(shard)
-                return
-            try:
-                shard.iterator = self._iterator(shard, checkpoint)
-            except XflowError:
-                self._release(shard)  # not readable now: hand the lease back, take it again later
-                raise
-            shard.last_read = int(checkpoint) if checkpoint else None
-            shard.ended = False
-            shard.next_read_at = 0.0
-            shard.pending.clear()
-            shard.buffer.clear()
-        shard.owned, shard.renewed_at = True, time.monotonic()
+        try:
+            shard.iterator = self._iterator(shard, checkpoint)
+        except XflowError:
+            self.leases.release([shard.lease])  # not readable now: hand the lease back, take it again later
+            raise
+        shard.last_read = int(checkpoint) if checkpoint else None
+        shard.ended = False
+        shard.next_read_at = 0.0
+        shard.pending.clear()
+        shard.buffer.clear()
+        shard.owned = True
 
     def _drop(self, shard: _Shard) -> None:
         shard.owned, shard.iterator = False, None
         shard.pending.clear()
         shard.buffer.clear()
 
-    def _release(self, shard: _Shard) -> None:
-        self.store.release(shard.lease)
-        self._drop(shard)
-        shard.tried_at = time.monotonic()
-
     def _finish(self, shard: _Shard) -> None:
         """A closed shard was read to its end and all of it committed: mark it so, for its children, and let go."""
-        if not self.store.finish(shard.lease):
+        self.leases.drop(shard.lease)  # the lease is handed back by the same write
+        if not self.store.finish(shard.lease, self.owner):
             log.warning("lease on %s was taken over before its end was recorded", shard.lease)
             self._drop(shard)
             return
@@ -245,31 +223,21 @@ class KinesisConsumer(Consumer):
         return retrying(self.patience)(ask)
 
     def _maintain(self) -> None:
-        now = time.monotonic()
-        if not self.shards or now - self.scanned_at > self.RESCAN_SECONDS:
+        if not self.shards or time.monotonic() - self.scanned_at > self.RESCAN_SECONDS:
             self._scan()
-        if now - self.heartbeat_at > self.transport.lease_seconds / 3:
-            self._heartbeat()
         # shards to share out: not read to their end yet, and not waiting for a parent
-        readable = [s for s in self.shards.values() if not s.finished and (s.owned or self._parents_done(s))]
-        fair = math.ceil(len(readable) / self.members)
-        owned = [s for s in self.shards.values() if s.owned]
-        for shard in owned:
-            if now - shard.renewed_at >= self.transport.lease_seconds / 3:
-                self._acquire_or_renew(shard)
-        owned = [s for s in self.shards.values() if s.owned]
-        if len(owned) > fair:
-            idle = [s for s in owned if not s.pending]
-            if idle:
-                self._release(idle[-1])
-            return
-        for shard in readable:
-            if len([s for s in self.shards.values() if s.owned]) >= fair:
-                break
-            if shard.owned or now - shard.tried_at < 2.0:
-                continue
-            shard.tried_at = now
-            self._acquire_or_renew(shard)
+        readable = [s.lease for s in self.shards.values() if not s.finished and (s.owned or self._parents_done(s))]
+        changes = self.leases.rebalance(readable, lambda lease: bool(self.shards[lease].pending))
+        for lease in changes.dropped:
+            self._drop(self.shards[lease])
+        failed: XflowError | None = None
+        for lease in changes.taken:  # each taken shard is started, even when one of them cannot be
+            try:
+                self._start(self.shards[lease])
+            except XflowError as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
     def _read(self, shard: _Shard) -> None:
         """One GetRecords call on a shard whose turn it is, into its buffer."""
@@ -366,7 +334,9 @@ class KinesisConsumer(Consumer):
         deadline = time.monotonic() + max(timeout, 0.0)
         while True:
             self._maintain()
-            reading = [s for s in self.shards.values() if s.owned and (s.buffer or (s.iterator and not s.ended))]
+            draining = self.leases.draining  # to hand back once settled: nothing more is handed out of them
+            reading = [s for s in self.shards.values()
+                       if s.owned and s.lease not in draining and (s.buffer or (s.iterator and not s.ended))]
             now = time.monotonic()
             ready = [s for s in reading if s.buffer or s.next_read_at <= now]
             found: list[Delivery] = []
@@ -403,15 +373,15 @@ class KinesisConsumer(Consumer):
                 latest[key] = d
         for (event, partition), delivery in latest.items():
             lease = self._lease_key(self.transport.stream_name(event), partition)
-            if not self.store.checkpoint(lease, delivery.position):
+            if not self.store.checkpoint(lease, self.owner, delivery.position, self.transport.lease_seconds):
                 log.warning("lease on %s was taken over; its records will be delivered again", lease)
+                self.leases.drop(lease)
                 shard = self.shards.get(lease)
                 if shard:
                     self._drop(shard)
                 continue
             shard = self.shards.get(lease)
             if shard:
-                shard.renewed_at = time.monotonic()
                 done = int(delivery.position)
                 shard.pending = {p for p in shard.pending if int(p) > done}
                 self._end_if_done(shard)
@@ -419,11 +389,13 @@ class KinesisConsumer(Consumer):
     def keep_alive(self) -> None:
         """While handlers run and nothing polls: extend the leases held (and the heartbeat) when due. The lease
         keeper does the same by itself; this is the runner's cheap, explicit say-so."""
-        self._keeper.extend_due()
+        self.leases.keep_alive()
 
     def close(self) -> None:
-        self._keeper.stop()
+        """Leave the group, handing the leases back (best effort: they and the heartbeat expire anyway)."""
+        try:
+            self.leases.close()
+        except XflowError as exc:
+            log.debug("leaving group %s: %s", self.group, exc)
         for shard in self.shards.values():
-            if shard.owned:
-                self._release(shard)
-        self.store.leave()
+            self._drop(shard)
