@@ -14,11 +14,13 @@ How it lays out a workflow ``W`` on the server (every key starts with ``xflow:{W
 - ``xflow:{W}:s:EVENT:P`` — one stream per event and partition ``P``; an entry holds
   ``k`` (the execution id) and ``v`` (the message); a record goes to partition
   ``crc32(execution_id) % partitions``, so one execution's events stay in order;
-- ``xflow:{W}:g:GROUP:members`` — a sorted set of the group's live consumers (heartbeats);
-- ``xflow:{W}:g:GROUP:lease:EVENT:P`` — the consumer that reads that partition now. A
-  consumer takes at most its fair share of partitions and renews its leases on every poll;
-  the lease of a consumer that stopped polling expires after ``claim_idle`` seconds, and the
-  next owner takes over the partition's pending entries with XAUTOCLAIM before reading new ones;
+- ``xflow:{W}:g:GROUP:members`` — a sorted set of the group's live consumers, scored by when their
+  heartbeat expires;
+- ``xflow:{W}:g:GROUP:lease:EVENT:P`` — the consumer that reads that partition now. The core's lease
+  coordinator has a consumer take at most its fair share of partitions, hand back the others once
+  settled, and renew its leases every third of ``claim_idle`` (from a keeper thread too, while handlers
+  run); the leases of a consumer that died expire after ``claim_idle`` seconds, and the next owner
+  takes over the partition's pending entries with XAUTOCLAIM before reading new ones;
 - ``xflow:{W}:dead`` — dead letters (group, event, partition, position, key, value, reason).
 """
 
