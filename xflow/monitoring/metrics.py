@@ -222,7 +222,10 @@ class MetricsServer:
         return f"http://{host}:{self.port}/metrics"
 
     def close(self) -> None:
-        """Stop serving (the observer stays installed)."""
+        """Stop serving and counting (the observer is removed)."""
+        from xflow.core import observe
+
+        observe.remove(self.observer)
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)
@@ -231,8 +234,8 @@ class MetricsServer:
 
 def start_metrics_server(port: int, host: str = "127.0.0.1", engines: Callable[[], Sequence[Engine]] = list,
                          lag_interval: float = 5.0) -> MetricsServer:
-    """Serve Prometheus metrics on ``host:port`` and install the observer that feeds them
-    (:func:`xflow.core.observe.install`: start it before the runners). ``engines`` gives the engines whose lag and
+    """Serve Prometheus metrics on ``host:port`` and add the observer that feeds them
+    (:func:`xflow.core.observe.add`: start it before the runners). ``engines`` gives the engines whose lag and
     executions are read at scrape time (called once, at the first scrape): those of the process's workers. A port
     that cannot be bound is an XflowError."""
     from prometheus_client import start_http_server
@@ -259,5 +262,5 @@ def start_metrics_server(port: int, host: str = "127.0.0.1", engines: Callable[[
         raise XflowError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}",
                          "choose a free port with --metrics-port (and an address of this machine with --metrics-host)"
                          ) from None
-    observe.install(observer)
+    observe.add(observer)  # beside the log routes' observer, if any
     return MetricsServer(observer, exposed, collector, server, thread, host, server.server_address[1])
