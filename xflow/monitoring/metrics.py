@@ -256,6 +256,9 @@ def start_metrics_server(port: int, host: str = "127.0.0.1", engines: Callable[[
     observer = PrometheusObserver(counted)
     collector = WorkflowCollector(engines, lag_interval)
     exposed.register(collector)
+    from xflow.logs.metrics import LogRoutesCollector
+
+    exposed.register(LogRoutesCollector())  # the log routes' counters: sent, dropped, buffered (none without routes)
     try:
         server, thread = start_http_server(port, addr=host, registry=exposed)
     except OSError as exc:

@@ -37,6 +37,8 @@ from xflow.providers.aws_lambda.packaging import (
     artifacts_of,
     tracker_function_name,
 )
+from xflow.providers.aws_lambda.monitoring import AwsMonitoring, tracing_statements
+from xflow.providers.aws_lambda.subscriptions import LogSubscriptions
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -68,7 +70,7 @@ class Planner:
     """Plans setup and teardown of one workflow's Lambda deployment; reads AWS and the state folder only."""
 
     def __init__(self, aws: AwsSession, workflow_id: str, state_dir: Path, role: ExecutionRole, queue: FailureQueue,
-                 packager: Packager) -> None:
+                 packager: Packager, *, tracing: bool = False) -> None:
         self.aws = aws
         self.workflow_id = workflow_id
         self.state_dir = Path(state_dir)
@@ -76,6 +78,8 @@ class Planner:
         self.queue = queue
         self.packager = packager
         self.mappings = Mappings(aws)
+        self.subscriptions = LogSubscriptions(aws, workflow_id)  # the logging.aws block's subscription filters
+        self.monitoring = AwsMonitoring(aws, workflow_id, queue, tracing)  # the monitoring block; active tracing
 
     @property
     def lam(self) -> Any:
@@ -175,11 +179,13 @@ class Planner:
         document = self.role.policy_document(
             workflow, [(s.arn, s.actions) for s in target.sources.values()],
             [target.log_group, *(function_log_group(n) for n in names)], self.queue.arn)
+        document["Statement"] += tracing_statements(self.monitoring.tracing)
         role_arn, role_steps = self.role.plan_setup(
             document, f"policy {self.role.policy_name} on {len(workflow.events)} stream(s)")
         steps += role_steps
         for name in names:
             steps += self._plan_log_group(function_log_group(name), target.retention_days)
+        steps += self.subscriptions.plan_setup(workflow, [target.log_group, *(function_log_group(n) for n in names)])
         for spec in specs:
             steps += self._plan_function(spec, role_arn)
         deployed = self.workflow_functions(workflow.id)
@@ -189,6 +195,7 @@ class Planner:
             if name in deployed or self.get_function(name) is not None:
                 existing.extend(self.mappings.of(name))
         steps += plan_mappings(wanted, existing, self.queue.resource)
+        steps += self.monitoring.plan_setup(workflow, names, [s.arn for s in target.sources.values()])
         for name in sorted(set(deployed) - set(names)):
             steps.append(Step("delete", f"function:{name}", call="lambda:DeleteFunction",
                               params={"FunctionName": name}))
@@ -209,7 +216,7 @@ class Planner:
 
     def _plan_function(self, spec: FunctionSpec, role_arn: str) -> list[Step]:
         current = self.get_function(spec.name)
-        wanted = spec.configuration(role_arn)
+        wanted = {**spec.configuration(role_arn), **self.monitoring.function_configuration(current)}
         resource = f"function:{spec.name}"
         if current is None:
             return [Step("create", resource, detail=f"{len(spec.zip_bytes)} bytes, {spec.runtime}",
@@ -239,10 +246,14 @@ class Planner:
                               depends_on=(resource, self.role.resource)))
         return steps
 
-    def plan_teardown(self, workflow: Workflow) -> list[Step]:
+    def plan_teardown(self, workflow: Workflow, tracker: TrackerStore | None = None) -> list[Step]:
         deployed = self.workflow_functions(workflow.id)
         names = sorted(deployed)
-        steps: list[Step] = []
+        tracking = tracker.lambda_tracking_target() if tracker is not None else None
+        groups = [str(tracking["log_group"])] if tracking and tracking.get("log_group") else []
+        groups += [function_log_group(n) for n in sorted(set(names) | set(workflow.functions)
+                                                           | {tracker_function_name(workflow.id)})]
+        steps: list[Step] = self.monitoring.plan_teardown() + self.subscriptions.plan_teardown(groups, workflow)
         for name in names:
             steps += [delete_mapping_step(mapping) for mapping in self.mappings.of(name)]
         steps += [Step("delete", f"function:{name}", call="lambda:DeleteFunction", params={"FunctionName": name})
