@@ -158,8 +158,11 @@ def _report_changes(report: Any, output: str, verb: str) -> None:
     table.add_column("change")
     table.add_column("resource")
     table.add_column("detail")
+    calls = report.dry_run and any(step.call for step in report.steps)
+    if calls:  # a dry run also shows the backend call each step would make
+        table.add_column("call")
     for step in report.steps:
-        table.add_row(f"{prefix}{step.action}", step.resource, step.detail)
+        table.add_row(f"{prefix}{step.action}", step.resource, step.detail, *([step.call] if calls else []))
     _console().print(table)
     if report.dry_run:
         click.echo("dry run: nothing was changed")
