@@ -515,6 +515,25 @@ def test_hand_made_contexts_are_converted_by_the_plugin(demo_site: Path, tmp_pat
     transport.close()
 
 
+def test_the_builtin_plugins_declare_typed_options(cli: Any) -> None:
+    listed = {(p["kind"], p["name"]): p for p in cli.json("plugins", "--options") if p["distribution"] == "xflow"}
+    assert {("transport", "local"), ("provider", "local"), ("tracker", "sqlite"), ("transport", "kafka")} <= set(listed)
+    for plugin in listed.values():
+        assert plugin["options"] and all(o["type"] != "any" for o in plugin["options"]), plugin
+    options = {(kind, name, o["name"]): o for (kind, name), p in listed.items() for o in p["options"]}
+    assert options["transport", "local", "partitions"] | {"env": "-"} == {
+        "name": "partitions", "type": "int", "default": 4, "minimum": 1, "maximum": None, "choices": [], "secret": False,
+        "description": "partitions per stream, chosen by execution id", "env": "-"}
+    assert options["transport", "local", "lease_seconds"]["type"] == "duration"
+    assert options["provider", "local", "isolation"]["choices"] == ["process", "thread"]
+    assert options["provider", "local", "propagate_logs"]["default"] is False
+    assert options["provider", "local", "concurrency"]["env"] == "XFLOW_LOCAL_CONCURRENCY"
+    assert options["tracker", "sqlite", "path"]["env"] == "XFLOW_SQLITE_PATH"
+    secret = sorted(key for key, option in options.items() if option["secret"] and key[0] in ("transport", "provider",
+                                                                                                 "tracker"))
+    assert secret == [("transport", "kafka", "sasl_plain_password"), ("transport", "kafka", "ssl_password")]
+
+
 def test_the_isolations_offered_are_the_supervisors() -> None:
     from xflow.providers.local import LocalFunctionProvider
     from xflow.providers.supervisor import ISOLATIONS

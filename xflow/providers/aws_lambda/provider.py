@@ -26,6 +26,7 @@ from xflow.aws import (
 from xflow.core.deploy import dispatch
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import FunctionProvider, PluginContext, Step, TrackerStore, Transport
+from xflow.core.options import Option
 from xflow.providers.aws_lambda.failures import collect_failures
 from xflow.providers.aws_lambda.iam import ExecutionRole, policy_arns, policy_statements, while_role_propagates
 from xflow.providers.aws_lambda.mappings import FailureQueue, Mappings
@@ -39,22 +40,26 @@ if TYPE_CHECKING:
 class LambdaProvider(FunctionProvider):
     name = "lambda"
     description = "AWS Lambda functions subscribed to Kinesis streams by event source mappings"
-    options = {
-        "region": "AWS region (default: aws.region in the file, else AWS_REGION)",
-        "role_name": "execution role (default: aws.lambda_execution_role_name, else xflow-<workflow_id>-lambda)",
-        "policy_arns": "managed IAM policy ARNs attached to the execution role (comma-separated, or a list)",
-        "policy_statements": "IAM policy statements (a JSON list) added to the execution role's inline policy",
-    }
+    options = (
+        Option("region", str, None, "AWS region (default: aws.region in the file, else AWS_REGION)"),
+        Option("role_name", str, None, "execution role (default: aws.lambda_execution_role_name, else "
+               "xflow-<workflow_id>-lambda)"),
+        Option("policy_arns", list, None, "managed IAM policy ARNs attached to the execution role (a list, a JSON list "
+               "or comma-separated)"),
+        Option("policy_statements", "json", None, "IAM policy statements (a JSON list) added to the execution role's "
+               "inline policy"),
+    )
     runs_locally = False
 
     def __init__(self, context: PluginContext) -> None:
         super().__init__(context)
         aws = dict(context.workflow.aws) if context.workflow is not None else {}
-        self.aws = AwsSession(aws, region=context.option("region"))
-        role_name = str(context.option("role_name") or aws.get("lambda_execution_role_name")
+        options = self.context  # typed values (Option declarations above)
+        self.aws = AwsSession(aws, region=options.option("region"))
+        role_name = str(options.option("role_name") or aws.get("lambda_execution_role_name")
                         or f"xflow-{self.workflow_id}-lambda")
-        self.role = ExecutionRole(self.aws, self.workflow_id, role_name, policy_arns(context.option("policy_arns")),
-                                  policy_statements(context.option("policy_statements")))
+        self.role = ExecutionRole(self.aws, self.workflow_id, role_name, policy_arns(options.option("policy_arns")),
+                                  policy_statements(options.option("policy_statements")))
         self.failures = FailureQueue(self.aws, self.workflow_id)
         self.mappings = Mappings(self.aws)
         self.packager = Packager(self.aws)
