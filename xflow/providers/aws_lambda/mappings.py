@@ -6,7 +6,8 @@ position, retries, bisect-on-error and ``ReportBatchItemFailures``. Every subscr
 gives up on to the workflow's SQS queue ``xflow-<workflow_id>-failures`` (tagged, kept 14 days), which
 :mod:`xflow.providers.aws_lambda.failures` reads back into the tracker. A starting position cannot be changed in
 place: such a mapping is deleted and created anew. Mappings this workflow's functions have and the file does not
-name are deleted.
+name are deleted. A mapping invokes the function's ``live`` alias (:mod:`xflow.providers.aws_lambda.versions`): one
+made before aliases existed is moved to it in place (UpdateEventSourceMapping ``FunctionName``), keeping its position.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from xflow.aws import TAG_KEY, AwsSession, is_client_error, translate_errors
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import Step
 from xflow.providers.aws_lambda.iam import while_role_propagates
+from xflow.providers.aws_lambda.versions import alias_arn
 
 if TYPE_CHECKING:
     from xflow.core.model import Workflow
@@ -58,6 +60,8 @@ class MappingSpec:
     on_failure: str = ""
     #: the resource of the event source (``stream:NAME``), which must exist first
     source: str = ""
+    #: what the mapping invokes: the ARN of the function's alias ("": the function itself)
+    target: str = ""
 
     def parameters(self) -> dict[str, Any]:
         params: dict[str, Any] = {"BatchSize": self.batch_size, "MaximumRetryAttempts": self.retries,
@@ -69,11 +73,20 @@ class MappingSpec:
 
     def request(self) -> dict[str, Any]:
         """The CreateEventSourceMapping request."""
-        return {"EventSourceArn": self.stream_arn, "FunctionName": self.function,
+        return {"EventSourceArn": self.stream_arn, "FunctionName": self.target or self.function,
                 "StartingPosition": self.starting_position, "Enabled": True, **self.parameters()}
+
+    def update_request(self, current: Mapping[str, Any]) -> dict[str, Any]:
+        """The UpdateEventSourceMapping request that makes ``current`` this one."""
+        request = {"UUID": current["UUID"], **self.parameters()}
+        if self.target and current.get("FunctionArn") != self.target:
+            request["FunctionName"] = self.target
+        return request
 
     def differs(self, current: Mapping[str, Any]) -> bool:
         """Whether the mapping ``current`` (as Lambda lists it) needs an update to be this one."""
+        if self.target and current.get("FunctionArn") != self.target:
+            return True
         for key, value in self.parameters().items():
             if key == "DestinationConfig":
                 if _on_failure_of(current) != self.on_failure:
@@ -84,17 +97,19 @@ class MappingSpec:
 
 
 def desired_mappings(workflow: Workflow, sources: Mapping[str, EventSource], tracker_function: str,
-                     destination: str) -> list[MappingSpec]:
-    """The subscribers' mappings (with ``destination`` as on-failure destination) and the tracker function's."""
+                     destination: str, target: Callable[[str], str] | None = None) -> list[MappingSpec]:
+    """The subscribers' mappings (with ``destination`` as on-failure destination) and the tracker function's;
+    ``target(function)`` names what each invokes (its alias's ARN), else the function itself."""
     found = []
     for event in workflow.events:
         source = sources[event]
         for name in workflow.subscribers(event):
             fn = workflow.functions[name]
+            name = workflow.resource_name(name)  # the Lambda function's name (a stage's has its suffix)
             found.append(MappingSpec(event, source.arn, name, fn.batch_size, fn.starting_position, fn.retries,
-                                     fn.bisect_on_error, destination, source.resource))
+                                     fn.bisect_on_error, destination, source.resource, target(name) if target else ""))
         found.append(MappingSpec(event, source.arn, tracker_function, 100, "TRIM_HORIZON", 10, True,
-                                 source=source.resource))
+                                 source=source.resource, target=target(tracker_function) if target else ""))
     return found
 
 
@@ -107,8 +122,8 @@ def plan_mappings(wanted: list[MappingSpec], existing: list[dict[str, Any]], que
         by_key.setdefault((mapping["EventSourceArn"], _function_of(mapping)), []).append(mapping)
     for spec in wanted:
         resource = f"mapping:{spec.stream_arn.rpartition('/')[2]}->{spec.function}"
-        needs = tuple(r for r in (f"function:{spec.function}", spec.source, queue_resource if spec.on_failure else "")
-                      if r)
+        needs = tuple(r for r in (f"function:{spec.function}", spec.source, queue_resource if spec.on_failure else "",
+                                  f"alias:{spec.function}" if spec.target else "") if r)
         candidates = by_key.get((spec.stream_arn, spec.function), [])
         current = candidates[0] if candidates else None
         if current is not None and current.get("StartingPosition", spec.starting_position) != spec.starting_position:
@@ -120,7 +135,7 @@ def plan_mappings(wanted: list[MappingSpec], existing: list[dict[str, Any]], que
         kept.add(current["UUID"])
         if spec.differs(current):
             steps.append(Step("update", resource, call="lambda:UpdateEventSourceMapping",
-                              params={"UUID": current["UUID"], **spec.parameters()}, depends_on=needs))
+                              params=spec.update_request(current), depends_on=needs))
     deletions = [delete_mapping_step(m) for m in existing if m["UUID"] not in kept]
     return deletions + steps
 
@@ -141,6 +156,17 @@ class Mappings:
         return self.aws.client("lambda")
 
     def of(self, function: str) -> list[dict[str, Any]]:
+        """The mappings of ``function`` and of its ``live`` alias. Those of the alias are also listed under the
+        alias's ARN (an endpoint may list a mapping only under the name it was made with); their ``FunctionArn`` is
+        the alias's, as Lambda reports it."""
+        found = {m["UUID"]: m for m in self._listed(function)}
+        if ":" not in function:
+            arn = alias_arn(self.aws, function)
+            for mapping in self._listed(arn):
+                found.setdefault(mapping["UUID"], dict(mapping, FunctionArn=arn))
+        return list(found.values())
+
+    def _listed(self, function: str) -> list[dict[str, Any]]:
         with translate_errors(f"listing event source mappings of {function}"):
             found = []
             for page in self.lam.get_paginator("list_event_source_mappings").paginate(FunctionName=function):
