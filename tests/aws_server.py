@@ -30,6 +30,21 @@ ENV = {
     "AWS_REGION": REGION,
 }
 
+#: ``python -m moto.server``, with one fix: a published Lambda version is a copy that loses the Docker client
+#: attribute (LambdaFunction.__getstate__ drops it), so a Kinesis put to a stream mapped to a version or an alias
+#: crashed the server (500) instead of failing the Docker-less invocation as it does for $LATEST
+MOTO_MAIN = """
+import moto.awslambda.models as lambda_models
+
+def _setstate(self, state):
+    self.__dict__.update(state)
+    self.__dict__.setdefault("_DockerModel__docker_client", None)
+
+lambda_models.LambdaFunction.__setstate__ = _setstate
+from moto.server import main
+main()
+"""
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -44,7 +59,7 @@ def start_moto(folder: str) -> tuple[subprocess.Popen[bytes], str]:
     log = open(os.path.join(folder, "moto.log"), "wb")  # noqa: SIM115 - lives as long as the server
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(ENV)
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+    proc = subprocess.Popen([sys.executable, "-c", MOTO_MAIN, "-H", "127.0.0.1", "-p", str(port)],
                             cwd=folder, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

@@ -61,8 +61,10 @@ class Executor:
                 self.perform(step)
             except XflowError as exc:
                 done = ", ".join(f"{s.action} {s.resource}" for s in self.done) or "nothing"
-                raise XflowError(f"{exc.message}; already done before it: {done}",
-                                 exc.hint or "fix the cause and run the same command again: it resumes") from None
+                error = XflowError(f"{exc.message}; already done before it: {done}",
+                                   exc.hint or "fix the cause and run the same command again: it resumes")
+                error.exit_code = exc.exit_code  # a backend that failed (or a rollout rolled back) stays exit status 1
+                raise error from None
             self.done.append(step)
 
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from xflow.core.errors import XflowError
 
@@ -125,3 +127,41 @@ def strategy_from(text: str, source: str) -> Strategy:
         return parse_strategy(text)
     except ValueError as exc:
         raise XflowError(f"{source}: {exc}", f"write {USAGE}") from None
+
+
+def chosen_functions(workflow: Any, deployed: Iterable[str], function: str | None = None) -> list[str]:
+    """The deployed names of the functions ``xflow rollback`` moves: ``function`` (the file's name or the deployed
+    one), else every function of the file that is deployed; an XflowError when there is none."""
+    present = set(deployed)
+    resource_name = getattr(workflow, "resource_name", None) or (lambda name: name)
+    if function is None:
+        names = [resource_name(name) for name in workflow.functions]
+        found = [name for name in names if name in present]
+        if not found:
+            raise XflowError(f"no function of workflow {workflow.id} is deployed", "run 'xflow setup' first")
+        return found
+    for candidate in (resource_name(function), function):
+        if candidate in present:
+            return [candidate]
+    raise XflowError(f"function {function!r} of workflow {workflow.id} is not deployed",
+                     f"deployed: {', '.join(sorted(present)) or 'none'}")
+
+
+def rollback_target(function: str, current: str | None, history: Sequence[str], versions: Sequence[str],
+                    to: str | None = None) -> tuple[str | None, list[str]]:
+    """Where ``xflow rollback`` points a function, and the versions live before it afterwards (newest first).
+
+    ``to`` must be one of ``versions`` (the current version joins the history); else the newest version of
+    ``history`` that still exists (it and the ones after it leave the history); else the newest version before
+    ``current``. ``(None, history)`` when there is none."""
+    if to is not None:
+        if str(to) not in versions:
+            raise XflowError(f"function {function} has no version {to}", f"its versions: {', '.join(versions) or 'none'}")
+        return str(to), [v for v in dict.fromkeys([current, *history]) if v and v != str(to)]
+    earlier = [v for v in history if v in versions and v != current]
+    if earlier:
+        return earlier[0], list(history[list(history).index(earlier[0]) + 1:])
+    older = [v for v in versions if v.isdigit() and (current is None or not current.isdigit() or int(v) < int(current))]
+    if not older:
+        return None, list(history)
+    return max(older, key=int), list(history)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from xflow.aws import AwsSession, is_client_error, translate_errors
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import Step
-from xflow.core.rollout import DeployChoice, format_seconds
+from xflow.core.rollout import DeployChoice, format_seconds, rollback_target
 from xflow.providers.aws_lambda.rollout import existing_alarms, function_alarm, watch_versions
 
 if TYPE_CHECKING:
@@ -300,22 +300,15 @@ class Releases:
         if alias is None:
             raise XflowError(f"function {function} has no alias {ALIAS!r}: nothing was deployed with versions",
                              "run 'xflow setup' first")
-        current, history, weights = str(alias["FunctionVersion"]), history_of(alias), weights_of(alias)
+        current, weights = str(alias["FunctionVersion"]), weights_of(alias)
         numbers = [str(v["Version"]) for v in self.versions(function)]
-        if to is not None:
-            if str(to) not in numbers:
-                raise XflowError(f"function {function} has no version {to}", f"its versions: {', '.join(numbers)}")
-            target, history = str(to), [current, *history]
-        elif weights:  # a canary or linear rollout stopped half-way: back to all on its stable version
-            target = current
+        if weights and to is None:  # a canary or linear rollout stopped half-way: all back on its stable version
+            target, history = current, history_of(alias)
         else:
-            earlier = [v for v in history if v in numbers and v != current]
-            if not earlier:
-                earlier = [v for v in reversed(numbers) if int(v) < int(current)]
-            if not earlier:
+            found, history = rollback_target(function, current, history_of(alias), numbers, to)
+            if found is None:
                 return {"function": function, "from": current, "to": None, "note": f"no version before {current}"}
-            target = earlier[0]
-            history = history[history.index(target) + 1:] if target in history else history
+            target = found
         with translate_errors(f"pointing alias {ALIAS} of Lambda function {function} at version {target}"):
             self.lam.update_alias(FunctionName=function, Name=ALIAS, FunctionVersion=target,
                                   Description=describe_history(history), RoutingConfig={"AdditionalVersionWeights": {}})
