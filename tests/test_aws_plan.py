@@ -201,7 +201,7 @@ def test_every_lambda_step_is_data_and_its_executor_builds_the_zip(aws_endpoint,
     (tmp_path / "steps.py").write_text("def one(event, ctx):\n    return {'x': 3}\n\ndef two(event, ctx):\n"
                                        "    return None\n")
     steps, (transport, tracker, provider) = plan_all(workflow, state)
-    assert {s.call for s in steps} == {"lambda:UpdateFunctionCode"}
+    assert {s.call for s in steps} == {"lambda:UpdateFunctionCode", "lambda:PublishVersion", "lambda:UpdateAlias"}
     (tmp_path / "steps.py").write_text("def one(event, ctx):\n    return {'x': 4}\n\ndef two(event, ctx):\n"
                                        "    return None\n")
     fresh = plugins(workflow, state)[2]

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from xflow.cli_deploy import COMMANDS as DEPLOY_COMMANDS
+from xflow.cli_deploy import from_package_option, stage_of, stage_option, use_package
 from xflow.cli_logs import add_log_route_option, logs_command
 from xflow.cli_monitoring import metrics_options, start_metrics, status_command
 from xflow.cli_serve import executions_command, serve_command
@@ -32,12 +34,13 @@ OUTPUT = click.option("--output", "-o", type=click.Choice(["text", "json"]), def
 
 def _plugin_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """--transport/--provider/--tracker/--option, shared by every command that touches a backend."""
-    decorators = [
+    decorators: list[Callable[..., Any]] = [
         click.option("--transport", metavar="NAME", help="Transport plugin (see 'xflow plugins')."),
         click.option("--provider", metavar="NAME", help="Function provider plugin."),
         click.option("--tracker", metavar="NAME", help="Tracker store plugin."),
         click.option("--option", "options", metavar="[KIND.]KEY=VALUE", multiple=True,
                      help="A plugin option, e.g. partitions=2 or transport.path=/tmp/log.db (repeatable)."),
+        stage_option,
     ]
     for decorator in reversed(decorators):
         command = decorator(command)
@@ -68,7 +71,7 @@ def _engine(ctx: click.Context, file: str, *, transport: str | None = None, prov
 
     engine = Engine(file, transport=transport, provider=provider, tracker=tracker, options=_parse_options(options),
                     state_dir=ctx.obj["state_dir"], defaults=AWS_DEFAULTS if aws_defaults else LOCAL_DEFAULTS,
-                    options_source="--option")
+                    options_source="--option", stage=stage_of(ctx))
     ctx.call_on_close(engine.close)
     return engine
 
@@ -184,10 +187,11 @@ def _progress(output: str) -> Callable[..., None] | None:
 @click.option("-file", "seed_file", type=click.Path(dir_okay=False, path_type=Path), hidden=True)
 @_plugin_options
 @click.option("--dry-run", is_flag=True, help="Print the plan only; change nothing.")
+@from_package_option
 @OUTPUT
 @click.pass_context
 def setup(ctx: click.Context, file: Path | None, seed_file: Path | None, transport: str | None, provider: str | None,
-          tracker: str | None, options: tuple[str, ...], dry_run: bool, output: str) -> None:
+          tracker: str | None, options: tuple[str, ...], dry_run: bool, package: Path | None, output: str) -> None:
     """Create or update streams, functions and tracker for FILE (idempotent).
 
     Defaults: --transport kinesis --provider lambda --tracker cloudwatch. `-file FILE` works too.
@@ -197,6 +201,7 @@ def setup(ctx: click.Context, file: Path | None, seed_file: Path | None, transpo
         raise click.UsageError("give the workflow file: xflow setup FILE")
     engine = _engine(ctx, str(path), transport=transport, provider=provider, tracker=tracker, options=options,
                      aws_defaults=True)
+    use_package(engine, package)
     report = engine.setup(dry_run=dry_run, on_step=_progress(output))
     _report_changes(report, output, "change")
 
@@ -377,6 +382,7 @@ def track(ctx: click.Context, file: str | None, execution_id: str | None, flow: 
     """
     from xflow.core.engine import UnknownExecutionError, read_setup_record
     from xflow.core.errors import XflowError
+    from xflow.core.stages import staged_id
 
     execution = execution_option or execution_id
     if file and not execution and flow:
@@ -387,13 +393,13 @@ def track(ctx: click.Context, file: str | None, execution_id: str | None, flow: 
     if file is None:
         if not flow:
             raise click.UsageError("give the workflow file, or -flow WORKFLOW_ID")
-        record = read_setup_record(ctx.obj["state_dir"], flow)
+        record = read_setup_record(ctx.obj["state_dir"], staged_id(flow, stage_of(ctx)))
         if record is None:
             raise XflowError(f"workflow {flow!r} has not been set up in {ctx.obj['state_dir']}",
                              "run from the folder where 'xflow setup' ran, pass --state-dir, or give the workflow file")
         file = record["workflow_file"]
     engine = _engine(ctx, str(file), transport=transport, provider=provider, tracker=tracker, options=options)
-    if flow and flow != engine.workflow.id:
+    if flow and flow not in (engine.workflow.id, engine.workflow.unstaged_id):
         raise XflowError(f"-flow {flow!r} does not match the workflow id {engine.workflow.id!r} of {file}")
     try:
         summary = engine.track(execution, known=True)
@@ -556,6 +562,8 @@ for _command in (serve_command, executions_command, status_command, logs_command
     cli.add_command(_command)
 for _command in (worker, run):
     add_log_route_option(_command)
+for _command in DEPLOY_COMMANDS:
+    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from xflow.cli_deploy import stage_of, stage_option
 from xflow.core.errors import XflowError
 
 #: the names this module has always offered, and where they live now (imported on first use: the CLI starts fast)
@@ -39,6 +40,7 @@ def __getattr__(name: str) -> Any:
 @click.option("--poll-interval", type=float, default=1.0, show_default=True, help="Seconds between idle passes.")
 @click.option("--timeout", type=float, default=None, help="Stop after this many seconds (exit 1 if not idle).")
 @click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@stage_option
 @click.pass_context
 def emulate_command(ctx: click.Context, file: Path, until_idle: bool, poll_interval: float, timeout: float | None,
                     output: str) -> None:
@@ -48,7 +50,7 @@ def emulate_command(ctx: click.Context, file: Path, until_idle: bool, poll_inter
     from xflow.providers.aws_lambda.emulator import emulate
 
     state_dir = (ctx.obj or {}).get("state_dir") or Path(os.environ.get("XFLOW_STATE_DIR") or ".xflow")
-    engine = Engine(file, state_dir=state_dir, defaults=AWS_DEFAULTS)
+    engine = Engine(file, state_dir=state_dir, defaults=AWS_DEFAULTS, stage=stage_of(ctx))
     try:
         provider = engine.provider
         if not isinstance(provider, LambdaProvider):

@@ -52,6 +52,7 @@ from xflow.core.options import Option, declared_options, env_name, env_values, r
 from xflow.core.plugins import PluginInfo, PluginRegistry
 from xflow.core.redact import is_secret_name, redact, url_password, userinfo_is_ambiguous
 from xflow.core.runtime import new_event_id
+from xflow.core.stages import apply_stage
 from xflow.core.tracking import final_result, summarize
 from xflow.core.worker import Worker, stop_on_signals
 
@@ -206,6 +207,9 @@ class Engine:
     XflowError naming the plugin, the option and where the value came from; ``options_source`` names ``options``
     there, ``--option`` for the CLI).
 
+    ``stage`` deploys the workflow as a stage of its own (``dev``, ``prod``: :mod:`xflow.core.stages`), over the
+    file's ``stage:``; ``workflow.id`` is then ``<workflow_id>-<stage>``, and so are the names of everything it owns.
+
     Threads: one Engine may be shared by many threads at once (``publish``, ``track``, ``result``, ``redrive``,
     ``recent_executions``, ``setup`` from request threads while a worker thread runs). Plugins are made once, by
     the first thread that needs them; ``setup`` and ``teardown`` run one at a time. The embedded backends share one
@@ -220,10 +224,12 @@ class Engine:
                  defaults: Mapping[str, str] = LOCAL_DEFAULTS,
                  registry: PluginRegistry | None = None, use_setup_record: bool = True,
                  base_dir: str | os.PathLike[str] | None = None, workflow_id: str | None = None,
-                 options_source: str = "Engine(options=...)") -> None:
+                 options_source: str = "Engine(options=...)", stage: str | None = None) -> None:
         self._lock = threading.RLock()  # plugins are made once, whichever thread needs them first
         self._setup_lock = threading.Lock()  # one setup or teardown at a time
         self.workflow = _as_workflow(workflow, base_dir, workflow_id)
+        if stage is not None:  # the file's stage: is applied by the loader; this one wins over it
+            self.workflow = apply_stage(self.workflow, stage)
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         self._registry = registry
         self.record = read_setup_record(self.state_dir, self.workflow.id) if use_setup_record else None
@@ -463,6 +469,7 @@ class Engine:
             "workflow_id": self.workflow.id,
             "workflow_file": str(self.workflow.path),
             "set_up_at": time.time(),
+            "stage": self.workflow.stage,
         }
         for kind, choice in self._choices.items():
             explicit = self._given_options(kind)

@@ -22,6 +22,12 @@ class Function:
     #: ``source`` resolved against the workflow file's folder when it is a local path
     source_path: Path | None
     runtime: str = "python3.12"
+    #: the processor it runs on where a provider asks (AWS Lambda): ``x86_64`` or ``arm64``
+    architecture: str = "x86_64"
+    #: its third-party packages: requirement lines given in the file (``requirements: [...]``), else None
+    requirements: tuple[str, ...] | None = None
+    #: a requirements file named in the file (``requirements: path``), resolved against the file's folder
+    requirements_file: Path | None = None
     description: str = ""
     publishes: tuple[str, ...] = ()
     retries: int = 2
@@ -90,10 +96,23 @@ class Workflow:
     hop_limit: int = DEFAULT_HOP_LIMIT
     #: the ``logging:`` block (no routes when absent)
     logging: LoggingChoice = field(default_factory=LoggingChoice)
+    #: the stage deployed (``stage:`` in the file, or ``--stage``); ``id`` is then ``<workflow_id>-<stage>``, the id
+    #: every name the deployment owns derives from (:mod:`xflow.core.stages`). None: no stage, the plain names
+    stage: str | None = None
 
     @property
     def events(self) -> tuple[str, ...]:
         return self.flow
+
+    @property
+    def unstaged_id(self) -> str:
+        """The workflow's own id (``workflow_id:`` or the file's name), without its stage."""
+        return self.id[: len(self.id) - len(self.stage) - 1] if self.stage else self.id
+
+    def resource_name(self, name: str) -> str:
+        """The name of what a backend deploys for function ``name`` where such names are not per workflow (an AWS
+        Lambda function): ``name`` itself, or ``<name>-<stage>`` for a staged deployment."""
+        return f"{name}-{self.stage}" if self.stage else name
 
     def subscribers(self, event: str) -> tuple[str, ...]:
         return self._subscribers_by_event.get(event, ())

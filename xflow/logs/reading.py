@@ -140,7 +140,7 @@ class LogReader:
         pattern = f'"{query.execution_id.replace(chr(34), "")}"' if query.execution_id else '"xflow"'
         window = {"startTime": int(query.since * 1000)} if query.since is not None else {}
         for function in functions:
-            for message in _filter_events(client, LAMBDA_LOG_PREFIX + function, pattern, window):
+            for message in _filter_events(client, LAMBDA_LOG_PREFIX + workflow.resource_name(function), pattern, window):
                 if not belongs_to(message, workflow.id):
                     continue
                 record = _cloudwatch_record(message, parse_line)

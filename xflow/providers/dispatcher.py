@@ -33,7 +33,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -78,8 +78,10 @@ class LocalDispatcher(Runner):
                  functions: Iterable[str] | None = None, cache_dir: Path, batch_size: int = 100,
                  backoff_seconds: float = 0.2, backoff_max_seconds: float = 5.0, concurrency: int = 1,
                  isolation: str = "process", propagate_logs: bool = False, unavailable_give_up_seconds: float = 0.0,
-                 grace_seconds: float = 30.0) -> None:
+                 grace_seconds: float = 30.0, import_paths: Mapping[str, Sequence[str]] | None = None) -> None:
         self.workflow, self.transport, self.tracker = workflow, transport, tracker
+        #: per function, the folders its handler imports packages from (its installed requirements)
+        self.import_paths = dict(import_paths or {})
         names = list(functions) if functions else list(workflow.functions)
         unknown = [n for n in names if n not in workflow.functions]
         if unknown:
@@ -134,7 +136,8 @@ class LocalDispatcher(Runner):
                 pool = HandlerPool(source, function.handler, function.publishes, isolation=self.isolation,
                                    concurrency=self.concurrency_of(function), timeout=function.timeout,
                                    propagate_logs=self.propagate_logs, function_name=function.name,
-                                   environment=function.environment)
+                                   environment=function.environment,
+                                   import_paths=self.import_paths.get(function.name, ()))
                 try:
                     pool.check()
                 except BaseException:

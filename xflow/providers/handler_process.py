@@ -65,6 +65,8 @@ class ChildSpec:
     #: the parent's environment and working folder when the child was started (a forkserver's are older)
     environment: dict[str, str] = field(default_factory=dict)
     cwd: str = ""
+    #: folders put in front of ``sys.path`` (the function's installed requirements)
+    paths: tuple[str, ...] = ()
 
 
 class PassedFd:
@@ -203,6 +205,7 @@ def main(conn: Any, spec: ChildSpec) -> None:
         faulthandler.register(DUMP_SIGNAL, file=mirror, all_threads=True)
 
     output = state.begin(False)
+    sys.path[0:0] = [path for path in spec.paths if path not in sys.path]  # this process is the handler's
     try:
         handler = runtime.load_handler(Path(spec.source), spec.handler, keep_imports=True)
     except runtime.HandlerLoadError as exc:
@@ -310,12 +313,13 @@ class HandlerProcess:
     """
 
     def __init__(self, context: Any, source: Path, handler: str, publishes: Sequence[str], *, keep_records: bool,
-                 environment: Mapping[str, str], load_timeout: float, file: Path, label: str) -> None:
+                 environment: Mapping[str, str], load_timeout: float, file: Path, label: str,
+                 paths: Sequence[str] = ()) -> None:
         # unnamed (nothing is left behind, whatever happens to either process); closed by close_files()
         self._mirror = tempfile.TemporaryFile(prefix="xflow-handler-", suffix=".out")  # noqa: SIM115
         self.mirror_fd = self._mirror.fileno()
         spec = ChildSpec(str(source), handler, tuple(publishes), PassedFd(self.mirror_fd), keep_records,
-                         {**os.environ, **environment}, os.getcwd())
+                         {**os.environ, **environment}, os.getcwd(), tuple(paths))
         self.conn, child_end = context.Pipe()
         self.process = context.Process(target=main, args=(child_end, spec), name=f"xflow-handler:{label}")
         #: the process has ended (its sentinel was seen); its slot replaces it

@@ -4,7 +4,10 @@ Works with every transport. Setup deploys nothing. Planning checks, without impo
 anything, that every subscribed function's source exists and defines its handler (the file is
 parsed with :mod:`ast`), so that a broken handler is reported before any event is published and
 ``setup --dry-run`` has no side effect. Handlers are imported when a worker starts. Scale out by
-starting more workers. Teardown removes the folder where workers fetch remote sources.
+starting more workers. A function's requirements (a ``requirements.txt`` beside its source, or ``requirements:``)
+are installed into an environment of its own under the state folder (:mod:`xflow.providers.local_requirements`),
+which its handler imports from. Teardown removes the folder where workers fetch remote sources, and the
+environments.
 
 The provider owns execution: :meth:`LocalFunctionProvider.runner` gives ``xflow worker``, ``xflow run`` and
 :class:`xflow.Worker` the dispatcher of :mod:`xflow.providers.dispatcher`, which runs each function's handler
@@ -58,8 +61,10 @@ class LocalFunctionProvider(FunctionProvider):
                functions: Sequence[str] | None = None) -> Runner:
         """The dispatcher that runs ``functions`` (default: all) on this machine."""
         from xflow.providers.dispatcher import LocalDispatcher
+        from xflow.providers.local_requirements import import_paths
 
         options = self.context  # typed values (Option declarations above), defaults included
+        names = list(functions) if functions else list(workflow.functions)
         return LocalDispatcher(
             workflow, transport, tracker, functions=functions, cache_dir=self.sources_folder(workflow),
             batch_size=options.option("batch_size"), backoff_seconds=options.option("backoff_seconds"),
@@ -67,6 +72,7 @@ class LocalFunctionProvider(FunctionProvider):
             unavailable_give_up_seconds=options.option("unavailable_give_up_seconds"),
             concurrency=options.option("concurrency"), isolation=options.option("isolation"),
             propagate_logs=options.option("propagate_logs"),
+            import_paths=import_paths(workflow, self.context.state_dir, [n for n in names if n in workflow.functions]),
         )
 
     def sources_folder(self, workflow: Workflow) -> Path:
@@ -84,16 +90,24 @@ class LocalFunctionProvider(FunctionProvider):
                 check_local_handler(function)
         if remote:
             check_remote_handlers(workflow, remote)
-        return []
+        from xflow.providers.local_requirements import plan_environments
+
+        return plan_environments(workflow, self.context.state_dir)  # each function's requirements, installed
 
     def plan_teardown(self, workflow: Workflow, transport: Transport, tracker: TrackerStore) -> list[Step]:
+        from xflow.providers.local_requirements import teardown_steps
+
         folder = self.sources_folder(workflow)
+        steps = teardown_steps(workflow, self.context.state_dir)
         if not folder.exists():
-            return []
-        return [Step("delete", f"source-cache:{folder}", call="local:RemoveSourceCache", params={"folder": str(folder)})]
+            return steps
+        return [Step("delete", f"source-cache:{folder}", call="local:RemoveSourceCache", params={"folder": str(folder)}),
+                *steps]
 
     def execute(self, step: Step) -> None:
-        dispatch(step, {"local:RemoveSourceCache": _remove_folder})
+        from xflow.providers.local_requirements import operations
+
+        dispatch(step, {"local:RemoveSourceCache": _remove_folder, **operations()})
 
 
 def _remove_folder(folder: str) -> None:

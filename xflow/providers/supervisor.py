@@ -45,14 +45,16 @@ import concurrent.futures
 import contextlib
 import itertools
 import logging
+import math
 import multiprocessing
 import multiprocessing.util  # noqa: F401  (imported first, so that its exit hook runs after this module's)
 import pickle
 import queue
+import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -191,16 +193,30 @@ _live_pools: weakref.WeakSet[HandlerPool] = weakref.WeakSet()
 _numbers = itertools.count(1)
 
 
+@contextlib.contextmanager
+def requirements_importable(paths: Sequence[str]) -> Iterator[None]:
+    """``paths`` in front of ``sys.path`` meanwhile (thread isolation: while a handler's module is imported)."""
+    added = [path for path in paths if path not in sys.path]
+    sys.path[0:0] = added
+    try:
+        yield
+    finally:
+        for path in added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(path)
+
+
 class HandlerPool:
     """Runs one function's handler, supervised (see the module's documentation)."""
 
     def __init__(self, source: Path, handler: str, publishes: Sequence[str], *, isolation: str = "process",
                  concurrency: int = 1, timeout: float | None = None, propagate_logs: bool = False,
                  function_name: str | None = None, environment: Mapping[str, str] | None = None,
-                 load_timeout: float = 120.0) -> None:
+                 load_timeout: float = 120.0, import_paths: Sequence[str] = ()) -> None:
         """``function_name``: named in errors; ``environment``: variables added to the handler processes'
         environment (process isolation only); ``load_timeout``: how long a handler process may take to import
-        the handler."""
+        the handler; ``import_paths``: folders the handler imports packages from (its installed requirements: in
+        front of ``sys.path`` in its processes; with thread isolation, while the handler's module is imported)."""
         if isolation not in ISOLATIONS:
             raise XflowError(f"unknown isolation {isolation!r}", f"use one of: {', '.join(ISOLATIONS)}")
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
@@ -467,13 +483,13 @@ class HandlerPool:
             done = 0
             for job, _ in calls:
                 slot.job = job
-                outcome, records = child.receive(started, self.timeout)
+                outcome, records, answered = child.receive(started, self.timeout)
                 started = time.perf_counter()
                 done += 1
                 self._measured(outcome.duration)
                 if records:
                     self._reemit(records, job.attempt)
-                if child.ended:
+                if child.ended and not answered:  # this call ended the process (or it ended before): the rest go on
                     child.stop(1.0)
                     slot.child = None  # the next call of this slot starts another process
                     if self.stopping and not outcome.ok and not (outcome.error or "").startswith("timed out"):

@@ -15,6 +15,7 @@ from xflow.core.config.cycles import warn_cycles
 from xflow.core.config.problems import MAX_WARNINGS_SHOWN, Problems, one_line
 from xflow.core.config.schema import WORKFLOW_ID, FunctionSchema
 from xflow.core.model import DEFAULT_HOP_LIMIT, Function, LoggingChoice, LogRoute, PluginChoice, Subscription, Workflow
+from xflow.core.stages import apply_stage
 
 log = logging.getLogger("xflow")
 
@@ -87,6 +88,8 @@ def build_workflow(file: Path, raw: dict[str, Any], data: dict[str, Any], proble
             bisect_on_error=_default(loaded.get("bisect_on_error"), True),
             environment=dict(environment) if isinstance(environment, dict) else {},
             concurrency=loaded.get("concurrency") if isinstance(loaded.get("concurrency"), int) else None,
+            architecture=_default(loaded.get("architecture"), _default(general.get("architecture"), "x86_64")),
+            **_requirements(file, loaded.get("requirements"), (key, index, "requirements"), problems),
         )
     subscriptions: list[Subscription] = []
     seen_events: dict[str, str] = {}
@@ -155,6 +158,8 @@ def build_workflow(file: Path, raw: dict[str, Any], data: dict[str, Any], proble
             flow=tuple(flow), general=general, aws={k: v for k, v in (data.get("aws") or {}).items() if v is not None},
             plugins=plugins, hop_limit=hop_limit, logging=_logging(data.get("logging")),
         )
+        if data.get("stage"):
+            workflow = apply_stage(workflow, data["stage"], f"stage: in {file.name}")
     return Built(workflow, functions, where_defined, plugins)
 
 
@@ -164,6 +169,21 @@ def _logging(block: Any) -> LoggingChoice:
         return LoggingChoice()
     routes = tuple(LogRoute(r["name"], dict(r.get("options") or {}), r.get("level")) for r in block.get("routes") or ())
     return LoggingChoice(routes, block.get("level") or "DEBUG", block.get("buffer") or 10_000)
+
+
+def _requirements(file: Path, value: Any, where: tuple[Any, ...], problems: Problems) -> dict[str, Any]:
+    """A function's ``requirements:`` as Function fields: its lines, or its requirements file (which must exist)."""
+    if isinstance(value, list):
+        return {"requirements": tuple(value)}
+    if not isinstance(value, str):
+        return {}
+    path = Path(os.path.expanduser(value))
+    path = path if path.is_absolute() else file.resolve().parent / path
+    if not path.is_file():
+        problems.add(where, f"requirements file {value!r} does not exist (looked for {path}; relative paths are read "
+                            "from the workflow file's folder)")
+        return {}
+    return {"requirements_file": path}
 
 
 def _load_partial(schema: Schema, spec: dict[str, Any]) -> dict[str, Any]:

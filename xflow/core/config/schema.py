@@ -9,6 +9,8 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate, validates_schema
 
+from xflow.core.stages import STAGE_NAME, STAGE_RULE
+
 MAX_HOP_LIMIT = 1_000_000
 #: the most handler calls of one function a worker runs at once (``concurrency:``)
 MAX_CONCURRENCY = 1024
@@ -38,6 +40,26 @@ class WholeNumber(fields.Integer):
         return value
 
 
+class Requirements(fields.Field):
+    """A function's ``requirements:``: a list of requirement lines (as in a requirements file), or the path of a
+    requirements file (read from the workflow file's folder)."""
+
+    default_error_messages = {"invalid": "must be a list of requirements (e.g. ['requests==2.32.3']) or the path of a "
+                                         "requirements file"}
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, str) and value.strip():
+            return value
+        if isinstance(value, list) and all(isinstance(line, str) and line.strip() for line in value):
+            return [line.strip() for line in value]
+        raise self.make_error("invalid")
+
+
+#: the processors a function may ask for (``architecture:``), as AWS Lambda names them
+ARCHITECTURES = ("x86_64", "arm64")
+architecture = validate.OneOf(ARCHITECTURES, error="{input!r} is not an architecture: x86_64 or arm64")
+
+
 class _Strict(Schema):
     class Meta:
         unknown = RAISE
@@ -60,6 +82,8 @@ class FunctionSchema(_Strict):
     bisect_on_error = fields.Bool(load_default=True)
     environment = fields.Dict(keys=fields.Str(), values=fields.Str(), load_default=dict)
     concurrency = WholeNumber(load_default=None, allow_none=True, validate=validate.Range(1, MAX_CONCURRENCY))
+    architecture = fields.Str(load_default=None, allow_none=True, validate=architecture)
+    requirements = Requirements(load_default=None, allow_none=True)
 
 
 class SubscriptionSchema(_Strict):
@@ -87,6 +111,7 @@ class GeneralSchema(_Strict):
     retries = WholeNumber(allow_none=True, validate=validate.Range(0, 100))
     runtime = fields.Str(allow_none=True, validate=validate.Length(min=1, error="must not be empty"))
     hop_limit = WholeNumber(allow_none=True, validate=validate.Range(1, MAX_HOP_LIMIT))
+    architecture = fields.Str(allow_none=True, validate=architecture)
 
 
 class AwsSchema(_Strict):
@@ -146,6 +171,8 @@ class LoggingSchema(_Strict):
 
 class WorkflowSchema(_Strict):
     workflow_id = fields.Str(validate=validate.Regexp(WORKFLOW_ID, error="{input!r} is not a valid workflow id"))
+    stage = fields.Str(allow_none=True, validate=validate.Regexp(STAGE_NAME, error=f"{{input!r}} is not a valid stage "
+                                                                                f"name: {STAGE_RULE}"))
     description = fields.Str()
     general = fields.Nested(GeneralSchema, load_default=dict)
     aws = fields.Nested(AwsSchema, load_default=dict, allow_none=True)

@@ -87,7 +87,8 @@ class Emulator:
         self.aws = aws
         self.echo = echo or (lambda line: None)
         #: the deployed functions to run: the workflow's and its tracker, unless given
-        self.function_names = functions or [*workflow.functions, tracker_function_name(workflow.id)]
+        self.function_names = functions or [*map(workflow.resource_name, workflow.functions),
+                                            tracker_function_name(workflow.id)]
         self.functions: dict[str, DeployedFunction] = {}
         self.mappings: list[dict[str, Any]] = []
         self.cursors: dict[tuple[str, str], ShardCursor] = {}

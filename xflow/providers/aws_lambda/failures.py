@@ -241,7 +241,7 @@ def collect_failures(aws: AwsSession, workflow: Workflow, transport: Transport, 
             if batch is None:
                 log.warning("%s: a message that is not a Kinesis failure record is removed: %.200s", queue.name,
                             message.get("Body", ""))
-            elif batch.function not in workflow.functions:
+            elif batch.function not in set(map(workflow.resource_name, workflow.functions)):  # Lambda's names
                 log.warning("%s: a failure record of %s, not a function of workflow %s, is removed", queue.name,
                             batch.function, workflow.id)
             else:
@@ -266,6 +266,9 @@ def record_failed_batch(aws: AwsSession, workflow: Workflow, tracker: TrackerSto
         log.warning("%s: the batch %s..%s of %s/%s that %s failed on is no longer in the stream; nothing recorded",
                     workflow.id, batch.start_sequence, batch.end_sequence, batch.stream, batch.shard_id, batch.function)
         return 0
+    # the function as the workflow names it (its Lambda function's name has the stage's suffix)
+    function = next((name for name in workflow.functions if workflow.resource_name(name) == batch.function),
+                    batch.function)
     decoded = []
     for record in records:
         try:
@@ -283,7 +286,7 @@ def record_failed_batch(aws: AwsSession, workflow: Workflow, tracker: TrackerSto
         if event.execution_id not in histories:
             known: dict[str, list[DeliveryRecord]] = {}
             for delivery in tracker.history(event.execution_id).deliveries:
-                if delivery.function == batch.function:
+                if delivery.function == function:
                     known.setdefault(delivery.event_id, []).append(delivery)
             histories[event.execution_id] = known
         earlier = histories[event.execution_id].get(event.event_id, [])
@@ -294,7 +297,7 @@ def record_failed_batch(aws: AwsSession, workflow: Workflow, tracker: TrackerSto
             if attempt in have:
                 continue
             last = attempt == batch.invoke_count
-            deliveries.append(DeliveryRecord(event.execution_id, event.event_id, event_name, batch.function, attempt,
+            deliveries.append(DeliveryRecord(event.execution_id, event.event_id, event_name, function, attempt,
                                              "failed" if last else "retrying",
                                              batch.timestamp - (batch.invoke_count - attempt) / 1000, 0.0, reason,
                                              tuple(lines) if last else ()))

@@ -2,9 +2,12 @@
 
 A zip holds :mod:`xflow.providers.aws_lambda.shim` as ``lambda_shim.py``, a copy of :mod:`xflow.core.runtime` as
 ``xflow_runtime.py``, the function's manifest ``xflow_function.json`` (what it is: workflow, mode, handler, the
-streams it publishes to...) and, for a user function, its code under ``function/``. The zip is deterministic
-(sorted names, fixed dates and modes), so equal code has an equal hash and planning compares hashes with Lambda's
-``CodeSha256`` without uploading anything.
+events it may publish...), for a user function its code under ``function/`` and the packages its requirements name
+(installed by pip for its runtime and architecture, or held by a shared layer). The zip is deterministic (sorted
+names, fixed dates and modes), so equal code has an equal hash and planning compares hashes with Lambda's
+``CodeSha256`` without uploading anything. Nothing in it depends on the stage: what does (the deployment's workflow
+id, stream names, the tracker's log group) is in the function's environment, ``XFLOW_DEPLOYMENT``, so one package
+deploys the same bytes to every stage.
 
 Planning builds the zips in memory (sources are fetched into a temporary folder that is removed) and writes nothing.
 A step names a zip by its manifest, SHA-256 and size (:meth:`FunctionSpec.artifact`); the step's executor gets the
@@ -37,6 +40,8 @@ SHIM_HANDLER = "lambda_shim.handle"
 TRACKER_HANDLER = "lambda_shim.track"
 #: the variable that marks a Lambda function as one of a workflow's
 ENV_WORKFLOW = "XFLOW_WORKFLOW_ID"
+#: the variable that holds a function's stage-dependent names (:func:`deployment_environment`)
+ENV_DEPLOYMENT = "XFLOW_DEPLOYMENT"
 ARTIFACTS = "lambda-artifacts"
 MANIFEST = "xflow_function.json"
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -58,33 +63,44 @@ def artifact_path(state_dir: Path, sha: str) -> Path:
 
 
 class _ZipBuilder:
-    """A deterministic zip: sorted names, fixed dates and modes, so equal code has an equal hash."""
+    """A deterministic zip: sorted names, fixed dates (1980-01-01), modes 0644 (0755 for files executable by their
+    owner) and creator system, so equal code has an equal hash whatever the files' times, the umask or the machine."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
+        self.executable: set[str] = set()
 
-    def add(self, name: str, data: bytes) -> None:
+    def add(self, name: str, data: bytes, executable: bool = False) -> None:
         self.files[name] = data
+        if executable:
+            self.executable.add(name)
+        else:
+            self.executable.discard(name)
 
     def add_tree(self, source: Path, prefix: str) -> None:
         if source.is_file():
-            self.add(f"{prefix}/{source.name}", source.read_bytes())
+            self.add(f"{prefix}/{source.name}", source.read_bytes(), _is_executable(source))
             return
         from xflow.sources.resolve import source_files  # refuses links that leave the folder, names them
 
         for rel, path in source_files(source, f"source {str(source)!r}", skip=EXCLUDED_PARTS):
             if rel.suffix != ".pyc":
-                self.add(f"{prefix}/{rel.as_posix()}", path.read_bytes())
+                self.add(f"{prefix}/{rel.as_posix()}", path.read_bytes(), _is_executable(path))
 
     def build(self) -> bytes:
         out = io.BytesIO()
         with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
             for name in sorted(self.files):
                 info = zipfile.ZipInfo(name, ZIP_DATE)
-                info.external_attr = 0o644 << 16
+                info.create_system = 3  # Unix, on every platform (it says how to read the modes)
+                info.external_attr = (0o755 if name in self.executable else 0o644) << 16
                 info.compress_type = zipfile.ZIP_DEFLATED
                 archive.writestr(info, self.files[name])
         return out.getvalue()
+
+
+def _is_executable(path: Path) -> bool:
+    return bool(path.stat().st_mode & 0o100)
 
 
 def shim_files() -> dict[str, bytes]:
@@ -96,32 +112,56 @@ def shim_files() -> dict[str, bytes]:
     }
 
 
-def function_manifest(workflow: Workflow, streams: Mapping[str, str], function: Function) -> dict[str, Any]:
-    """A user function's manifest (``source``, where its code lies in the zip, is filled in when it is packaged)."""
-    return {"workflow_id": workflow.id, "function": function.name, "mode": "function",
-            "handler": function.handler, "source": "", "publishes": list(function.publishes),
-            "streams": dict(streams), "retries": function.retries, "hop_limit": hop_limit(workflow)}
+def function_manifest(workflow: Workflow, function: Function) -> dict[str, Any]:
+    """A user function's manifest: the same for every stage (``source``, where its code lies in the zip, and
+    ``requirements`` are filled in when it is packaged)."""
+    manifest = {"workflow_id": workflow.unstaged_id, "function": function.name, "mode": "function",
+                "handler": function.handler, "source": "", "publishes": list(function.publishes),
+                "events": list(workflow.events), "retries": function.retries, "hop_limit": hop_limit(workflow)}
+    if function.architecture != "x86_64":
+        manifest["architecture"] = function.architecture
+    return manifest
 
 
-def tracker_manifest(workflow: Workflow, streams: Mapping[str, str], log_group: str) -> dict[str, Any]:
-    """The manifest of ``tracker_<workflow_id>``, which writes every event to the tracker's log group."""
-    return {"workflow_id": workflow.id, "function": tracker_function_name(workflow.id), "mode": "tracker",
-            "streams": dict(streams), "log_group": log_group}
+def tracker_manifest(workflow: Workflow) -> dict[str, Any]:
+    """The manifest of ``tracker_<workflow_id>``, which writes every event to the tracker's log group (where, and the
+    deployment's names, come with the function's environment: :func:`deployment_environment`)."""
+    return {"workflow_id": workflow.unstaged_id, "function": tracker_function_name(workflow.unstaged_id),
+            "mode": "tracker", "events": list(workflow.events)}
 
 
-def build_zip(workflow: Workflow, manifest: Mapping[str, Any], aws: AwsSession | None, workdir: Path) -> tuple[
-        bytes, dict[str, Any]]:
+def deployment_environment(workflow: Workflow, streams: Mapping[str, str], log_group: str | None = None,
+                           function: str | None = None) -> str:
+    """The value of :data:`ENV_DEPLOYMENT`: what differs between stages, which the shim reads over the zip's manifest
+    (the deployment's workflow id, its streams as a common prefix when they have one, the tracker's log group and
+    function name). Keeping it out of the zip gives every stage the same bytes."""
+    data: dict[str, Any] = {"workflow_id": workflow.id}
+    prefixes = {name[: len(name) - len(event)] for event, name in streams.items() if name.endswith(event)}
+    if len(prefixes) == 1 and all(name.endswith(event) for event, name in streams.items()):
+        data["stream_prefix"] = prefixes.pop()
+    else:
+        data["streams"] = dict(streams)
+    if log_group is not None:
+        data["log_group"] = log_group
+    if function is not None:
+        data["function"] = function
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def build_zip(workflow: Workflow, manifest: Mapping[str, Any], aws: AwsSession | None, workdir: Path, *,
+              layered: frozenset[str] = frozenset()) -> tuple[bytes, dict[str, Any]]:
     """The zip of the function ``manifest`` describes, and the manifest as packaged.
 
     A user function's source is fetched under ``workdir`` (the caller removes it) and its handler checked without
-    importing it."""
+    importing it. Its requirements (:mod:`xflow.sources.requirements`) are installed with pip under ``workdir`` for its
+    runtime and architecture, into the zip's root, unless their key is in ``layered`` (or the manifest says they are
+    in a layer): a shared layer holds them."""
     from xflow.sources.fetch import fetch_source
+    from xflow.sources.requirements import install, lambda_target, packaged_files, requirements_of
     from xflow.sources.resolve import check_handler
 
     packaged = dict(manifest)
     builder = _ZipBuilder()
-    for name, data in shim_files().items():
-        builder.add(name, data)
     if packaged.get("mode") == "function":
         function = workflow.functions.get(str(packaged.get("function")))
         if function is None:
@@ -130,6 +170,22 @@ def build_zip(workflow: Workflow, manifest: Mapping[str, Any], aws: AwsSession |
         check_handler(function, source)
         packaged["source"] = f"function/{source.name}" if source.is_file() else "function"
         builder.add_tree(source, "function")
+        wanted = requirements_of(function, source, workflow.path.parent)
+        if wanted is None:
+            packaged.pop("requirements", None)
+        else:
+            key = wanted.key(lambda_target(function.runtime, function.architecture))
+            known = packaged.get("requirements")
+            where = known.get("where") if isinstance(known, dict) and known.get("key") == key else None
+            where = where or ("layer" if key in layered else "zip")
+            packaged["requirements"] = {"key": key, "where": where}
+            if where == "zip":
+                target = workdir / f"requirements-{key[:12]}"
+                install(wanted, target, runtime=function.runtime, architecture=function.architecture)
+                for name, data, executable in packaged_files(target):
+                    builder.add(name, data, executable)
+    for name, data in shim_files().items():  # after the requirements: xflow's own files win a clash of names
+        builder.add(name, data)
     builder.add(MANIFEST, json.dumps(packaged, sort_keys=True, indent=1).encode())
     return builder.build(), packaged
 
@@ -149,6 +205,9 @@ class FunctionSpec:
     sha: str = ""
     #: what the zip holds (``xflow_function.json``)
     manifest: dict[str, Any] = field(default_factory=dict)
+    architecture: str = "x86_64"
+    #: the shared layers (their artifacts' names: requirement keys) whose packages it imports
+    layers: tuple[str, ...] = ()
 
     def configuration(self, role_arn: str) -> dict[str, Any]:
         return {"Runtime": self.runtime, "Handler": self.handler, "Timeout": self.timeout,
@@ -161,33 +220,122 @@ class FunctionSpec:
                 "Manifest": self.manifest}
 
 
-class Packager:
-    """Builds the zips: all of a workflow's for planning, one again for a step (from memory when planned here)."""
+@dataclass(frozen=True)
+class Artifact:
+    """One zip of a workflow's deployment, the same for every stage: a function's (``name``: its name in the file),
+    the tracker function's (``tracker``) or a shared layer's (``name``: the key of the requirements it holds)."""
 
-    def __init__(self, aws: AwsSession | None) -> None:
+    kind: str
+    name: str
+    data: bytes = field(repr=False)
+    #: the zip's ``xflow_function.json`` (a layer's: what it holds, and for which functions)
+    manifest: Mapping[str, Any]
+    runtime: str = "python3.12"
+    architecture: str = "x86_64"
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+def build_artifacts(workflow: Workflow, aws: AwsSession | None, shared_layers: bool = False) -> list[Artifact]:
+    """Every zip of the workflow: the functions', the tracker function's, and (``shared_layers``) one layer per set of
+    requirements that several functions of one runtime and architecture share. No backend is touched; sources are
+    fetched into a temporary folder that is removed."""
+    from xflow.sources.fetch import fetch_source
+    from xflow.sources.requirements import install, lambda_target, packaged_files, requirements_of
+
+    artifacts: list[Artifact] = []
+    layered: dict[str, list[Function]] = {}
+    with tempfile.TemporaryDirectory(prefix="xflow-src-") as tmp:
+        if shared_layers:
+            found: dict[str, list[tuple[Function, Any]]] = {}
+            for index, function in enumerate(workflow.functions.values()):
+                wanted = requirements_of(function, fetch_source(function, Path(tmp) / f"probe{index}", aws),
+                                         workflow.path.parent)
+                if wanted is not None:
+                    key = wanted.key(lambda_target(function.runtime, function.architecture))
+                    found.setdefault(key, []).append((function, wanted))
+            for key, users in sorted(found.items()):
+                if len(users) < 2:
+                    continue
+                first, wanted = users[0]
+                layered[key] = [function for function, _ in users]
+                target = Path(tmp) / f"layer-{key[:12]}"
+                install(wanted, target, runtime=first.runtime, architecture=first.architecture)
+                builder = _ZipBuilder()
+                for name, data, executable in packaged_files(target):
+                    builder.add(f"python/{name}", data, executable)
+                manifest = {"kind": "layer", "key": key, "runtime": first.runtime, "architecture": first.architecture,
+                            "requirements": list(wanted.lines), "functions": sorted(f.name for f in layered[key])}
+                builder.add("python/xflow_layer.json", json.dumps(manifest, sort_keys=True, indent=1).encode())
+                artifacts.append(Artifact("layer", key, builder.build(), manifest, first.runtime, first.architecture))
+        for index, function in enumerate(workflow.functions.values()):
+            data, manifest = build_zip(workflow, function_manifest(workflow, function), aws, Path(tmp) / str(index),
+                                       layered=frozenset(layered))
+            artifacts.append(Artifact("function", function.name, data, manifest, function.runtime,
+                                      function.architecture))
+        data, manifest = build_zip(workflow, tracker_manifest(workflow), aws, Path(tmp))
+    artifacts.append(Artifact("tracker", "tracker", data, manifest))
+    return artifacts
+
+
+class Packager:
+    """Builds the zips: all of a workflow's for planning, one again for a step (from memory when planned here).
+
+    ``shared_layers``: requirements that several functions share go into one Lambda layer. ``package``: the artifacts
+    of a package (``xflow package``, ``setup --from``), deployed instead of building them."""
+
+    def __init__(self, aws: AwsSession | None, shared_layers: bool = False) -> None:
         self.aws = aws
+        self.shared_layers = shared_layers
+        self.package: list[Artifact] | None = None
         #: zips built in this process, by SHA-256 (hex): planning's, handed to the steps that deploy them
         self._built: dict[str, bytes] = {}
+        #: the shared layers of the last plan
+        self.layers: list[Artifact] = []
+
+    def artifacts(self, workflow: Workflow) -> list[Artifact]:
+        """The package's artifacts when one is used, else the workflow's, built now."""
+        return list(self.package) if self.package is not None else build_artifacts(workflow, self.aws,
+                                                                                    self.shared_layers)
 
     def desired_functions(self, workflow: Workflow, streams: Mapping[str, str], log_group: str) -> list[FunctionSpec]:
-        """Every function of the workflow and ``tracker_<workflow_id>``, each with its zip built in memory."""
+        """Every function of the workflow and ``tracker_<workflow_id>``, each with its zip (built in memory, or the
+        package's) and its stage's names in its environment (:data:`ENV_DEPLOYMENT`)."""
+        artifacts = self.artifacts(workflow)
+        by_name = {(a.kind, a.name): a for a in artifacts}
+        self.layers = [a for a in artifacts if a.kind == "layer"]
+        if self.layers:
+            raise XflowError("this package holds shared layers (xflow package --shared-layers), which setup does not "
+                             "deploy yet", "package without --shared-layers: each function's zip then holds its "
+                             "requirements")
         specs: list[FunctionSpec] = []
-        with tempfile.TemporaryDirectory(prefix="xflow-src-") as tmp:
-            for index, function in enumerate(workflow.functions.values()):
-                data, manifest = build_zip(workflow, function_manifest(workflow, streams, function), self.aws,
-                                           Path(tmp) / str(index))
-                env = {str(k): str(v) for k, v in function.environment.items()}
-                env[ENV_WORKFLOW] = workflow.id
-                specs.append(FunctionSpec(function.name, SHIM_HANDLER, function.runtime,
-                                          max(1, min(900, math.ceil(function.timeout))), function.memory,
-                                          (function.description or "")[:256], env, data, manifest=manifest))
-            data, manifest = build_zip(workflow, tracker_manifest(workflow, streams, log_group), self.aws, Path(tmp))
-        specs.append(FunctionSpec(tracker_function_name(workflow.id), TRACKER_HANDLER, "python3.12", 60, 128,
-                                  f"xflow tracker of workflow {workflow.id}", {ENV_WORKFLOW: workflow.id}, data,
-                                  manifest=manifest))
+        deployment = deployment_environment(workflow, streams)
+        for function in workflow.functions.values():
+            artifact = by_name[("function", function.name)]
+            env = {str(k): str(v) for k, v in function.environment.items()}
+            env[ENV_WORKFLOW] = workflow.id
+            env[ENV_DEPLOYMENT] = deployment
+            needs = artifact.manifest.get("requirements")
+            layers = (str(needs["key"]),) if isinstance(needs, dict) and needs.get("where") == "layer" else ()
+            specs.append(FunctionSpec(workflow.resource_name(function.name), SHIM_HANDLER, function.runtime,
+                                      max(1, min(900, math.ceil(function.timeout))), function.memory,
+                                      (function.description or "")[:256], env, artifact.data,
+                                      manifest=dict(artifact.manifest), architecture=function.architecture,
+                                      layers=layers))
+        tracker = by_name[("tracker", "tracker")]
+        name = tracker_function_name(workflow.id)
+        specs.append(FunctionSpec(name, TRACKER_HANDLER, "python3.12", 60, 128,
+                                  f"xflow tracker of workflow {workflow.id}",
+                                  {ENV_WORKFLOW: workflow.id,
+                                   ENV_DEPLOYMENT: deployment_environment(workflow, streams, log_group, name)},
+                                  tracker.data, manifest=dict(tracker.manifest)))
         for spec in specs:
             spec.sha = code_sha256(spec.zip_bytes)
             self._built[hashlib.sha256(spec.zip_bytes).hexdigest()] = spec.zip_bytes
+        for layer in self.layers:
+            self._built[layer.sha256] = layer.data
         return specs
 
     def zip_for(self, workflow: Workflow | None, artifact: Mapping[str, Any]) -> bytes:
@@ -196,6 +344,8 @@ class Packager:
         A zip built again must have the planned SHA-256: code that changed since the plan is an XflowError."""
         wanted = str(artifact.get("Sha256", ""))
         data = self._built.get(wanted)
+        if data is None and self.package is not None:
+            data = next((a.data for a in self.package if a.sha256 == wanted), None)
         if data is not None:
             return data
         manifest = artifact.get("Manifest") or {}

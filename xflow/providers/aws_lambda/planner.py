@@ -28,6 +28,7 @@ from xflow.providers.aws_lambda.mappings import (
     desired_mappings,
     plan_mappings,
 )
+from xflow.providers.aws_lambda.monitoring import AwsMonitoring, tracing_statements
 from xflow.providers.aws_lambda.packaging import (
     ARTIFACTS,
     ENV_WORKFLOW,
@@ -37,7 +38,6 @@ from xflow.providers.aws_lambda.packaging import (
     artifacts_of,
     tracker_function_name,
 )
-from xflow.providers.aws_lambda.monitoring import AwsMonitoring, tracing_statements
 from xflow.providers.aws_lambda.subscriptions import LogSubscriptions
 
 if TYPE_CHECKING:
@@ -222,7 +222,8 @@ class Planner:
             return [Step("create", resource, detail=f"{len(spec.zip_bytes)} bytes, {spec.runtime}",
                          call="lambda:CreateFunction",
                          params={"FunctionName": spec.name, **wanted, "Code": {"ZipFile": spec.artifact()},
-                                 "Publish": False, "Tags": {TAG_KEY: self.workflow_id}, "PackageType": "Zip"},
+                                 "Publish": False, "Tags": {TAG_KEY: self.workflow_id}, "PackageType": "Zip",
+                                 **_architectures(spec)},
                          depends_on=(self.role.resource,))]
         owner = ((current.get("Environment") or {}).get("Variables") or {}).get(ENV_WORKFLOW)
         if owner != self.workflow_id:
@@ -232,7 +233,8 @@ class Planner:
         steps = []
         if current.get("CodeSha256") != spec.sha:
             steps.append(Step("update", f"function-code:{spec.name}", call="lambda:UpdateFunctionCode",
-                              params={"FunctionName": spec.name, "ZipFile": spec.artifact(), "Publish": False},
+                              params={"FunctionName": spec.name, "ZipFile": spec.artifact(), "Publish": False,
+                                      **_architectures(spec, current)},
                               depends_on=(resource,)))
         elif not artifact_path(self.state_dir, spec.sha).exists():  # deployed from another state folder
             steps.append(Step("create", f"artifact:{spec.name}",
@@ -251,14 +253,14 @@ class Planner:
         names = sorted(deployed)
         tracking = tracker.lambda_tracking_target() if tracker is not None else None
         groups = [str(tracking["log_group"])] if tracking and tracking.get("log_group") else []
-        groups += [function_log_group(n) for n in sorted(set(names) | set(workflow.functions)
+        groups += [function_log_group(n) for n in sorted(set(names) | set(map(workflow.resource_name, workflow.functions))
                                                            | {tracker_function_name(workflow.id)})]
         steps: list[Step] = self.monitoring.plan_teardown() + self.subscriptions.plan_teardown(groups, workflow)
         for name in names:
             steps += [delete_mapping_step(mapping) for mapping in self.mappings.of(name)]
         steps += [Step("delete", f"function:{name}", call="lambda:DeleteFunction", params={"FunctionName": name})
                   for name in names]
-        candidates = set(names) | set(workflow.functions) | {tracker_function_name(workflow.id)}
+        candidates = set(names) | set(map(workflow.resource_name, workflow.functions)) | {tracker_function_name(workflow.id)}
         for group in (function_log_group(name) for name in sorted(candidates)):
             if self.log_group_retention(group) is not False and self.group_is_ours(group):
                 steps.append(Step("delete", f"log-group:{group}", call="logs:DeleteLogGroup",
@@ -280,6 +282,14 @@ class Planner:
             steps.append(Step("delete", f"file:{positions}", detail="xflow emulate's stream positions",
                               call="xflow:DeleteFiles", params={"Paths": [str(positions)]}))
         return steps
+
+
+def _architectures(spec: FunctionSpec, current: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``Architectures`` for CreateFunction and UpdateFunctionCode (the only calls that set it): given when the function
+    is not to run on x86_64 (the default), or when it runs on another architecture now."""
+    if spec.architecture == "x86_64" and (current is None or (current.get("Architectures") or ["x86_64"]) == ["x86_64"]):
+        return {}
+    return {"Architectures": [spec.architecture]}
 
 
 def _config_value(current: Mapping[str, Any], key: str) -> Any:

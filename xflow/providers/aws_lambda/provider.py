@@ -85,6 +85,13 @@ class LambdaProvider(FunctionProvider):
     def plan_teardown(self, workflow: Workflow, transport: Transport, tracker: TrackerStore) -> list[Step]:
         return self.planner.plan_teardown(workflow)
 
+    def use_package(self, workflow: Workflow, folder: Path) -> None:
+        """Deploy the artifacts of the package in ``folder`` (``xflow package``; ``setup --from``) instead of building
+        them: checked against ``workflow`` first (:func:`~xflow.providers.aws_lambda.artifacts.read_package`)."""
+        from xflow.providers.aws_lambda.artifacts import read_package
+
+        self.packager.package = read_package(workflow, folder)
+
     def desired_functions(self, workflow: Workflow, transport: Transport, tracker: TrackerStore) -> list[FunctionSpec]:
         """Every function with its zip, built in memory (what setup would deploy)."""
         return self.planner.desired_functions(workflow, transport, str(self.planner.tracking(tracker)["log_group"]))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -43,15 +44,23 @@ else:
     import xflow_runtime as runtime  # (the copy of xflow/core/runtime.py next to this file)
 
 CONFIG_FILE = "xflow_function.json"
+DEPLOYMENT_VARIABLE = "XFLOW_DEPLOYMENT"
 MAX_LINE_CHARS = 200_000
 _config: dict[str, Any] | None = None
 _clients: dict[str, Any] = {}
 
 
 def config() -> dict[str, Any]:
+    """``xflow_function.json`` with the deployment's names over it (``XFLOW_DEPLOYMENT``: the stage's workflow id, its
+    streams or their common prefix, the tracker's log group), so that every stage runs the same zip."""
     global _config
     if _config is None:
-        _config = json.loads((HERE / CONFIG_FILE).read_text(encoding="utf-8"))
+        loaded = json.loads((HERE / CONFIG_FILE).read_text(encoding="utf-8"))
+        loaded.update(json.loads(os.environ.get(DEPLOYMENT_VARIABLE) or "{}"))
+        if "streams" not in loaded:
+            prefix = loaded.get("stream_prefix", f"{loaded['workflow_id']}-")
+            loaded["streams"] = {event: prefix + event for event in loaded.get("events", [])}
+        _config = loaded
     return _config
 
 
@@ -104,7 +113,7 @@ def kinesis_records(event: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def _earlier_failures(function: str, execution_id: str, event_id: str, since: float) -> int:
     """How many failed attempts this function already logged for this event since it was published (best effort)."""
-    group = f"/aws/lambda/{function}"
+    group = f"/aws/lambda/{os.environ.get('AWS_LAMBDA_FUNCTION_NAME') or function}"  # a stage's name differs
     count = 0
     try:
         paginator = client("logs").get_paginator("filter_log_events")

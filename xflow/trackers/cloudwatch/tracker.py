@@ -322,7 +322,9 @@ class CloudWatchTracker(TrackerStore):
 
     def _functions(self) -> Iterable[str]:
         workflow = self.context.workflow
-        return list(workflow.functions) if workflow is not None and self.function_logs else []
+        # each function's Lambda name (its own, or with the stage's suffix): its log group is /aws/lambda/<that>
+        return [workflow.resource_name(f) for f in workflow.functions] if workflow is not None and self.function_logs \
+            else []
 
     def history(self, execution_id: str) -> ExecutionHistory:
         return read_history(self.logs, self.log_group, execution_id, self.workflow_id, self._functions())
