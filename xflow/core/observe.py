@@ -51,9 +51,11 @@ class Observer:
     def in_flight(self, workflow_id: str, function: str, count: int) -> None:
         """``function`` now has ``count`` handler calls started and not finished, in this runner."""
 
-    def attempts(self, workflow_id: str, records: Sequence[DeliveryRecord]) -> None:
+    def attempts(self, workflow_id: str, records: Sequence[DeliveryRecord],
+                 traces: Sequence[str | None] | None = None) -> None:
         """These delivery attempts were settled and recorded: their outcomes, each with the lines its handler logged
-        and printed (log routes, :mod:`xflow.logs`, send them on). Called once per settled batch."""
+        and printed (log routes, :mod:`xflow.logs`, send them on). ``traces``, when given, holds each attempt's event's
+        W3C ``traceparent`` (None where it had none). Called once per settled batch."""
 
 
 class Several(Observer):
@@ -78,9 +80,10 @@ class Several(Observer):
         for observer in self.observers:
             observer.in_flight(workflow_id, function, count)
 
-    def attempts(self, workflow_id: str, records: Sequence[DeliveryRecord]) -> None:
+    def attempts(self, workflow_id: str, records: Sequence[DeliveryRecord],
+                 traces: Sequence[str | None] | None = None) -> None:
         for observer in self.observers:
-            observer.attempts(workflow_id, records)
+            observer.attempts(workflow_id, records, traces)
 
 
 _lock = threading.Lock()

@@ -21,6 +21,7 @@ from typing import Any
 from xflow.core.observe import Observer
 from xflow.logs.destination import DeliveryRefused, LogDestination
 from xflow.logs.records import LEVEL_NUMBERS, LogRecord, records_of
+from xflow.monitoring.tracing import trace_id
 
 log = logging.getLogger("xflow")
 
@@ -228,12 +229,13 @@ class LogRouter(Observer):
         self.routes = list(routes)
         self.workflow = workflow
 
-    def attempts(self, workflow_id: str, records: Sequence[Any]) -> None:
+    def attempts(self, workflow_id: str, records: Sequence[Any], traces: Sequence[str | None] | None = None) -> None:
         if self.workflow is not None and workflow_id != self.workflow:
             return
         found: list[LogRecord] = []
-        for delivery in records:
-            found.extend(records_of(workflow_id, delivery))
+        for index, delivery in enumerate(records):
+            parent = traces[index] if traces is not None and index < len(traces) else None
+            found.extend(records_of(workflow_id, delivery, trace_id(parent) if parent else None))
         self.emit(found)
 
     def emit(self, records: Sequence[LogRecord]) -> None:

@@ -146,7 +146,10 @@ class Routing:
                 return
             del _running[self.workflow_id]
         observe.remove(self.router)
-        self.router.close() if timeout is None else self.router.close(timeout)
+        if timeout is None:
+            self.router.close()
+        else:
+            self.router.close(timeout)
 
 
 def start_routing(engine: Engine) -> Routing | None:
