@@ -81,6 +81,30 @@ class LoggingChoice:
 
 
 @dataclass(frozen=True)
+class MonitoringChoice:
+    """The ``monitoring:`` block: what setup makes on AWS to watch the functions (the lambda provider): CloudWatch
+    alarms that notify an SNS topic, and a dashboard. A threshold of None leaves its alarm out."""
+
+    #: a function's alarm on ``Errors`` (sum per period) at or above this
+    errors: int | None = 1
+    #: a function's alarm on ``Throttles`` (sum per period) at or above this
+    throttles: int | None = 1
+    #: a function's alarm on ``IteratorAge`` (its maximum, in seconds) at or above this
+    iterator_age: float | None = 60.0
+    #: the alarm on the on-failure queue's depth (messages visible) at or above this
+    dead_letters: int | None = 1
+    #: seconds each alarm's statistic covers, and how many periods in a row must breach
+    period: int = 60
+    evaluation_periods: int = 1
+    #: addresses subscribed to the topic setup makes
+    email: tuple[str, ...] = ()
+    #: an existing topic to notify instead (setup makes none)
+    sns_topic_arn: str | None = None
+    #: one CloudWatch dashboard for the workflow
+    dashboard: bool = True
+
+
+@dataclass(frozen=True)
 class Workflow:
     id: str
     path: Path
@@ -96,6 +120,8 @@ class Workflow:
     hop_limit: int = DEFAULT_HOP_LIMIT
     #: the ``logging:`` block (no routes when absent)
     logging: LoggingChoice = field(default_factory=LoggingChoice)
+    #: the ``monitoring:`` block (None when absent: setup makes no alarms, topic or dashboard)
+    monitoring: MonitoringChoice | None = None
     #: the stage deployed (``stage:`` in the file, or ``--stage``); ``id`` is then ``<workflow_id>-<stage>``, the id
     #: every name the deployment owns derives from (:mod:`xflow.core.stages`). None: no stage, the plain names
     stage: str | None = None

@@ -14,7 +14,16 @@ from marshmallow import Schema, ValidationError
 from xflow.core.config.cycles import warn_cycles
 from xflow.core.config.problems import MAX_WARNINGS_SHOWN, Problems, one_line
 from xflow.core.config.schema import WORKFLOW_ID, FunctionSchema
-from xflow.core.model import DEFAULT_HOP_LIMIT, Function, LoggingChoice, LogRoute, PluginChoice, Subscription, Workflow
+from xflow.core.model import (
+    DEFAULT_HOP_LIMIT,
+    Function,
+    LoggingChoice,
+    LogRoute,
+    MonitoringChoice,
+    PluginChoice,
+    Subscription,
+    Workflow,
+)
 from xflow.core.stages import apply_stage
 
 log = logging.getLogger("xflow")
@@ -157,6 +166,7 @@ def build_workflow(file: Path, raw: dict[str, Any], data: dict[str, Any], proble
             id=workflow_id, path=file.resolve(), functions=functions, subscriptions=tuple(subscriptions),
             flow=tuple(flow), general=general, aws={k: v for k, v in (data.get("aws") or {}).items() if v is not None},
             plugins=plugins, hop_limit=hop_limit, logging=_logging(data.get("logging")),
+            monitoring=_monitoring(raw, data.get("monitoring")),
         )
         if data.get("stage"):
             workflow = apply_stage(workflow, data["stage"], f"stage: in {file.name}")
@@ -169,6 +179,15 @@ def _logging(block: Any) -> LoggingChoice:
         return LoggingChoice()
     routes = tuple(LogRoute(r["name"], dict(r.get("options") or {}), r.get("level")) for r in block.get("routes") or ())
     return LoggingChoice(routes, block.get("level") or "DEBUG", block.get("buffer") or 10_000)
+
+
+def _monitoring(raw: dict[str, Any], block: Any) -> MonitoringChoice | None:
+    """The ``monitoring:`` block as loaded (a bare ``monitoring:`` takes every default); None when the file has none."""
+    if "monitoring" not in raw:
+        return None
+    given: dict[str, Any] = {k: (tuple(v) if k == "email" else v)
+                             for k, v in (block if isinstance(block, dict) else {}).items()}
+    return MonitoringChoice(**given)
 
 
 def _requirements(file: Path, value: Any, where: tuple[Any, ...], problems: Problems) -> dict[str, Any]:

@@ -169,6 +169,60 @@ class LoggingSchema(_Strict):
         return _upper_level(data)
 
 
+class MonitoringSchema(_Strict):
+    """``monitoring:``: alarm thresholds (null leaves that alarm out), where alarms notify, the dashboard (defaults in
+    :class:`xflow.core.model.MonitoringChoice`)."""
+
+    errors = WholeNumber(allow_none=True, validate=validate.Range(1, 10**9))
+    throttles = WholeNumber(allow_none=True, validate=validate.Range(1, 10**9))
+    iterator_age = fields.Float(allow_none=True, validate=validate.Range(min=0, min_inclusive=False, max=7 * 86400))
+    dead_letters = WholeNumber(allow_none=True, validate=validate.Range(1, 10**9))
+    period = WholeNumber(validate=validate.OneOf([10, 30, *range(60, 86401, 60)],
+                                                 error="must be 10, 30 or a multiple of 60 (seconds), up to 86400"))
+    evaluation_periods = WholeNumber(validate=validate.Range(1, 1440))
+    email = fields.List(fields.Email(), validate=validate.Length(max=20))
+    sns_topic_arn = fields.Str(allow_none=True, validate=validate.Regexp(
+        r"arn:[a-z-]+:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_.-]{1,256}\Z", error="{input!r} is not an SNS topic's ARN"))
+    dashboard = fields.Bool()
+
+    @pre_load
+    def _one_address(self, data: Any, **kwargs: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("email"), str):
+            return {**data, "email": [data["email"]]}
+        return data
+
+    @validates_schema
+    def _consistent(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data.get("email") and data.get("sns_topic_arn"):
+            raise ValidationError("give 'email' (setup makes a topic and subscribes it) or 'sns_topic_arn' (your topic), "
+                                  "not both", "email")
+        if data.get("period", 60) * data.get("evaluation_periods", 1) > 86400:
+            raise ValidationError("period times evaluation_periods must be at most 86400 seconds (one day)",
+                                  "evaluation_periods")
+
+
+def _strategy(value: str) -> None:
+    from xflow.core.rollout import parse_strategy
+
+    try:
+        parse_strategy(value)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
+
+
+class DeploySchema(_Strict):
+    """``deploy:``: how setup moves traffic to new versions (:mod:`xflow.core.rollout`); a bare strategy text is
+    ``deploy: {strategy: ...}``."""
+
+    strategy = fields.Str(load_default="all-at-once", validate=_strategy)
+    alarms = fields.List(fields.Str(validate=validate.Length(1, 255)), load_default=list)
+    max_errors = WholeNumber(load_default=0, validate=validate.Range(0, 10**9))
+
+    @pre_load
+    def _bare(self, data: Any, **kwargs: Any) -> Any:
+        return {"strategy": data} if isinstance(data, str) else data
+
+
 class WorkflowSchema(_Strict):
     workflow_id = fields.Str(validate=validate.Regexp(WORKFLOW_ID, error="{input!r} is not a valid workflow id"))
     stage = fields.Str(allow_none=True, validate=validate.Regexp(STAGE_NAME, error=f"{{input!r}} is not a valid stage "
@@ -185,6 +239,7 @@ class WorkflowSchema(_Strict):
     provider = fields.Nested(PluginBlockSchema)
     tracker = fields.Nested(PluginBlockSchema)
     logging = fields.Nested(LoggingSchema)
+    monitoring = fields.Nested(MonitoringSchema, allow_none=True)
 
 
 def flatten_messages(messages: Any, where: tuple[Any, ...], raw: Any) -> list[tuple[tuple[Any, ...], str]]:
@@ -228,6 +283,7 @@ _SCHEMA_KEYS: dict[tuple[str, ...], list[str]] = {
     ("tracker",): ["name", "options"],
     ("logging",): list(LoggingSchema().fields),
     ("logging", "routes"): list(LogRouteSchema().fields),
+    ("monitoring",): list(MonitoringSchema().fields),
 }
 
 

@@ -48,6 +48,7 @@ class LambdaProvider(FunctionProvider):
                "or comma-separated)"),
         Option("policy_statements", "json", None, "IAM policy statements (a JSON list) added to the execution role's "
                "inline policy"),
+        Option("tracing", bool, False, "Lambda active tracing (X-Ray): TracingConfig Active on every function"),
     )
     runs_locally = False
 
@@ -63,7 +64,8 @@ class LambdaProvider(FunctionProvider):
         self.failures = FailureQueue(self.aws, self.workflow_id)
         self.mappings = Mappings(self.aws)
         self.packager = Packager(self.aws)
-        self.planner = Planner(self.aws, self.workflow_id, context.state_dir, self.role, self.failures, self.packager)
+        self.planner = Planner(self.aws, self.workflow_id, context.state_dir, self.role, self.failures, self.packager,
+                               tracing=bool(options.option("tracing")))
 
     @property
     def role_name(self) -> str:
@@ -112,6 +114,7 @@ class LambdaProvider(FunctionProvider):
         """Every call a step of this provider may name, and what performs it."""
         return {
             **self.failures.operations(), **self.role.operations(), **self.mappings.operations(),
+            **self.planner.monitoring.operations(),
             "logs:CreateLogGroup": self._create_log_group, "logs:PutRetentionPolicy": self._set_log_retention,
             "logs:DeleteLogGroup": self._delete_log_group,
             "lambda:CreateFunction": self._create_function, "lambda:UpdateFunctionCode": self._update_code,
