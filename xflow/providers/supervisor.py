@@ -45,7 +45,6 @@ import concurrent.futures
 import contextlib
 import itertools
 import logging
-import math
 import multiprocessing
 import multiprocessing.util  # noqa: F401  (imported first, so that its exit hook runs after this module's)
 import pickle
@@ -233,6 +232,7 @@ class HandlerPool:
         self.timeout = None if timeout is None else float(timeout)
         self.propagate_logs = propagate_logs
         self.environment = environment
+        self.import_paths = tuple(str(path) for path in import_paths)
         if environment and isolation == "thread":
             log.warning("%s: 'environment' is not applied with thread isolation (this process's environment is "
                         "shared by every handler); use process isolation", function_name or handler)
@@ -483,13 +483,13 @@ class HandlerPool:
             done = 0
             for job, _ in calls:
                 slot.job = job
-                outcome, records, answered = child.receive(started, self.timeout)
+                outcome, records = child.receive(started, self.timeout)
                 started = time.perf_counter()
                 done += 1
                 self._measured(outcome.duration)
                 if records:
                     self._reemit(records, job.attempt)
-                if child.ended and not answered:  # this call ended the process (or it ended before): the rest go on
+                if child.ended:
                     child.stop(1.0)
                     slot.child = None  # the next call of this slot starts another process
                     if self.stopping and not outcome.ok and not (outcome.error or "").startswith("timed out"):
@@ -518,12 +518,13 @@ class HandlerPool:
     def _start_process(self) -> HandlerProcess:
         return HandlerProcess(self._context, self.source, self.handler, self.publishes, keep_records=self.propagate_logs,
                               environment=self.environment, load_timeout=self.load_timeout, file=self.file,
-                              label=self.label)
+                              label=self.label, paths=self.import_paths)
 
     # -- thread isolation ------------------------------------------------------------------------------------
     def _load(self) -> Any:
         if self._function is None:
-            self._function = load_handler(self.source, self.handler)
+            with requirements_importable(self.import_paths):
+                self._function = load_handler(self.source, self.handler)
         return self._function
 
     def _logger(self, slot: _Slot, attempt: Attempt) -> tuple[logging.Logger, OutputLogHandler]:
