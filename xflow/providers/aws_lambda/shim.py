@@ -17,6 +17,10 @@ not an event, or that breaks the shim, is set aside with a ``dead_letter`` line;
 than ``hop_limit`` handler publishes away from the event published from outside is not handled
 and is reported ``failed`` at once, as the local worker does.
 
+Each delivery line (and dead letter) also carries CloudWatch metrics in the embedded metric format (namespace
+``xflow``, dimensions ``workflow_id``, ``function`` and ``status``: ``Deliveries``, ``HandlerDuration`` in ms,
+``EventsPublished``; ``DeadLetters``), which CloudWatch Logs extracts from the function's log group.
+
 ``track`` (the ``tracker_<workflow_id>`` function): writes every event of the batch into the
 workflow's log group, one log stream per execution id.
 """
@@ -83,9 +87,32 @@ def _dumps(data: Mapping[str, Any]) -> str:
     return text
 
 
+#: the namespace of the shim's metrics (the dashboard setup makes reads it: monitoring.METRICS_NAMESPACE)
+METRICS_NAMESPACE = "xflow"
+
+
+def embedded_metrics(line: Mapping[str, Any]) -> dict[str, Any]:
+    """The CloudWatch embedded-metric-format fields of a delivery or dead-letter line (its dimensions are the line's
+    own ``workflow_id``, ``function`` and, for a delivery, ``status``)."""
+    if line.get("xflow") == "delivery":
+        dimensions = [["workflow_id", "function"], ["workflow_id", "function", "status"]]
+        values = {"Deliveries": 1, "HandlerDuration": round(float(line.get("duration") or 0.0) * 1000, 3),
+                  "EventsPublished": int(line.get("published") or 0)}
+        units = {"Deliveries": "Count", "HandlerDuration": "Milliseconds", "EventsPublished": "Count"}
+    else:
+        dimensions, values, units = [["workflow_id", "function"]], {"DeadLetters": 1}, {"DeadLetters": "Count"}
+    return {"_aws": {"Timestamp": int(time.time() * 1000), "CloudWatchMetrics": [{
+        "Namespace": METRICS_NAMESPACE, "Dimensions": dimensions,
+        "Metrics": [{"Name": name, "Unit": unit} for name, unit in units.items()]}]}, **values}
+
+
 def emit(line: Mapping[str, Any]) -> None:
-    """Print one JSON line (Lambda sends stdout to /aws/lambda/<function>)."""
+    """Print one JSON line (Lambda sends stdout to /aws/lambda/<function>); deliveries and dead letters with their
+    embedded metrics."""
     data = dict(line)
+    if data.get("xflow") in ("delivery", "dead_letter"):
+        data.setdefault("workflow_id", config().get("workflow_id", ""))
+        data.update(embedded_metrics(data))
     text = _dumps(data)
     while len(text.encode("utf-8")) > MAX_LINE_CHARS and data.get("logs"):
         data["logs"] = data["logs"][len(data["logs"]) // 2 + 1:]
@@ -227,7 +254,7 @@ def _handle_record(cfg: Mapping[str, Any], record: Mapping[str, Any], event_name
             error = f"publishing failed: {type(exc).__name__}: {exc}"
     line.update(duration=outcome.duration, logs=outcome.logs)
     if error is None:
-        emit({**line, "attempt": known + 1, "status": "succeeded", "error": None})
+        emit({**line, "attempt": known + 1, "status": "succeeded", "error": None, "published": len(outcome.published)})
         _attempts.pop(decoded.event_id, None)
         return False
     attempt = max(known, _earlier_failures(function, decoded.execution_id, decoded.event_id,
