@@ -80,7 +80,8 @@ def test_word_count_on_lambda_end_to_end(aws_endpoint, project):  # noqa: F811
         config = lam.get_function(FunctionName=name)["Configuration"]
         assert config["Runtime"] == "python3.12"
         assert config["Role"].endswith(":role/xflow-word-count-lambda")
-        for mapping in lam.list_event_source_mappings(FunctionName=name)["EventSourceMappings"]:
+        alias = lam.get_alias(FunctionName=name, Name="live")["AliasArn"]  # the mappings invoke the alias
+        for mapping in lam.list_event_source_mappings(FunctionName=alias)["EventSourceMappings"]:
             event = next(e for e, a in arn.items() if a == mapping["EventSourceArn"])
             mapped[event].add(name)
             assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]

@@ -82,6 +82,11 @@ def apply(steps) -> list[tuple[str, str]]:
     return [(s.action, s.resource) for s in steps]
 
 
+def versions_moved(wid: str, *functions: str) -> list[tuple[str, str]]:
+    """What follows a change of a function: a new version, and its alias ``live`` moved to it."""
+    return [step for f in functions for step in (("create", f"version:{wid}_{f}"), ("update", f"alias:{wid}_{f}"))]
+
+
 def test_plans_follow_the_file(aws_endpoint, tmp_path):  # noqa: F811
     wid = f"p{uuid.uuid4().hex[:6]}"
     state = tmp_path / "state"
@@ -101,7 +106,7 @@ def test_plans_follow_the_file(aws_endpoint, tmp_path):  # noqa: F811
     steps, _ = plan_all(changed, state)
     assert sorted(apply(steps)) == sorted([
         ("update", f"function-code:{wid}_one"), ("update", f"function-code:{wid}_two"),
-        ("update", f"mapping:{wid}-A->{wid}_one")])
+        ("update", f"mapping:{wid}-A->{wid}_one"), *versions_moved(wid, "one", "two")])
     assert plan_all(changed, state)[0] == []
 
     # a new starting position cannot be changed in place; memory is configuration
@@ -109,7 +114,7 @@ def test_plans_follow_the_file(aws_endpoint, tmp_path):  # noqa: F811
     steps, _ = plan_all(changed, state)
     assert sorted(apply(steps)) == sorted([
         ("update", f"function-config:{wid}_one"), ("delete", f"mapping:{wid}-A->{wid}_one"),
-        ("create", f"mapping:{wid}-A->{wid}_one")])
+        ("create", f"mapping:{wid}-A->{wid}_one"), *versions_moved(wid, "one")])
 
     # a removed function goes, with its mapping and log group; the policy follows
     dropped = make_workflow(tmp_path, wid, one={"batch_size": 10, "starting_position": "LATEST", "memory": 256},
@@ -164,7 +169,8 @@ def test_every_lambda_step_is_data_and_its_executor_builds_the_zip(aws_endpoint,
         assert step.apply is None and CALL.match(step.call), step
         assert _no_bytes(step.params) and json.loads(json.dumps(step.params)) == step.params, step.call
     assert {s.call for s in ours} == {"sqs:CreateQueue", "iam:CreateRole", "logs:CreateLogGroup",
-                                      "lambda:CreateFunction", "lambda:CreateEventSourceMapping"}
+                                      "lambda:CreateFunction", "lambda:CreateEventSourceMapping",
+                                      "lambda:PublishVersion", "lambda:CreateAlias"}
     role = f"role:xflow-{wid}-lambda"
     queue = f"queue:xflow-{wid}-failures"
     functions = {s.params["FunctionName"]: s for s in ours if s.call == "lambda:CreateFunction"}
@@ -176,8 +182,11 @@ def test_every_lambda_step_is_data_and_its_executor_builds_the_zip(aws_endpoint,
         assert step.params["Handler"].startswith("lambda_shim.") and step.params["Role"].endswith(f"/xflow-{wid}-lambda")
         assert step.depends_on == (role,)
     for step in (s for s in ours if s.call == "lambda:CreateEventSourceMapping"):
-        function, stream = step.params["FunctionName"], step.params["EventSourceArn"].rpartition("/")[2]
-        expected = {f"function:{function}", f"stream:{stream}"} | ({queue} if function != f"tracker_{wid}" else set())
+        alias, stream = step.params["FunctionName"], step.params["EventSourceArn"].rpartition("/")[2]
+        function = alias.rpartition(":function:")[2].removesuffix(":live")  # mappings invoke the function's alias
+        assert alias.endswith(f":function:{function}:live"), alias
+        expected = {f"function:{function}", f"alias:{function}", f"stream:{stream}"} | (
+            {queue} if function != f"tracker_{wid}" else set())
         assert set(step.depends_on) == expected, step
         # what it needs is planned before it (the transport's streams, the queue, the function)
         assert all(steps.index(next(s for s in steps if s.resource == r and s.action == "create")) < steps.index(step)
@@ -201,7 +210,7 @@ def test_every_lambda_step_is_data_and_its_executor_builds_the_zip(aws_endpoint,
     (tmp_path / "steps.py").write_text("def one(event, ctx):\n    return {'x': 3}\n\ndef two(event, ctx):\n"
                                        "    return None\n")
     steps, (transport, tracker, provider) = plan_all(workflow, state)
-    assert {s.call for s in steps} == {"lambda:UpdateFunctionCode"}
+    assert {s.call for s in steps} == {"lambda:UpdateFunctionCode", "lambda:PublishVersion", "lambda:UpdateAlias"}
     (tmp_path / "steps.py").write_text("def one(event, ctx):\n    return {'x': 4}\n\ndef two(event, ctx):\n"
                                        "    return None\n")
     fresh = plugins(workflow, state)[2]

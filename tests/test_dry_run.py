@@ -188,13 +188,18 @@ def aws_state(wid: str) -> dict[str, object]:
     lam, iam, sqs, logs, kinesis = (boto3.client(s) for s in ("lambda", "iam", "sqs", "logs", "kinesis"))
     functions = {f["FunctionName"]: (f["CodeSha256"], f["LastModified"], f.get("MemorySize"))
                  for f in lam.list_functions()["Functions"] if wid in f["FunctionName"]}
+    targets = [*functions, *(lam.get_function(FunctionName=n)["Configuration"]["FunctionArn"] + ":live" for n in functions)]
     mappings = sorted((m["UUID"], m["FunctionArn"], m.get("BatchSize"), str(m.get("LastModified")))
-                      for name in functions for m in lam.list_event_source_mappings(FunctionName=name)["EventSourceMappings"])
+                      for name in targets for m in lam.list_event_source_mappings(FunctionName=name)["EventSourceMappings"])
+    versions = {name: ([v["Version"] for v in lam.list_versions_by_function(FunctionName=name)["Versions"]],
+                       [(a["Name"], a["FunctionVersion"], a.get("RoutingConfig"))
+                        for a in lam.list_aliases(FunctionName=name)["Aliases"]])
+                for name in functions}
     roles = {r["RoleName"]: iam.list_role_policies(RoleName=r["RoleName"])["PolicyNames"]
              for r in iam.list_roles()["Roles"] if wid in r["RoleName"]}
     policies = {(name, p): iam.get_role_policy(RoleName=name, PolicyName=p)["PolicyDocument"]
                 for name, names in roles.items() for p in names}
-    return {"functions": functions, "mappings": mappings, "roles": roles, "policies": str(policies),
+    return {"functions": functions, "mappings": mappings, "versions": versions, "roles": roles, "policies": str(policies),
             "queues": sorted(u for u in sqs.list_queues().get("QueueUrls", []) if wid in u),
             "groups": sorted((g["logGroupName"], g.get("retentionInDays")) for g in logs.describe_log_groups()["logGroups"]
                              if wid in g["logGroupName"]),
@@ -236,10 +241,11 @@ def test_a_lambda_dry_run_leaves_no_file_and_changes_nothing_on_the_server(aws_e
         (flow.parent / "steps.py").write_text(STEPS.replace('"n": event.get("n", 0) + 1', '"n": 2'))
         flow.write_text(flow.read_text().replace("handler: first", "handler: first\n    batch_size: 7"))
         assert dry_run() == {f"update function-code:{wid}_first", f"update function-code:{wid}_second",
-                             f"update mapping:{wid}-A->{wid}_first"}
+                             f"update mapping:{wid}-A->{wid}_first", f"create version:{wid}_first",
+                             f"create version:{wid}_second", f"update alias:{wid}_first", f"update alias:{wid}_second"}
     cli.json("teardown", flow, **env)
-    assert aws_state(wid) == {"functions": {}, "mappings": [], "roles": {}, "policies": "{}", "queues": [], "groups": [],
-                              "streams": []}
+    assert aws_state(wid) == {"functions": {}, "mappings": [], "versions": {}, "roles": {}, "policies": "{}", "queues": [],
+                              "groups": [], "streams": []}
 
 
 # -- planning stays linear: the model's indexes say what the plain definitions say ----------------------------

@@ -47,7 +47,8 @@ def test_setup_is_idempotent_and_dry_run_creates_nothing(cli, tmp_path):
     assert {"action": "create", "resource": "stream:word_count-FileUploaded"} in plan["changes"]
     assert not (tmp_path / ".xflow").exists()
     first = cli.json("setup", WORD_COUNT, *local)
-    assert len(first["changes"]) == len(FLOW) + 1  # a stream per event and the tracker store
+    # a stream per event and the tracker store, a version and the live alias per function
+    assert len(first["changes"]) == len(FLOW) + 1 + 2 * 5
     assert (first["transport"], first["provider"], first["tracker"]) == ("local", "local", "sqlite")
     second = cli.json("setup", "-file", WORD_COUNT, *local)
     assert second["changes"] == []

@@ -19,6 +19,8 @@ from xflow.cli_deploy import COMMANDS as DEPLOY_COMMANDS
 from xflow.cli_deploy import from_package_option, stage_of, stage_option, use_package
 from xflow.cli_logs import add_log_route_option, logs_command
 from xflow.cli_monitoring import metrics_options, start_metrics, status_command
+from xflow.cli_rollout import COMMANDS as ROLLOUT_COMMANDS
+from xflow.cli_rollout import apply_strategy, strategy_option
 from xflow.cli_serve import executions_command, serve_command
 from xflow.emulate import emulate_command
 from xflow.scaffold import new_plugin_command
@@ -188,6 +190,7 @@ def _progress(output: str) -> Callable[..., None] | None:
 @_plugin_options
 @click.option("--dry-run", is_flag=True, help="Print the plan only; change nothing.")
 @from_package_option
+@strategy_option
 @OUTPUT
 @click.pass_context
 def setup(ctx: click.Context, file: Path | None, seed_file: Path | None, transport: str | None, provider: str | None,
@@ -201,6 +204,7 @@ def setup(ctx: click.Context, file: Path | None, seed_file: Path | None, transpo
         raise click.UsageError("give the workflow file: xflow setup FILE")
     engine = _engine(ctx, str(path), transport=transport, provider=provider, tracker=tracker, options=options,
                      aws_defaults=True)
+    apply_strategy(ctx, engine)  # --strategy over the file's deploy.strategy
     use_package(engine, package)
     report = engine.setup(dry_run=dry_run, on_step=_progress(output))
     _report_changes(report, output, "change")
@@ -557,7 +561,7 @@ def graph(file: Path, fmt: str) -> None:
     click.echo(to_mermaid(workflow) if fmt == "mermaid" else to_dot(workflow))
 
 
-for _command in (serve_command, executions_command, status_command, logs_command):
+for _command in (serve_command, executions_command, status_command, logs_command, *ROLLOUT_COMMANDS):
     _plugin_options(_command)  # the shared backend flags, added to the command object (click allows it)
     cli.add_command(_command)
 for _command in (worker, run):

@@ -8,6 +8,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from xflow.core.rollout import DeployChoice
+
 #: ``general.hop_limit`` when the file gives none
 DEFAULT_HOP_LIMIT = 1000
 
@@ -125,6 +127,8 @@ class Workflow:
     #: the stage deployed (``stage:`` in the file, or ``--stage``); ``id`` is then ``<workflow_id>-<stage>``, the id
     #: every name the deployment owns derives from (:mod:`xflow.core.stages`). None: no stage, the plain names
     stage: str | None = None
+    #: the ``deploy:`` block: how setup moves traffic to new versions (all at once when absent)
+    deploy: DeployChoice = field(default_factory=DeployChoice)
 
     @property
     def events(self) -> tuple[str, ...]:

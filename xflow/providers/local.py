@@ -1,7 +1,9 @@
 """The ``local`` function provider: handlers run in ``xflow worker`` processes on this machine.
 
-Works with every transport. Setup deploys nothing. Planning checks, without importing or running
-anything, that every subscribed function's source exists and defines its handler (the file is
+Works with every transport. Setup deploys each function's code and environment as a version, a copy under the
+state folder that workers run (:mod:`xflow.providers.local_versions`; ``xflow rollback`` switches back).
+Planning checks, without importing or running anything, that every subscribed function's source exists and
+defines its handler (the file is
 parsed with :mod:`ast`), so that a broken handler is reported before any event is published and
 ``setup --dry-run`` has no side effect. Handlers are imported when a worker starts. Scale out by
 starting more workers. A function's requirements (a ``requirements.txt`` beside its source, or ``requirements:``)
@@ -29,13 +31,14 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from xflow.core.deploy import dispatch
 from xflow.core.errors import XflowError
 from xflow.core.hookspecs import hookimpl
 from xflow.core.interfaces import FunctionProvider, Runner, Step, TrackerStore, Transport
 from xflow.core.options import Option
+from xflow.providers.local_versions import LocalVersions
 
 if TYPE_CHECKING:
     from xflow.core.model import Function, Workflow
@@ -64,6 +67,7 @@ class LocalFunctionProvider(FunctionProvider):
         from xflow.providers.local_requirements import import_paths
 
         options = self.context  # typed values (Option declarations above), defaults included
+        workflow = self.versions.live_workflow(workflow)  # each function's live version (local_versions)
         names = list(functions) if functions else list(workflow.functions)
         return LocalDispatcher(
             workflow, transport, tracker, functions=functions, cache_dir=self.sources_folder(workflow),
@@ -92,13 +96,15 @@ class LocalFunctionProvider(FunctionProvider):
             check_remote_handlers(workflow, remote)
         from xflow.providers.local_requirements import plan_environments
 
-        return plan_environments(workflow, self.context.state_dir)  # each function's requirements, installed
+        return (plan_environments(workflow, self.context.state_dir)  # each function's requirements, installed
+                + self.versions.plan_setup(workflow, [f for n, f in workflow.functions.items()
+                                                      if workflow.subscriptions_of(n)]))
 
     def plan_teardown(self, workflow: Workflow, transport: Transport, tracker: TrackerStore) -> list[Step]:
         from xflow.providers.local_requirements import teardown_steps
 
         folder = self.sources_folder(workflow)
-        steps = teardown_steps(workflow, self.context.state_dir)
+        steps = teardown_steps(workflow, self.context.state_dir) + self.versions.plan_teardown()
         if not folder.exists():
             return steps
         return [Step("delete", f"source-cache:{folder}", call="local:RemoveSourceCache", params={"folder": str(folder)}),
@@ -107,7 +113,20 @@ class LocalFunctionProvider(FunctionProvider):
     def execute(self, step: Step) -> None:
         from xflow.providers.local_requirements import operations
 
-        dispatch(step, {"local:RemoveSourceCache": _remove_folder, **operations()})
+        dispatch(step, {"local:RemoveSourceCache": _remove_folder, **operations(), **self.versions.operations()})
+
+    @property
+    def versions(self) -> LocalVersions:
+        """The functions' deployed versions under the state folder (:mod:`xflow.providers.local_versions`)."""
+        return LocalVersions(self.context.state_dir, self.workflow_id)
+
+    def deployed_versions(self, workflow: Workflow) -> list[dict[str, Any]]:
+        """Each function's versions, with their code's SHA-256 and time, and which one is live (``xflow versions``)."""
+        return [self.versions.describe(name) for name in self.versions.deployed(workflow)]
+
+    def rollback(self, workflow: Workflow, function: str | None = None, to: str | None = None) -> list[dict[str, Any]]:
+        """Make the version live before (or version ``to``) live again (``xflow rollback``)."""
+        return self.versions.rollback(workflow, function, to)
 
 
 def _remove_folder(folder: str) -> None:

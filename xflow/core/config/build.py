@@ -24,6 +24,7 @@ from xflow.core.model import (
     Subscription,
     Workflow,
 )
+from xflow.core.rollout import DeployChoice, parse_strategy
 from xflow.core.stages import apply_stage
 
 log = logging.getLogger("xflow")
@@ -166,7 +167,7 @@ def build_workflow(file: Path, raw: dict[str, Any], data: dict[str, Any], proble
             id=workflow_id, path=file.resolve(), functions=functions, subscriptions=tuple(subscriptions),
             flow=tuple(flow), general=general, aws={k: v for k, v in (data.get("aws") or {}).items() if v is not None},
             plugins=plugins, hop_limit=hop_limit, logging=_logging(data.get("logging")),
-            monitoring=_monitoring(raw, data.get("monitoring")),
+            monitoring=_monitoring(raw, data.get("monitoring")), deploy=_deploy(data.get("deploy")),
         )
         if data.get("stage"):
             workflow = apply_stage(workflow, data["stage"], f"stage: in {file.name}")
@@ -178,7 +179,16 @@ def _logging(block: Any) -> LoggingChoice:
     if not isinstance(block, dict):
         return LoggingChoice()
     routes = tuple(LogRoute(r["name"], dict(r.get("options") or {}), r.get("level")) for r in block.get("routes") or ())
-    return LoggingChoice(routes, block.get("level") or "DEBUG", block.get("buffer") or 10_000)
+    aws = {k: v for k, v in (block.get("aws") or {}).items() if v is not None}
+    return LoggingChoice(routes, block.get("level") or "DEBUG", block.get("buffer") or 10_000, aws)
+
+
+def _deploy(block: Any) -> DeployChoice:
+    """The ``deploy:`` block as loaded (its strategy parsed; the schema checked it)."""
+    if not isinstance(block, dict):
+        return DeployChoice()
+    return DeployChoice(parse_strategy(block.get("strategy") or "all-at-once"), tuple(block.get("alarms") or ()),
+                        int(block.get("max_errors") or 0))
 
 
 def _monitoring(raw: dict[str, Any], block: Any) -> MonitoringChoice | None:

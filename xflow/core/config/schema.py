@@ -159,10 +159,22 @@ class LogRouteSchema(_Strict):
         return _upper_level({"name": data} if isinstance(data, str) else data)
 
 
+class LoggingAwsSchema(_Strict):
+    """``logging.aws``: what setup subscribes the workflow's CloudWatch log groups to (the lambda provider)."""
+
+    destination_arn = fields.Str(required=True, validate=validate.Regexp(
+        r"arn:[a-z-]+:(kinesis|firehose|lambda):", error="{input!r} is not the ARN of a Kinesis stream, a Firehose "
+                                                         "delivery stream or a Lambda function"))
+    role_arn = fields.Str(load_default=None, allow_none=True, validate=validate.Regexp(
+        r"arn:[a-z-]+:iam::[0-9]*:role/", error="{input!r} is not an IAM role's ARN"))
+    filter_pattern = fields.Str(load_default="")
+
+
 class LoggingSchema(_Strict):
     level = fields.Str(load_default="DEBUG", validate=log_level)
     buffer = WholeNumber(load_default=10_000, validate=validate.Range(1, 10_000_000))
     routes = fields.List(fields.Nested(LogRouteSchema), load_default=list)
+    aws = fields.Nested(LoggingAwsSchema, load_default=None, allow_none=True)
 
     @pre_load
     def _level(self, data: Any, **kwargs: Any) -> Any:
@@ -240,6 +252,7 @@ class WorkflowSchema(_Strict):
     tracker = fields.Nested(PluginBlockSchema)
     logging = fields.Nested(LoggingSchema)
     monitoring = fields.Nested(MonitoringSchema, allow_none=True)
+    deploy = fields.Nested(DeploySchema, allow_none=True)
 
 
 def flatten_messages(messages: Any, where: tuple[Any, ...], raw: Any) -> list[tuple[tuple[Any, ...], str]]:
@@ -283,7 +296,9 @@ _SCHEMA_KEYS: dict[tuple[str, ...], list[str]] = {
     ("tracker",): ["name", "options"],
     ("logging",): list(LoggingSchema().fields),
     ("logging", "routes"): list(LogRouteSchema().fields),
+    ("logging", "aws"): list(LoggingAwsSchema().fields),
     ("monitoring",): list(MonitoringSchema().fields),
+    ("deploy",): list(DeploySchema().fields),
 }
 
 

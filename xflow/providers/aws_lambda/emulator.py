@@ -6,7 +6,8 @@ does what the Lambda service does for Kinesis event source mappings:
 - reads the event source mappings that exist on the endpoint for the workflow's functions (and
   ``tracker_<workflow_id>``), with their batch size, starting position, retry limit, bisect flag;
 - polls the mapped streams' shards and invokes the function's *deployed code* in a subprocess
-  with the Lambda Kinesis event format (:mod:`xflow.providers.aws_lambda.invoke`). The code is the
+  with the Lambda Kinesis event format (:mod:`xflow.providers.aws_lambda.invoke`): the version the function's
+  alias ``live`` points at (its main version: a canary's share is not emulated), else ``$LATEST``. The code is the
   zip the function's code location serves, else the artifact setup kept in the state folder —
   accepted only when its SHA-256 equals the function's ``CodeSha256`` on the endpoint;
 - honours the partial-batch response (``batchItemFailures``): retries from the first failed
@@ -43,7 +44,9 @@ from xflow.aws import AwsSession, is_client_error, translate_errors
 from xflow.core.errors import XflowError
 from xflow.providers.aws_lambda.failures import kinesis_failure_record, send_failure_record
 from xflow.providers.aws_lambda.invoke import DeployedFunction, Invocation, Invoker
+from xflow.providers.aws_lambda.mappings import Mappings
 from xflow.providers.aws_lambda.packaging import artifact_path, code_sha256, tracker_function_name
+from xflow.providers.aws_lambda.versions import Releases
 
 log = logging.getLogger("xflow.emulate")
 
@@ -112,7 +115,9 @@ class Emulator:
         for name in self.function_names:
             with translate_errors(f"reading Lambda function {name}"):
                 try:
-                    response = lam.get_function(FunctionName=name)
+                    alias = Releases(self.aws, self.workflow.id).alias(name)
+                    qualifier = {"Qualifier": str(alias["FunctionVersion"])} if alias else {}
+                    response = lam.get_function(FunctionName=name, **qualifier)
                 except Exception as exc:
                     if is_client_error(exc, "ResourceNotFoundException"):
                         raise XflowError(f"function {name} is not deployed on this endpoint",
@@ -126,13 +131,12 @@ class Emulator:
             safe_extract_zip(data, root, f"the deployed code of {name}")
             self.functions[name] = DeployedFunction(
                 name, config["Handler"], float(config.get("Timeout", 3)), int(config.get("MemorySize", 128)),
-                dict((config.get("Environment") or {}).get("Variables") or {}), root, f"{day}/[$LATEST]{run_id}")
-            with translate_errors(f"listing the event source mappings of {name}"):
-                for page in lam.get_paginator("list_event_source_mappings").paginate(FunctionName=name):
-                    for mapping in page.get("EventSourceMappings", []):
-                        if mapping.get("State", "Enabled") in ("Enabled", "Creating", "Updating", "Enabling") \
-                                and ":kinesis:" in mapping.get("EventSourceArn", ""):
-                            self.mappings.append(dict(mapping, FunctionName=name))
+                dict((config.get("Environment") or {}).get("Variables") or {}), root,
+                f"{day}/[{config.get('Version') or '$LATEST'}]{run_id}")
+            for mapping in Mappings(self.aws).of(name):  # the function's and its alias's
+                if mapping.get("State", "Enabled") in ("Enabled", "Creating", "Updating", "Enabling") \
+                        and ":kinesis:" in mapping.get("EventSourceArn", ""):
+                    self.mappings.append(dict(mapping, FunctionName=name))
         self._load_positions()
         current = {m["UUID"] for m in self.mappings}
         self.cursors = {key: cursor for key, cursor in self.cursors.items() if key[0] in current}

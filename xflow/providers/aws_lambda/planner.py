@@ -39,6 +39,7 @@ from xflow.providers.aws_lambda.packaging import (
     tracker_function_name,
 )
 from xflow.providers.aws_lambda.subscriptions import LogSubscriptions
+from xflow.providers.aws_lambda.versions import Releases, alias_arn
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -79,6 +80,7 @@ class Planner:
         self.packager = packager
         self.mappings = Mappings(aws)
         self.subscriptions = LogSubscriptions(aws, workflow_id)  # the logging.aws block's subscription filters
+        self.releases = Releases(aws, workflow_id)  # versions, the live alias, canary and linear rollouts
         self.monitoring = AwsMonitoring(aws, workflow_id, queue, tracing)  # the monitoring block; active tracing
 
     @property
@@ -188,8 +190,11 @@ class Planner:
         steps += self.subscriptions.plan_setup(workflow, [target.log_group, *(function_log_group(n) for n in names)])
         for spec in specs:
             steps += self._plan_function(spec, role_arn)
+        steps += self.releases.plan_setup(workflow, [(s, s.configuration(role_arn)) for s in specs], steps,
+                                          _config_value, tracker_function_name(workflow.id))
         deployed = self.workflow_functions(workflow.id)
-        wanted = desired_mappings(workflow, target.sources, tracker_function_name(workflow.id), self.queue.arn)
+        wanted = desired_mappings(workflow, target.sources, tracker_function_name(workflow.id), self.queue.arn,
+                                  target=lambda name: alias_arn(self.aws, name))
         existing: list[dict[str, Any]] = []
         for name in sorted(set(names) | set(deployed)):
             if name in deployed or self.get_function(name) is not None:

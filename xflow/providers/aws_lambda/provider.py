@@ -85,7 +85,7 @@ class LambdaProvider(FunctionProvider):
         return self.planner.plan_setup(workflow, transport, tracker)
 
     def plan_teardown(self, workflow: Workflow, transport: Transport, tracker: TrackerStore) -> list[Step]:
-        return self.planner.plan_teardown(workflow)
+        return self.planner.plan_teardown(workflow, tracker)
 
     def use_package(self, workflow: Workflow, folder: Path) -> None:
         """Deploy the artifacts of the package in ``folder`` (``xflow package``; ``setup --from``) instead of building
@@ -114,7 +114,8 @@ class LambdaProvider(FunctionProvider):
         """Every call a step of this provider may name, and what performs it."""
         return {
             **self.failures.operations(), **self.role.operations(), **self.mappings.operations(),
-            **self.planner.monitoring.operations(),
+            **self.planner.subscriptions.operations(), **self.planner.monitoring.operations(),
+            **self.planner.releases.operations(),
             "logs:CreateLogGroup": self._create_log_group, "logs:PutRetentionPolicy": self._set_log_retention,
             "logs:DeleteLogGroup": self._delete_log_group,
             "lambda:CreateFunction": self._create_function, "lambda:UpdateFunctionCode": self._update_code,
@@ -181,3 +182,16 @@ class LambdaProvider(FunctionProvider):
 
     def _delete_files(self, *, Paths: list[str]) -> None:
         remove_files([Path(p) for p in Paths])
+
+    # ------------------------------------------------------------------ versions (xflow versions, xflow rollback)
+
+    def deployed_versions(self, workflow: Workflow) -> list[dict[str, Any]]:
+        """Each deployed function's versions, with their sha and time, and which one its alias ``live`` invokes."""
+        return [self.planner.releases.describe(name) for name in sorted(self.planner.workflow_functions(workflow.id))]
+
+    def rollback(self, workflow: Workflow, function: str | None = None, to: str | None = None) -> list[dict[str, Any]]:
+        """Point the functions' alias ``live`` back at the version live before (or at version ``to``)."""
+        from xflow.core.rollout import chosen_functions
+
+        names = chosen_functions(workflow, self.planner.workflow_functions(workflow.id), function)
+        return [self.planner.releases.rollback(name, to) for name in names]
