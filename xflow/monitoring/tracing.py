@@ -10,13 +10,15 @@ With the ``otel`` extra (``pip install 'xflow[otel]'``) and a tracer provider to
 (:class:`Spans`): ``publish EVENT`` (producer) for each event published, ``deliver EVENT`` (consumer) for each
 delivery attempt, a child of the span that published the event, and ``handler FUNCTION`` inside it, whose status
 says how the handler ended; the publish spans of the events an attempt published are children of its deliver span.
-Each span carries ``xflow.workflow``, ``xflow.execution_id``, ``xflow.event`` and ``xflow.event_id`` (deliveries
-also ``xflow.function`` and ``xflow.attempt``): search a tracing backend for ``xflow.execution_id`` to find one
-execution's trace. The tracer provider is the one given to :func:`install` (an embedding application's), else
-OpenTelemetry's global one if an application set it, else one made here from the standard settings when they ask
-for export (``OTEL_TRACES_EXPORTER``, ``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``;
-protocol ``OTEL_EXPORTER_OTLP[_TRACES]_PROTOCOL``, default ``http/protobuf``; ``OTEL_SERVICE_NAME``, default
-``xflow``; sampling ``OTEL_TRACES_SAMPLER``). ``OTEL_SDK_DISABLED=true`` turns spans off.
+Each span carries ``xflow.workflow`` and ``xflow.execution_id`` (search a tracing backend for ``xflow.execution_id``
+to find one execution's trace), deliveries and handler calls also ``xflow.function`` and ``xflow.attempt``, publish
+and deliver spans OpenTelemetry's messaging attributes (``messaging.destination.name``: the event,
+``messaging.message.id``: the event's id). The tracer provider is the one given to :func:`install` (an embedding
+application's), else OpenTelemetry's global one if an application set it, else one made here from the standard
+settings when they ask for export (``OTEL_TRACES_EXPORTER``, ``OTEL_EXPORTER_OTLP_ENDPOINT`` or
+``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``; protocol ``OTEL_EXPORTER_OTLP[_TRACES]_PROTOCOL``, default
+``http/protobuf``; ``OTEL_SERVICE_NAME``, default ``xflow``; sampling ``OTEL_TRACES_SAMPLER``).
+``OTEL_SDK_DISABLED=true`` turns spans off.
 
 This module uses the standard library only and imports nothing from xflow: the Lambda provider ships it next to
 the runtime shim (as ``xflow_tracing.py``). OpenTelemetry is imported only when spans are on.
@@ -147,14 +149,14 @@ class Spans:
                                       start_time=moment, attributes={
                                           "messaging.system": "xflow", "messaging.operation.type": "send",
                                           "messaging.destination.name": event, "messaging.message.id": event_id,
-                                          "xflow.workflow": workflow_id, "xflow.event": event,
-                                          "xflow.event_id": event_id, "xflow.execution_id": execution_id})
+                                          "xflow.workflow": workflow_id, "xflow.execution_id": execution_id})
         span.end(end_time=moment)
-        carrier: dict[str, str] = {}
-        self._propagator.inject(carrier, context=self._trace.set_span_in_context(span))
-        if TRACEPARENT not in carrier:  # a span that is not valid (a tracer that makes none): carry a context all the same
+        context = span.get_span_context()
+        if not context.is_valid:  # a tracer that makes no spans: carry a context all the same
             return started(), None
-        return carrier[TRACEPARENT], carrier.get(TRACESTATE)
+        # what the W3C propagator writes, without its round trip through a carrier
+        return (traceparent(f"{context.trace_id:032x}", f"{context.span_id:016x}", f"{int(context.trace_flags):02x}"),
+                context.trace_state.to_header() or None)
 
     def attempt(self, workflow_id: str, function: str, event: str, execution_id: str, event_id: str, attempt: int,
                 traceparent_text: str | None, state: str | None, started_at: float, duration: float,
@@ -162,14 +164,15 @@ class Spans:
         """The ``deliver`` span of one attempt (child of the span that published the event: ``traceparent_text``),
         from ``started_at`` to ``ended_at``, and its ``handler`` span for ``duration`` seconds from ``started_at``.
         Returns the deliver span's context: the parent of the publish spans of the events the attempt published."""
-        attributes = {"messaging.system": "xflow", "messaging.operation.type": "process",
-                      "messaging.destination.name": event, "messaging.message.id": event_id,
-                      "xflow.workflow": workflow_id, "xflow.function": function, "xflow.event": event,
-                      "xflow.event_id": event_id, "xflow.execution_id": execution_id, "xflow.attempt": attempt}
+        attributes = {"xflow.workflow": workflow_id, "xflow.function": function, "xflow.execution_id": execution_id,
+                      "xflow.attempt": attempt}
         start, handler_end = int(started_at * 1e9), int((started_at + max(0.0, duration)) * 1e9)
         parent = self._parent(received(traceparent_text, execution_id, event_id), state)
-        deliver = self.tracer.start_span(f"deliver {event}", context=parent,
-                                         kind=self._kinds.CONSUMER, start_time=start, attributes=attributes)
+        deliver = self.tracer.start_span(f"deliver {event}", context=parent, kind=self._kinds.CONSUMER,
+                                         start_time=start, attributes={
+                                             "messaging.system": "xflow", "messaging.operation.type": "process",
+                                             "messaging.destination.name": event, "messaging.message.id": event_id,
+                                             **attributes})
         context = self._trace.set_span_in_context(deliver)
         handler = self.tracer.start_span(f"handler {function}", context=context, kind=self._kinds.INTERNAL,
                                          start_time=start, attributes=attributes)
