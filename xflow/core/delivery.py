@@ -28,7 +28,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
@@ -43,16 +43,21 @@ from xflow.core.runtime import (
     BadMessage,
     DecodedEvent,
     HandlerOutcome,
+    JsonObject,
     decode_event,
     derive_event_id,
     encode_event,
+    encode_event_json,
 )
 from xflow.core.sqlite_files import StateFileError
 from xflow.core.waiting import BackendCall, BackendWaiter, StopRequested
+from xflow.monitoring import tracing
 
 log = logging.getLogger("xflow")
 
 T = TypeVar("T")
+#: the id :func:`decode_event` gives a record that is not a CloudEvent (replaced by where the record lies)
+_NO_ID = "\x00not-a-cloudevent"
 @dataclass(frozen=True)
 class OutgoingEvent:
     event: str
@@ -88,9 +93,13 @@ def publish_events(workflow: Workflow, transport: Transport, tracker: TrackerSto
                              "declare it under the function's 'publishes:' or subscribe a function to it")
     now = time.time()
     by_event: dict[str, list[Record]] = {}
+    spans = tracing.spans()  # OpenTelemetry, when on: a publish span per event (else a new trace is only carried)
     for item in events:
+        trace, state = (tracing.started(), None) if spans is None else spans.publish(
+            workflow.id, item.event, item.execution_id, item.event_id, at=now)
         try:
-            value = encode_event(item.event, item.data, item.execution_id, item.event_id, item.producer, now, item.hops)
+            value = encode_event(item.event, item.data, item.execution_id, item.event_id, item.producer, now, item.hops,
+                                 trace, state)
         except (TypeError, ValueError) as exc:
             raise XflowError(f"the data of event {item.event!r} is not JSON-serialisable: {exc}") from None
         by_event.setdefault(item.event, []).append(Record(item.execution_id, value))
@@ -120,10 +129,11 @@ class Job:
     attempts: int = 0
     #: ``time.monotonic()`` before which it is not tried again (after a failed attempt)
     not_before: float = 0.0
+    #: the event's execution id (read often: kept here)
+    execution_id: str = field(init=False)
 
-    @property
-    def execution_id(self) -> str:
-        return self.event.execution_id
+    def __post_init__(self) -> None:
+        self.execution_id = self.event.execution_id
 
 
 @dataclass(eq=False)
@@ -138,13 +148,16 @@ class Finished:
 class FunctionDelivery:
     """The delivery rules of one function on a transport and a tracker, in batches (see the module's docstring).
 
-    ``lock`` (optional) is held around every tracker and transport call, for runners whose threads share plugins
-    that are not safe to share; ``waiter`` runs those calls, waiting out unavailable backends.
+    ``transport_lock`` and ``tracker_lock`` (optional) are held around every call of that plugin, for runners whose
+    threads share plugins that are not safe to share (``lock``: one lock for both); ``waiter`` runs those calls,
+    waiting out unavailable backends.
     """
 
     def __init__(self, workflow: Workflow, transport: Transport, tracker: TrackerStore, function: Function,
                  waiter: BackendWaiter, *, backoff_seconds: float = 0.2, backoff_max_seconds: float = 5.0,
-                 lock: AbstractContextManager[Any] | None = None) -> None:
+                 lock: AbstractContextManager[Any] | None = None,
+                 transport_lock: AbstractContextManager[Any] | None = None,
+                 tracker_lock: AbstractContextManager[Any] | None = None) -> None:
         self.workflow, self.transport, self.tracker, self.function = workflow, transport, tracker, function
         self.waiter = waiter
         self.backoff_seconds, self.backoff_max_seconds = max(0.0, backoff_seconds), max(0.0, backoff_max_seconds)
@@ -153,7 +166,9 @@ class FunctionDelivery:
         self.producer = f"xflow/{workflow.id}/{function.name}"
         self._ours = f"xflow/{workflow.id}/"
         self.observer = observe.current()  # metrics, when a worker serves them (None: off)
-        self._lock: AbstractContextManager[Any] = lock if lock is not None else nullcontext()
+        self.spans = tracing.spans()  # OpenTelemetry spans, when on (None: the trace context is only carried)
+        self._transport_lock: AbstractContextManager[Any] = transport_lock or lock or nullcontext()
+        self._tracker_lock: AbstractContextManager[Any] = tracker_lock or lock or nullcontext()
         self._transport_label = f"transport {getattr(transport, 'name', type(transport).__name__)!r}"
         self._tracker_label = f"tracker {getattr(tracker, 'name', type(tracker).__name__)!r}"
         # batch calls, unless a subclass of the tracker changed the single call they would bypass
@@ -167,14 +182,10 @@ class FunctionDelivery:
 
     # -- backend calls ------------------------------------------------------------------------
     def _tracker(self, call: Callable[[], T]) -> T:
-        return self.waiter.call(self._tracker_label, lambda: self._locked(call))
+        return self.waiter.call(self._tracker_label, partial(_locked, self._tracker_lock, call))
 
     def _transport(self, call: Callable[[], T]) -> T:
-        return self.waiter.call(self._transport_label, lambda: self._locked(call))
-
-    def _locked(self, call: Callable[[], T]) -> T:
-        with self._lock:
-            return call()
+        return self.waiter.call(self._transport_label, partial(_locked, self._transport_lock, call))
 
     def is_fatal(self, exc: BaseException) -> bool:
         """Whether ``exc`` is a backend's problem (stop the runner) rather than a record's (set the record aside)."""
@@ -210,12 +221,13 @@ class FunctionDelivery:
         result: list[Job | None] = [None] * len(deliveries)
         decoded: list[tuple[int, Delivery, DecodedEvent]] = []
         for index, delivery in enumerate(deliveries):
-            where = self.where(delivery)
             try:
-                event = decode_event(delivery.value, where)
+                event = decode_event(delivery.value, _NO_ID)
             except BadMessage as exc:
-                self.dead_letter(delivery, f"undecodable record at {where}: {exc}")
+                self.dead_letter(delivery, f"undecodable record at {self.where(delivery)}: {exc}")
                 continue
+            if event.event_id is _NO_ID:  # not a CloudEvent: it is known by where it lies
+                event.event_id = self.where(delivery)
             if event.producer == "external" and delivery.timestamp is not None and (
                     MIN_EPOCH <= delivery.timestamp <= MAX_EPOCH):
                 event.published_at = delivery.timestamp  # another producer's record: its time on the transport
@@ -227,12 +239,13 @@ class FunctionDelivery:
                    for _, d, e in (decoded[position] for position in recorded)]
         _, broken = self._each(records, self._record_events, self.tracker.record_event)
         decoded = self._set_aside(decoded, {recorded[index]: problem for index, problem in broken.items()})
-        keys = [(e.execution_id, e.event_id, self.function.name) for _, _, e in decoded]
+        function = self.function.name
+        keys = [(e.execution_id, e.event_id, function) for _, _, e in decoded]
         succeeded, broken = self._succeeded(keys)
         decoded = self._set_aside(decoded, broken)
         failures: list[tuple[Delivery, DeliveryRecord]] = []
         for index, delivery, event in decoded:
-            if (event.execution_id, event.event_id, self.function.name) in succeeded:
+            if succeeded and (event.execution_id, event.event_id, function) in succeeded:
                 if self.observer is not None:
                     self.observer.settled(self.workflow.id, self.function.name, "skipped-duplicate", None)
                 continue
@@ -247,6 +260,8 @@ class FunctionDelivery:
         if failures:
             _, broken = self._each([r for _, r in failures], self._record_deliveries,
                                    self.tracker.record_delivery)
+            if self.observer is not None:
+                self.observer.attempts(self.workflow.id, [r for _, r in failures])
             for index, (delivery, record) in enumerate(failures):
                 problem = broken.get(index)
                 reason = (record.error or "") if problem is None else self._unsettled(delivery, problem)
@@ -267,6 +282,8 @@ class FunctionDelivery:
     def _set_aside(self, decoded: list[tuple[int, Delivery, DecodedEvent]],
                    broken: dict[int, Exception]) -> list[tuple[int, Delivery, DecodedEvent]]:
         """Dead-letter the records a tracker call failed on (their content broke it); the others go on."""
+        if not broken:
+            return decoded
         for position, problem in broken.items():
             _, delivery, event = decoded[position]
             reason = self._unsettled(delivery, problem, event)
@@ -291,10 +308,12 @@ class FunctionDelivery:
         """Publish and record the outcomes of these attempts; dead-letter the last failures. Returns the jobs to try
         again (``not_before`` set); every other job is settled."""
         outcomes = [item.outcome for item in finished]
-        outgoing: dict[int, list[tuple[OutgoingEvent, Record]]] = {}
+        outgoing: dict[int, list[tuple[EventRecord, Record]]] = {}
+        now = time.time()
         for index, item in enumerate(finished):
+            parent = None if self.spans is None else self._spans(self.spans, item, now)
             if outcomes[index].ok:
-                events, problem = self._outgoing(item.job, outcomes[index])
+                events, problem = self._outgoing(item.job, outcomes[index], now, parent)
                 if problem is None:
                     outgoing[index] = events
                 else:
@@ -302,9 +321,7 @@ class FunctionDelivery:
         for index, refusal in self._publish(outgoing).items():
             outgoing.pop(index)
             outcomes[index] = _failed(outcomes[index], f"publishing failed: {refusal}")
-        now = time.time()
-        published = [EventRecord(e.execution_id, e.event_id, e.event, now, e.producer, e.data)
-                     for events in outgoing.values() for e, _ in events]
+        published = [e for events in outgoing.values() for e, _ in events]
         owner = [index for index, events in outgoing.items() for _ in events]
         unsettled: dict[int, BaseException] = {}
         _, broken = self._each(published, self._record_events, self.tracker.record_event)
@@ -326,6 +343,8 @@ class FunctionDelivery:
         _, broken = self._each(records, self._record_deliveries, self.tracker.record_delivery)
         for position, error in broken.items():
             unsettled.setdefault(position, error)
+        if self.observer is not None:  # log routes: the attempts' outcomes and output (None: off)
+            self.observer.attempts(self.workflow.id, records, [item.job.event.traceparent for item in finished])
         for index, item in enumerate(finished):
             job, outcome = item.job, outcomes[index]
             if index in unsettled:
@@ -341,24 +360,41 @@ class FunctionDelivery:
                 retry.append(job)
         return retry
 
-    def _outgoing(self, job: Job, outcome: HandlerOutcome) -> tuple[list[tuple[OutgoingEvent, Record]], str | None]:
-        """The events an attempt published, encoded; or the reason they cannot be published."""
-        events: list[tuple[OutgoingEvent, Record]] = []
-        now = time.time()
+    def _spans(self, spans: tracing.Spans, item: Finished, now: float) -> Any:
+        """The deliver and handler spans of an attempt; the context its publish spans are children of."""
+        job, outcome = item.job, item.outcome
+        return spans.attempt(self.workflow.id, self.function.name, job.delivery.event, job.execution_id,
+                                  job.event.event_id, job.attempts, job.event.traceparent, job.event.tracestate,
+                                  item.started_at, outcome.duration, now, outcome.error)
+
+    def _outgoing(self, job: Job, outcome: HandlerOutcome, now: float,
+                  parent: Any = None) -> tuple[list[tuple[EventRecord, Record]], str | None]:
+        """The events an attempt published (as the tracker records them) and their records (data the handler pool
+        encoded already is not encoded again); or the reason they cannot be published."""
+        events: list[tuple[EventRecord, Record]] = []
+        execution_id, hops = job.execution_id, job.event.hops + 1
         for index, (name, data) in enumerate(outcome.published):
             if name not in self.workflow.flow:
                 return [], (f"{self.producer} published {name!r}, which is not an event of workflow {self.workflow.id!r} "
                             f"(known: {', '.join(self.workflow.flow)})")
-            item = OutgoingEvent(name, data, job.execution_id, derive_event_id(job.event.event_id, self.function.name, index),
-                                 self.producer, job.event.hops + 1)
+            event_id = derive_event_id(job.event.event_id, self.function.name, index)
+            # the trace goes on: a publish span's context, or (no spans) the handled event's with a span id of its own
+            trace, state = (self.spans.publish(self.workflow.id, name, execution_id, event_id, parent, now)
+                            if parent is not None and self.spans is not None else
+                            tracing.continued(job.event.traceparent, job.event.tracestate, event_id, execution_id))
             try:
-                value = encode_event(name, data, item.execution_id, item.event_id, self.producer, now, item.hops)
+                if type(data) is JsonObject and data.get("execution_id") == execution_id:
+                    value = encode_event_json(name, data.json, execution_id, event_id, self.producer, now, hops,
+                                              trace, state)
+                else:
+                    value = encode_event(name, data, execution_id, event_id, self.producer, now, hops, trace, state)
             except (TypeError, ValueError) as exc:
                 return [], f"the data of event {name!r} is not JSON-serialisable: {exc}"
-            events.append((item, Record(item.execution_id, value)))
+            events.append((EventRecord(execution_id, event_id, name, now, self.producer, data),
+                           Record(execution_id, value)))
         return events, None
 
-    def _publish(self, outgoing: dict[int, list[tuple[OutgoingEvent, Record]]]) -> dict[int, XflowError]:
+    def _publish(self, outgoing: dict[int, list[tuple[EventRecord, Record]]]) -> dict[int, XflowError]:
         """Publish every attempt's events, one call per stream; an attempt whose events a stream refuses (too large)
         fails alone. Returns those attempts with the refusal."""
         by_event: dict[str, list[tuple[int, Record]]] = {}
@@ -416,6 +452,11 @@ class FunctionDelivery:
             if self.is_fatal(exc):
                 raise
             log.exception("%s: cannot record the failure of %s in the tracker", self.function.name, event.event_id)
+
+
+def _locked(lock: AbstractContextManager[Any], call: Callable[[], T]) -> T:
+    with lock:
+        return call()
 
 
 def _batch(tracker: TrackerStore, batch: str, single: str) -> Callable[[Sequence[Any]], Any]:

@@ -19,8 +19,8 @@ again later. An error that stops one lane (a backend's) stops the others at once
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
+import copy
 import errno
 import heapq
 import itertools
@@ -37,14 +37,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from xflow.core.delivery import Finished, FunctionDelivery, Job
 from xflow.core.errors import BackendUnavailable, XflowError
 from xflow.core.interfaces import Consumer, Delivery, Runner, TrackerStore, Transport
 from xflow.core.model import Function, Workflow
-from xflow.core.runtime import HandlerOutcome
+from xflow.core.runtime import BadMessage, HandlerOutcome, decode_event
 from xflow.core.waiting import BackendWaiter, StopRequested
-from xflow.providers.supervisor import Attempt, HandlerPool
+from xflow.providers.supervisor import Attempt, Call, HandlerPool
 from xflow.sources.fetch import resolve_source
 
 log = logging.getLogger("xflow")
@@ -58,7 +59,11 @@ SETTLE_AFTER = 0.01
 RECENT_SUCCESSES = 10_000
 #: how many calls per unit of concurrency a lane hands the pool at once (of different executions): the pool runs
 #: ``concurrency`` of them at a time and starts the next as soon as one ends, without waiting for the lane
-SUBMIT_AHEAD = 16
+SUBMIT_AHEAD = 64
+#: an idle lane whose events another lane of this runner published less than ``HOT_SECONDS`` ago polls with this
+#: timeout (seconds) rather than the poll interval: a chain of functions in one worker hands its events on at once
+HOT_POLL = 0.005
+HOT_SECONDS = 0.5
 
 
 @dataclass(eq=False)
@@ -95,8 +100,12 @@ class LocalDispatcher(Runner):
         self.isolation, self.propagate_logs = isolation, propagate_logs
         self.grace_seconds = grace_seconds
         self.handled = 0
-        #: held around every tracker and transport call of the lanes (plugins need not be safe to share)
-        self.lock = threading.RLock()
+        #: per event, when (``time.monotonic()``) a lane of this runner last published it
+        self.published_at: dict[str, float] = {}
+        #: held around every call of the lanes to the transport, and to the tracker (plugins need not be safe to share;
+        #: one lock each, so that one lane's tracker writes do not wait for another's publishes)
+        self.transport_lock = threading.RLock()
+        self.tracker_lock = threading.RLock()
         #: set when the lanes must stop: ``stop`` was set, or a lane failed
         self.halt = threading.Event()
         self._stop: threading.Event | None = None
@@ -184,9 +193,9 @@ class LocalDispatcher(Runner):
             self.grace_deadline = time.monotonic()
         self.halt.set()
 
-    def count_handled(self) -> None:
+    def count_handled(self, count: int = 1) -> None:
         with self._state:
-            self.handled += 1
+            self.handled += count
 
     def _close_pools(self) -> None:
         pools, self._pools = list(self._pools.values()), {}
@@ -204,7 +213,8 @@ class _Lane:
         self.runner, self.function, self.pool = runner, function, pool
         self.rules = FunctionDelivery(runner.workflow, runner.transport, runner.tracker, function, runner.waiter,
                                       backoff_seconds=runner.backoff_seconds,
-                                      backoff_max_seconds=runner.backoff_max_seconds, lock=runner.lock)
+                                      backoff_max_seconds=runner.backoff_max_seconds,
+                                      transport_lock=runner.transport_lock, tracker_lock=runner.tracker_lock)
         self.concurrency = runner.concurrency_of(function)
         self.batch_size = runner.batch_size
         self.max_pending = runner.batch_size * PENDING_BATCHES
@@ -223,13 +233,14 @@ class _Lane:
         self.delayed: list[tuple[float, int, str]] = []
         self._sequence = itertools.count()
         #: calls handed to the pool (running, or queued in it), and those that ended, as the pool ends them
-        self.running: dict[concurrent.futures.Future[HandlerOutcome], _Entry] = {}
-        self.ended: queue.SimpleQueue[concurrent.futures.Future[HandlerOutcome]] = queue.SimpleQueue()
+        self.running: dict[Call, _Entry] = {}
+        self.ended: queue.SimpleQueue[Call] = queue.SimpleQueue()
         self.window = max(self.concurrency, min(self.batch_size, self.concurrency * SUBMIT_AHEAD))
         self.finished: list[tuple[_Entry, Finished]] = []
         self.first_finished = math.inf
         self.dirty: set[tuple[str, str]] = set()
         self.recent: OrderedDict[str, None] = OrderedDict()
+        self.events = tuple(runner.workflow.subscriptions_of(function.name))
 
     # -- the thread ---------------------------------------------------------------------------
     def _main(self) -> None:
@@ -269,6 +280,8 @@ class _Lane:
                 asked = min(self.batch_size, room)
                 idle = not self.running and not self.ready and not self.finished
                 timeout = min(interval, self._next_due(began)) if idle else 0.0
+                if timeout > HOT_POLL and self._upstream_active(began):
+                    timeout = HOT_POLL
                 deliveries = self.runner.waiter.call(self.label, partial(consumer.poll, asked, timeout))
                 last_poll = time.monotonic()
                 waited = timeout > 0
@@ -293,9 +306,9 @@ class _Lane:
 
     def _drain(self) -> None:
         """Stopping: let the handlers in flight finish until the grace deadline, settle what finished, commit."""
-        for future in list(self.running):
-            if future.cancel():  # handed to the pool but not started: it is not run (it is delivered again)
-                del self.running[future]
+        for call in list(self.running):
+            if call.cancel():  # handed to the pool but not started: it is not run (it is delivered again)
+                del self.running[call]
         while self.running:
             left = self.runner.grace_deadline - time.monotonic()
             if left <= 0:
@@ -312,6 +325,11 @@ class _Lane:
     def _startable(self) -> bool:
         return bool(self.ready) and len(self.running) < self.window
 
+    def _upstream_active(self, now: float) -> bool:
+        """Whether another lane of this runner published one of this lane's events a moment ago."""
+        published = self.runner.published_at
+        return any(now - published.get(event, -math.inf) < HOT_SECONDS for event in self.events)
+
     def _next_due(self, now: float) -> float:
         return max(0.0, self.delayed[0][0] - now) if self.delayed else math.inf
 
@@ -325,27 +343,34 @@ class _Lane:
         fresh: list[_Entry] = []
         for delivery in deliveries:
             unit = (delivery.event, delivery.partition)
-            held = self.positions.setdefault(unit, set())
-            if delivery.position in held:
+            held = self.positions.get(unit)
+            if held is None:
+                held = self.positions[unit] = set()
+                self.units[unit] = deque()
+            elif delivery.position in held:
                 continue  # polled again (the partition went away and came back): the held one settles it
             held.add(delivery.position)
             entry = _Entry(delivery)
-            self.units.setdefault(unit, deque()).append(entry)
-            self.pending += 1
+            self.units[unit].append(entry)
             fresh.append(entry)
+        self.pending += len(fresh)
         jobs = self.rules.admit([entry.delivery for entry in fresh])
         for entry, job in zip(fresh, jobs, strict=True):
             if job is None:
                 self._settled(entry)
                 continue
             entry.job = job
-            queue = self.keys.setdefault(job.execution_id, deque())
+            key = job.execution_id
+            queue = self.keys.get(key)
+            if queue is None:
+                queue = self.keys[key] = deque()
             queue.append(entry)
-            if len(queue) == 1 and job.execution_id not in self.busy:
-                self.ready.append(job.execution_id)
+            if len(queue) == 1 and key not in self.busy:
+                self.ready.append(key)
 
     def _start(self) -> None:
         now = time.monotonic()
+        first = 0  # first attempts started (counted once for the batch)
         while self.ready and len(self.running) < self.window:
             key = self.ready.popleft()
             queue = self.keys.get(key)
@@ -368,13 +393,23 @@ class _Lane:
             self.busy[key] = entry
             job.attempts += 1
             if job.attempts == 1:
-                self.runner.count_handled()
+                first += 1
             entry.started_at = time.time()
             attempt = Attempt(self.runner.workflow.id, self.function.name, job.execution_id, job.delivery.event,
                               job.event.event_id, job.attempts)
-            future = self.pool.submit(job.event.data, attempt)
-            self.running[future] = entry
-            future.add_done_callback(self.ended.put)
+            # the first attempt gets the decoded data itself; a retry decodes the record again (the first may have
+            # changed what it got)
+            data = job.event.data if job.attempts == 1 else self._data(job)
+            self.running[self.pool.start(data, attempt, self.ended.put, owned=True)] = entry
+        if first:
+            self.runner.count_handled(first)
+
+    def _data(self, job: Job) -> dict[str, Any]:
+        """The event's data as the record holds it."""
+        try:
+            return decode_event(job.delivery.value, self.rules.where(job.delivery)).data
+        except BadMessage:  # it was decoded once: cannot happen, but never hand over the first attempt's dict
+            return copy.deepcopy(job.event.data)
 
     def _next_of(self, key: str) -> None:
         """The execution's key is free: its next job may start (or the key is forgotten)."""
@@ -394,17 +429,15 @@ class _Lane:
         with contextlib.suppress(queue.Empty):
             while True:
                 done.append(self.ended.get_nowait())
-        for future in done:
-            entry = self.running.pop(future, None)
+        for call in done:
+            entry = self.running.pop(call, None)
             if entry is None:
                 continue  # cancelled at stop
             job = entry.job
             assert job is not None
-            try:
-                outcome = future.result()
-            except Exception as exc:  # the pool could not run it (closed, cancelled): a failed attempt
-                outcome = HandlerOutcome(False, [], [], f"the handler could not be run: {type(exc).__name__}: {exc}",
-                                         0.0)
+            outcome = call.outcome
+            if outcome is None:  # cannot happen: a call is ended with its outcome
+                outcome = HandlerOutcome(False, [], [], "the handler could not be run", 0.0)
             if not self.finished:
                 self.first_finished = time.monotonic()
             if outcome.duration >= SETTLE_AFTER:
@@ -434,6 +467,11 @@ class _Lane:
         finished, self.finished = self.finished, []
         self.first_finished = math.inf
         retry = {id(job) for job in self.rules.settle([item for _, item in finished])}
+        published = {name for _, item in finished if item.outcome.ok for name, _ in item.outcome.published}
+        if published:
+            now = time.monotonic()
+            for name in published:
+                self.runner.published_at[name] = now
         for entry, item in finished:
             job = item.job
             if id(job) not in retry:
@@ -504,3 +542,4 @@ def _process_exists(pid: int) -> bool:
     except OSError:  # another user's process, or cannot tell: keep its folder
         return True
     return True
+

@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing import reduction
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from xflow.core import runtime
 from xflow.core.runtime import HandlerOutcome
@@ -294,6 +294,23 @@ def describe_exit(code: int | None) -> str:
     return f"exited with status {code}"
 
 
+class Received(NamedTuple):
+    """What :meth:`HandlerProcess.receive` took for one call: its outcome, the log records sent back with it, and
+    whether the process answered (else the outcome says it timed out or how the process ended)."""
+
+    outcome: HandlerOutcome
+    records: list[dict[str, Any]]
+    answered: bool
+
+
+class _Unreadable(Exception):
+    """An answer from the handler process that cannot be unpickled."""
+
+
+#: how much a read from the pipe takes at once (the answers there, several at a time)
+_READ_SIZE = 1 << 16
+
+
 def pickled_call(data: dict[str, Any], attempt: tuple[Any, ...]) -> bytes:
     """One call as :meth:`HandlerProcess.send` takes it (pickled apart, so that a call that cannot be pickled fails
     alone); raises what pickling raises."""
@@ -324,6 +341,8 @@ class HandlerProcess:
         self.process = context.Process(target=main, args=(child_end, spec), name=f"xflow-handler:{label}")
         #: the process has ended (its sentinel was seen); its slot replaces it
         self.ended = False
+        #: what was read from the pipe and not taken yet (answers come several at a time)
+        self._inbox = bytearray()
         #: how it ended, once its files are closed
         self.exitcode: int | None = None
         self._poller: Any = None
@@ -394,7 +413,8 @@ class HandlerProcess:
         except Exception as exc:  # not picklable: nothing was written
             return HandlerOutcome(False, [], [], f"the event cannot be sent to the handler process: {exc}", 0.0), []
         self.send([call])
-        return self.receive(started, timeout)
+        received = self.receive(started, timeout)
+        return received.outcome, received.records
 
     def send(self, calls: Sequence[bytes]) -> None:
         """Hand the process these calls (from :func:`pickled_call`), in one message: it runs them in order and
@@ -403,35 +423,80 @@ class HandlerProcess:
         with contextlib.suppress(OSError):
             self.conn.send(list(calls))
 
-    def receive(self, started: float, timeout: float | None) -> tuple[HandlerOutcome, list[dict[str, Any]]]:
+    def receive(self, started: float, timeout: float | None) -> Received:
         """The outcome of the next call sent, which started at ``started`` (``time.perf_counter()``): its answer;
         or, with none ``timeout`` seconds after ``started``, "timed out" (the process is killed, after writing its
-        threads' stacks); or how the process ended (then :attr:`ended` is true). Also the log records the process
-        sent back (when started with ``keep_records``)."""
-        wait = None if timeout is None else max(0.0, started + timeout - time.perf_counter())
-        answered, ended = self._wait(wait)
-        if answered:
-            try:
-                ok, pairs, logs, error, duration, records = self.conn.recv()
-            except (EOFError, OSError):
-                pass  # died: below
-            except Exception as exc:  # what came back cannot be read: the pipe is no longer in step
-                self.kill()
-                return HandlerOutcome(False, [], [], f"the handler process sent back what cannot be read: {exc}",
-                                      time.perf_counter() - started), []
-            else:
-                published: list[tuple[str, dict[str, Any]]] = [(name, runtime.JsonObject(json.loads(text), text))
-                                                               for name, text in pairs]
-                return HandlerOutcome(ok, published, logs, error, duration), records
+        threads' stacks); or how the process ended. Also the log records the process sent back (when started with
+        ``keep_records``). Once :attr:`ended`, answers it sent before it ended are still taken, one per call."""
+        try:
+            reply = self._next_reply(None if timeout is None else started + timeout)
+        except _Unreadable as exc:  # what came back cannot be read: the pipe is no longer in step
+            self.kill()
+            return Received(HandlerOutcome(False, [], [], f"the handler process sent back what cannot be read: {exc}",
+                                           time.perf_counter() - started), [], False)
+        if reply is not None:
+            ok, pairs, logs, error, duration, records = reply
+            published: list[tuple[str, dict[str, Any]]] = [(name, runtime.JsonObject(json.loads(text), text))
+                                                           for name, text in pairs]
+            return Received(HandlerOutcome(ok, published, logs, error, duration), records, True)
         elapsed = time.perf_counter() - started
-        if not answered and not ended:
+        if not self.ended:
             self.kill(dump=True)
-            return HandlerOutcome(False, [], self.mirror_lines(), f"timed out after {seconds(timeout or 0)}",
-                                  elapsed), []
-        self.ended = True  # its pipe closed, or its sentinel says so
+            return Received(HandlerOutcome(False, [], self.mirror_lines(), f"timed out after {seconds(timeout or 0)}",
+                                           elapsed), [], False)
         self.process.join(5)
         self.kill()  # in case it closed its pipe but lives on
-        return HandlerOutcome(False, [], self.mirror_lines(), describe_exit(self.process.exitcode), elapsed), []
+        return Received(HandlerOutcome(False, [], self.mirror_lines(), describe_exit(self.process.exitcode), elapsed),
+                        [], False)
+
+    def _next_reply(self, deadline: float | None) -> Any:
+        """The next answer, waiting until ``deadline`` (``time.perf_counter()``; None: no limit); None when none
+        came by then, or the process ended (then :attr:`ended` is true). Answers are read from the pipe as they
+        are there, several at a time (each framed as the pipe's connection frames them)."""
+        while True:
+            frame = self._frame()
+            if frame is not None:
+                try:
+                    return pickle.loads(frame)
+                except Exception as exc:
+                    raise _Unreadable(exc) from None
+            answered, _ = self._wait(None if deadline is None else max(0.0, deadline - time.perf_counter()))
+            if not answered:
+                return None  # timed out, or ended (``_wait`` noted it)
+            if self._poller is None:  # no poll(): the connection reads its frames itself, one at a time
+                try:
+                    return self.conn.recv()
+                except (EOFError, OSError):
+                    self.ended = True
+                    return None
+                except Exception as exc:
+                    raise _Unreadable(exc) from None
+            try:
+                data = os.read(self._conn_fd, _READ_SIZE)
+            except OSError:
+                data = b""
+            if not data:  # the pipe closed: the process ended
+                self.ended = True
+                return None
+            self._inbox += data
+
+    def _frame(self) -> bytes | None:
+        """The first whole answer read from the pipe and not taken yet: a 4-byte big-endian size (-1, then an 8-byte
+        size, for a large one), then the pickle (``multiprocessing.connection``'s framing)."""
+        inbox = self._inbox
+        if len(inbox) < 4:
+            return None
+        size, start = int.from_bytes(inbox[:4], "big", signed=True), 4
+        if size == -1:
+            if len(inbox) < 12:
+                return None
+            size, start = int.from_bytes(inbox[4:12], "big"), 12
+        end = start + size
+        if len(inbox) < end:
+            return None
+        frame = bytes(inbox[start:end])
+        del inbox[:end]
+        return frame
 
     def mirror_lines(self) -> list[str]:
         """What the process wrote in its current call (complete lines, and faulthandler's stacks)."""

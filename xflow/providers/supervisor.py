@@ -45,6 +45,7 @@ import concurrent.futures
 import contextlib
 import itertools
 import logging
+import math
 import multiprocessing
 import multiprocessing.util  # noqa: F401  (imported first, so that its exit hook runs after this module's)
 import pickle
@@ -257,8 +258,8 @@ class HandlerPool:
         self._spare: list[HandlerProcess] = []  # started by check(), taken by the first slot that needs a process
         self._loggers: dict[tuple[str, str], logging.Logger] = {}
         self._watch = threading.Condition()
-        self._running: dict[Call, float] = {}
-        self._wake_at = float("inf")
+        #: when the watchdog (thread isolation with a timeout) wakes next: infinity while it waits for no call
+        self._wake_at = math.inf
         self._watchdog: threading.Thread | None = None
         self._number = next(_numbers)
         for _ in range(concurrency):
@@ -382,11 +383,14 @@ class HandlerPool:
         try:
             last = False
             while not last:
-                with self._lock:
-                    self._idle += 1
-                job = self._jobs.get()
-                with self._lock:
-                    self._idle -= 1
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:  # nothing waiting: this slot is idle until a call comes
+                    with self._lock:
+                        self._idle += 1
+                    job = self._jobs.get()
+                    with self._lock:
+                        self._idle -= 1
                 if job is None:
                     break
                 batch = [job]
@@ -483,13 +487,13 @@ class HandlerPool:
             done = 0
             for job, _ in calls:
                 slot.job = job
-                outcome, records = child.receive(started, self.timeout)
+                outcome, records, answered = child.receive(started, self.timeout)
                 started = time.perf_counter()
                 done += 1
                 self._measured(outcome.duration)
                 if records:
                     self._reemit(records, job.attempt)
-                if child.ended:
+                if child.ended and not answered:  # this call ended the process (or it ended before): the rest go on
                     child.stop(1.0)
                     slot.child = None  # the next call of this slot starts another process
                     if self.stopping and not outcome.ok and not (outcome.error or "").startswith("timed out"):
@@ -561,9 +565,6 @@ class HandlerPool:
                                    capture_logs=False)
         finally:
             capture.output = None
-            if self.timeout is not None:
-                with self._watch:
-                    self._running.pop(job, None)
         outcome, texts = sendable(outcome)
         if outcome.ok:
             outcome.published = [(name, JsonObject(data, text))
@@ -571,24 +572,32 @@ class HandlerPool:
         return outcome
 
     def _watch_job(self, job: Call) -> None:
+        """Give the call its deadline. The watchdog is woken only when it waits for no call: it sets ``_wake_at``
+        to infinity before it looks at the slots, so a call that starts meanwhile is seen by it, or wakes it (and
+        every call's deadline is later than those of the calls that started before it)."""
         assert self.timeout is not None
         job.deadline = time.monotonic() + self.timeout
-        with self._watch:
-            self._running[job] = job.deadline
-            if job.deadline < self._wake_at:
+        if self._wake_at == math.inf:
+            with self._watch:
                 self._watch.notify()
 
     def _watch_deadlines(self) -> None:
         """Thread isolation with a timeout: fail the calls past it and give their slots to new threads."""
         with self._watch:
             while not self._closed:
+                self._wake_at = math.inf
                 now = time.monotonic()
-                for job, deadline in list(self._running.items()):
-                    if deadline <= now:
-                        del self._running[job]
+                earliest = math.inf
+                for slot in list(self._slots):
+                    job = slot.job
+                    if job is None or slot.abandoned or not job.deadline or job.done:
+                        continue
+                    if job.deadline <= now:
                         self._abandon(job)
-                self._wake_at = min(self._running.values(), default=float("inf"))
-                self._watch.wait(None if self._wake_at == float("inf") else max(0.0, self._wake_at - now))
+                    elif job.deadline < earliest:
+                        earliest = job.deadline
+                self._wake_at = earliest
+                self._watch.wait(None if earliest == math.inf else max(0.0, earliest - now))
 
     def _abandon(self, job: Call) -> None:
         lines = job.output.finish()[:] if job.output is not None else []

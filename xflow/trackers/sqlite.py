@@ -268,14 +268,26 @@ def _event_row(record: EventRecord) -> tuple[Any, ...]:
     if data is not None:
         # data a handler published carries the JSON text it was encoded to once (valid UTF-8): stored as it is
         text = data.json if type(data) is JsonObject else _json(dict(data))
-    return (_text(record.event_id), _text(record.execution_id), _text(record.event), _time(record.published_at),
-            _text(record.producer), text)
+    names = (record.event_id, record.execution_id, record.event, record.producer)
+    if not _plain(names):
+        names = tuple(_text(name) for name in names)  # type: ignore[assignment]
+    return names[0], names[1], names[2], _time(record.published_at), names[3], text
 
 
 def _delivery_row(record: DeliveryRecord) -> tuple[Any, ...]:
-    return (_text(record.execution_id), _text(record.event_id), _text(record.event), _text(record.function),
-            int(record.attempt), record.status, _time(record.started_at), _time(record.duration, 0.0),
+    names = (record.execution_id, record.event_id, record.event, record.function)
+    if not _plain(names):
+        names = tuple(_text(name) for name in names)  # type: ignore[assignment]
+    return (*names, int(record.attempt), record.status, _time(record.started_at), _time(record.duration, 0.0),
             _text(record.error), _json([str(line) for line in record.logs]) if record.logs else "[]")
+
+
+def _plain(values: tuple[Any, ...]) -> bool:
+    """Whether every value is ASCII text, which is stored as it is (one check for a row's names)."""
+    try:
+        return "".join(values).isascii()
+    except TypeError:  # None, or a value that is not text
+        return False
 
 
 @contextmanager

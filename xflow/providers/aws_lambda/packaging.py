@@ -1,7 +1,8 @@
 """Packaging for the lambda provider: each function's deployment zip, built in memory, and the copies kept of it.
 
 A zip holds :mod:`xflow.providers.aws_lambda.shim` as ``lambda_shim.py``, a copy of :mod:`xflow.core.runtime` as
-``xflow_runtime.py``, the function's manifest ``xflow_function.json`` (what it is: workflow, mode, handler, the
+``xflow_runtime.py`` (and of :mod:`xflow.core.wire`, which it imports, as ``xflow_wire.py``), the function's
+manifest ``xflow_function.json`` (what it is: workflow, mode, handler, the
 events it may publish...), for a user function its code under ``function/`` and the packages its requirements name
 (installed by pip for its runtime and architecture, or held by a shared layer). The zip is deterministic (sorted
 names, fixed dates and modes), so equal code has an equal hash and planning compares hashes with Lambda's
@@ -109,6 +110,8 @@ def shim_files() -> dict[str, bytes]:
     return {
         "lambda_shim.py": (here / "shim.py").read_bytes(),
         "xflow_runtime.py": (here.parent.parent / "core" / "runtime.py").read_bytes(),
+        "xflow_wire.py": (here.parent.parent / "core" / "wire.py").read_bytes(),
+        "xflow_tracing.py": (here.parent.parent / "monitoring" / "tracing.py").read_bytes(),
     }
 
 
