@@ -169,3 +169,26 @@ def test_a_package_deploys_the_same_bytes_to_every_stage(aws_endpoint, tmp_path:
     assert cli.json("setup", flow, "--from", tmp_path / "pkg", "--stage", "prod", timeout=300)["changes"] == []
     for stage in ("dev", "prod"):
         cli.json("teardown", flow, "--stage", stage, timeout=300)
+
+
+def test_shared_layers_hold_the_requirements_several_functions_share(tmp_path: Path, wheels: Path) -> None:
+    flow = make_project(tmp_path / "p", "layered", wheels)
+    (tmp_path / "p" / "tool.py").unlink()
+    (tmp_path / "p" / "src" / "tool.py").write_text(TOOL)  # second's source now shares src/requirements.txt
+    flow.write_text(flow.read_text().replace("source: tool.py", "source: src"))
+    done = subprocess.run(xflow_command("package", str(flow), "--output", str(tmp_path / "pkg"), "--shared-layers",
+                                        "--format", "json"), cwd=flow.parent, env=clean_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads(done.stdout)
+    layers = [a for a in manifest["artifacts"] if a["kind"] == "layer"]
+    assert len(layers) == 1 and layers[0]["manifest"]["functions"] == ["first", "second"]
+    layer = zipfile.ZipFile(tmp_path / "pkg" / layers[0]["file"]).namelist()
+    assert f"python/{PACKAGE}/__init__.py" in layer
+    for entry in (a for a in manifest["artifacts"] if a["kind"] == "function"):
+        assert entry["manifest"]["requirements"] == {"key": layers[0]["layer"], "where": "layer"}
+        assert not [n for n in zipfile.ZipFile(tmp_path / "pkg" / entry["file"]).namelist() if n.startswith(PACKAGE)]
+    cli = CLI(tmp_path / "p", env={"AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "x",
+                                    "AWS_SECRET_ACCESS_KEY": "x", "AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
+    refused = cli("setup", flow, "--from", tmp_path / "pkg", "--dry-run")
+    assert refused.returncode == 2 and "setup does not deploy yet" in refused.stderr

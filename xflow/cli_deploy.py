@@ -66,12 +66,12 @@ def use_package(engine: Engine, package: Path | None) -> None:
 @click.option("--output", "output_dir", type=click.Path(file_okay=False, path_type=Path), required=True, metavar="DIR",
               help="The folder to write the artifacts and their manifest to (created; files of an earlier package in "
                    "it are replaced).")
-@click.option("--shared-layers/--no-shared-layers", default=None,
-              help="Put requirements that several functions share into one Lambda layer zip (default: the "
-                   "provider's shared_layers option in the file, else no). Setup does not deploy layers yet.")
+@click.option("--shared-layers", is_flag=True,
+              help="Put requirements that several functions share into one Lambda layer zip (setup does not deploy "
+                   "layers yet).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="Human lines, or the manifest as JSON (--output names the folder here).")
-def package_command(file: Path, output_dir: Path, shared_layers: bool | None, fmt: str) -> None:
+def package_command(file: Path, output_dir: Path, shared_layers: bool, fmt: str) -> None:
     """Build every Lambda artifact of FILE into DIR with a manifest (function, sha256, size); touch no backend.
 
     The same sources and requirements give the same bytes, whatever the machine, folder, time or umask: build

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 from xflow.core.errors import XflowError
 from xflow.providers.aws_lambda.packaging import (
-    MANIFEST,
     Artifact,
     build_artifacts,
     code_sha256,
@@ -61,22 +60,13 @@ def describe(artifact: Artifact) -> dict[str, Any]:
     return entry
 
 
-def shared_layers_of(workflow: Workflow, given: bool | None) -> bool:
-    """Whether a package of ``workflow`` puts shared requirements into layers: ``given``, else the file's provider
-    option ``shared_layers``."""
-    if given is not None:
-        return given
-    block = workflow.plugin_choice("provider")
-    value = block.options.get("shared_layers") if block.name in (None, "lambda") else None
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
-
-
-def write_package(workflow: Workflow, folder: Path, *, shared_layers: bool | None = None,
+def write_package(workflow: Workflow, folder: Path, *, shared_layers: bool = False,
                   aws: AwsSession | None = None) -> dict[str, Any]:
     """Build every artifact of ``workflow`` into ``folder`` (created) with ``manifest.json``; returns the manifest.
 
-    Files of an earlier package in the folder are replaced; other files are left alone."""
-    layered = shared_layers_of(workflow, shared_layers)
+    ``shared_layers``: requirements several functions share go into one layer zip. Files of an earlier package in the
+    folder are replaced; other files are left alone."""
+    layered = shared_layers
     if aws is None and any(f.source.startswith("s3://") for f in workflow.functions.values()):
         from xflow.aws import AwsSession
 
@@ -166,6 +156,10 @@ def read_package(workflow: Workflow, folder: Path) -> list[Artifact]:
                              "after it was built", hint)
         artifacts.append(Artifact(kind, name, data, dict(entry.get("manifest") or {}),
                                   str(entry.get("runtime") or "python3.12"), str(entry.get("architecture") or "x86_64")))
+    if any(a.kind == "layer" for a in artifacts):
+        raise XflowError(f"the package in {folder} holds shared layers (xflow package --shared-layers), which setup "
+                         "does not deploy yet", "package without --shared-layers: each function's zip then holds its "
+                         "requirements")
     return artifacts
 
 
@@ -177,11 +171,3 @@ def _expected_manifest(workflow: Workflow, kind: str, name: str) -> dict[str, An
         return tracker_manifest(workflow)
     return None
 
-
-def zip_manifest(data: bytes) -> dict[str, Any]:
-    """The ``xflow_function.json`` inside a function's zip."""
-    import io
-    import zipfile
-
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        return dict(json.loads(archive.read(MANIFEST)))
