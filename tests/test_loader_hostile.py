@@ -561,7 +561,8 @@ def test_validate_lists_problems_of_the_file_and_of_setup_together(cli, tmp_path
     assert done.stderr.splitlines()[1:] == [
         f"{path}:4: lambdas.0.handler: h.py in source 'h.py' defines no 'gone'",
         f"{path}:5: lambdas.0.colour: unknown key (known keys: name, handler, source, runtime, description, "
-        "publishes, retries, timeout, memory, batch_size, starting_position, bisect_on_error, environment, concurrency)",
+        "publishes, retries, timeout, memory, batch_size, starting_position, bisect_on_error, environment, concurrency, "
+        "architecture, requirements)",
     ]
 
 
