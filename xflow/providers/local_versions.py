@@ -5,9 +5,10 @@ back to an earlier one.
 Under ``STATE/WORKFLOW/deployments/``:
 
 - ``code/SHA256/``: a copy of what a function's ``source:`` makes importable, named by its SHA-256 (the file names
-  and bytes, sorted): a folder source whole, a file source with the folder it lies in (its neighbours are importable
-  to it, as when it runs in place). Caches, ``.git``, virtual environments and the state folder are left out.
-  Functions and versions with the same code share one copy.
+  and bytes, sorted): a folder source whole, a file source with the Python modules of the folder it lies in (they
+  are importable to it, as when it runs in place; the workflow file or data beside it are not code). Caches,
+  ``.git``, virtual environments and the state folder are left out. Functions and versions with the same code
+  share one copy.
 - ``FUNCTION.json``: the function's versions (number, code SHA-256, handler, environment, time), the live one and
   the ones live before it (newest first). Written whole and atomically, readable by its owner only (the
   environment may hold secrets).
@@ -61,16 +62,17 @@ def deployments_folder(state_dir: Path, workflow_id: str) -> Path:
 
 
 def code_root(function: Function) -> tuple[Path, str] | None:
-    """The folder a function's deployment copies and where its source lies in it ("" for the folder itself), or
-    None for a remote source."""
+    """The folder a function's deployment copies and where its source lies in it ("" for the folder itself: then
+    every file is copied, else only Python modules), or None for a remote source."""
     path = function.source_path
     if path is None:
         return None
     return (path, "") if path.is_dir() else (path.parent, path.name)
 
 
-def code_digest(root: Path, skip: Iterable[str] = ()) -> tuple[str, list[tuple[str, Path]]]:
-    """The SHA-256 (hex) of the files under ``root`` (names and bytes, in name order), and the files."""
+def code_digest(root: Path, skip: Iterable[str] = (), python_only: bool = False) -> tuple[str, list[tuple[str, Path]]]:
+    """The SHA-256 (hex) of the files under ``root`` (names and bytes, in name order; with ``python_only`` its
+    ``.py`` files only), and the files."""
     from xflow.sources.resolve import NOT_SHIPPED, source_files
 
     digest = hashlib.sha256()
@@ -78,6 +80,8 @@ def code_digest(root: Path, skip: Iterable[str] = ()) -> tuple[str, list[tuple[s
     size = 0
     for rel, path in source_files(root, f"source folder {root}", NOT_SHIPPED | set(skip)):
         name = rel.as_posix()
+        if python_only and not name.endswith(".py"):
+            continue
         data = path.read_bytes()
         size += len(data)
         if len(files) >= MAX_FILES or size > MAX_BYTES:
@@ -110,16 +114,20 @@ class LocalVersions:
         path = self.record_path(function)
         try:
             data = json.loads(path.read_text())
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return {"function": function, "live": None, "history": [], "versions": []}
         except (OSError, ValueError) as exc:
-            raise XflowError(f"cannot read {path}: {exc}", "remove it and run setup again") from None
+            raise XflowError(f"cannot read {path}: {exc}",
+                             "remove it and run setup again, or choose another state folder with --state-dir") from None
         return data if isinstance(data, dict) else {"function": function, "live": None, "history": [], "versions": []}
 
     def _write(self, function: str, record: Mapping[str, Any]) -> None:
         path = self.record_path(function)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{function}.", suffix=".json", dir=path.parent)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{function}.", suffix=".json", dir=path.parent)
+        except OSError as exc:
+            raise XflowError(f"cannot write {path}: {exc}", "choose a writable state folder with --state-dir") from None
         try:
             with os.fdopen(fd, "w") as file:
                 json.dump(record, file, indent=1)
@@ -137,15 +145,16 @@ class LocalVersions:
 
     def plan_setup(self, workflow: Workflow, functions: Iterable[Function]) -> list[Step]:
         steps: list[Step] = []
-        digests: dict[Path, str] = {}
+        digests: dict[tuple[Path, bool], str] = {}
         for function in functions:
             where = code_root(function)
             if where is None:
                 continue
             root, entry = where
-            if root not in digests:
-                digests[root] = code_digest(root, self._skip(root))[0]
-            wanted = {"sha256": digests[root], "entry": entry, "handler": function.handler,
+            if (root, bool(entry)) not in digests:
+                digests[root, bool(entry)] = code_digest(root, self._skip(root), python_only=bool(entry))[0]
+            digest = digests[root, bool(entry)]
+            wanted = {"sha256": digest, "entry": entry, "handler": function.handler,
                       "environment": dict(function.environment)}
             record = self.record(function.name)
             live = self.live_version(function.name)
@@ -157,7 +166,7 @@ class LocalVersions:
                 version = str(same[-1]["version"])
             else:
                 version = str(max((int(v["version"]) for v in record["versions"]), default=0) + 1)
-                steps.append(Step("create", resource, detail=f"version {version}, code {digests[root][:12]}",
+                steps.append(Step("create", resource, detail=f"version {version}, code {digest[:12]}",
                                   call="local:PublishVersion", params={
                                       "Function": function.name, "Version": version, "Root": str(root),
                                       "Skip": sorted(self._skip(root)), **wanted}))
@@ -189,7 +198,7 @@ class LocalVersions:
                 handler: str, environment: Mapping[str, str]) -> None:
         code = self.folder / "code" / sha256
         if not code.exists():
-            digest, files = code_digest(Path(Root), Skip)
+            digest, files = code_digest(Path(Root), Skip, python_only=bool(entry))
             if digest != sha256:
                 raise XflowError(f"function {Function}: its code in {Root} changed since the plan", "run setup again")
             tmp = self.folder / "code" / f".{sha256}.{uuid.uuid4().hex[:8]}"
@@ -203,6 +212,9 @@ class LocalVersions:
                 except OSError:
                     if not code.exists():  # not another setup that copied the same code meanwhile
                         raise
+            except OSError as exc:
+                raise XflowError(f"cannot copy the code of {Function} to {code}: {exc}",
+                                 "choose a writable state folder with --state-dir") from None
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         record = self.record(Function)
