@@ -2,7 +2,8 @@
 alarms on every function's Errors, Throttles and IteratorAge and on the on-failure queue's depth, the SNS topic they
 notify (with an e-mail subscription) and one dashboard, all shown by ``--dry-run`` and made by nothing else; a second
 setup changes nothing, a changed block changes only what it names, teardown removes them. The ``tracing`` option
-turns on Lambda's active tracing. The Lambda shim (run by ``xflow emulate``) writes embedded-metric-format lines."""
+turns on Lambda's active tracing. The Lambda shim (run by ``xflow emulate``) writes embedded-metric-format lines and
+carries the trace context from event to event."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ try:
     from aws_server import aws_endpoint  # noqa: F401
 except ImportError:  # tests/ imported as a package
     from tests.aws_server import aws_endpoint  # noqa: F401
+
+from xflow.monitoring import tracing
 
 pytestmark = pytest.mark.aws
 
@@ -151,12 +154,12 @@ def test_setup_makes_alarms_topic_and_dashboard_once_and_teardown_removes_them(a
     assert our_alarms(cloudwatch, workflow) == {} and topic not in topics(sns)
 
 
-def test_the_shim_writes_embedded_metrics(aws_endpoint, cli, tmp_path):  # noqa: F811
+def test_the_shim_writes_embedded_metrics_and_carries_the_trace(aws_endpoint, cli, tmp_path):  # noqa: F811
     """Run by ``xflow emulate`` (the deployed zips, the shim as Lambda calls it): each delivery line is a CloudWatch
-    embedded-metric-format document."""
+    embedded-metric-format document, and every event of the execution carries one trace id."""
     import boto3
 
-    logs = boto3.client("logs")
+    logs, kinesis = boto3.client("logs"), boto3.client("kinesis")
     workflow = f"emf{uuid.uuid4().hex[:6]}"
     path = write_flow(tmp_path, workflow, "  dashboard: false\n", tracing_on=False)
     cli.json("setup", path)
@@ -181,6 +184,17 @@ def test_the_shim_writes_embedded_metrics(aws_endpoint, cli, tmp_path):  # noqa:
         assert {d["function"]: d["EventsPublished"] for d in documents} == {f"{workflow}_reader": 1,
                                                                             f"{workflow}_counter": 0}
 
+        # the trace: Uploaded (published by the CLI) and Read (by the reader in the shim) share one trace id
+        contexts = {}
+        for event in ("Uploaded", "Read"):
+            stream = f"{workflow}-{event}"
+            shard = kinesis.list_shards(StreamName=stream)["Shards"][0]["ShardId"]
+            iterator = kinesis.get_shard_iterator(StreamName=stream, ShardId=shard,
+                                                  ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+            [record] = kinesis.get_records(ShardIterator=iterator)["Records"]
+            contexts[event] = tracing.parse(json.loads(record["Data"])["traceparent"])
+        assert contexts["Uploaded"] and contexts["Read"]
+        assert contexts["Uploaded"][0] == contexts["Read"][0] and contexts["Uploaded"][1] != contexts["Read"][1]
     finally:
         cli.json("teardown", path)
 

@@ -19,7 +19,10 @@ and is reported ``failed`` at once, as the local worker does.
 
 Each delivery line (and dead letter) also carries CloudWatch metrics in the embedded metric format (namespace
 ``xflow``, dimensions ``workflow_id``, ``function`` and ``status``: ``Deliveries``, ``HandlerDuration`` in ms,
-``EventsPublished``; ``DeadLetters``), which CloudWatch Logs extracts from the function's log group.
+``EventsPublished``; ``DeadLetters``), which CloudWatch Logs extracts from the function's log group. Published
+events continue the W3C trace context of the handled event (``xflow_tracing.py``); with OpenTelemetry importable in
+the function and its settings given (``OTEL_EXPORTER_OTLP_ENDPOINT``...), the deliver, handler and publish spans
+are sent before each invocation returns.
 
 ``track`` (the ``tracker_<workflow_id>`` function): writes every event of the batch into the
 workflow's log group, one log stream per execution id.
@@ -44,8 +47,10 @@ if str(HERE) not in sys.path:
 
 if TYPE_CHECKING:  # type checkers read the original; the zip holds no xflow package
     from xflow.core import runtime
+    from xflow.monitoring import tracing
 else:
     import xflow_runtime as runtime  # (the copy of xflow/core/runtime.py next to this file)
+    import xflow_tracing as tracing  # (the copy of xflow/monitoring/tracing.py)
 
 CONFIG_FILE = "xflow_function.json"
 DEPLOYMENT_VARIABLE = "XFLOW_DEPLOYMENT"
@@ -164,7 +169,10 @@ def _earlier_failures(function: str, execution_id: str, event_id: str, since: fl
 
 
 def _publish(cfg: Mapping[str, Any], published: list[tuple[str, dict[str, Any]]], parent_id: str,
-             execution_id: str, hops: int = 0) -> None:
+             execution_id: str, hops: int = 0, handled: tuple[str | None, str | None] = (None, None),
+             spans: tracing.Spans | None = None, context: Any = None) -> None:
+    """Publish the handler's events; their trace context continues ``handled`` (the handled event's traceparent and
+    tracestate), through a publish span each, children of ``context``, when ``spans`` are on."""
     by_stream: dict[str, list[dict[str, Any]]] = {}
     source = f"xflow/{cfg['workflow_id']}/{cfg['function']}"
     for index, (name, data) in enumerate(published):
@@ -172,7 +180,11 @@ def _publish(cfg: Mapping[str, Any], published: list[tuple[str, dict[str, Any]]]
         if stream is None:
             raise ValueError(f"published {name!r}, which is not an event of workflow {cfg['workflow_id']!r}")
         event_id = runtime.derive_event_id(parent_id, cfg["function"], index)
-        value = runtime.encode_event(name, data, execution_id, event_id, source, hops=hops + 1)
+        trace, state = (spans.publish(cfg["workflow_id"], name, execution_id, event_id, context)
+                        if spans is not None and context is not None else
+                        tracing.continued(handled[0], handled[1], event_id, execution_id))
+        value = runtime.encode_event(name, data, execution_id, event_id, source, hops=hops + 1, traceparent=trace,
+                                     tracestate=state)
         by_stream.setdefault(stream, []).append({"Data": value, "PartitionKey": execution_id})
     if not by_stream:
         return
@@ -198,6 +210,7 @@ def handle(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
     failures: list[dict[str, str]] = []
     logger = logging.getLogger(f"xflow.function.{function}")
     logger.setLevel(logging.DEBUG)
+    spans = tracing.spans()  # OpenTelemetry, when importable here and configured (None: the context is carried)
     for record in kinesis_records(event):
         if failures:  # keep per-shard order: everything after a failure is retried with it
             failures.append({"itemIdentifier": record["item"]})
@@ -211,7 +224,7 @@ def handle(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
                   "error": str(exc)})
             continue
         try:
-            retry = _handle_record(cfg, record, event_name, decoded, logger)
+            retry = _handle_record(cfg, record, event_name, decoded, logger, spans)
         except Exception as exc:  # no record may stop the shard: set it aside with the reason
             emit({"xflow": "dead_letter", "function": function, "event": event_name, "event_id": decoded.event_id,
                   "execution_id": decoded.execution_id, "error": f"cannot settle the record at {fallback}: "
@@ -219,11 +232,13 @@ def handle(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
             continue
         if retry:
             failures.append({"itemIdentifier": record["item"]})
+    if spans is not None:
+        spans.flush()  # before the invocation returns: Lambda freezes the process after it
     return {"batchItemFailures": failures}
 
 
 def _handle_record(cfg: Mapping[str, Any], record: Mapping[str, Any], event_name: str,
-                   decoded: runtime.DecodedEvent, logger: logging.Logger) -> bool:
+                   decoded: runtime.DecodedEvent, logger: logging.Logger, spans: tracing.Spans | None = None) -> bool:
     """Run the handler on one event and print its outcome; True when the record is to be retried."""
     function, workflow_id = cfg["function"], cfg["workflow_id"]
     retries = int(cfg.get("retries", 0))
@@ -247,9 +262,13 @@ def _handle_record(cfg: Mapping[str, Any], record: Mapping[str, Any], event_name
     else:
         outcome = runtime.call_handler(handler, decoded.data, ctx, list(cfg.get("publishes", [])))
     error = outcome.error
+    context = None if spans is None else spans.attempt(
+        workflow_id, function, event_name, decoded.execution_id, decoded.event_id, known + 1, decoded.traceparent,
+        decoded.tracestate, started, outcome.duration, time.time(), outcome.error)
     if outcome.ok:
         try:
-            _publish(cfg, outcome.published, decoded.event_id, decoded.execution_id, decoded.hops)
+            _publish(cfg, outcome.published, decoded.event_id, decoded.execution_id, decoded.hops,
+                     (decoded.traceparent, decoded.tracestate), spans, context)
         except Exception as exc:
             error = f"publishing failed: {type(exc).__name__}: {exc}"
     line.update(duration=outcome.duration, logs=outcome.logs)
