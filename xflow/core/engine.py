@@ -21,15 +21,13 @@ ones back), configure no logging and change no environment variable.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import closing, contextmanager, nullcontext
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +35,10 @@ from xflow.core.config import MAPPING_NAME, load_workflow, load_workflow_mapping
 from xflow.core.delivery import OutgoingEvent, publish_events
 from xflow.core.deploy import DisplayOnlyExecutor, Executor
 from xflow.core.errors import XflowError
+from xflow.core.event_data import JSON_TYPES, MAX_DATA_DEPTH, check_event_data
 from xflow.core.interfaces import (
     DeliveryRecord,
     FunctionProvider,
-    Plugin,
     PluginContext,
     Runner,
     Step,
@@ -48,25 +46,27 @@ from xflow.core.interfaces import (
     Transport,
 )
 from xflow.core.model import Workflow
-from xflow.core.options import Option, declared_options, env_name, env_values, resolve_options
-from xflow.core.plugins import PluginInfo, PluginRegistry
-from xflow.core.redact import is_secret_name, redact, url_password, userinfo_is_ambiguous
+from xflow.core.options import declared_options
+from xflow.core.plugin_choice import AWS_DEFAULTS, KIND_ORDER, LOCAL_DEFAULTS, PluginChoices
+from xflow.core.plugins import PluginRegistry
 from xflow.core.runtime import new_event_id
+from xflow.core.setup_record import (
+    default_state_dir,
+    read_setup_record,
+    remove_setup_record,
+    setup_record_path,
+    write_setup_record,
+)
 from xflow.core.stages import apply_stage
+from xflow.core.state_files import SQLITE_HEADER, state_files
 from xflow.core.tracking import final_result, summarize
 from xflow.core.worker import Worker, stop_on_signals
 
-log = logging.getLogger("xflow")
+__all__ = ["AWS_DEFAULTS", "JSON_TYPES", "KIND_ORDER", "LOCAL_DEFAULTS", "MAX_DATA_DEPTH", "SQLITE_HEADER", "Engine",
+           "SetupReport", "UnknownExecutionError", "check_event_data", "default_state_dir", "read_setup_record",
+           "setup_record_path"]
 
-#: defaults of ``xflow run`` / ``worker`` (embedded) and of ``xflow setup`` (AWS)
-LOCAL_DEFAULTS = {"transport": "local", "provider": "local", "tracker": "sqlite"}
-AWS_DEFAULTS = {"transport": "kinesis", "provider": "lambda", "tracker": "cloudwatch"}
-KIND_ORDER = ("transport", "provider", "tracker")
-#: the most an event's data may be nested (objects and arrays inside each other)
-MAX_DATA_DEPTH = 128
-SQLITE_HEADER = b"SQLite format 3\x00"
-JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
-              type(None): "null"}
+log = logging.getLogger("xflow")
 
 
 class UnknownExecutionError(XflowError):
@@ -82,91 +82,6 @@ class UnknownExecutionError(XflowError):
         self.summary = summary
 
 
-def default_state_dir() -> Path:
-    return Path(os.environ.get("XFLOW_STATE_DIR") or ".xflow")
-
-
-def setup_record_path(state_dir: Path, workflow_id: str) -> Path:
-    return Path(state_dir) / workflow_id / "setup.json"
-
-
-def read_setup_record(state_dir: Path, workflow_id: str) -> dict[str, Any] | None:
-    """What ``setup`` recorded for a workflow in this state folder, or None.
-
-    A record that cannot be read, or is not the object setup writes, is a one-line error naming the file.
-    """
-    path = setup_record_path(state_dir, workflow_id)
-    hint = f"move {path} away and run 'xflow setup' again, which writes a new one"
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except (OSError, ValueError, RecursionError) as exc:
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-        raise XflowError(f"the setup record {path} is unreadable ({reason})", hint) from None
-    problem = _record_problem(record)
-    if problem:
-        raise XflowError(f"the setup record {path} is damaged: {problem}", hint)
-    return record
-
-
-def _json_type(value: Any) -> str:
-    return JSON_TYPES.get(type(value), type(value).__name__)
-
-
-def _record_problem(record: Any) -> str | None:
-    """What is wrong with a setup record's shape, or None."""
-    if not isinstance(record, dict):
-        return f"it holds a JSON {_json_type(record)}, not an object"
-    if not isinstance(record.get("workflow_file"), str):
-        return "'workflow_file' is missing or not a string"
-    for kind in KIND_ORDER:
-        entry = record.get(kind)
-        if entry is None:
-            continue
-        if not isinstance(entry, dict):
-            return f"{kind!r} is a JSON {_json_type(entry)}, not an object"
-        if not isinstance(entry.get("name"), str | None):
-            return f"{kind}.name is a JSON {_json_type(entry['name'])}, not a string"
-        if not isinstance(entry.get("options"), dict | None):
-            return f"{kind}.options is a JSON {_json_type(entry['options'])}, not an object"
-    return None
-
-
-def check_event_data(data: Any, what: str = "the event's data") -> None:
-    """An XflowError unless ``data`` is a JSON object that can go on the wire as strict JSON.
-
-    Refused: anything ``json`` cannot encode, NaN and Infinity (not JSON), and nesting deeper than
-    :data:`MAX_DATA_DEPTH`. ``what`` names the data in the message.
-    """
-    if not isinstance(data, Mapping):
-        raise XflowError(f"{what} must be a JSON object, got {_json_type(data)}")
-    depth, stack = 0, [(data, 1)]
-    while stack:
-        value, level = stack.pop()
-        if isinstance(value, Mapping):
-            children: Any = value.values()
-        elif isinstance(value, list | tuple):
-            children = value
-        else:
-            continue
-        depth = max(depth, level)
-        if depth > MAX_DATA_DEPTH:
-            raise XflowError(f"{what} is nested more than {MAX_DATA_DEPTH} levels deep",
-                             "flatten it, or publish a reference (a path or URL) to the document")
-        stack.extend((child, level + 1) for child in children)
-    try:
-        json.dumps(dict(data), allow_nan=False)
-    except ValueError as exc:
-        if "Out of range float" in str(exc):
-            raise XflowError(f"{what} holds NaN or Infinity, which JSON does not allow",
-                             'use null, or a string such as "NaN"') from None
-        raise XflowError(f"{what} cannot be sent as JSON: {exc}") from None
-    except (TypeError, RecursionError) as exc:
-        raise XflowError(f"{what} is not JSON-serialisable: {exc}",
-                         "use only objects, arrays, strings, numbers, true, false and null") from None
-
-
 @dataclass
 class SetupReport:
     """What ``setup`` or ``teardown`` changed (or, on a dry run, would change)."""
@@ -178,16 +93,6 @@ class SetupReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {"workflow_id": self.workflow_id, **self.plugins, "changes": [s.as_change() for s in self.steps]}
-
-
-@dataclass
-class _Choice:
-    kind: str
-    name: str
-    options: dict[str, Any] = field(default_factory=dict)
-    instance: Plugin | None = None
-    #: where each of ``options`` came from (the workflow file, the setup record)
-    sources: dict[str, str] = field(default_factory=dict)
 
 
 class Engine:
@@ -225,39 +130,18 @@ class Engine:
                  registry: PluginRegistry | None = None, use_setup_record: bool = True,
                  base_dir: str | os.PathLike[str] | None = None, workflow_id: str | None = None,
                  options_source: str = "Engine(options=...)", stage: str | None = None) -> None:
-        self._lock = threading.RLock()  # plugins are made once, whichever thread needs them first
         self._setup_lock = threading.Lock()  # one setup or teardown at a time
         self.workflow = _as_workflow(workflow, base_dir, workflow_id)
         if stage is not None:  # the file's stage: is applied by the loader; this one wins over it
             self.workflow = apply_stage(self.workflow, stage)
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
-        self._registry = registry
         self.record = read_setup_record(self.state_dir, self.workflow.id) if use_setup_record else None
         given = {"transport": transport, "provider": provider, "tracker": tracker}
-        options = options or {}
-        self._choices: dict[str, _Choice] = {}
-        for kind in KIND_ORDER:
-            value = given[kind]
-            if isinstance(value, Plugin):
-                self._choices[kind] = _Choice(kind, value.name, dict(value.context.options), value)
-                continue
-            recorded = (self.record or {}).get(kind) or {}
-            block = self.workflow.plugin_choice(kind)
-            name = value or recorded.get("name") or block.name or defaults[kind]
-            merged: dict[str, Any] = {}
-            sources: dict[str, str] = {}
-            if block.name in (None, name):
-                merged.update(block.options)
-                sources.update(dict.fromkeys(block.options, f"the workflow file {self.workflow.path} ({kind}.options)"))
-            if recorded.get("name") == name:
-                merged.update(recorded.get("options") or {})
-                sources.update(dict.fromkeys(recorded.get("options") or {},
-                                             f"the setup record {setup_record_path(self.state_dir, self.workflow.id)}"))
-            self._choices[kind] = _Choice(kind, name, merged, sources=sources)
-        self._explicit_options = {k: dict(v) for k, v in options.items()}
-        self._options_source = options_source
+        self._plugins = PluginChoices(self.workflow, self.state_dir, given, record=self.record,
+                                      record_path=setup_record_path(self.state_dir, self.workflow.id),
+                                      options=options or {}, defaults=defaults, registry=registry,
+                                      options_source=options_source)
         self._step_owner: dict[int, str] = {}
-        self._routed: dict[str, dict[str, Any]] | None = None
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, base_dir: str | os.PathLike[str], workflow_id: str | None = None,
@@ -276,140 +160,43 @@ class Engine:
     # -- plugins ------------------------------------------------------------------------------
     @property
     def registry(self) -> PluginRegistry:
-        if self._registry is None:
-            self._registry = PluginRegistry()
-        return self._registry
+        return self._plugins.registry
 
     def plugin_names(self) -> dict[str, str]:
-        return {kind: choice.name for kind, choice in self._choices.items()}
-
-    def _info(self, kind: str) -> PluginInfo:
-        return self.registry.get(kind, self._choices[kind].name)
-
-    def _options(self, kind: str) -> dict[str, Any]:
-        """The chosen plugin's options, each converted to its declared type (an XflowError naming where a bad one
-        came from)."""
-        choice = self._choices[kind]
-        info = self._info(kind)
-        declared = info.declared()
-        given: dict[str, tuple[Any, str]] = {key: (value, choice.sources.get(key, "the workflow file"))
-                                             for key, value in choice.options.items()}
-        for key, (value, variable) in env_values(choice.name, kind, declared).items():
-            given[key] = (value, f"environment variable {variable}")
-        for key, value in self._given_options(kind).items():
-            given[key] = (value, self._options_source)
-        return resolve_options(info.label, declared, given)
-
-    def _declared(self, kind: str) -> Mapping[str, Option]:
-        instance = self._choices[kind].instance
-        if instance is not None:
-            return declared_options(type(instance))
-        return self._info(kind).declared()
-
-    def _given_options(self, kind: str) -> dict[str, Any]:
-        """Options given in code or by --option: per kind, plus un-prefixed keys routed to the plugin that declares them."""
-        if self._routed is None:
-            routed: dict[str, dict[str, Any]] = {k: dict(self._explicit_options.get(k, {})) for k in KIND_ORDER}
-            for key, value in self._explicit_options.get("any", {}).items():
-                takers = [k for k in KIND_ORDER if key in self._declared(k)]
-                if not takers:
-                    accepted = "; ".join(f"{k} {self._choices[k].name}: {', '.join(sorted(self._declared(k))) or 'none'}"
-                                         for k in KIND_ORDER)
-                    raise XflowError(f"no chosen plugin accepts option {key!r} ({accepted})")
-                if len(takers) > 1:
-                    raise XflowError(f"option {key!r} is accepted by the {' and the '.join(takers)}",
-                                     f"say which: --option {takers[0]}.{key}=VALUE")
-                routed[takers[0]][key] = value
-            self._routed = routed
-        return self._routed[kind]
+        return self._plugins.names()
 
     def check_plugins(self) -> None:
         """Resolve every plugin and check its options, creating nothing."""
-        for kind in KIND_ORDER:
-            if self._choices[kind].instance is None:
-                self._options(kind)
-
-    def _plugin(self, kind: str) -> Any:
-        choice = self._choices[kind]
-        if choice.instance is not None:
-            return choice.instance
-        with self._lock:
-            if choice.instance is None:
-                info = self._info(kind)
-                options = self._options(kind)
-                context = PluginContext(self.workflow.id, options, self.state_dir, self.workflow, info.declared())
-                assert info.cls is not None
-                choice.instance = _guard(info, "start", lambda: info.cls(context), self._damaged)  # type: ignore[misc]
-                choice.options = options
-                # a file that is not SQLite at all (its header alone; nothing is opened, nothing written) is refused
-                # now, before a publish reaches the other plugins or a worker takes records it could not settle
-                damaged = self._damaged_file([kind], thorough=False)
-                if damaged is not None:
-                    raise damaged
-            return choice.instance
+        self._plugins.check()
 
     @property
     def transport(self) -> Transport:
-        return self._plugin("transport")
+        return self._plugins.plugin("transport")
 
     @property
     def provider(self) -> FunctionProvider:
-        return self._plugin("provider")
+        return self._plugins.plugin("provider")
 
     @property
     def tracker(self) -> TrackerStore:
-        return self._plugin("tracker")
+        return self._plugins.plugin("tracker")
 
     def close(self) -> None:
-        for choice in self._choices.values():
-            if choice.instance is not None:
-                choice.instance.close()
+        self._plugins.close()
 
     def __enter__(self) -> Engine:
         return self
 
-    def _damaged(self, exc: BaseException) -> XflowError | None:
-        """A user-facing error when ``exc`` says a plugin's SQLite file is damaged (it is the user's file, not a bug)."""
-        if type(exc) is not sqlite3.DatabaseError:  # corruption and "not a database" only; not locks or SQL errors
-            return None
-        return self._damaged_file() or XflowError(
-            f"a database file of the state is damaged: {exc}",
-            f"look in {self.state_dir / self.workflow.id}; move the damaged file away (what it held is lost) or "
-            "restore it from a backup, then run 'xflow setup' again")
-
-    def _damaged_file(self, kinds: Sequence[str] = KIND_ORDER, thorough: bool = True) -> XflowError | None:
-        """The error naming the first plugin file (a plugin's ``path``: the embedded log, the sqlite tracker) that is
-        not a sound SQLite database, or None."""
-        for kind in kinds:
-            instance = self._choices[kind].instance
-            path = getattr(instance, "path", None)
-            if not isinstance(path, str | os.PathLike):
-                continue
-            reason = _sqlite_damage(Path(path), thorough)
-            if reason is not None:
-                return XflowError(f"{path} is damaged ({reason}): the {kind} {self._choices[kind].name!r} cannot use it",
-                                  "move it away (what it held is lost) or restore it from a backup, then run "
-                                  "'xflow setup' again")
-        return None
-
-    @contextmanager
-    def _state_files(self) -> Iterator[None]:
-        """Turn "file is not a database" and the like, raised by any plugin call inside, into a one-line error."""
-        try:
-            yield
-        except sqlite3.DatabaseError as exc:
-            error = self._damaged(exc)
-            if error is None:
-                raise
-            raise error from None
-
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _state_files(self) -> AbstractContextManager[None]:
+        """Turn "file is not a database" and the like, raised by any plugin call inside, into a one-line error."""
+        return state_files(self._plugins.damaged)
+
     # -- setup / teardown ---------------------------------------------------------------------
     def _planned(self, kind: str, call: Callable[[], list[Step]]) -> list[Step]:
-        info = self._info(kind)
-        steps = list(_guard(info, "plan", call, self._damaged))
+        steps = list(self._plugins.guard(kind, "plan", call))
         for step in steps:
             self._step_owner[id(step)] = kind
         return steps
@@ -429,7 +216,7 @@ class Engine:
             steps = self.plan()
             self._execute(steps, dry_run, on_step)
             if not dry_run:
-                self._write_record()
+                write_setup_record(self.state_dir, self.workflow, self._plugins)
         return SetupReport(self.workflow.id, self.plugin_names(), steps, dry_run)
 
     def teardown(self, dry_run: bool = False,
@@ -443,11 +230,7 @@ class Engine:
                      + self._planned("transport", lambda: transport.plan_teardown(self.workflow.events)))
             self._execute(steps, dry_run, on_step)
             if not dry_run:
-                record = setup_record_path(self.state_dir, self.workflow.id)
-                record.unlink(missing_ok=True)
-                for folder in (record.parent, self.state_dir):
-                    if folder.exists() and not any(folder.iterdir()):
-                        folder.rmdir()
+                remove_setup_record(self.state_dir, self.workflow.id)
         return SetupReport(self.workflow.id, self.plugin_names(), steps, dry_run)
 
     def _execute(self, steps: Sequence[Step], dry_run: bool, on_step: Callable[[Step, int, int], None] | None) -> None:
@@ -459,31 +242,9 @@ class Engine:
         def perform(step: Step) -> None:
             kind = self._step_owner.get(id(step), "transport")
             plugin = {"transport": self.transport, "tracker": self.tracker, "provider": self.provider}[kind]
-            _guard(self._info(kind), f"{step.action} {step.resource}", lambda: plugin.execute(step), self._damaged)
+            self._plugins.guard(kind, f"{step.action} {step.resource}", lambda: plugin.execute(step))
 
         Executor(perform, on_step).execute(steps)
-
-    def _write_record(self) -> None:
-        path = setup_record_path(self.state_dir, self.workflow.id)
-        record = {
-            "workflow_id": self.workflow.id,
-            "workflow_file": str(self.workflow.path),
-            "set_up_at": time.time(),
-            "stage": self.workflow.stage,
-        }
-        for kind, choice in self._choices.items():
-            explicit = self._given_options(kind)
-            declared = self._declared(kind)
-            kept = {k: v for k, v in explicit.items() if not _looks_secret(k, v, declared.get(k))}
-            for key in sorted(set(explicit) - set(kept)):
-                log.warning("option %s of %s %r holds a secret and is not recorded in %s: give it again to later "
-                            "commands, or set %s", key, kind, choice.name, path, env_name(choice.name, key))
-            record[kind] = {"name": choice.name, "options": kept}
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(record, indent=2, default=str))
-        except OSError as exc:
-            raise XflowError(f"cannot write {path}: {exc}", "choose a writable state folder with --state-dir") from None
 
     # -- publish ------------------------------------------------------------------------------
     def publish(self, event: str, data: Mapping[str, Any], execution_id: str | None = None) -> str:
@@ -556,7 +317,7 @@ class Engine:
             recent = self.recent_executions()
             hint = (f"the most recent executions: {', '.join(recent)}" if recent else
                     "check the id; the tracker names no recent execution of this workflow to choose from")
-            tracker = self._choices["tracker"].name
+            tracker = self._plugins.names()["tracker"]
             raise UnknownExecutionError(f"execution {execution_id!r} is unknown to the {tracker} tracker of workflow "
                                         f"{self.workflow.id!r}: nothing was published or recorded with that id",
                                         hint, summary)
@@ -599,7 +360,7 @@ class Engine:
             record = events.get(delivery.event_id)
             if record is None or record.data is None:
                 raise XflowError(f"cannot re-drive {delivery.event!r} ({delivery.event_id}) of execution {execution_id}: "
-                                 f"the {self._choices['tracker'].name!r} tracker did not keep its data")
+                                 f"the {self._plugins.names()['tracker']!r} tracker did not keep its data")
             outgoing.setdefault(delivery.event_id, OutgoingEvent(
                 delivery.event, dict(record.data), execution_id, delivery.event_id,
                 record.producer or f"xflow/{self.workflow.id}"))
@@ -661,59 +422,3 @@ def _as_workflow(workflow: Any, base_dir: str | os.PathLike[str] | None, workflo
         raise XflowError(f"{given}= apply to a workflow given as a mapping only",
                          "a file's sources are read from its folder, and its id is its workflow_id: (or its name)")
     return workflow if isinstance(workflow, Workflow) else load_workflow(workflow)
-
-
-def _looks_secret(key: str, value: Any, option: Option | None = None) -> bool:
-    """Options never written to the setup record: those declared secret (those with secret names when the plugin
-    declares no type for them), values holding a URL password or a password= pair."""
-    if option is not None and option.secret or option is None and is_secret_name(key):
-        return True
-    text = str(value)
-    return url_password(text) is not None or userinfo_is_ambiguous(text) or redact(text) != text
-
-
-def _sqlite_damage(path: Path, thorough: bool = True) -> str | None:
-    """Why the SQLite file at ``path`` is damaged, or None when it is missing, empty or sound.
-
-    Without ``thorough``, only the file's header is read (cheap, and no SQLite connection leaves files behind).
-    """
-    try:
-        with path.open("rb") as file:
-            header = file.read(len(SQLITE_HEADER))
-    except OSError:
-        return None
-    if not header:
-        return None
-    if header != SQLITE_HEADER:
-        return "it is not an SQLite database"
-    if not thorough:
-        return None
-    try:
-        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
-            rows = db.execute("PRAGMA quick_check(1)").fetchall()
-    except sqlite3.DatabaseError as exc:
-        return str(exc) if type(exc) is sqlite3.DatabaseError else None
-    if rows and rows[0][0] != "ok":
-        return f"integrity check: {rows[0][0]}"
-    return None
-
-
-def _guard(info: PluginInfo, what: str, call: Callable[[], Any],
-           damaged: Callable[[BaseException], XflowError | None] | None = None) -> Any:
-    """Run a plugin call; turn its connection errors, damaged files and crashes into one-line errors naming it."""
-    try:
-        return call()
-    except XflowError:
-        raise
-    except Exception as exc:
-        error = damaged(exc) if damaged is not None else None
-        if error is not None:
-            raise error from None
-        cls = info.cls
-        expected = cls.connection_errors if cls is not None else ()
-        label = f"{info.kind} {info.name!r} ({info.distribution} {info.version})".replace(" )", ")")
-        if expected and isinstance(exc, expected):
-            raise XflowError(f"{label} cannot reach its backend during {what}: {exc}",
-                             "check that the server is running and the connection options") from None
-        raise XflowError(f"{label} failed during {what}: {type(exc).__name__}: {exc}",
-                         f"this is a problem in {info.distribution}; report it there") from exc
