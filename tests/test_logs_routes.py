@@ -282,6 +282,12 @@ def test_records_of_an_attempt_have_every_field_and_levels_from_the_lines() -> N
     assert [r.seq for r in found] == list(range(7)) and found[-1].kind == "outcome" and found[-1].status == "retrying"
     assert found[0].time == 1000.0 and found[-1].time == 1000.25
     assert LogRecord.from_dict(json.loads(found[3].to_json())) == found[3]
+    for record in found:  # the attempt's records share their JSON: each still writes its own fields
+        assert json.loads(record.to_json()) == record.as_dict()
+    import dataclasses
+
+    moved = dataclasses.replace(found[1], execution_id="x2", time=5.0)
+    assert json.loads(moved.to_json()) == moved.as_dict() and json.loads(found[1].to_json())["execution_id"] == "x1"
 
 
 def test_the_router_gives_each_record_the_trace_id_of_its_attempts_event() -> None:

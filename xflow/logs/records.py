@@ -17,7 +17,7 @@ import datetime
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from xflow.core.interfaces import DeliveryRecord
@@ -31,6 +31,23 @@ FIELDS = ("time", "level", "workflow", "execution_id", "event", "event_id", "fun
 _LEVEL_WORDS = {**{level: level for level in LEVELS}, "WARN": "WARNING", "FATAL": "CRITICAL"}
 #: a JSON string of a str, non-ASCII kept (the json module's C function)
 _quote: Callable[[str], str] = json.encoder.encode_basestring
+
+
+#: the JSON of the levels and kinds (written often)
+_QUOTED = {text: json.dumps(text) for text in (*LEVELS, "line", "outcome")}
+
+
+class _SharedJson:
+    """What the records of one attempt share, as JSON, once written by the first of them."""
+
+    __slots__ = ("common", "owner", "time", "time_json")
+
+    def __init__(self) -> None:
+        #: the fields it was written from (a record changed with dataclasses.replace writes its own)
+        self.owner: tuple[Any, ...] = ()
+        self.common: tuple[str, str] | None = None
+        self.time: float | None = None
+        self.time_json = ""
 
 
 def _number(value: float) -> str:
@@ -57,6 +74,8 @@ class LogRecord:
     #: the delivery's status (``succeeded``, ``retrying``, ``failed``) on an ``outcome`` record
     status: str | None = None
     seq: int = 0
+    #: the JSON of the fields the records of one attempt share, written once for them all (see :meth:`to_json`)
+    shared: _SharedJson | None = field(default=None, repr=False, compare=False)
 
     @property
     def levelno(self) -> int:
@@ -88,16 +107,31 @@ class LogRecord:
         return data
 
     def to_json(self) -> str:
-        """One line of JSON: :meth:`as_dict`'s object, written here at once (faster than ``json.dumps`` of the dict,
-        which the routes' hot path feels). Non-ASCII is kept as is (a lone surrogate, which UTF-8 cannot carry, is
-        left to the writer: encode with ``errors="backslashreplace"``)."""
+        """One line of JSON: :meth:`as_dict`'s object, written here (faster than ``json.dumps`` of the dict, which the
+        routes' hot path feels; the fields the records of one attempt share are written once for them all).
+        Non-ASCII is kept as is (a lone surrogate, which UTF-8 cannot carry, is left to the writer: encode with
+        ``errors="backslashreplace"``)."""
         q = _quote
-        trace = f',"trace_id":{q(self.trace_id)}' if self.trace_id is not None else ""
+        shared = self.shared
+        owner = (self.workflow, self.execution_id, self.event, self.event_id, self.function, self.attempt, self.trace_id)
+        common = shared.common if shared is not None and shared.owner == owner else None
+        if common is None:
+            trace = f',"trace_id":{q(self.trace_id)}' if self.trace_id is not None else ""
+            common = (f'"workflow":{q(self.workflow)},"execution_id":{q(self.execution_id)},"event":{q(self.event)},'
+                      f'"event_id":{q(self.event_id)},"function":{q(self.function)},"attempt":{int(self.attempt)}',
+                      trace)
+            if shared is not None:
+                shared.owner, shared.common = owner, common
         status = f',"status":{q(self.status)}' if self.status is not None else ""
-        return (f'{{"time":{_number(self.time)},"level":{q(self.level)},"workflow":{q(self.workflow)},'
-                f'"execution_id":{q(self.execution_id)},"event":{q(self.event)},"event_id":{q(self.event_id)},'
-                f'"function":{q(self.function)},"attempt":{int(self.attempt)},"message":{q(self.message)}{trace},'
-                f'"kind":{q(self.kind)}{status},"seq":{int(self.seq)}}}')
+        if shared is not None and shared.time == self.time:
+            moment = shared.time_json
+        else:
+            moment = _number(self.time)
+            if shared is not None:  # the attempt's lines share their time
+                shared.time, shared.time_json = self.time, moment
+        return (f'{{"time":{moment},"level":{_QUOTED.get(self.level) or q(self.level)},{common[0]},'
+                f'"message":{q(self.message)}{common[1]},"kind":{_QUOTED.get(self.kind) or q(self.kind)}{status},'
+                f'"seq":{int(self.seq)}}}')
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LogRecord:
@@ -143,6 +177,7 @@ def records_of(workflow: str, delivery: DeliveryRecord, trace_id: str | None = N
     execution_id, event, event_id, function, attempt = (delivery.execution_id, delivery.event, delivery.event_id,
                                                         delivery.function, delivery.attempt)
     started = delivery.started_at
+    shared = _SharedJson()
     found = []
     for index, line in enumerate(lines):
         if index >= traceback_from:
@@ -152,10 +187,10 @@ def records_of(workflow: str, delivery: DeliveryRecord, trace_id: str | None = N
             named = _LEVEL_WORDS.get(word) if space else None
             level, message = (named, rest) if named is not None else ("INFO", line)
         found.append(LogRecord(started, level, workflow, execution_id, event, event_id, function, attempt, message,
-                               trace, "line", None, index))
+                               trace, "line", None, index, shared))
     found.append(LogRecord(started + max(0.0, delivery.duration), _OUTCOME_LEVELS.get(status, "ERROR"), workflow,
                            execution_id, event, event_id, function, attempt, outcome_message(delivery), trace,
-                           "outcome", status, len(lines)))
+                           "outcome", status, len(lines), shared))
     return found
 
 
