@@ -168,3 +168,29 @@ def test_each_attempt_gets_the_event_as_published_whatever_an_earlier_one_did_to
     assert summary["status"] == "succeeded", summary
     assert summary["events"][0]["subscribers"][0]["attempts"] == 3
     assert result == {"n": 101, "items": ["seed", 3], "execution_id": execution}
+
+
+# -- when an attempt started --------------------------------------------------------------------------------------------
+SLOW = """
+workflow_id: slow
+lambdas:
+  - {name: nap, source: nap.py, handler: nap}
+subscriptions:
+  - {name: Tick, subscribers: [nap]}
+"""
+
+
+@pytest.mark.parametrize("isolation", ["thread", "process"])
+def test_an_attempt_is_recorded_as_starting_when_its_handler_began_not_when_it_was_queued(make_workflow, tmp_path,
+                                                                                         isolation):
+    path = make_workflow(SLOW, {"nap.py": "import time\n\ndef nap(event, ctx):\n    time.sleep(0.3)\n"})
+    with Engine(path, state_dir=tmp_path / "state", options={"provider": {"isolation": isolation}}) as engine:
+        engine.setup()
+        executions = [engine.publish("Tick", {"n": n}) for n in range(4)]
+        engine.work(until=lambda: all(engine.track(e)["status"] != "running" for e in executions))
+    with sqlite3.connect(tmp_path / "state" / "slow" / "tracker.db") as db:
+        rows = db.execute("SELECT started_at, duration FROM deliveries ORDER BY started_at").fetchall()
+    assert len(rows) == 4
+    # concurrency 1: each began once the one before had ended (all four were handed over at once)
+    for (before, took), (after, _) in zip(rows, rows[1:], strict=False):
+        assert took >= 0.3 and after >= before + took - 0.05, rows

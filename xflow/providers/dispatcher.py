@@ -444,7 +444,8 @@ class _Lane:
                 # a slow handler gains nothing from waiting for others to settle with: settle it at once (what
                 # ran and is not settled runs again after a crash)
                 self.first_finished = -math.inf
-            self.finished.append((entry, Finished(job, outcome, entry.started_at)))
+            # when the handler started on it (the call may have waited in the pool for a free slot)
+            self.finished.append((entry, Finished(job, outcome, call.started_at or entry.started_at)))
             if outcome.ok:  # the execution's next event may start now; a failure holds it until settled
                 self._release(entry)
                 self.recent[job.event.event_id] = None

@@ -41,8 +41,9 @@ from xflow.core import runtime
 from xflow.core.runtime import HandlerOutcome
 
 #: what the child answers for one call: ok, the published events as (name, data as JSON text) pairs, the output
-#: lines, the error (or None), the handler's duration, and log records (dicts for logging.makeLogRecord) when asked
-Reply = tuple[bool, list[tuple[str, str]], list[str], str | None, float, list[dict[str, Any]]]
+#: lines, the error (or None), the handler's duration, log records (dicts for logging.makeLogRecord) when asked, and
+#: when (``time.time()``) the call began
+Reply = tuple[bool, list[tuple[str, str]], list[str], str | None, float, list[dict[str, Any]], float]
 #: the signal that makes a child write its threads' stacks into its mirror file (before it is killed)
 DUMP_SIGNAL = getattr(signal, "SIGUSR1", None)
 #: how long a process that timed out is given to write its threads' stacks before it is killed
@@ -228,7 +229,8 @@ def main(conn: Any, spec: ChildSpec) -> None:
             try:
                 data, attempt = pickle.loads(raw)
             except Exception as exc:  # noqa: BLE001  (cannot happen with JSON data; never stop the process for it)
-                reply: Reply = (False, [], [], f"the event cannot be read in the handler process: {exc}", 0.0, [])
+                reply: Reply = (False, [], [], f"the event cannot be read in the handler process: {exc}", 0.0, [],
+                                time.time())
             else:
                 reply = _call(handler, data, attempt, publishes, state, spec.keep_records, streams, loggers)
             try:
@@ -237,7 +239,7 @@ def main(conn: Any, spec: ChildSpec) -> None:
                 return
             except Exception as exc:  # a log record or line that cannot be pickled: say so rather than stop
                 conn.send((False, [], [], f"the handler's outcome cannot be sent back: {type(exc).__name__}: {exc}",
-                           reply[4], []))
+                           reply[4], [], reply[6]))
 
 
 def _logger(loggers: dict[tuple[str, str], logging.Logger], workflow_id: str, function_name: str,
@@ -256,6 +258,7 @@ def _logger(loggers: dict[tuple[str, str], logging.Logger], workflow_id: str, fu
 def _call(handler: Any, data: dict[str, Any], attempt: tuple[Any, ...], publishes: list[str], state: _State,
           keep_records: bool, streams: tuple[_Stream, _Stream], loggers: dict[tuple[str, str], logging.Logger]) -> Reply:
     execution_id, event_name, event_id, number, workflow_id, function_name = attempt
+    began = time.time()
     sys.stdout, sys.stderr = streams  # a handler may have replaced them
     output = state.begin(keep_records)
     logger = _logger(loggers, workflow_id, function_name, state)
@@ -270,7 +273,7 @@ def _call(handler: Any, data: dict[str, Any], attempt: tuple[Any, ...], publishe
         state.end()
     outcome, texts = sendable(outcome)
     published = [(name, text) for (name, _), text in zip(outcome.published, texts, strict=True)]
-    return outcome.ok, published, outcome.logs, outcome.error, outcome.duration, output.records or []
+    return outcome.ok, published, outcome.logs, outcome.error, outcome.duration, output.records or [], began
 
 
 # -- the parent's side ------------------------------------------------------------------------------------------
@@ -301,6 +304,8 @@ class Received(NamedTuple):
     outcome: HandlerOutcome
     records: list[dict[str, Any]]
     answered: bool
+    #: when (``time.time()``) the process began the call, as it said (0.0 without an answer)
+    began: float = 0.0
 
 
 class _Unreadable(Exception):
@@ -435,10 +440,10 @@ class HandlerProcess:
             return Received(HandlerOutcome(False, [], [], f"the handler process sent back what cannot be read: {exc}",
                                            time.perf_counter() - started), [], False)
         if reply is not None:
-            ok, pairs, logs, error, duration, records = reply
+            ok, pairs, logs, error, duration, records, began = reply
             published: list[tuple[str, dict[str, Any]]] = [(name, runtime.JsonObject(json.loads(text), text))
                                                            for name, text in pairs]
-            return Received(HandlerOutcome(ok, published, logs, error, duration), records, True)
+            return Received(HandlerOutcome(ok, published, logs, error, duration), records, True, began)
         elapsed = time.perf_counter() - started
         if not self.ended:
             self.kill(dump=True)

@@ -107,7 +107,8 @@ class Call:
     :attr:`outcome`, after which ``done(call)`` is called (from the pool's thread). Lighter than a ``Future``, which
     :meth:`HandlerPool.submit` gives for those who want one."""
 
-    __slots__ = ("data", "attempt", "owned", "outcome", "output", "deadline", "slot", "_state", "_done", "_future")
+    __slots__ = ("data", "attempt", "owned", "outcome", "output", "deadline", "slot", "started_at", "_state", "_done",
+                 "_future")
 
     def __init__(self, data: dict[str, Any], attempt: Attempt, owned: bool,
                  done: Callable[[Call], None] | None = None,
@@ -119,6 +120,8 @@ class Call:
         self.output: AttemptOutput | None = None
         self.deadline = 0.0
         self.slot: _Slot | None = None
+        #: when (``time.time()``) the handler started on it: a call waits in the pool until a slot is free
+        self.started_at = 0.0
         self._state = _PENDING
         self._done = done
         self._future = future
@@ -449,6 +452,7 @@ class HandlerPool:
     def _serve_in_thread(self, slot: _Slot, job: Call) -> None:
         slot.job = job
         job.slot = slot
+        job.started_at = time.time()
         try:
             outcome = self._run_in_thread(slot, job)
         except BaseException as exc:  # a bug here, or a BaseException the handler raised in thread mode
@@ -487,7 +491,10 @@ class HandlerPool:
             done = 0
             for job, _ in calls:
                 slot.job = job
-                outcome, records, answered = child.receive(started, self.timeout)
+                job.started_at = time.time()  # the process starts it once it has answered the one before
+                outcome, records, answered, began = child.receive(started, self.timeout)
+                if began:
+                    job.started_at = began
                 started = time.perf_counter()
                 done += 1
                 self._measured(outcome.duration)
