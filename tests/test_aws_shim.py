@@ -69,7 +69,8 @@ def build(tmp_path: Path, workflow_id: str, retries: int, folder: bool = False) 
     root = tmp_path / "task"
     zipfile.ZipFile(io.BytesIO(spec.zip_bytes)).extractall(root)
     assert sorted(p.name for p in root.iterdir()) == ["function", "lambda_shim.py", "xflow_function.json",
-                                                      "xflow_runtime.py", "xflow_tracing.py", "xflow_wire.py"]
+                                                      "xflow_logrecords.py", "xflow_runtime.py", "xflow_tracing.py",
+                                                      "xflow_wire.py"]
     return root
 
 

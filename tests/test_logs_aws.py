@@ -1,7 +1,8 @@
 """Logging on AWS, against a moto server, through the CLI: the ``logging.aws`` block makes setup subscribe every
 function's log group and the tracker's to one destination (with the role CloudWatch Logs assumes), shown by
 --dry-run, unchanged by a second setup, removed by teardown; ``xflow logs`` reads an execution's records from the
-functions' log groups (the Lambda shim's lines, run by ``xflow emulate``)."""
+functions' log groups (the Lambda shim's lines, run by ``xflow emulate``), where the shim also prints them one JSON line
+each."""
 
 from __future__ import annotations
 
@@ -117,6 +118,12 @@ def test_setup_subscribes_every_log_group_and_logs_reads_an_execution(aws_endpoi
     outcomes = [(r["function"], r["status"]) for r in found["records"] if r["kind"] == "outcome"]
     assert outcomes == [(f"{workflow}_reader", "succeeded"), (f"{workflow}_counter", "succeeded")]
     assert {r["execution_id"] for r in found["records"]} == {execution}
+    # the shim printed the same records, one JSON line each, into each function's group
+    printed = [json.loads(e["message"]) for name in (f"{workflow}_reader", f"{workflow}_counter")
+               for e in logs.filter_log_events(logGroupName=f"/aws/lambda/{name}", filterPattern=f'"{execution}"')["events"]
+               if e["message"].startswith('{"time"')]
+    assert sorted(printed, key=lambda r: (r["time"], r["seq"])) == found["records"]
+    assert all(len(r.get("trace_id") or "") == 32 for r in printed) and len({r["trace_id"] for r in printed}) == 1
 
     removed = changes(xflow("teardown", str(path), "-o", "json", cwd=tmp_path))
     assert {("delete", f"subscription-filter:{group}") for group in groups} <= set(removed)

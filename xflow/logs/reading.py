@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xflow.core.errors import XflowError
-from xflow.core.interfaces import PluginContext
+from xflow.core.interfaces import DeliveryRecord, PluginContext
 from xflow.logs.file import route_path
 from xflow.logs.records import LogRecord, records_of
 
@@ -139,28 +139,31 @@ class LogReader:
         functions = query.functions or tuple(workflow.functions)
         pattern = f'"{query.execution_id.replace(chr(34), "")}"' if query.execution_id else '"xflow"'
         window = {"startTime": int(query.since * 1000)} if query.since is not None else {}
+        derived: list[LogRecord] = []
+        printed: list[LogRecord] = []
         for function in functions:
             for message in _filter_events(client, LAMBDA_LOG_PREFIX + workflow.resource_name(function), pattern, window):
-                if not belongs_to(message, workflow.id):
-                    continue
-                record = _cloudwatch_record(message, parse_line)
-                if record is not None:
-                    yield from record(workflow.id)
+                if message.startswith('{"time"'):  # a record the shim printed
+                    try:
+                        printed.append(LogRecord.from_dict(json.loads(message)))
+                    except (KeyError, TypeError, ValueError):
+                        continue
+                elif belongs_to(message, workflow.id):  # a delivery line: its records are made from it
+                    parsed = parse_line(message)
+                    if isinstance(parsed, DeliveryRecord):
+                        derived.extend(records_of(workflow.id, parsed, _trace_of(message)))
+        # the records the shim printed win over those made again from its delivery lines (older shims print none)
+        yield from derived
+        yield from (record for record in printed if record.workflow == workflow.id)
 
 
-def _cloudwatch_record(message: str, parse_line: Any) -> Any:
-    """A function line's records: a delivery outcome line (its output and outcome), or a structured record line."""
-    parsed = parse_line(message)
-    if parsed is not None and hasattr(parsed, "function"):
-        return lambda workflow: records_of(workflow, parsed)
-    start = message.find('{"time"')
-    if start >= 0:
-        try:
-            record = LogRecord.from_dict(json.loads(message[start:]))
-        except (KeyError, TypeError, ValueError):
-            return None
-        return lambda workflow: [record]
-    return None
+def _trace_of(message: str) -> str | None:
+    """The trace id a delivery line carries, if any."""
+    try:
+        trace = json.loads(message[message.find('{"xflow"'):]).get("trace_id")
+    except ValueError:
+        return None
+    return trace if isinstance(trace, str) else None
 
 
 def _filter_events(client: Any, group: str, pattern: str, window: dict[str, Any]) -> Iterator[str]:

@@ -18,9 +18,10 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from xflow.core.interfaces import DeliveryRecord
+if TYPE_CHECKING:  # only read here: this module uses the standard library alone (the Lambda shim ships a copy)
+    from xflow.core.interfaces import DeliveryRecord
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LEVEL_NUMBERS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}

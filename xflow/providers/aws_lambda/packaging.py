@@ -112,6 +112,7 @@ def shim_files() -> dict[str, bytes]:
         "xflow_runtime.py": (here.parent.parent / "core" / "runtime.py").read_bytes(),
         "xflow_wire.py": (here.parent.parent / "core" / "wire.py").read_bytes(),
         "xflow_tracing.py": (here.parent.parent / "monitoring" / "tracing.py").read_bytes(),
+        "xflow_logrecords.py": (here.parent.parent / "logs" / "records.py").read_bytes(),
     }
 
 

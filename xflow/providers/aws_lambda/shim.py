@@ -17,6 +17,11 @@ not an event, or that breaks the shim, is set aside with a ``dead_letter`` line;
 than ``hop_limit`` handler publishes away from the event published from outside is not handled
 and is reported ``failed`` at once, as the local worker does.
 
+Each delivery line is followed by the attempt's structured log records, one JSON line each (``{"time", "level",
+"workflow", "execution_id", "event", "event_id", "function", "attempt", "message", "trace_id", "kind", "status",
+"seq"}``, :mod:`xflow.logs.records`, shipped as ``xflow_logrecords.py``): the same records log routes send from a
+local worker, for CloudWatch Logs subscriptions and ``xflow logs``.
+
 Each delivery line (and dead letter) also carries CloudWatch metrics in the embedded metric format (namespace
 ``xflow``, dimensions ``workflow_id``, ``function`` and ``status``: ``Deliveries``, ``HandlerDuration`` in ms,
 ``EventsPublished``; ``DeadLetters``), which CloudWatch Logs extracts from the function's log group. Published
@@ -39,6 +44,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 HERE = Path(__file__).resolve().parent
@@ -47,8 +53,10 @@ if str(HERE) not in sys.path:
 
 if TYPE_CHECKING:  # type checkers read the original; the zip holds no xflow package
     from xflow.core import runtime
+    from xflow.logs import records as logrecords
     from xflow.monitoring import tracing
 else:
+    import xflow_logrecords as logrecords  # (the copy of xflow/logs/records.py)
     import xflow_runtime as runtime  # (the copy of xflow/core/runtime.py next to this file)
     import xflow_tracing as tracing  # (the copy of xflow/monitoring/tracing.py)
 
@@ -123,6 +131,26 @@ def emit(line: Mapping[str, Any]) -> None:
         data["logs"] = data["logs"][len(data["logs"]) // 2 + 1:]
         text = _dumps(data)
     print(text, flush=True)
+    if data.get("xflow") == "delivery":
+        emit_records(line)
+
+
+#: what a delivery line says of its attempt, as a log record reads it
+_ATTEMPT_FIELDS = ("execution_id", "event_id", "event", "function", "attempt", "status", "started_at", "duration",
+                   "error")
+
+
+def emit_records(line: Mapping[str, Any]) -> None:
+    """A delivery's structured log records, one JSON line each (the fields of ``xflow.logs.records``, as log routes
+    send them: one per line its handler logged or printed, then the outcome), after its delivery line."""
+    attempt: Any = SimpleNamespace(**{key: line.get(key) for key in _ATTEMPT_FIELDS}, logs=tuple(line.get("logs") or ()))
+    attempt.duration = float(attempt.duration or 0.0)
+    texts = []
+    for record in logrecords.records_of(str(line.get("workflow_id") or ""), attempt, line.get("trace_id")):
+        if len(record.message) > MAX_LINE_CHARS // 2:
+            record.message = record.message[:MAX_LINE_CHARS // 2] + " [xflow: cut]"
+        texts.append(record.to_json().encode("utf-8", "backslashreplace").decode("utf-8"))
+    print("\n".join(texts), flush=True)
 
 
 def kinesis_records(event: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -245,7 +273,8 @@ def _handle_record(cfg: Mapping[str, Any], record: Mapping[str, Any], event_name
     hop_limit = int(cfg.get("hop_limit") or runtime.DEFAULT_HOP_LIMIT)
     started = time.time()
     line = {"xflow": "delivery", "execution_id": decoded.execution_id, "event_id": decoded.event_id,
-            "event": event_name, "function": function, "workflow_id": workflow_id, "started_at": started}
+            "event": event_name, "function": function, "workflow_id": workflow_id, "started_at": started,
+            "trace_id": tracing.trace_id(decoded.traceparent)}
     if decoded.hops > hop_limit:
         emit({**line, "duration": 0.0, "logs": [], "attempt": 1, "status": "failed",
               "error": f"execution {decoded.execution_id} exceeded the hop limit of {hop_limit} events; a cycle? "
