@@ -353,6 +353,18 @@ def test_the_logging_block_is_validated_with_lines(cli, make_workflow) -> None:
     assert "logging.routes.0.optoins: unknown key (did you mean 'options'?)" in done.stderr
 
 
+def test_validate_names_a_route_to_an_unknown_destination_and_a_bad_option(cli, make_workflow) -> None:
+    path = make_workflow(FLOW + "logging:\n  routes:\n    - sislog\n    - {name: file, options: {max_bytes: lots}}\n"
+                                "    - {name: http, options: {colour: blue}}\n", HANDLERS)
+    done = cli("validate", path)
+    assert done.returncode == 2, done.stdout
+    lines = done.stderr.splitlines()
+    assert any(":19: logging.routes.0: unknown log destination 'sislog'" in line and "did you mean 'syslog'" in line
+               for line in lines), done.stderr
+    assert any(":20: logging.routes.1.options: " in line and "max_bytes" in line for line in lines), done.stderr
+    assert any(":21: logging.routes.2.options: " in line and "'colour'" in line for line in lines), done.stderr
+
+
 def test_a_route_to_an_unknown_destination_or_with_a_bad_option_is_one_line(cli, make_workflow) -> None:
     path = make_workflow(FLOW + "logging:\n  routes: [loki]\n", HANDLERS)
     done = cli("run", path, "--data", '{"n": 1}')

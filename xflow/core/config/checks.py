@@ -73,6 +73,31 @@ def check_plugins(built: Built, problems: Problems, registry: PluginRegistry | N
         problems.add((kind, "name"), f"unknown {kind} {name!r}; installed {kind}s: {', '.join(installed) or 'none'}{hint}")
 
 
+def check_log_routes(built: Built, problems: Problems, registry: PluginRegistry | None) -> None:
+    """Each ``logging.routes`` entry names an installed log destination and gives it options of the types it takes."""
+    routes = built.workflow.logging.routes if built.workflow is not None else ()
+    if not routes:
+        return
+    from xflow.core.options import resolve_options
+    from xflow.core.plugins import PluginRegistry
+
+    registry = registry if registry is not None else PluginRegistry()
+    installed = registry.names("log")
+    for index, route in enumerate(routes):
+        where = ("logging", "routes", index)
+        if route.name not in installed:
+            close = difflib.get_close_matches(route.name, installed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; install a distribution named xflow-log-{route.name}"
+            problems.add(where, f"unknown log destination {route.name!r}; installed: {', '.join(installed) or 'none'}"
+                                f"{hint}")
+            continue
+        info = registry.get("log", route.name)
+        try:
+            resolve_options(info.label, info.declared(), {k: (v, "the file") for k, v in route.options.items()})
+        except XflowError as exc:
+            problems.add(where + ("options",), one_line(exc.message))
+
+
 def check_runtimes(built: Built, problems: Problems, runtimes: Mapping[str, Sequence[str]]) -> None:
     provider = built.plugins.get("provider")
     if provider is None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from marshmallow import ValidationError
 
 from xflow.core.config.build import Built, build_workflow
-from xflow.core.config.checks import check_plugins, check_runtimes, check_sources
+from xflow.core.config.checks import check_log_routes, check_plugins, check_runtimes, check_sources
 from xflow.core.config.mapping import PlainValues
 from xflow.core.config.problems import MappingProblems, Problems, one_line
 from xflow.core.config.reading import parse_yaml, read_text
@@ -84,6 +84,8 @@ def validate_workflow(path: str | os.PathLike[str], *, registry: PluginRegistry 
       user's code is never imported or run);
     - a ``transport:``/``provider:``/``tracker:`` name that is not installed (looked up in ``registry``,
       made on demand);
+    - a ``logging.routes`` entry naming a log destination that is not installed, or giving it an option it does not
+      take or a value its type refuses;
     - a runtime that the provider named in the file's ``provider:`` block does not accept, when
       ``runtimes`` (provider name -> accepted runtimes) lists that provider.
 
@@ -92,6 +94,7 @@ def validate_workflow(path: str | os.PathLike[str], *, registry: PluginRegistry 
     def deep(built: Built, problems: Problems) -> None:
         check_sources(built, problems)
         check_plugins(built, problems, registry)
+        check_log_routes(built, problems, registry)
         check_runtimes(built, problems, runtimes or {})
 
     return _load(path, deep)
