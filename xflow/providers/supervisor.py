@@ -293,7 +293,8 @@ class HandlerPool:
     # -- the caller's side ---------------------------------------------------------------------------------
     def check(self) -> None:
         """Import the handler now (in a handler process with process isolation): an XflowError naming the
-        function's file when it cannot be loaded."""
+        function's file when it cannot be loaded. With process isolation, the other slots' processes are then
+        started too, all at once, so that the first calls do not wait for them (as a pre-forking server does)."""
         if self._closed:
             raise RuntimeError("the handler pool is closed")
         try:
@@ -303,10 +304,30 @@ class HandlerPool:
                 child = self._start_process()
                 with self._lock:
                     self._spare.append(child)
+                starting = [threading.Thread(target=self._start_spare, daemon=True,
+                                             name=f"xflow-handler-{self._number}-start")
+                            for _ in range(self._concurrency - 1)]
+                for thread in starting:
+                    thread.start()
+                for thread in starting:
+                    thread.join()
         except (HandlerLoadError, LoadFailed) as exc:
             where = f"function {self.label!r}: " if self.label != self.handler else ""
             raise XflowError(f"{where}cannot load handler {self.handler!r}: {exc}",
                              "fix the handler's source file or the 'handler:' name") from None
+
+    def _start_spare(self) -> None:
+        """Start a process for a slot to take (one that fails here is started again, and reported, by its slot)."""
+        try:
+            child = self._start_process()
+        except Exception as exc:  # noqa: BLE001
+            log.debug("%s: a handler process started ahead failed: %s", self.label, exc)
+            return
+        with self._lock:
+            if not self._closed:
+                self._spare.append(child)
+                return
+        child.stop(1.0)
 
     def submit(self, data: dict[str, Any], attempt: Attempt, *,
                owned: bool = False) -> concurrent.futures.Future[HandlerOutcome]:
