@@ -23,12 +23,11 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
-import threading
 import time
 import uuid
 import zlib
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, suppress
 from pathlib import Path
 from typing import ClassVar
 
@@ -38,7 +37,7 @@ from xflow.core.hookspecs import hookimpl
 from xflow.core.interfaces import Consumer, Delivery, PartitionLag, PluginContext, Record, Step, Transport
 from xflow.core.leases import LeaseCoordinator, LeaseStore
 from xflow.core.options import Option
-from xflow.core.sqlite_files import SqliteFile
+from xflow.core.sqlite_files import SharedConnection, SqliteFile
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams(name TEXT PRIMARY KEY, partitions INTEGER NOT NULL, created_at REAL);
@@ -81,29 +80,21 @@ class LocalTransport(Transport):
         self.lease_seconds = self.context.option("lease_seconds")
         self.poll_interval = self.context.option("poll_interval")
         self.max_record_bytes = self.context.option("max_record_bytes")
-        self._connection: sqlite3.Connection | None = None
-        self._connecting = threading.Lock()  # threads opening the shared connection at once open one
+        self.shared = SharedConnection(self.file, "run 'xflow setup FILE --transport local' (or 'xflow run') first")
         self._partitions_of: dict[str, int] = {}
 
     # -- connection ---------------------------------------------------------------------------
     @property
     def db(self) -> sqlite3.Connection:
-        connection = self._connection
-        if connection is None:
-            with self._connecting:
-                if self._connection is None:
-                    if not self.path.exists():
-                        raise XflowError(f"the event log {self.path} does not exist",
-                                         "run 'xflow setup FILE --transport local' (or 'xflow run') first")
-                    self._connection = self.file.connect()
-                connection = self._connection
-        return connection
+        return self.shared.get()
 
-    @contextmanager
-    def _using(self) -> Iterator[sqlite3.Connection]:
+    @property
+    def _connection(self) -> sqlite3.Connection | None:
+        return self.shared.connection
+
+    def _using(self) -> AbstractContextManager[sqlite3.Connection]:
         """The connection, checked to be on the file it opened; SQLite errors come out as one-line errors."""
-        with self.file.using(self.db) as db:
-            yield db
+        return self.shared.using()
 
     def _create_log(self) -> None:
         try:
@@ -118,16 +109,11 @@ class LocalTransport(Transport):
         except BaseException:
             self.file.close(connection)
             raise
-        with self._connecting:
-            if self._connection is None:
-                self._connection = connection
-                return
-        self.file.close(connection)  # another thread opened the shared connection first
+        if not self.shared.adopt(connection):
+            self.file.close(connection)  # another thread opened the shared connection first
 
     def close(self) -> None:
-        with self._connecting:
-            connection, self._connection = self._connection, None
-        self.file.close(connection)
+        self.shared.close()
 
     def _existing(self) -> dict[str, int]:
         if not self.path.exists():
