@@ -440,8 +440,10 @@ def test_chaos_two_workers_ride_out_15_percent_faults(flows, proxy, tracker):
           f"worker waits logged {waits}")
 
     assert exits == [], f"workers exited: {exits}\n{flow.logs()[-5000:]}"
-    if rate >= 0.1:  # the faults did happen, at the rate asked for, of every kind
-        assert 0.6 * rate <= chaos.used / calls <= 1.4 * rate and set(FAULTS) <= set(by_fault), (calls, by_fault)
+    if rate >= 0.1:  # the faults did happen, at the rate asked for, of every kind that any call can get ("partial"
+        # applies to PutRecords only, a few dozen calls among the leases' ~2,000: the ordered-PutRecords test covers it)
+        general = set(FAULTS) - {"partial"}
+        assert 0.6 * rate <= chaos.used / calls <= 1.4 * rate and general <= set(by_fault), (calls, by_fault)
     # nothing lost, nothing done twice, each execution's events in order
     want = {(f"chaos-{i:04d}", step, seq) for i in range(executions)
             for step, seq in [("split", 0), ("part", 0), ("part", 1), ("part", 2),

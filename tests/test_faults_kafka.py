@@ -330,7 +330,11 @@ def test_calls_during_an_outage_are_backend_unavailable_within_deadlines(cli, ma
             again = [json.loads(d.value)["executionid"] for d in _drain(consumer, 1, 8)]
         finally:
             consumer.close()
-        assert set(again) <= {"down-engine"}, again  # a publish that failed may still have landed
+        # a publish that failed may still have landed; with kafka-python a commit sent while the member rejoins its
+        # group after the outage can be refused by the coordinator, so "after" may come once more (at least once:
+        # a runner drops it as already handled); "before", committed during the outage, never comes again
+        allowed = {"down-engine"} | ({"after"} if client == "kafka-python" else set())
+        assert set(again) <= allowed, again
     cli.json("teardown", path)
 
 
