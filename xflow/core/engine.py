@@ -34,7 +34,7 @@ from typing import Any
 from xflow.core.config import MAPPING_NAME, load_workflow, load_workflow_mapping
 from xflow.core.delivery import OutgoingEvent, publish_events
 from xflow.core.deploy import DisplayOnlyExecutor, Executor
-from xflow.core.errors import XflowError
+from xflow.core.errors import BackendUnavailable, XflowError
 from xflow.core.event_data import JSON_TYPES, MAX_DATA_DEPTH, check_event_data
 from xflow.core.interfaces import (
     DeliveryRecord,
@@ -249,6 +249,52 @@ class Engine:
     # -- publish ------------------------------------------------------------------------------
     def publish(self, event: str, data: Mapping[str, Any], execution_id: str | None = None) -> str:
         """Publish one event; returns the execution id (``data['execution_id']``, the argument, or a new one)."""
+        outgoing = self._outgoing(event, data, execution_id)
+        with self._state_files():
+            publish_events(self.workflow, self.transport, self.tracker, [outgoing])
+        return outgoing.execution_id
+
+    def publish_many(self, items: Sequence[tuple[str, Mapping[str, Any], str | None]]) -> list[str | XflowError]:
+        """Publish several events, each ``(event, data, execution_id)`` as :meth:`publish` takes them, grouped: one
+        transport append per event name and one tracker write for all. Returns, in order, each one's execution id or
+        the XflowError that refused it; one refused does not stop the others.
+
+        Each event is checked as ``publish`` checks it first. If the grouped write then fails with anything but an
+        unavailable backend (which fails them all), each event is written again on its own, with the same event id (so
+        neither the tracker nor a subscriber counts it twice), and gets its own outcome.
+        """
+        outcomes: list[str | XflowError] = []
+        accepted: list[tuple[int, OutgoingEvent]] = []
+        for index, (event, data, execution_id) in enumerate(items):
+            try:
+                outgoing = self._outgoing(event, data, execution_id)
+            except XflowError as exc:
+                outcomes.append(exc)
+                continue
+            outcomes.append(outgoing.execution_id)
+            accepted.append((index, outgoing))
+        if not accepted:
+            return outcomes
+        try:
+            with self._state_files():
+                publish_events(self.workflow, self.transport, self.tracker, [item for _, item in accepted])
+        except BackendUnavailable as exc:
+            for index, _ in accepted:
+                outcomes[index] = exc
+        except XflowError as exc:
+            if len(accepted) == 1:
+                outcomes[accepted[0][0]] = exc
+                return outcomes
+            for index, item in accepted:
+                try:
+                    with self._state_files():
+                        publish_events(self.workflow, self.transport, self.tracker, [item])
+                except XflowError as own:
+                    outcomes[index] = own
+        return outcomes
+
+    def _outgoing(self, event: str, data: Mapping[str, Any], execution_id: str | None) -> OutgoingEvent:
+        """The event ``publish`` would write, after its checks (XflowError for a user mistake)."""
         if event not in self.workflow.flow:
             raise XflowError(f"workflow {self.workflow.id!r} has no event {event!r}",
                              f"its events are: {', '.join(self.workflow.flow)}")
@@ -260,11 +306,8 @@ class Engine:
             raise XflowError(f"--execution-id {execution_id!r} contradicts execution_id {in_data!r} in the data",
                              "give one of them, or the same value in both")
         execution_id = execution_id or in_data or new_event_id()
-        with self._state_files():
-            publish_events(self.workflow, self.transport, self.tracker, [
-                OutgoingEvent(event, dict(data, execution_id=execution_id), execution_id, new_event_id(),
-                              f"xflow/{self.workflow.id}")])
-        return execution_id
+        return OutgoingEvent(event, dict(data, execution_id=execution_id), execution_id, new_event_id(),
+                             f"xflow/{self.workflow.id}")
 
     # -- work ---------------------------------------------------------------------------------
     def dispatcher(self, functions: Sequence[str] | None = None) -> Runner:

@@ -2,7 +2,8 @@
 
 Every engine call is the one the CLI makes (``Engine.publish`` after the same body checks as ``xflow publish``,
 ``Engine.track`` for the ``track -o json`` object, ``redrive_result`` for ``redrive -o json``), run in a worker thread
-because the backends block. Errors are JSON ``{"error", "hint"}``: 400 for what ``xflow`` would call a user mistake,
+because the backends block; concurrent publishes to one workflow are written together (:mod:`xflow.serve.batching`).
+Errors are JSON ``{"error", "hint"}``: 400 for what ``xflow`` would call a user mistake,
 401 without the token, 403 for a cross-site write, 404 for an unknown workflow, event, stream, execution or route,
 413 for a body over the transport's ``max_record_bytes``, 503 when a backend is unavailable; never a traceback.
 """
@@ -28,6 +29,7 @@ from starlette.staticfiles import StaticFiles
 from xflow import __version__
 from xflow.core.engine import UnknownExecutionError
 from xflow.core.errors import BackendUnavailable, XflowError
+from xflow.serve.batching import PublishBatcher
 from xflow.serve.catalog import DEFAULT_LIMIT, describe_workflow, list_executions
 from xflow.serve.graph_svg import render_svg
 from xflow.serve.openapi import openapi_document
@@ -73,6 +75,7 @@ class Served:
         self.by_event: dict[str, list[Engine]] = {}
         self.max_body: dict[str, int] = {}
         self.svg: dict[str, str] = {}
+        self.batchers = {workflow_id: PublishBatcher(engine, _blocking) for workflow_id, engine in self.engines.items()}
         for engine in self.engines.values():
             transport = engine.transport
             self.max_body[engine.workflow.id] = int(transport.max_record_bytes)
@@ -113,6 +116,8 @@ def create_app(engines: Sequence[Engine], *, token: str | None = None, loopback_
         try:
             yield
         finally:
+            for batcher in served.batchers.values():
+                await batcher.drain()
             for worker in workers:
                 await _blocking(worker.stop, stop_timeout)
             for worker in workers:
@@ -164,7 +169,7 @@ def _routes(served: Served) -> list[Any]:
                            f"its events are: {', '.join(engine.workflow.flow)}")
         data = await _json_body(request, served.max_body[engine.workflow.id], "the body")
         execution_id = request.query_params.get("execution_id") or None
-        published = await _blocking(engine.publish, event, data, execution_id)
+        published = await served.batchers[engine.workflow.id].publish(event, data, execution_id)
         return JSONResponse({"execution_id": published})
 
     async def executions(request: Request) -> Response:
@@ -211,7 +216,7 @@ def _routes(served: Served) -> list[Any]:
             raise ApiError(400, "the event has no execution_id (a non-empty string)",
                            """send {"stream": NAME, "event": {"execution_id": "1", ...}}""")
         engine, event = served.stream(stream)
-        published = await _blocking(engine.publish, event, data)
+        published = await served.batchers[engine.workflow.id].publish(event, data)
         return JSONResponse({"execution_id": published, "workflow_id": engine.workflow.id, "event": event})
 
     base = "/workflows/{workflow_id}"
