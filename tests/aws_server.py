@@ -30,9 +30,9 @@ ENV = {
     "AWS_REGION": REGION,
 }
 
-#: ``python -m moto.server``, with one fix: a published Lambda version is a copy that loses the Docker client
-#: attribute (LambdaFunction.__getstate__ drops it), so a Kinesis put to a stream mapped to a version or an alias
-#: crashed the server (500) instead of failing the Docker-less invocation as it does for $LATEST
+#: ``python -m moto.server``, with two fixes (the second is below): a published Lambda version is a copy that loses
+#: the Docker client attribute (LambdaFunction.__getstate__ drops it), so a Kinesis put to a stream mapped to a version
+#: or an alias crashed the server (500) instead of failing the Docker-less invocation as it does for $LATEST
 MOTO_MAIN = """
 import moto.awslambda.models as lambda_models
 
@@ -41,6 +41,18 @@ def _setstate(self, state):
     self.__dict__.setdefault("_DockerModel__docker_client", None)
 
 lambda_models.LambdaFunction.__setstate__ = _setstate
+
+# and a second: without Docker, layer versions are published to the Docker-less backend but a function's Layers were
+# looked up in the Docker one, so every function naming a layer was refused (ResourceNotFoundException)
+from moto.awslambda.utils import get_backend
+
+def _layers_data(self, arns):
+    found = [get_backend(self.account_id, self.region).layers_versions_by_arn(arn) for arn in arns]
+    if not all(found):
+        raise lambda_models.UnknownLayerVersionException(arns)
+    return [{"Arn": version.arn, "CodeSize": version.code_size} for version in found]
+
+lambda_models.LambdaFunction._get_layers_data = _layers_data
 from moto.server import main
 main()
 """

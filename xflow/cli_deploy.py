@@ -67,8 +67,8 @@ def use_package(engine: Engine, package: Path | None) -> None:
               help="The folder to write the artifacts and their manifest to (created; files of an earlier package in "
                    "it are replaced).")
 @click.option("--shared-layers", is_flag=True,
-              help="Put requirements that several functions share into one Lambda layer zip (setup does not deploy "
-                   "layers yet).")
+              help="Put requirements that several functions share into one Lambda layer zip (setup --from publishes "
+                   "it once, as a version of a layer those functions name).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="Human lines, or the manifest as JSON (--output names the folder here).")
 def package_command(file: Path, output_dir: Path, shared_layers: bool, fmt: str) -> None:

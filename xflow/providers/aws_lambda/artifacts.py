@@ -15,7 +15,9 @@ deployed, and the key to find which package a deployed function (or a published 
 
 Deploying a package checks it against the workflow file first: the same workflow, the same functions, and for each
 function the manifest its zip would get from the file now (handler, events, retries, ...); a package built from
-another version of the file is refused. Every zip is checked against its SHA-256 as it is read.
+another version of the file is refused. Every zip is checked against its SHA-256 as it is read. A shared layer's zip
+(``--shared-layers``) is published as a version of the stage's layer (:mod:`xflow.providers.aws_lambda.layers`), and
+a package whose functions import from a layer it lacks is refused.
 """
 
 from __future__ import annotations
@@ -156,10 +158,12 @@ def read_package(workflow: Workflow, folder: Path) -> list[Artifact]:
                              "after it was built", hint)
         artifacts.append(Artifact(kind, name, data, dict(entry.get("manifest") or {}),
                                   str(entry.get("runtime") or "python3.12"), str(entry.get("architecture") or "x86_64")))
-    if any(a.kind == "layer" for a in artifacts):
-        raise XflowError(f"the package in {folder} holds shared layers (xflow package --shared-layers), which setup "
-                         "does not deploy yet", "package without --shared-layers: each function's zip then holds its "
-                         "requirements")
+    layers = {a.name for a in artifacts if a.kind == "layer"}
+    for artifact in artifacts:
+        needs = artifact.manifest.get("requirements")
+        if isinstance(needs, dict) and needs.get("where") == "layer" and needs.get("key") not in layers:
+            raise XflowError(f"the package in {folder} lacks the shared layer that function {artifact.name} imports "
+                             f"its requirements from (layer-{needs.get('key')}.zip)", hint)
     return artifacts
 
 

@@ -9,7 +9,8 @@ does what the Lambda service does for Kinesis event source mappings:
   with the Lambda Kinesis event format (:mod:`xflow.providers.aws_lambda.invoke`): the version the function's
   alias ``live`` points at (its main version: a canary's share is not emulated), else ``$LATEST``. The code is the
   zip the function's code location serves, else the artifact setup kept in the state folder —
-  accepted only when its SHA-256 equals the function's ``CodeSha256`` on the endpoint;
+  accepted only when its SHA-256 equals the function's ``CodeSha256`` on the endpoint — with the content of the
+  layer versions it names on its path after its own code (found the same way, by the version's ``CodeSha256``);
 - honours the partial-batch response (``batchItemFailures``): retries from the first failed
   record, drops it once the mapping's retries are used up; a failed invocation is retried whole
   (halved when bisect-on-error is on);
@@ -44,6 +45,7 @@ from xflow.aws import AwsSession, is_client_error, translate_errors
 from xflow.core.errors import XflowError
 from xflow.providers.aws_lambda.failures import kinesis_failure_record, send_failure_record
 from xflow.providers.aws_lambda.invoke import DeployedFunction, Invocation, Invoker
+from xflow.providers.aws_lambda.layers import unpack_layer
 from xflow.providers.aws_lambda.mappings import Mappings
 from xflow.providers.aws_lambda.packaging import artifact_path, code_sha256, tracker_function_name
 from xflow.providers.aws_lambda.versions import Releases
@@ -132,7 +134,9 @@ class Emulator:
             self.functions[name] = DeployedFunction(
                 name, config["Handler"], float(config.get("Timeout", 3)), int(config.get("MemorySize", 128)),
                 dict((config.get("Environment") or {}).get("Variables") or {}), root,
-                f"{day}/[{config.get('Version') or '$LATEST'}]{run_id}")
+                f"{day}/[{config.get('Version') or '$LATEST'}]{run_id}",
+                tuple(path for layer in config.get("Layers") or ()
+                      for path in unpack_layer(self.aws, str(layer["Arn"]), Path(self._tmp.name) / "layers", self._code)))
             for mapping in Mappings(self.aws).of(name):  # the function's and its alias's
                 if mapping.get("State", "Enabled") in ("Enabled", "Creating", "Updating", "Enabling") \
                         and ":kinesis:" in mapping.get("EventSourceArn", ""):
@@ -142,6 +146,8 @@ class Emulator:
         self.cursors = {key: cursor for key, cursor in self.cursors.items() if key[0] in current}
 
     def _code(self, name: str, sha: str, location: str | None) -> bytes:
+        """The zip whose CodeSha256 is ``sha``: from ``location`` when the endpoint serves it, else from the state
+        folder (``name``: what the zip is of, for messages: ``reader``, ``layer L version 2``)."""
         if location and location.startswith(("http://", "https://")) and self._serves_code(location):
             try:
                 with urllib.request.urlopen(location, timeout=5) as response:  # noqa: S310 (http(s) only)
@@ -153,12 +159,13 @@ class Emulator:
         path = artifact_path(self.state_dir, sha)
         if not path.exists():
             raise XflowError(
-                f"function {name}: the endpoint does not serve its code and {self.state_dir} holds no artifact "
-                f"with its CodeSha256 {sha}",
+                f"{'' if name.startswith('layer ') else 'function '}{name}: the endpoint does not serve its code and "
+                f"{self.state_dir} holds no artifact with its CodeSha256 {sha}",
                 "the deployed code differs from what setup kept here: run 'xflow setup' again from this folder")
         data = path.read_bytes()
         if code_sha256(data) != sha:
-            raise XflowError(f"function {name}: artifact {path} does not match the deployed CodeSha256 {sha}",
+            raise XflowError(f"{'' if name.startswith('layer ') else 'function '}{name}: artifact {path} does not "
+                             f"match the deployed CodeSha256 {sha}",
                              "run 'xflow setup' again from this folder")
         return data
 

@@ -22,11 +22,12 @@ from typing import Any
 
 from xflow.aws import AwsSession, is_client_error, translate_errors
 
-#: runs a Lambda handler from a task folder: argv = task root, handler, event file, result file
+#: runs a Lambda handler from a task folder: argv = task root, handler, event file, result file, then the folders of
+#: its layers' packages (after the task root on the path, as Lambda puts /opt/python after /var/task)
 RUNNER = r"""
 import importlib, json, sys, traceback
 root, handler, event_file, result_file = sys.argv[1:5]
-sys.path.insert(0, root)
+sys.path[0:0] = [root, *sys.argv[5:]]
 class Context:
     def __init__(self):
         import os
@@ -62,6 +63,8 @@ class DeployedFunction:
     environment: dict[str, str]
     task_root: Path
     log_stream: str
+    #: the folders its layers put on the path (``/opt/python`` on Lambda), in order
+    layer_paths: tuple[Path, ...] = ()
 
 
 @dataclass
@@ -115,7 +118,7 @@ class Invoker:
         try:
             done = subprocess.run(
                 [sys.executable, "-c", RUNNER, str(function.task_root), function.handler, str(event_file),
-                 str(result_file)],
+                 str(result_file), *map(str, function.layer_paths)],
                 cwd=function.task_root, env=self.environment(function, request_id), capture_output=True,
                 text=True, timeout=function.timeout, check=False)
             output = (done.stdout + done.stderr).splitlines()

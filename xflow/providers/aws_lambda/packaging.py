@@ -212,11 +212,13 @@ class FunctionSpec:
     architecture: str = "x86_64"
     #: the shared layers (their artifacts' names: requirement keys) whose packages it imports
     layers: tuple[str, ...] = ()
+    #: the ARNs of those layers' versions (or the placeholders of versions the plan publishes), set by the planner
+    layer_arns: tuple[str, ...] = ()
 
     def configuration(self, role_arn: str) -> dict[str, Any]:
         return {"Runtime": self.runtime, "Handler": self.handler, "Timeout": self.timeout,
                 "MemorySize": self.memory, "Description": self.description, "Role": role_arn,
-                "Environment": {"Variables": dict(self.environment)}}
+                "Environment": {"Variables": dict(self.environment)}, "Layers": list(self.layer_arns)}
 
     def artifact(self) -> dict[str, Any]:
         """The zip as a step names it: its manifest, SHA-256 (hex) and size, not its bytes."""
@@ -246,37 +248,14 @@ def build_artifacts(workflow: Workflow, aws: AwsSession | None, shared_layers: b
     """Every zip of the workflow: the functions', the tracker function's, and (``shared_layers``) one layer per set of
     requirements that several functions of one runtime and architecture share. No backend is touched; sources are
     fetched into a temporary folder that is removed."""
-    from xflow.sources.fetch import fetch_source
-    from xflow.sources.requirements import install, lambda_target, packaged_files, requirements_of
+    from xflow.providers.aws_lambda.layers import build_layers
 
-    artifacts: list[Artifact] = []
-    layered: dict[str, list[Function]] = {}
     with tempfile.TemporaryDirectory(prefix="xflow-src-") as tmp:
-        if shared_layers:
-            found: dict[str, list[tuple[Function, Any]]] = {}
-            for index, function in enumerate(workflow.functions.values()):
-                wanted = requirements_of(function, fetch_source(function, Path(tmp) / f"probe{index}", aws),
-                                         workflow.path.parent)
-                if wanted is not None:
-                    key = wanted.key(lambda_target(function.runtime, function.architecture))
-                    found.setdefault(key, []).append((function, wanted))
-            for key, users in sorted(found.items()):
-                if len(users) < 2:
-                    continue
-                first, wanted = users[0]
-                layered[key] = [function for function, _ in users]
-                target = Path(tmp) / f"layer-{key[:12]}"
-                install(wanted, target, runtime=first.runtime, architecture=first.architecture)
-                builder = _ZipBuilder()
-                for name, data, executable in packaged_files(target):
-                    builder.add(f"python/{name}", data, executable)
-                manifest = {"kind": "layer", "key": key, "runtime": first.runtime, "architecture": first.architecture,
-                            "requirements": list(wanted.lines), "functions": sorted(f.name for f in layered[key])}
-                builder.add("python/xflow_layer.json", json.dumps(manifest, sort_keys=True, indent=1).encode())
-                artifacts.append(Artifact("layer", key, builder.build(), manifest, first.runtime, first.architecture))
+        artifacts = build_layers(workflow, aws, Path(tmp)) if shared_layers else []
+        layered = frozenset(a.name for a in artifacts)
         for index, function in enumerate(workflow.functions.values()):
             data, manifest = build_zip(workflow, function_manifest(workflow, function), aws, Path(tmp) / str(index),
-                                       layered=frozenset(layered))
+                                       layered=layered)
             artifacts.append(Artifact("function", function.name, data, manifest, function.runtime,
                                       function.architecture))
         data, manifest = build_zip(workflow, tracker_manifest(workflow), aws, Path(tmp))
@@ -310,10 +289,6 @@ class Packager:
         artifacts = self.artifacts(workflow)
         by_name = {(a.kind, a.name): a for a in artifacts}
         self.layers = [a for a in artifacts if a.kind == "layer"]
-        if self.layers:
-            raise XflowError("this package holds shared layers (xflow package --shared-layers), which setup does not "
-                             "deploy yet", "package without --shared-layers: each function's zip then holds its "
-                             "requirements")
         specs: list[FunctionSpec] = []
         deployment = deployment_environment(workflow, streams)
         for function in workflow.functions.values():
@@ -356,10 +331,15 @@ class Packager:
         if workflow is None:
             raise XflowError(f"the zip of {manifest.get('function')} was not planned here and there is no workflow "
                              "to build it from", "run 'xflow setup' again")
-        with tempfile.TemporaryDirectory(prefix="xflow-src-") as tmp:
-            data, _ = build_zip(workflow, manifest, self.aws, Path(tmp) / "src")
+        if manifest.get("kind") == "layer":  # a shared layer: built with the workflow's other zips
+            data = next((a.data for a in build_artifacts(workflow, self.aws, True) if a.sha256 == wanted), b"")
+        else:
+            with tempfile.TemporaryDirectory(prefix="xflow-src-") as tmp:
+                data, _ = build_zip(workflow, manifest, self.aws, Path(tmp) / "src")
         if hashlib.sha256(data).hexdigest() != wanted:
-            raise XflowError(f"the code of {manifest.get('function')} changed since it was planned",
+            what = f"the requirements of layer {manifest.get('key', '')[:12]}" if manifest.get("kind") == "layer" \
+                else f"the code of {manifest.get('function')}"
+            raise XflowError(f"{what} changed since it was planned",
                              "run 'xflow setup' again: it plans the code as it is now")
         self._built[wanted] = data
         return data
@@ -382,7 +362,8 @@ def artifacts_of(state_dir: Path, workflow_id: str) -> list[Path]:
     for path in sorted((Path(state_dir) / ARTIFACTS).glob("*.zip")):
         try:
             with zipfile.ZipFile(path) as archive:
-                config = json.loads(archive.read(MANIFEST))
+                names = set(archive.namelist())
+                config = json.loads(archive.read(MANIFEST if MANIFEST in names else "python/xflow_layer.json"))
         except (OSError, KeyError, ValueError, zipfile.BadZipFile):
             continue  # not one of setup's zips
         if isinstance(config, dict) and config.get("workflow_id") == workflow_id:

@@ -4,9 +4,9 @@ on AWS and returns data-only steps (the AWS call, its request, what it depends o
 The desired state comes from the file: one zip per function (built in memory, see
 :mod:`xflow.providers.aws_lambda.packaging`) plus ``tracker_<workflow_id>``, which writes every event to the tracker.
 Code is compared by SHA-256 with ``CodeSha256``, configuration field by field; a second setup of an unchanged file
-plans nothing. Order: the on-failure queue, the role, the functions' log groups, the functions, their mappings, then
-what the file no longer names. Teardown plans the reverse, and the files setup and ``xflow emulate`` keep for the
-workflow in the state folder.
+plans nothing. Order: the on-failure queue, the role, the functions' log groups, the shared layers
+(:mod:`xflow.providers.aws_lambda.layers`), the functions, their mappings, then what the file no longer names.
+Teardown plans the reverse, and the files setup and ``xflow emulate`` keep for the workflow in the state folder.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from xflow.aws import TAG_KEY, AwsSession, is_client_error, translate_errors
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import Step, TrackerStore, Transport
 from xflow.providers.aws_lambda.iam import ExecutionRole
+from xflow.providers.aws_lambda.layers import PLACEHOLDER, Layers, LayerSpec
 from xflow.providers.aws_lambda.mappings import (
     EventSource,
     FailureQueue,
@@ -42,7 +43,7 @@ from xflow.providers.aws_lambda.subscriptions import LogSubscriptions
 from xflow.providers.aws_lambda.versions import Releases, alias_arn
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
 
     from xflow.core.model import Workflow
 
@@ -82,6 +83,7 @@ class Planner:
         self.subscriptions = LogSubscriptions(aws, workflow_id)  # the logging.aws block's subscription filters
         self.releases = Releases(aws, workflow_id)  # versions, the live alias, canary and linear rollouts
         self.monitoring = AwsMonitoring(aws, workflow_id, queue, tracing)  # the monitoring block; active tracing
+        self.layers = Layers(aws, workflow_id)  # shared layers (the provider gives it the zips to publish)
 
     @property
     def lam(self) -> Any:
@@ -177,6 +179,10 @@ class Planner:
                         "Logs need no VPC access)")
         specs = self.desired_functions(workflow, transport, target.log_group)
         names = [s.name for s in specs]
+        layers = self.layers.desired(workflow, self.packager.layers)
+        layer_arns, layer_steps = self.layers.plan_setup(layers)
+        for spec in specs:
+            spec.layer_arns = tuple(layer_arns[key] for key in spec.layers)
         steps: list[Step] = self.queue.plan_setup()  # before the mappings that name it
         document = self.role.policy_document(
             workflow, [(s.arn, s.actions) for s in target.sources.values()],
@@ -188,6 +194,7 @@ class Planner:
         for name in names:
             steps += self._plan_log_group(function_log_group(name), target.retention_days)
         steps += self.subscriptions.plan_setup(workflow, [target.log_group, *(function_log_group(n) for n in names)])
+        steps += layer_steps + self._plan_layer_copies(layers.values(), layer_arns)
         for spec in specs:
             steps += self._plan_function(spec, role_arn)
         steps += self.releases.plan_setup(workflow, [(s, s.configuration(role_arn)) for s in specs], steps,
@@ -206,7 +213,15 @@ class Planner:
                               params={"FunctionName": name}))
             steps.append(Step("delete", f"log-group:{function_log_group(name)}", call="logs:DeleteLogGroup",
                               params={"logGroupName": function_log_group(name)}))
-        return steps
+        return steps + self.layers.plan_removal(keep=[layer.name for layer in layers.values()])
+
+    def _plan_layer_copies(self, layers: Iterable[LayerSpec], arns: Mapping[str, str]) -> list[Step]:
+        """Keep in the state folder the zips of layers published from another one (``xflow emulate`` reads them)."""
+        return [Step("create", f"artifact:{layer.name}", detail=f"the published layer's zip, kept in {self.state_dir} "
+                     "for xflow emulate", call="xflow:KeepArtifact",
+                     params={"LayerName": layer.name, "ZipFile": layer.reference()}, depends_on=(f"layer:{layer.name}",))
+                for layer in layers if not arns[layer.key].startswith(PLACEHOLDER)
+                and not artifact_path(self.state_dir, layer.code_sha256).exists()]
 
     def _plan_log_group(self, group: str, retention: int) -> list[Step]:
         current = self.log_group_retention(group)
@@ -223,13 +238,14 @@ class Planner:
         current = self.get_function(spec.name)
         wanted = {**spec.configuration(role_arn), **self.monitoring.function_configuration(current)}
         resource = f"function:{spec.name}"
+        layers = tuple(f"layer:{arn.split(':')[1]}" for arn in spec.layer_arns if arn.startswith(PLACEHOLDER))
         if current is None:
             return [Step("create", resource, detail=f"{len(spec.zip_bytes)} bytes, {spec.runtime}",
                          call="lambda:CreateFunction",
                          params={"FunctionName": spec.name, **wanted, "Code": {"ZipFile": spec.artifact()},
                                  "Publish": False, "Tags": {TAG_KEY: self.workflow_id}, "PackageType": "Zip",
                                  **_architectures(spec)},
-                         depends_on=(self.role.resource,))]
+                         depends_on=(self.role.resource, *layers))]
         owner = ((current.get("Environment") or {}).get("Variables") or {}).get(ENV_WORKFLOW)
         if owner != self.workflow_id:
             raise XflowError(f"a Lambda function named {spec.name} already exists and does not belong to workflow "
@@ -250,7 +266,7 @@ class Planner:
         if differs:
             steps.append(Step("update", f"function-config:{spec.name}", detail=", ".join(sorted(differs)),
                               call="lambda:UpdateFunctionConfiguration", params={"FunctionName": spec.name, **wanted},
-                              depends_on=(resource, self.role.resource)))
+                              depends_on=(resource, self.role.resource, *layers)))
         return steps
 
     def plan_teardown(self, workflow: Workflow, tracker: TrackerStore | None = None) -> list[Step]:
@@ -270,6 +286,7 @@ class Planner:
             if self.log_group_retention(group) is not False and self.group_is_ours(group):
                 steps.append(Step("delete", f"log-group:{group}", call="logs:DeleteLogGroup",
                                   params={"logGroupName": group}))
+        steps += self.layers.plan_removal()
         steps += self.queue.plan_teardown()
         steps += self.role.plan_teardown()
         return steps + self._plan_state_teardown(workflow)
@@ -302,4 +319,6 @@ def _config_value(current: Mapping[str, Any], key: str) -> Any:
         return {"Variables": dict((current.get("Environment") or {}).get("Variables") or {})}
     if key == "Description":
         return current.get("Description") or ""
+    if key == "Layers":
+        return [str(layer.get("Arn")) for layer in current.get("Layers") or ()]
     return current.get(key)

@@ -2,9 +2,10 @@
 
 Setup is desired state → plan → execute. :class:`~xflow.providers.aws_lambda.planner.Planner` compares the file with
 what exists and returns data-only steps; :meth:`LambdaProvider.execute` performs one step by the AWS call it names
-(``lambda:CreateFunction``, ``iam:CreateRole``, ``sqs:CreateQueue``, ...), and the two local ones:
-``xflow:KeepArtifact`` (keep a deployed zip in the state folder for ``xflow emulate``) and ``xflow:DeleteFiles``. A
-step that deploys code names its zip by SHA-256 and size; the zip is built (or taken from planning's memory) only here.
+(``lambda:CreateFunction``, ``lambda:PublishLayerVersion``, ``iam:CreateRole``, ``sqs:CreateQueue``, ...), and the
+two local ones: ``xflow:KeepArtifact`` (keep a deployed zip in the state folder for ``xflow emulate``) and
+``xflow:DeleteFiles``. A step that deploys code names its zip by SHA-256 and size; the zip is built (or taken from
+planning's memory) only here.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ class LambdaProvider(FunctionProvider):
         Option("policy_statements", "json", None, "IAM policy statements (a JSON list) added to the execution role's "
                "inline policy"),
         Option("tracing", bool, False, "Lambda active tracing (X-Ray): TracingConfig Active on every function"),
+        Option("shared_layers", bool, False, "requirements that several functions share go into one Lambda layer, "
+               "published once, instead of into each function's zip (a package built by 'xflow package' decides "
+               "by itself: --shared-layers)"),
     )
     runs_locally = False
 
@@ -63,9 +67,10 @@ class LambdaProvider(FunctionProvider):
                                   policy_statements(options.option("policy_statements")))
         self.failures = FailureQueue(self.aws, self.workflow_id)
         self.mappings = Mappings(self.aws)
-        self.packager = Packager(self.aws)
+        self.packager = Packager(self.aws, shared_layers=bool(options.option("shared_layers")))
         self.planner = Planner(self.aws, self.workflow_id, context.state_dir, self.role, self.failures, self.packager,
                                tracing=bool(options.option("tracing")))
+        self.planner.layers.zip_of = self._zip
 
     @property
     def role_name(self) -> str:
@@ -115,7 +120,7 @@ class LambdaProvider(FunctionProvider):
         return {
             **self.failures.operations(), **self.role.operations(), **self.mappings.operations(),
             **self.planner.subscriptions.operations(), **self.planner.monitoring.operations(),
-            **self.planner.releases.operations(),
+            **self.planner.releases.operations(), **self.planner.layers.operations(),
             "logs:CreateLogGroup": self._create_log_group, "logs:PutRetentionPolicy": self._set_log_retention,
             "logs:DeleteLogGroup": self._delete_log_group,
             "lambda:CreateFunction": self._create_function, "lambda:UpdateFunctionCode": self._update_code,
@@ -140,6 +145,8 @@ class LambdaProvider(FunctionProvider):
 
     def _create_function(self, *, FunctionName: str, Code: Mapping[str, Any], **request: Any) -> None:
         data = self._zip(Code["ZipFile"])
+        if "Layers" in request:
+            request["Layers"] = self.planner.layers.resolve(request["Layers"])
         with translate_errors(f"creating Lambda function {FunctionName}"):
             while_role_propagates(lambda: self.lam.create_function(FunctionName=FunctionName, Code={"ZipFile": data},
                                                                    **request))
@@ -152,6 +159,8 @@ class LambdaProvider(FunctionProvider):
             self._wait(FunctionName, "function_updated_v2")
 
     def _update_config(self, *, FunctionName: str, **config: Any) -> None:
+        if "Layers" in config:
+            config["Layers"] = self.planner.layers.resolve(config["Layers"])
         with translate_errors(f"updating the configuration of {FunctionName}"):
             self._wait(FunctionName, "function_updated_v2")
             self.lam.update_function_configuration(FunctionName=FunctionName, **config)
@@ -176,8 +185,9 @@ class LambdaProvider(FunctionProvider):
                 raise XflowError(f"Lambda function {name} did not become ready: {exc}") from None
             raise
 
-    def _keep_artifact(self, *, FunctionName: str, ZipFile: Mapping[str, Any]) -> None:
-        """Keep the zip of a function deployed from another state folder (the same bytes: same SHA-256)."""
+    def _keep_artifact(self, *, ZipFile: Mapping[str, Any], FunctionName: str = "", LayerName: str = "") -> None:
+        """Keep the zip of a function (or a shared layer) deployed from another state folder (the same bytes: same
+        SHA-256)."""
         self._zip(ZipFile)
 
     def _delete_files(self, *, Paths: list[str]) -> None:
