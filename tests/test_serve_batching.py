@@ -221,6 +221,8 @@ def test_stopping_the_server_while_batches_are_written_loses_no_answered_event(t
     answered: list[str] = []
     statuses: list[int] = []
     stop = threading.Event()
+    signalled: list[float] = []
+    answered_after_signal: list[str] = []
 
     async def client(index: int) -> None:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
@@ -237,6 +239,8 @@ def test_stopping_the_server_while_batches_are_written_loses_no_answered_event(t
                 statuses.append(answer.status_code)
                 if answer.status_code == 200:
                     answered.append(answer.json()["execution_id"])
+                    if signalled:
+                        answered_after_signal.append(answered[-1])
 
     async def load() -> None:
         tasks = [asyncio.create_task(client(i)) for i in range(32)]
@@ -244,12 +248,14 @@ def test_stopping_the_server_while_batches_are_written_loses_no_answered_event(t
         while len(answered) < 300 and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         stop.set()
-        await asyncio.get_running_loop().run_in_executor(None, lambda: server.process.send_signal(15))
+        server.process.send_signal(15)
+        signalled.append(time.monotonic())
         await asyncio.wait_for(asyncio.gather(*tasks), 60)
 
     asyncio.run(load())
     assert server.stop() == 0, server.output()[-3000:]
     assert len(answered) >= 300 and set(statuses) == {200}, (len(answered), set(statuses))
+    assert answered_after_signal, "no request in flight when the server was told to stop was answered"
     assert "Traceback" not in server.output() and "ERROR" not in server.output()
     with Engine(flow, state_dir=tmp_path / ".xflow") as engine:
         records, appends, keys = _appends(engine)
