@@ -182,13 +182,14 @@ def test_a_shared_layer_is_published_once_named_by_both_functions_and_versioned_
 
 
 @pytest.mark.aws
-def test_setup_with_the_shared_layers_option_builds_the_layer_and_without_it_moves_the_packages_back(
+def test_setup_of_a_stage_with_the_shared_layers_option_builds_its_layer_and_without_it_moves_the_packages_back(
         aws_endpoint, tmp_path: Path, wheels: Path) -> None:  # noqa: F811
     import boto3
 
     flow, wid = make_project(tmp_path / "p", wheels)
-    first, second, layer = f"first{wid}", f"second{wid}", f"xflow-{wid}-first{wid}"
-    cli = CLI(tmp_path / "p")
+    # a stage's deployment: its functions' and its layer's names carry the stage
+    first, second, layer = f"first{wid}-dev", f"second{wid}-dev", f"xflow-{wid}-dev-first{wid}"
+    cli = CLI(tmp_path / "p", env={"XFLOW_STAGE": "dev"})
     lam = boto3.client("lambda")
     layered = ("--option", "provider.shared_layers=true")
     created = cli.json("setup", flow, *layered, timeout=300)
