@@ -9,7 +9,7 @@ recorded failed and dead-lettered, which ends a cycle. The rest become :class:`J
 
 Settling the attempts that finished: the events each successful handler published are checked (events of the
 workflow, JSON) and published grouped per stream, then recorded with every attempt's outcome (one
-``record_events`` and one ``record_deliveries`` call). A failed attempt with retries left is ``retrying`` and comes
+``record_batch`` call: one transaction where the tracker has them). A failed attempt with retries left is ``retrying`` and comes
 back from :meth:`FunctionDelivery.settle` with a not-before time (exponential backoff with jitter), so the runner
 keeps working on other executions meanwhile; the last failed attempt is ``failed`` and dead-lettered. A runner
 commits a delivery only once it is settled (succeeded, skipped or dead-lettered).
@@ -175,6 +175,7 @@ class FunctionDelivery:
         self._record_events = _batch(tracker, "record_events", "record_event")
         self._record_deliveries = _batch(tracker, "record_deliveries", "record_delivery")
         self._succeeded_among = _batch(tracker, "succeeded_among", "has_succeeded")
+        self._record_batch = _both(tracker, self._record_events, self._record_deliveries)
         #: what stops a runner: a problem with a backend, never a record's content
         self.fatal: tuple[type[BaseException], ...] = (
             XflowError, StopRequested, *getattr(transport, "connection_errors", ()),
@@ -322,11 +323,6 @@ class FunctionDelivery:
             outgoing.pop(index)
             outcomes[index] = _failed(outcomes[index], f"publishing failed: {refusal}")
         published = [e for events in outgoing.values() for e, _ in events]
-        owner = [index for index, events in outgoing.items() for _ in events]
-        unsettled: dict[int, BaseException] = {}
-        _, broken = self._each(published, self._record_events, self.tracker.record_event)
-        for position, error in broken.items():
-            unsettled.setdefault(owner[position], error)
         records: list[DeliveryRecord] = []
         retry: list[Job] = []
         for index, item in enumerate(finished):
@@ -340,9 +336,7 @@ class FunctionDelivery:
                                           _printable(outcome.error) if outcome.error else None, tuple(outcome.logs)))
             if self.observer is not None:
                 self.observer.settled(self.workflow.id, self.function.name, status, outcome.duration)
-        _, broken = self._each(records, self._record_deliveries, self.tracker.record_delivery)
-        for position, error in broken.items():
-            unsettled.setdefault(position, error)
+        unsettled = self._record(published, [index for index, events in outgoing.items() for _ in events], records)
         if self.observer is not None:  # log routes: the attempts' outcomes and output (None: off)
             self.observer.attempts(self.workflow.id, records, [item.job.event.traceparent for item in finished])
         for index, item in enumerate(finished):
@@ -359,6 +353,28 @@ class FunctionDelivery:
                 job.not_before = time.monotonic() + self.retry_delay(job.attempts)
                 retry.append(job)
         return retry
+
+    def _record(self, published: list[EventRecord], owner: list[int],
+                records: list[DeliveryRecord]) -> dict[int, BaseException]:
+        """Record the published events, then the attempts (one ``record_batch`` call). If that fails because of the
+        content, the events and the attempts are recorded apart, one at a time where a batch fails: returns the
+        attempts that could not be settled (those whose record, or one of whose events, the tracker refused)."""
+        try:
+            self._tracker(partial(self._record_batch, published, records))
+            return {}
+        except Exception as exc:
+            if self.is_fatal(exc):
+                raise
+        unsettled: dict[int, BaseException] = {}
+        _, broken = self._each(published, self._record_events, self.tracker.record_event)
+        for position, error in broken.items():
+            unsettled.setdefault(owner[position], error)
+        # an attempt whose events were refused is recorded failed (by the caller), not with its own outcome
+        kept = [index for index in range(len(records)) if index not in unsettled]
+        _, broken = self._each([records[index] for index in kept], self._record_deliveries, self.tracker.record_delivery)
+        for position, error in broken.items():
+            unsettled.setdefault(kept[position], error)
+        return unsettled
 
     def _spans(self, spans: tracing.Spans, item: Finished, now: float) -> Any:
         """The deliver and handler spans of an attempt; the context its publish spans are children of."""
@@ -471,6 +487,26 @@ def _batch(tracker: TrackerStore, batch: str, single: str) -> Callable[[Sequence
     if batch == "succeeded_among":
         return lambda keys: {tuple(key) for key in keys if one(*key)}
     return lambda items: [one(item) for item in items] and None
+
+
+def _both(tracker: TrackerStore, record_events: Callable[[Sequence[EventRecord]], Any],
+          record_deliveries: Callable[[Sequence[DeliveryRecord]], Any]) -> Callable[[Sequence[EventRecord],
+                                                                                   Sequence[DeliveryRecord]], Any]:
+    """``tracker.record_batch``; or, when a subclass overrides one of the methods below the class whose
+    ``record_batch`` would bypass it, the two batch calls (``record_events`` and ``record_deliveries`` as
+    :func:`_batch` gives them)."""
+    mro = type(tracker).__mro__
+    owner = next(cls for cls in mro if "record_batch" in vars(cls))
+    if all(issubclass(owner, next(cls for cls in mro if name in vars(cls)))
+           for name in ("record_events", "record_deliveries", "record_event", "record_delivery")):
+        return tracker.record_batch
+
+    def both(events: Sequence[EventRecord], deliveries: Sequence[DeliveryRecord]) -> None:
+        if events:
+            record_events(events)
+        if deliveries:
+            record_deliveries(deliveries)
+    return both
 
 
 def _failed(outcome: HandlerOutcome, error: str) -> HandlerOutcome:

@@ -517,6 +517,16 @@ class TrackerStore(Plugin):
         for record in records:
             self.record_delivery(record)
 
+    def record_batch(self, events: Sequence[EventRecord], deliveries: Sequence[DeliveryRecord]) -> None:
+        """Store a batch's events and delivery attempts together, as ``record_events(events)`` then
+        ``record_deliveries(deliveries)`` would. Workers settle the attempts of a poll with it (the events the handlers
+        published, then every attempt's outcome). The default makes those two calls; a store overrides it to write
+        both at once (one transaction: an attempt is never stored without the events it published)."""
+        if events:
+            self.record_events(events)
+        if deliveries:
+            self.record_deliveries(deliveries)
+
     def succeeded_among(self, keys: Sequence[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
         """The keys ``(execution_id, event_id, function)`` among ``keys`` that have a succeeded delivery: what
         ``has_succeeded`` says of each, asked once for a whole poll. The default asks ``has_succeeded`` per key; a

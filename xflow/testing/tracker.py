@@ -316,6 +316,43 @@ class TrackerStoreContract:
         assert found == expected, f"succeeded_among must say what has_succeeded says, got {sorted(found)}"
         assert tracker.succeeded_among([("ex12", "ev-2", "reader")]) == set()
 
+    def test_record_batch_stores_what_the_two_batch_calls_store(self, tracker: TrackerStore) -> None:
+        """``record_batch(events, deliveries)`` stores what ``record_events`` then ``record_deliveries`` store: the
+        first record of an event id wins, every attempt is appended, either list may be empty."""
+        def events(execution_id: str) -> list[EventRecord]:
+            return [self.event(execution_id, f"{execution_id}-a", 1_700_000_001.0, data={"n": 1, "text": "Grüße"}),
+                    self.event(execution_id, f"{execution_id}-b", 1_700_000_002.0, event="Parsed"),
+                    self.event(execution_id, f"{execution_id}-a", 1_700_000_003.0, data={"n": 2})]
+
+        def deliveries(execution_id: str) -> list[DeliveryRecord]:
+            return [self.delivery(execution_id, f"{execution_id}-a", 1_700_000_001.5, status="retrying",
+                                  error="ValueError: once", logs=("INFO try 1",)),
+                    self.delivery(execution_id, f"{execution_id}-a", 1_700_000_002.5, status="succeeded", attempt=2)]
+
+        tracker.record_events(events("apart"))
+        tracker.record_deliveries(deliveries("apart"))
+        tracker.record_batch(events("together"), deliveries("together"))
+        tracker.record_batch([], [])
+        tracker.record_batch([self.event("together", "together-c", 1_700_000_004.0)], [])
+        tracker.record_batch([], [self.delivery("together", "together-c", 1_700_000_004.5, status="succeeded")])
+
+        def shape(history: ExecutionHistory, execution_id: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+            return ([(e.event_id.removeprefix(execution_id), e.event, round(e.published_at, 3),
+                      json.dumps(e.data, sort_keys=True)) for e in history.events],
+                    [(d.event_id.removeprefix(execution_id), d.attempt, d.status, d.error, tuple(d.logs))
+                     for d in history.deliveries])
+
+        apart = shape(self.history(tracker, "apart", lambda h: len(h.events) >= 2 and len(h.deliveries) >= 2), "apart")
+        together = shape(self.history(tracker, "together", lambda h: len(h.events) >= 3 and len(h.deliveries) >= 3),
+                         "together")
+        assert together[0][:2] == apart[0] and together[1][:2] == apart[1]
+        assert together[0][0][3] == json.dumps({"n": 1, "text": "Grüße"}), "the first record of an event id wins"
+        assert [row[0] for row in together[0]] == ["-a", "-b", "-c"]
+        assert together[1][2][:3] == ("-c", 1, "succeeded")
+        assert tracker.has_succeeded("together", "together-a", "reader")
+        assert tracker.succeeded_among([("together", "together-c", "reader"), ("together", "together-b", "reader")]) \
+            == {("together", "together-c", "reader")}
+
     def test_a_batch_of_a_thousand_records(self, tracker: TrackerStore) -> None:
         count = 1000
         tracker.record_events([self.event("ex14", f"ev-{i:04d}", 1_700_000_000.0 + i / 1000, data={"i": i})

@@ -6,9 +6,9 @@ are keyed by event id, so recording one twice is a no-op.
 Any content is stored: text that UTF-8 cannot carry (lone surrogates) is kept as escapes, and
 times that are not finite numbers are replaced by the time of recording.
 
-Batches (``record_events``, ``record_deliveries``) are written in one transaction each; ``has_succeeded`` and
-``succeeded_among`` (one query per batch of keys) look up the ``deliveries_by_event`` index, so their cost does
-not grow with an execution's history.
+Batches (``record_events``, ``record_deliveries``, and both at once with ``record_batch``) are written in one
+transaction each; ``has_succeeded`` and ``succeeded_among`` (one query per batch of keys) look up the
+``deliveries_by_event`` index, so their cost does not grow with an execution's history.
 
 Disk and state errors are named in one line (:mod:`xflow.core.sqlite_files`): a full disk, a lock held
 too long or an I/O error is :class:`BackendUnavailable` (workers wait it out); a read-only or damaged file
@@ -147,6 +147,17 @@ class SqliteTrackerStore(TrackerStore):
         if rows:
             with self._using() as db, _transaction(db):
                 db.executemany(INSERT_DELIVERY, rows)
+
+    def record_batch(self, events: Sequence[EventRecord], deliveries: Sequence[DeliveryRecord]) -> None:
+        """The events, then the deliveries, in one transaction."""
+        event_rows = [_event_row(record) for record in events]
+        delivery_rows = [_delivery_row(record) for record in deliveries]
+        if event_rows or delivery_rows:
+            with self._using() as db, _transaction(db):
+                if event_rows:
+                    db.executemany(INSERT_EVENT, event_rows)
+                if delivery_rows:
+                    db.executemany(INSERT_DELIVERY, delivery_rows)
 
     def history(self, execution_id: str) -> ExecutionHistory:
         with self._using() as db:

@@ -17,8 +17,9 @@ Reading one execution's history is two index range scans, so its cost does not g
 number of executions stored. ``has_succeeded`` is one look-up in the partial index of succeeded
 deliveries; ``succeeded_among`` answers for a whole batch of keys in one query (the keys passed as
 arrays, ``unnest``-ed and joined with that index). ``record_events`` / ``record_deliveries`` write a
-batch in one statement (one round trip, atomic), the records passed as arrays the same way. A
-database set up before that index existed keeps working, more slowly; ``xflow setup`` adds it.
+batch in one statement (one round trip, atomic), the records passed as arrays the same way;
+``record_batch`` writes a batch's events and deliveries in one transaction. A database set up before
+that index existed keeps working, more slowly; ``xflow setup`` adds it.
 Teardown deletes the workflow's rows; the tables stay for others.
 """
 
@@ -296,24 +297,42 @@ class PostgresTrackerStore(TrackerStore):
     def record_events(self, records: Sequence[EventRecord]) -> None:
         """One statement (one round trip, atomic): the batch as arrays, ``unnest``-ed in order, so the first record
         of an ``event_id`` (stored before, or earlier in the batch) wins, as with ``record_event``."""
-        rows = [self._event_row(record) for record in records]
-        if not rows:
+        if records:
+            self._run("recording events", lambda conn: self._insert_events(conn, records))
+
+    def record_deliveries(self, records: Sequence[DeliveryRecord]) -> None:
+        """One statement (one round trip, atomic): the batch as arrays, ``unnest``-ed in order; each record's log
+        lines travel as one JSON array (PostgreSQL arrays cannot be ragged)."""
+        if records:
+            self._run("recording deliveries", lambda conn: self._insert_deliveries(conn, records))
+
+    def record_batch(self, events: Sequence[EventRecord], deliveries: Sequence[DeliveryRecord]) -> None:
+        """The events' statement, then the deliveries', in one transaction."""
+        if not events and not deliveries:
             return
+
+        def write(conn: Any) -> None:
+            with conn.transaction():
+                if events:
+                    self._insert_events(conn, events)
+                if deliveries:
+                    self._insert_deliveries(conn, deliveries)
+
+        self._run("recording events and deliveries", write)
+
+    def _insert_events(self, conn: Any, records: Sequence[EventRecord]) -> None:
+        rows = [self._event_row(record) for record in records]
         _, event_ids, execution_ids, events, published, producers, data = (list(c) for c in zip(*rows, strict=True))
-        self._run("recording events", lambda conn: conn.execute(
+        conn.execute(
             f"INSERT INTO {self._table('xflow_events')} "
             "(workflow_id, event_id, execution_id, event, published_at, producer, data) "
             "SELECT %s, k.event_id, k.execution_id, k.event, k.published_at, k.producer, k.data::json "
             "FROM unnest(%s::text[], %s::text[], %s::text[], %s::float8[], %s::text[], %s::text[]) WITH ORDINALITY "
             "AS k(event_id, execution_id, event, published_at, producer, data, n) ORDER BY k.n "
             "ON CONFLICT (workflow_id, event_id) DO NOTHING",
-            (self.workflow_id, event_ids, execution_ids, events, [float(t) for t in published], producers, data)))
+            (self.workflow_id, event_ids, execution_ids, events, [float(t) for t in published], producers, data))
 
-    def record_deliveries(self, records: Sequence[DeliveryRecord]) -> None:
-        """One statement (one round trip, atomic): the batch as arrays, ``unnest``-ed in order; each record's log
-        lines travel as one JSON array (PostgreSQL arrays cannot be ragged)."""
-        if not records:
-            return
+    def _insert_deliveries(self, conn: Any, records: Sequence[DeliveryRecord]) -> None:
         columns = (
             [r.execution_id for r in records], [r.event_id for r in records], [r.event for r in records],
             [r.function for r in records], [int(r.attempt) for r in records], [r.status for r in records],
@@ -321,7 +340,7 @@ class PostgresTrackerStore(TrackerStore):
             [_text(r.error) for r in records],
             [json.dumps([_text(line) for line in r.logs], ensure_ascii=False) for r in records],
         )
-        self._run("recording deliveries", lambda conn: conn.execute(
+        conn.execute(
             f"INSERT INTO {self._table('xflow_deliveries')} (workflow_id, execution_id, event_id, event, function, "
             "attempt, status, started_at, duration, error, logs) "
             "SELECT %s, k.execution_id, k.event_id, k.event, k.function, k.attempt, k.status, k.started_at, "
@@ -330,7 +349,7 @@ class PostgresTrackerStore(TrackerStore):
             "%s::float8[], %s::text[], %s::text[]) WITH ORDINALITY "
             "AS k(execution_id, event_id, event, function, attempt, status, started_at, duration, error, logs, n) "
             "ORDER BY k.n",
-            (self.workflow_id, *columns)))
+            (self.workflow_id, *columns))
 
     def history(self, execution_id: str) -> ExecutionHistory:
         def read(conn: Any) -> ExecutionHistory:
