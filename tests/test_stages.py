@@ -161,5 +161,8 @@ def test_two_stages_coexist_on_kinesis_and_lambda_and_tear_down_independently(aw
     assert {f"{fn}-prod", f"tracker_{wid}-prod"} <= left["functions"]
     assert {f"{wid}-prod-Number", f"{wid}-prod-Doubled"} <= left["streams"]
     assert cli.json("setup", flow, "--stage", "prod", timeout=300)["changes"] == []  # prod untouched by dev's teardown
+    kept = tmp_path / ".xflow" / "lambda-artifacts"  # the zips both stages share stay while prod is set up
+    assert sorted(kept.glob("*.zip")), "dev's teardown removed the zips prod still uses"
     cli.json("teardown", flow, "--stage", "prod", timeout=300)
     assert not any(names for names in owned().values()), owned()
+    assert not kept.exists() or not list(kept.glob("*.zip")), sorted(kept.iterdir())

@@ -90,6 +90,24 @@ def write_setup_record(state_dir: Path, workflow: Workflow, plugins: PluginChoic
         raise XflowError(f"cannot write {path}: {exc}", "choose a writable state folder with --state-dir") from None
 
 
+def other_deployments(state_dir: Path, workflow: Workflow) -> list[str]:
+    """The ids of the workflow's other deployments (its other stages, or the unstaged one) set up in this state folder:
+    what is kept there by content, such as Lambda zips, is shared with them."""
+    base = workflow.unstaged_id
+    found = []
+    for path in sorted(Path(state_dir).glob("*/setup.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(record, dict):
+            continue
+        other, stage = record.get("workflow_id"), record.get("stage")
+        if other != workflow.id and other in (base, f"{base}-{stage}" if isinstance(stage, str) and stage else base):
+            found.append(str(other))
+    return found
+
+
 def remove_setup_record(state_dir: Path, workflow_id: str) -> None:
     """Delete the setup record, and the workflow's and the state folder when that leaves them empty."""
     record = setup_record_path(state_dir, workflow_id)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from xflow.aws import TAG_KEY, AwsSession, is_client_error, translate_errors
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import Step, TrackerStore, Transport
+from xflow.core.setup_record import other_deployments
 from xflow.providers.aws_lambda.iam import ExecutionRole
 from xflow.providers.aws_lambda.layers import PLACEHOLDER, Layers, LayerSpec
 from xflow.providers.aws_lambda.mappings import (
@@ -294,7 +295,9 @@ class Planner:
     def _plan_state_teardown(self, workflow: Workflow) -> list[Step]:
         """What setup and ``xflow emulate`` keep in the state folder for this workflow: its zips, emulate's positions."""
         steps = []
-        zips = artifacts_of(self.state_dir, workflow.id)
+        # zips are kept by content and named by the unstaged workflow: the last of its stages here removes them
+        shared = other_deployments(self.state_dir, workflow)
+        zips = [] if shared else artifacts_of(self.state_dir, workflow.unstaged_id)
         if zips:
             steps.append(Step("delete", f"artifacts:{self.state_dir / ARTIFACTS}",
                               detail=f"{len(zips)} zip(s) of workflow {workflow.id}",
