@@ -188,14 +188,14 @@ def test_event_data_is_accepted_exactly_when_it_is_strict_json(data):
 @given(st.dictionaries(st.text(max_size=5), json_values, max_size=4))
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_cli_data_round_trips_or_is_refused_in_one_line(data):
-    from xflow.cli import _json_object
+    from xflow.cli_input import json_object_argument
 
     text = json.dumps(data)  # Python writes NaN/Infinity for non-finite floats: not JSON
     if _finite(data):
-        assert _json_object(text, "DATA") == data
+        assert json_object_argument(text, "DATA") == data
     else:
         with pytest.raises(XflowError, match="not a JSON value"):
-            _json_object(text, "DATA")
+            json_object_argument(text, "DATA")
 
 
 # -- 3. damaged files in the state folder -------------------------------------------------------------------------

@@ -18,6 +18,8 @@ from typing import Any
 
 import click
 
+from xflow.cli_common import engine_for
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _AGO = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(s|m|h|d)?\s*\Z")
 
@@ -64,13 +66,12 @@ def logs_command(ctx: click.Context, file: Path, execution_id: str | None, funct
     """
     import threading
 
-    from xflow.cli import _engine
     from xflow.core.errors import XflowError
     from xflow.core.worker import stop_on_signals
     from xflow.logs.reading import LogReader, Query
     from xflow.logs.reading import follow as follow_records
 
-    engine = _engine(ctx, str(file), **backends)
+    engine = engine_for(ctx, str(file), **backends)
     unknown = [name for name in functions if name not in engine.workflow.functions]
     if unknown:
         raise XflowError(f"workflow {engine.workflow.id!r} has no function {unknown[0]!r}",

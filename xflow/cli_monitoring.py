@@ -14,13 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from xflow.cli_common import OUTPUT, engine_for, print_json, rich_console
+
 if TYPE_CHECKING:
     from xflow.core.engine import Engine
     from xflow.monitoring.metrics import MetricsServer
-
-OUTPUT = click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True,
-                      help="Human tables, or machine-readable JSON.")
-
 
 def metrics_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """``--metrics-port`` and ``--metrics-host``, for the commands that run workers."""
@@ -68,13 +66,12 @@ def status_command(ctx: click.Context, file: Path, max_lag: int, max_age: float,
 
     Exit status 1 when a function is failing or falling behind (see the thresholds), else 0.
     """
-    from xflow.cli import _engine, _print_json
     from xflow.monitoring.status import Thresholds, status_report
 
-    engine = _engine(ctx, str(file), **backends)
+    engine = engine_for(ctx, str(file), **backends)
     report = status_report(engine, Thresholds(max_lag, max_age, max_failures))
     if output == "json":
-        _print_json(report)
+        print_json(report)
     else:
         _print_status(report)
     sys.exit(0 if report["status"] == "ok" else 1)
@@ -87,9 +84,7 @@ def _print_status(report: dict[str, Any]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from xflow.cli import _console
-
-    console = _console()
+    console = rich_console()
     table = Table(title=f"workflow {report['workflow_id']}  [{STATE_STYLE[report['status']]}]{report['status']}[/]",
                   title_justify="left")
     for column in ("function", "state", "lag", "oldest unsettled", "deliveries 5m/60m", "failures 5m/60m",

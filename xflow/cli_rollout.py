@@ -16,12 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from xflow.cli_common import OUTPUT, engine_for, print_json, rich_console
+
 if TYPE_CHECKING:
     from xflow.core.engine import Engine
-
-OUTPUT = click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True,
-                      help="Human tables, or machine-readable JSON.")
-
 
 def _remember_strategy(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     if value is not None:
@@ -67,20 +65,16 @@ def _versioned(engine: Engine, verb: str) -> Any:
 @click.pass_context
 def versions_command(ctx: click.Context, file: Path, output: str, **backends: Any) -> None:
     """Each deployed function's versions: number, code SHA-256, time, and which one is live (or has a share)."""
-    from xflow.cli import _engine, _print_json
-
-    engine = _engine(ctx, str(file), **backends)
+    engine = engine_for(ctx, str(file), **backends)
     functions = _versioned(engine, "list").deployed_versions(engine.workflow)
     if output == "json":
-        _print_json({"workflow_id": engine.workflow.id, "provider": engine.plugin_names()["provider"],
-                     "functions": functions})
+        print_json({"workflow_id": engine.workflow.id, "provider": engine.plugin_names()["provider"],
+                    "functions": functions})
         return
     if not functions:
         click.echo(f"{engine.workflow.id}: no function is deployed with versions (run 'xflow setup' first)")
         return
     from rich.table import Table
-
-    from xflow.cli import _console
 
     table = Table(title=f"{engine.workflow.id} ({engine.plugin_names()['provider']})", title_justify="left")
     for column in ("function", "version", "sha256", "created", "live"):
@@ -94,7 +88,7 @@ def versions_command(ctx: click.Context, file: Path, output: str, **backends: An
                 mark = f"{row['weight']:.0%} of invocations"
             table.add_row(function["function"], str(row["version"]), str(row["sha256"] or "")[:16],
                           str(row["created_at"] or ""), mark)
-    _console().print(table)
+    rich_console().print(table)
 
 
 @click.command("rollback")
@@ -111,17 +105,16 @@ def rollback_command(ctx: click.Context, file: Path, function: str | None, to: s
     The next setup deploys what the file says again: change the file or its code to keep the rollback.
     Exit status 1 when no function had a version to go back to.
     """
-    from xflow.cli import _engine, _print_json
     from xflow.core.errors import XflowError
 
     if to is not None and function is None:
         raise XflowError("--to names a version of one function", "add --function NAME")
-    engine = _engine(ctx, str(file), **backends)
+    engine = engine_for(ctx, str(file), **backends)
     results = _versioned(engine, "roll back").rollback(engine.workflow, function, to)
     moved = [r for r in results if r.get("to")]
     if output == "json":
-        _print_json({"workflow_id": engine.workflow.id, "provider": engine.plugin_names()["provider"],
-                     "rolled_back": results})
+        print_json({"workflow_id": engine.workflow.id, "provider": engine.plugin_names()["provider"],
+                    "rolled_back": results})
     else:
         for result in results:
             if result.get("to"):

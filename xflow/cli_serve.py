@@ -1,8 +1,8 @@
 """The ``xflow serve`` and ``xflow executions`` commands (registered by :mod:`xflow.cli`).
 
-``xflow.cli`` adds its shared ``--transport/--provider/--tracker/--option`` flags to both when it registers them, and
-engines are made by its ``_engine``, so these commands read setup records and options exactly as ``publish`` and
-``track`` do. Starlette and uvicorn (the ``serve`` extra) are imported only when ``serve`` runs.
+``xflow.cli`` adds the shared ``--transport/--provider/--tracker/--option`` flags to both when it registers them, and
+engines are made by :func:`xflow.cli_common.engine_for`, so these commands read setup records and options exactly as
+``publish`` and ``track`` do. Starlette and uvicorn (the ``serve`` extra) are imported only when ``serve`` runs.
 """
 
 from __future__ import annotations
@@ -17,11 +17,9 @@ from typing import Any
 
 import click
 
+from xflow.cli_common import OUTPUT, STATE_STYLE, engine_for, print_json, rich_console
 from xflow.cli_monitoring import metrics_options, start_metrics
 from xflow.serve.catalog import DEFAULT_LIMIT, MAX_LIMIT, STATUSES
-
-OUTPUT = click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True,
-                      help="Human tables, or machine-readable JSON.")
 
 
 @click.command("serve")
@@ -43,7 +41,6 @@ def serve_command(ctx: click.Context, files: tuple[Path, ...], host: str, port: 
     Publish (POST /workflows/ID/events/EVENT), list executions, track and re-drive over HTTP, and watch executions
     in the browser. A workflow that setup recorded is served on the backends it recorded.
     """
-    from xflow.cli import _engine
     from xflow.core.errors import XflowError
     from xflow.core.worker import Worker
     from xflow.serve.security import check_bind, is_loopback
@@ -58,7 +55,7 @@ def serve_command(ctx: click.Context, files: tuple[Path, ...], host: str, port: 
                          "pip install 'xflow[serve]'") from None
     engines, workers, notes = [], [], []
     for file in files:
-        engine = _engine(ctx, str(file), **backends)
+        engine = engine_for(ctx, str(file), **backends)
         fresh = engine.record is None
         if fresh:
             engine.setup()
@@ -99,27 +96,21 @@ def serve_command(ctx: click.Context, files: tuple[Path, ...], host: str, port: 
 def executions_command(ctx: click.Context, file: Path, status: str | None, limit: int, cursor: str | None,
                        output: str, **backends: Any) -> None:
     """Recent executions of FILE's workflow, most recently started first, with the status 'xflow track' gives."""
-    from xflow.cli import _engine, _print_json
     from xflow.serve.catalog import list_executions
 
-    engine = _engine(ctx, str(file), **backends)
+    engine = engine_for(ctx, str(file), **backends)
     listing = list_executions(engine, status, limit, cursor)
     if output == "json":
-        _print_json(listing)
+        print_json(listing)
         return
     _print_listing(listing)
 
 
 def _print_listing(listing: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    from xflow.cli import STATE_STYLE
-
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        console.width = 160
+    console = rich_console()
     rows = listing["executions"]
     if not rows:
         which = f" {listing['status']}" if listing["status"] else ""
