@@ -10,9 +10,11 @@ Failures: botocore's ``standard`` retry mode (``AWS_RETRY_MODE=adaptive`` and ``
 honoured) retries throttling, 5xx answers, dropped connections and timeouts with exponential backoff and
 jitter: ``COMMAND_ATTEMPTS`` tries for a call a command makes, ``WORKER_ATTEMPTS`` for the clients of
 long-running work (``client(service, long_running=True)``: a worker's leases, checkpoints and tracker
-writes). :func:`retrying` adds tenacity around operations that must ride out more than that. What still
-fails is translated by :func:`translate_errors`: a transient failure becomes a
-:class:`~xflow.core.errors.BackendUnavailable` (exit 1; workers wait it out), in three kinds --
+writes). :func:`retrying` adds tenacity around operations that must ride out more than that, and
+:func:`while_propagating` around a call that names a role or policy IAM may not have spread yet; :func:`ignoring`
+lets an error that means "already gone" (or "already there") pass. What still fails is translated by
+:func:`translate_errors`: a transient failure becomes a :class:`~xflow.core.errors.BackendUnavailable` (exit 1;
+workers wait it out), in three kinds --
 :class:`EndpointUnreachable` (nothing answers: connection refused, connect timeout),
 :class:`ConnectionDropped` (a connection closed or timed out mid-call) and :class:`ServiceBusy`
 (throttling or a 5xx after the retries) -- and anything else (access denied, validation, a missing
@@ -31,7 +33,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_fixed, wait_random_exponential
 
 from xflow.core.errors import BackendUnavailable, XflowError
 
@@ -192,6 +194,35 @@ def is_client_error(exc: BaseException, *codes: str) -> bool:
     return isinstance(exc, ClientError) and (not codes or error_code(exc) in codes)
 
 
+@contextlib.contextmanager
+def ignoring(*codes: str) -> Iterator[None]:
+    """Inside: an AWS error with one of ``codes`` ends the block quietly (the thing is gone already, or there already).
+
+    Put it inside :func:`translate_errors`, which would turn the error into an XflowError first::
+
+        with translate_errors("deleting queue Q"), ignoring("QueueDoesNotExist"):
+            sqs.delete_queue(QueueUrl=url)
+    """
+    if not codes:
+        raise ValueError("ignoring() needs the error codes to ignore")
+    try:
+        yield
+    except Exception as exc:
+        if not is_client_error(exc, *codes):
+            raise
+
+
+def while_propagating(code: str, mentioning: str = "role", seconds: float = 60, every: float = 3) -> Retrying:
+    """tenacity that calls again every ``every`` s, for up to ``seconds``, while AWS answers ``code`` with a message
+    that mentions ``mentioning``: IAM is eventually consistent, and another service may not yet see (or be allowed to
+    assume) a role or policy just made. ``while_propagating("InvalidParameterValueException")(call)``."""
+    def not_yet(exc: BaseException) -> bool:
+        return is_client_error(exc, code) and mentioning in str(exc).lower()
+
+    return Retrying(retry=retry_if_exception(not_yet), wait=wait_fixed(every), stop=stop_after_delay(seconds),
+                    reraise=True)
+
+
 def _busy_response(response: Any) -> bool:
     """Whether an AWS error response (a ClientError's, a waiter's last) is throttling or a service failure."""
     if not isinstance(response, dict):
@@ -311,12 +342,8 @@ TAG_KEY = "xflow:workflow"
 
 def create_log_group(logs: Any, group: str, workflow_id: str, retention_days: int) -> None:
     """Create a CloudWatch log group tagged with the workflow (kept if it exists) and set its retention."""
-    with translate_errors(f"creating log group {group}"):
-        try:
-            logs.create_log_group(logGroupName=group, tags={TAG_KEY: workflow_id})
-        except Exception as exc:
-            if not is_client_error(exc, "ResourceAlreadyExistsException"):
-                raise
+    with translate_errors(f"creating log group {group}"), ignoring("ResourceAlreadyExistsException"):
+        logs.create_log_group(logGroupName=group, tags={TAG_KEY: workflow_id})
     set_log_retention(logs, group, retention_days)
 
 
@@ -327,9 +354,5 @@ def set_log_retention(logs: Any, group: str, retention_days: int) -> None:
 
 def delete_log_group(logs: Any, group: str) -> None:
     """Delete a log group; one that is already gone is fine."""
-    with translate_errors(f"deleting log group {group}"):
-        try:
-            logs.delete_log_group(logGroupName=group)
-        except Exception as exc:
-            if not is_client_error(exc, "ResourceNotFoundException"):
-                raise
+    with translate_errors(f"deleting log group {group}"), ignoring("ResourceNotFoundException"):
+        logs.delete_log_group(logGroupName=group)

@@ -15,7 +15,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from xflow.aws import TAG_KEY, AwsSession, is_client_error, translate_errors
+from xflow.aws import TAG_KEY, AwsSession, ignoring, translate_errors
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import Step
 
@@ -80,23 +80,15 @@ class ExecutionRole:
     # ------------------------------------------------------------------ plans (read only)
 
     def _get_role(self) -> dict[str, Any] | None:
-        with translate_errors(f"reading IAM role {self.name}"):
-            try:
-                return dict(self.iam.get_role(RoleName=self.name)["Role"])
-            except Exception as exc:
-                if is_client_error(exc, "NoSuchEntity"):
-                    return None
-                raise
+        with translate_errors(f"reading IAM role {self.name}"), ignoring("NoSuchEntity"):
+            return dict(self.iam.get_role(RoleName=self.name)["Role"])
+        return None
 
     def _inline_policy(self) -> str | None:
-        with translate_errors(f"reading policy {self.policy_name} of role {self.name}"):
-            try:
-                current = self.iam.get_role_policy(RoleName=self.name, PolicyName=self.policy_name)
-            except Exception as exc:
-                if is_client_error(exc, "NoSuchEntity"):
-                    return None
-                raise
-        return _normalized(current["PolicyDocument"])
+        with translate_errors(f"reading policy {self.policy_name} of role {self.name}"), ignoring("NoSuchEntity"):
+            return normalized_policy(self.iam.get_role_policy(RoleName=self.name,
+                                                              PolicyName=self.policy_name)["PolicyDocument"])
+        return None
 
     def attached_policies(self) -> list[str]:
         with translate_errors(f"listing the managed policies of IAM role {self.name}"):
@@ -117,7 +109,7 @@ class ExecutionRole:
                 "InlinePolicy": {"PolicyName": self.policy_name, "PolicyDocument": document}})
             return arn, [create, *self._plan_attachments([])]
         steps = []
-        if self._inline_policy() != _normalized(document):
+        if self._inline_policy() != normalized_policy(document):
             steps.append(Step("update", f"role-policy:{self.name}/{self.policy_name}", call="iam:PutRolePolicy",
                               params={"RoleName": self.name, "PolicyName": self.policy_name, "PolicyDocument": document},
                               depends_on=(self.resource,)))
@@ -160,13 +152,9 @@ class ExecutionRole:
     def create_role(self, *, RoleName: str, AssumeRolePolicyDocument: Mapping[str, Any],
                     InlinePolicy: Mapping[str, Any] | None = None, **request: Any) -> None:
         """CreateRole (a role that exists already is taken as created), then its inline policy."""
-        with translate_errors(f"creating IAM role {RoleName}"):
-            try:
-                self.iam.create_role(RoleName=RoleName, AssumeRolePolicyDocument=json.dumps(AssumeRolePolicyDocument),
-                                     **request)
-            except Exception as exc:
-                if not is_client_error(exc, "EntityAlreadyExists"):
-                    raise
+        with translate_errors(f"creating IAM role {RoleName}"), ignoring("EntityAlreadyExists"):
+            self.iam.create_role(RoleName=RoleName, AssumeRolePolicyDocument=json.dumps(AssumeRolePolicyDocument),
+                                 **request)
         if InlinePolicy:
             self.put_role_policy(RoleName=RoleName, **InlinePolicy)
 
@@ -179,37 +167,16 @@ class ExecutionRole:
             self.iam.attach_role_policy(RoleName=RoleName, PolicyArn=PolicyArn)
 
     def detach_role_policy(self, *, RoleName: str, PolicyArn: str) -> None:
-        with translate_errors(f"detaching policy {PolicyArn} from IAM role {RoleName}"):
-            _ignoring(lambda: self.iam.detach_role_policy(RoleName=RoleName, PolicyArn=PolicyArn), "NoSuchEntity")
+        with translate_errors(f"detaching policy {PolicyArn} from IAM role {RoleName}"), ignoring("NoSuchEntity"):
+            self.iam.detach_role_policy(RoleName=RoleName, PolicyArn=PolicyArn)
 
     def delete_role_policy(self, *, RoleName: str, PolicyName: str) -> None:
-        with translate_errors(f"deleting policy {PolicyName}"):
-            _ignoring(lambda: self.iam.delete_role_policy(RoleName=RoleName, PolicyName=PolicyName), "NoSuchEntity")
+        with translate_errors(f"deleting policy {PolicyName}"), ignoring("NoSuchEntity"):
+            self.iam.delete_role_policy(RoleName=RoleName, PolicyName=PolicyName)
 
     def delete_role(self, *, RoleName: str) -> None:
-        with translate_errors(f"deleting IAM role {RoleName}"):
-            _ignoring(lambda: self.iam.delete_role(RoleName=RoleName), "NoSuchEntity")
-
-
-def _ignoring(call: Callable[[], Any], *codes: str) -> None:
-    """Run ``call``; an AWS error with one of ``codes`` (the thing is gone already) is not one."""
-    try:
-        call()
-    except Exception as exc:
-        if not is_client_error(exc, *codes):
-            raise
-
-
-def role_not_ready(exc: BaseException) -> bool:
-    return is_client_error(exc, "InvalidParameterValueException") and "role" in str(exc).lower()
-
-
-def while_role_propagates(call: Callable[[], Any]) -> Any:
-    """Run ``call``, again every 3 s for up to a minute while Lambda does not yet accept a new role or policy."""
-    from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
-
-    return Retrying(retry=retry_if_exception(role_not_ready), wait=wait_fixed(3), stop=stop_after_delay(60),
-                    reraise=True)(call)
+        with translate_errors(f"deleting IAM role {RoleName}"), ignoring("NoSuchEntity"):
+            self.iam.delete_role(RoleName=RoleName)
 
 
 def s3_source_arns(workflow: Workflow) -> list[str]:
@@ -276,7 +243,8 @@ def policy_statements(value: Any) -> list[dict[str, Any]]:
     return [dict(s) for s in statements]
 
 
-def _normalized(document: Any) -> str:
+def normalized_policy(document: Any) -> str:
+    """A policy document (as IAM returns it: URL-encoded JSON, or already parsed) as JSON with sorted keys, to compare."""
     if isinstance(document, str):
         document = json.loads(urllib.parse.unquote(document))
-    return json.dumps(document, sort_keys=True)
+    return json.dumps(document, sort_keys=True) if isinstance(document, Mapping | list) else str(document)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xflow.aws import AwsSession, is_client_error, translate_errors
+from xflow.aws import AwsSession, ignoring, translate_errors
 
 #: runs a Lambda handler from a task folder: argv = task root, handler, event file, result file, then the folders of
 #: its layers' packages (after the task root on the path, as Lambda puts /opt/python after /var/task)
@@ -159,11 +159,8 @@ class Invoker:
             for create, kwargs in ((logs.create_log_group, {"logGroupName": group}),
                                    (logs.create_log_stream, {"logGroupName": group,
                                                              "logStreamName": function.log_stream})):
-                try:
+                with ignoring("ResourceAlreadyExistsException"):
                     create(**kwargs)
-                except Exception as exc:
-                    if not is_client_error(exc, "ResourceAlreadyExistsException"):
-                        raise
             batch: list[dict[str, Any]] = []
             size = 0
             to_send: list[dict[str, Any] | None] = [*events, None]  # None: the end, which sends the last batch

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from xflow.aws import AwsSession, is_client_error, translate_errors
+from xflow.aws import AwsSession, ignoring, is_client_error, translate_errors
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import Step
 from xflow.providers.aws_lambda.packaging import Artifact, _ZipBuilder
@@ -177,14 +177,9 @@ class Layers:
     def versions(self, name: str) -> list[dict[str, Any]]:
         """The layer's versions, newest first ([] when there is no such layer)."""
         found: list[dict[str, Any]] = []
-        with translate_errors(f"listing the versions of Lambda layer {name}"):
-            try:
-                for page in self.lam.get_paginator("list_layer_versions").paginate(LayerName=name):
-                    found.extend(dict(v) for v in page.get("LayerVersions", []))
-            except Exception as exc:
-                if is_client_error(exc, "ResourceNotFoundException"):
-                    return []
-                raise
+        with translate_errors(f"listing the versions of Lambda layer {name}"), ignoring("ResourceNotFoundException"):
+            for page in self.lam.get_paginator("list_layer_versions").paginate(LayerName=name):
+                found.extend(dict(v) for v in page.get("LayerVersions", []))
         return sorted(found, key=lambda v: -int(v["Version"]))
 
     def owned(self) -> list[str]:
@@ -208,13 +203,10 @@ class Layers:
             match = _SHA.search(str(version.get("Description") or ""))
             if not self._ours(version) or match is None or match.group(1) != sha256:
                 continue
-            with translate_errors(f"reading version {version['Version']} of Lambda layer {name}"):
-                try:
-                    content = self.lam.get_layer_version(LayerName=name, VersionNumber=int(version["Version"]))
-                except Exception as exc:
-                    if is_client_error(exc, "ResourceNotFoundException"):
-                        continue
-                    raise
+            content: dict[str, Any] = {}
+            with translate_errors(f"reading version {version['Version']} of Lambda layer {name}"), \
+                    ignoring("ResourceNotFoundException"):
+                content = self.lam.get_layer_version(LayerName=name, VersionNumber=int(version["Version"]))
             if (content.get("Content") or {}).get("CodeSha256") == code_sha:
                 return str(version["LayerVersionArn"])
         return None
@@ -272,12 +264,9 @@ class Layers:
         self.published[published_layer(LayerName, str(reference["Sha256"]))] = str(done["LayerVersionArn"])
 
     def delete(self, *, LayerName: str, VersionNumber: int) -> None:
-        with translate_errors(f"deleting version {VersionNumber} of Lambda layer {LayerName}"):
-            try:
-                self.lam.delete_layer_version(LayerName=LayerName, VersionNumber=int(VersionNumber))
-            except Exception as exc:
-                if not is_client_error(exc, "ResourceNotFoundException"):
-                    raise
+        with translate_errors(f"deleting version {VersionNumber} of Lambda layer {LayerName}"), \
+                ignoring("ResourceNotFoundException"):
+            self.lam.delete_layer_version(LayerName=LayerName, VersionNumber=int(VersionNumber))
 
     def resolve(self, arns: Sequence[str] | None) -> list[str]:
         """The ARNs a configuration names, placeholders replaced by the versions they stand for (published by this

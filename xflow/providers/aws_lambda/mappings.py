@@ -18,10 +18,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from xflow.aws import TAG_KEY, AwsSession, is_client_error, translate_errors
+from xflow.aws import TAG_KEY, AwsSession, ignoring, is_client_error, translate_errors, while_propagating
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import Step
-from xflow.providers.aws_lambda.iam import while_role_propagates
 from xflow.providers.aws_lambda.versions import alias_arn
 
 if TYPE_CHECKING:
@@ -179,19 +178,15 @@ class Mappings:
 
     def create(self, **request: Any) -> None:
         with translate_errors(f"subscribing {request.get('FunctionName')} to {request.get('EventSourceArn')}"):
-            while_role_propagates(lambda: self.lam.create_event_source_mapping(**request))
+            while_propagating("InvalidParameterValueException")(self.lam.create_event_source_mapping, **request)
 
     def update(self, *, UUID: str, **params: Any) -> None:
         with translate_errors(f"updating event source mapping {UUID}"):
             self.lam.update_event_source_mapping(UUID=UUID, **params)
 
     def delete(self, *, UUID: str) -> None:
-        with translate_errors(f"deleting event source mapping {UUID}"):
-            try:
-                self.lam.delete_event_source_mapping(UUID=UUID)
-            except Exception as exc:
-                if not is_client_error(exc, "ResourceNotFoundException"):
-                    raise
+        with translate_errors(f"deleting event source mapping {UUID}"), ignoring("ResourceNotFoundException"):
+            self.lam.delete_event_source_mapping(UUID=UUID)
 
 
 def failure_queue_name(workflow_id: str) -> str:
@@ -226,13 +221,9 @@ class FailureQueue:
 
     def url(self) -> str | None:
         """The queue's URL, None when it does not exist."""
-        with translate_errors(f"looking up SQS queue {self.name}"):
-            try:
-                return str(self.sqs.get_queue_url(QueueName=self.name)["QueueUrl"])
-            except Exception as exc:
-                if is_client_error(exc, *NO_QUEUE):
-                    return None
-                raise
+        with translate_errors(f"looking up SQS queue {self.name}"), ignoring(*NO_QUEUE):
+            return str(self.sqs.get_queue_url(QueueName=self.name)["QueueUrl"])
+        return None
 
     def plan_setup(self) -> list[Step]:
         url = self.url()
@@ -284,12 +275,8 @@ class FailureQueue:
             self.sqs.set_queue_attributes(QueueUrl=QueueUrl, Attributes=dict(Attributes))
 
     def delete(self, *, QueueUrl: str) -> None:
-        with translate_errors(f"deleting SQS queue {self.name}"):
-            try:
-                self.sqs.delete_queue(QueueUrl=QueueUrl)
-            except Exception as exc:
-                if not is_client_error(exc, *NO_QUEUE):
-                    raise
+        with translate_errors(f"deleting SQS queue {self.name}"), ignoring(*NO_QUEUE):
+            self.sqs.delete_queue(QueueUrl=QueueUrl)
 
 
 def _on_failure_of(mapping: Mapping[str, Any]) -> str:

@@ -34,7 +34,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from xflow.aws import TAG_KEY, AwsSession, is_client_error, translate_errors
+from xflow.aws import TAG_KEY, AwsSession, ignoring, translate_errors
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import Step
 
@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
 #: the namespace of the metrics the Lambda shim writes (CloudWatch embedded metric format)
 METRICS_NAMESPACE = "xflow"
+#: what CloudWatch answers for a dashboard that does not exist
+NO_DASHBOARD = ("ResourceNotFound", "ResourceNotFoundException", "DashboardNotFoundError")
 #: the function alarms: (name suffix, AWS/Lambda metric, statistic, the choice's threshold field, what it says)
 FUNCTION_ALARMS = (("errors", "Errors", "Sum", "errors", "errors"),
                    ("throttles", "Throttles", "Sum", "throttles", "throttled invocations"),
@@ -119,15 +121,12 @@ class AwsMonitoring:
     def topic(self) -> tuple[bool, bool]:
         """Whether the topic setup makes exists, and whether it is this workflow's (tagged so)."""
         arn = self.topic_arn()
-        with translate_errors(f"reading SNS topic {self.topic_name}"):
-            try:
-                self.sns.get_topic_attributes(TopicArn=arn)
-            except Exception as exc:
-                if is_client_error(exc, "NotFound", "NotFoundException", "ResourceNotFoundException"):
-                    return False, False
-                raise
+        with translate_errors(f"reading SNS topic {self.topic_name}"), \
+                ignoring("NotFound", "NotFoundException", "ResourceNotFoundException"):
+            self.sns.get_topic_attributes(TopicArn=arn)
             tags = self.sns.list_tags_for_resource(ResourceArn=arn).get("Tags", [])
-        return True, any(t.get("Key") == TAG_KEY and t.get("Value") == self.workflow_id for t in tags)
+            return True, any(t.get("Key") == TAG_KEY and t.get("Value") == self.workflow_id for t in tags)
+        return False, False
 
     def subscriptions(self) -> list[dict[str, Any]]:
         """The topic's subscriptions (confirmed ones with their ARN, pending ones with ``PendingConfirmation``)."""
@@ -139,15 +138,13 @@ class AwsMonitoring:
 
     def dashboard(self) -> Any:
         """The dashboard's body (parsed), or None when there is none."""
-        with translate_errors(f"reading CloudWatch dashboard {self.dashboard_name}"):
-            try:
-                body = self.cloudwatch.get_dashboard(DashboardName=self.dashboard_name).get("DashboardBody")
-            except Exception as exc:
-                if is_client_error(exc, "ResourceNotFound", "ResourceNotFoundException", "DashboardNotFoundError"):
-                    return None
-                raise
+        found: dict[str, Any] | None = None
+        with translate_errors(f"reading CloudWatch dashboard {self.dashboard_name}"), ignoring(*NO_DASHBOARD):
+            found = dict(self.cloudwatch.get_dashboard(DashboardName=self.dashboard_name))
+        if found is None:
+            return None
         try:
-            return json.loads(body or "{}")
+            return json.loads(found.get("DashboardBody") or "{}")
         except ValueError:
             return {}
 
@@ -345,12 +342,8 @@ class AwsMonitoring:
             self.cloudwatch.put_dashboard(DashboardName=DashboardName, DashboardBody=json.dumps(DashboardBody))
 
     def delete_dashboards(self, *, DashboardNames: list[str]) -> None:
-        with translate_errors(f"deleting CloudWatch dashboard {', '.join(DashboardNames)}"):
-            try:
-                self.cloudwatch.delete_dashboards(DashboardNames=list(DashboardNames))
-            except Exception as exc:
-                if not is_client_error(exc, "ResourceNotFound", "ResourceNotFoundException", "DashboardNotFoundError"):
-                    raise
+        with translate_errors(f"deleting CloudWatch dashboard {', '.join(DashboardNames)}"), ignoring(*NO_DASHBOARD):
+            self.cloudwatch.delete_dashboards(DashboardNames=list(DashboardNames))
 
     def create_topic(self, *, Name: str, Tags: list[dict[str, str]]) -> None:
         with translate_errors(f"creating SNS topic {Name}"):
@@ -361,20 +354,12 @@ class AwsMonitoring:
             self.sns.subscribe(TopicArn=TopicArn, Protocol=Protocol, Endpoint=Endpoint)
 
     def unsubscribe(self, *, SubscriptionArn: str) -> None:
-        with translate_errors(f"removing SNS subscription {SubscriptionArn}"):
-            try:
-                self.sns.unsubscribe(SubscriptionArn=SubscriptionArn)
-            except Exception as exc:
-                if not is_client_error(exc, "NotFound", "NotFoundException"):
-                    raise
+        with translate_errors(f"removing SNS subscription {SubscriptionArn}"), ignoring("NotFound", "NotFoundException"):
+            self.sns.unsubscribe(SubscriptionArn=SubscriptionArn)
 
     def delete_topic(self, *, TopicArn: str) -> None:
-        with translate_errors(f"deleting SNS topic {TopicArn}"):
-            try:
-                self.sns.delete_topic(TopicArn=TopicArn)
-            except Exception as exc:
-                if not is_client_error(exc, "NotFound", "NotFoundException"):
-                    raise
+        with translate_errors(f"deleting SNS topic {TopicArn}"), ignoring("NotFound", "NotFoundException"):
+            self.sns.delete_topic(TopicArn=TopicArn)
 
 
 def _alarm_differs(request: Mapping[str, Any], current: Mapping[str, Any]) -> bool:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from xflow.aws import TAG_KEY, AwsSession, is_client_error, translate_errors
+from xflow.aws import TAG_KEY, AwsSession, ignoring, translate_errors
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import Step, TrackerStore, Transport
 from xflow.core.setup_record import other_deployments
@@ -133,13 +133,9 @@ class Planner:
     # ------------------------------------------------------------------ what exists
 
     def get_function(self, name: str) -> dict[str, Any] | None:
-        with translate_errors(f"reading Lambda function {name}"):
-            try:
-                return dict(self.lam.get_function(FunctionName=name)["Configuration"])
-            except Exception as exc:
-                if is_client_error(exc, "ResourceNotFoundException"):
-                    return None
-                raise
+        with translate_errors(f"reading Lambda function {name}"), ignoring("ResourceNotFoundException"):
+            return dict(self.lam.get_function(FunctionName=name)["Configuration"])
+        return None
 
     def workflow_functions(self, workflow_id: str) -> dict[str, dict[str, Any]]:
         """Functions deployed for this workflow (marked by their XFLOW_WORKFLOW_ID variable)."""
@@ -162,14 +158,9 @@ class Planner:
         return False
 
     def group_is_ours(self, group: str) -> bool:
-        with translate_errors(f"reading the tags of log group {group}"):
-            try:
-                tags = self.logs.list_tags_log_group(logGroupName=group).get("tags", {})
-            except Exception as exc:
-                if is_client_error(exc, "ResourceNotFoundException"):
-                    return False
-                raise
-        return tags.get(TAG_KEY) == self.workflow_id
+        with translate_errors(f"reading the tags of log group {group}"), ignoring("ResourceNotFoundException"):
+            return bool(self.logs.list_tags_log_group(logGroupName=group).get("tags", {}).get(TAG_KEY) == self.workflow_id)
+        return False
 
     # ------------------------------------------------------------------ plans
 

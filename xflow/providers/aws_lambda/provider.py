@@ -19,17 +19,18 @@ from xflow.aws import (
     AwsSession,
     create_log_group,
     delete_log_group,
-    is_client_error,
+    ignoring,
     is_transient,
     set_log_retention,
     translate_errors,
+    while_propagating,
 )
 from xflow.core.deploy import dispatch
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import FunctionProvider, PluginContext, Step, TrackerStore, Transport
 from xflow.core.options import Option
 from xflow.providers.aws_lambda.failures import collect_failures
-from xflow.providers.aws_lambda.iam import ExecutionRole, policy_arns, policy_statements, while_role_propagates
+from xflow.providers.aws_lambda.iam import ExecutionRole, policy_arns, policy_statements
 from xflow.providers.aws_lambda.mappings import FailureQueue, Mappings
 from xflow.providers.aws_lambda.packaging import FunctionSpec, Packager, keep_artifact, remove_files
 from xflow.providers.aws_lambda.planner import Planner
@@ -148,8 +149,8 @@ class LambdaProvider(FunctionProvider):
         if "Layers" in request:
             request["Layers"] = self.planner.layers.resolve(request["Layers"])
         with translate_errors(f"creating Lambda function {FunctionName}"):
-            while_role_propagates(lambda: self.lam.create_function(FunctionName=FunctionName, Code={"ZipFile": data},
-                                                                   **request))
+            while_propagating("InvalidParameterValueException")(self.lam.create_function, FunctionName=FunctionName,
+                                                                Code={"ZipFile": data}, **request)
             self._wait(FunctionName, "function_active_v2")
 
     def _update_code(self, *, FunctionName: str, ZipFile: Mapping[str, Any], **request: Any) -> None:
@@ -171,11 +172,8 @@ class LambdaProvider(FunctionProvider):
         with translate_errors(f"deleting Lambda function {FunctionName}"):
             for mapping in self.mappings.of(FunctionName):
                 self.mappings.delete(UUID=mapping["UUID"])
-            try:
+            with ignoring("ResourceNotFoundException"):
                 self.lam.delete_function(FunctionName=FunctionName)
-            except Exception as exc:
-                if not is_client_error(exc, "ResourceNotFoundException"):
-                    raise
 
     def _wait(self, name: str, waiter: str) -> None:
         try:

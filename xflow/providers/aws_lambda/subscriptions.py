@@ -22,13 +22,13 @@ each group at it).
 from __future__ import annotations
 
 import json
-import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from xflow.aws import TAG_KEY, AwsSession, is_client_error, translate_errors
+from xflow.aws import TAG_KEY, AwsSession, ignoring, translate_errors, while_propagating
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import Step
+from xflow.providers.aws_lambda.iam import normalized_policy
 
 if TYPE_CHECKING:
     from xflow.core.model import Workflow
@@ -79,41 +79,27 @@ class LogSubscriptions:
 
     def current_filter(self, group: str) -> dict[str, Any] | None:
         """This workflow's filter on ``group`` (None: none, or no such group)."""
-        with translate_errors(f"reading the subscription filters of log group {group}"):
-            try:
-                found = self.logs.describe_subscription_filters(logGroupName=group, filterNamePrefix=self.filter_name)
-            except Exception as exc:
-                if is_client_error(exc, "ResourceNotFoundException"):
-                    return None
-                raise
+        found: dict[str, Any] = {}
+        with translate_errors(f"reading the subscription filters of log group {group}"), \
+                ignoring("ResourceNotFoundException"):
+            found = self.logs.describe_subscription_filters(logGroupName=group, filterNamePrefix=self.filter_name)
         return next((f for f in found.get("subscriptionFilters", []) if f.get("filterName") == self.filter_name), None)
 
     def _role(self) -> tuple[dict[str, Any] | None, str | None]:
         """The role setup makes and its policy document (normalized), or (None, None)."""
-        with translate_errors(f"reading IAM role {self.role_name}"):
-            try:
-                role = dict(self.iam.get_role(RoleName=self.role_name)["Role"])
-            except Exception as exc:
-                if is_client_error(exc, "NoSuchEntity"):
-                    return None, None
-                raise
-            try:
-                policy = self.iam.get_role_policy(RoleName=self.role_name, PolicyName=self.role_name)
-            except Exception as exc:
-                if is_client_error(exc, "NoSuchEntity"):
-                    return role, None
-                raise
-        return role, _normalized(policy["PolicyDocument"])
+        role: dict[str, Any] | None = None
+        policy: str | None = None
+        with translate_errors(f"reading IAM role {self.role_name}"), ignoring("NoSuchEntity"):
+            role = dict(self.iam.get_role(RoleName=self.role_name)["Role"])
+            policy = normalized_policy(self.iam.get_role_policy(RoleName=self.role_name,
+                                                                PolicyName=self.role_name)["PolicyDocument"])
+        return role, policy
 
     def _permission(self, function_arn: str) -> bool:
         """Whether the destination function's resource policy holds this workflow's statement."""
-        with translate_errors(f"reading the resource policy of {function_arn}"):
-            try:
-                policy = json.loads(self.lam.get_policy(FunctionName=function_arn)["Policy"])
-            except Exception as exc:
-                if is_client_error(exc, "ResourceNotFoundException"):
-                    return False
-                raise
+        policy: dict[str, Any] = {}
+        with translate_errors(f"reading the resource policy of {function_arn}"), ignoring("ResourceNotFoundException"):
+            policy = json.loads(self.lam.get_policy(FunctionName=function_arn)["Policy"])
         return any(s.get("Sid") == self.statement_id for s in policy.get("Statement", []))
 
     # ------------------------------------------------------------------ plans
@@ -168,7 +154,7 @@ class LogSubscriptions:
                                   "Description": f"xflow workflow {self.workflow_id}: CloudWatch Logs to {kind}",
                                   "Tags": [{"Key": TAG_KEY, "Value": self.workflow_id}],
                                   "InlinePolicy": {"PolicyName": self.role_name, "PolicyDocument": document}})]
-        if policy != _normalized(document):
+        if policy != normalized_policy(document):
             return str(role["Arn"]), [Step("update", f"role-policy:{self.role_name}/{self.role_name}",
                                            call="iam:PutRolePolicy", params={
                                                "RoleName": self.role_name, "PolicyName": self.role_name,
@@ -209,39 +195,20 @@ class LogSubscriptions:
 
     def put_filter(self, **request: Any) -> None:
         """PutSubscriptionFilter, again for a while when CloudWatch Logs cannot yet assume a role just made."""
-        from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
-
-        def role_not_ready(exc: BaseException) -> bool:
-            return is_client_error(exc, "InvalidParameterException") and "role" in str(exc).lower()
-
         with translate_errors(f"subscribing log group {request.get('logGroupName')} to {request.get('destinationArn')}"):
-            Retrying(retry=retry_if_exception(role_not_ready), wait=wait_fixed(3), stop=stop_after_delay(60),
-                     reraise=True)(lambda: self.logs.put_subscription_filter(**request))
+            while_propagating("InvalidParameterException")(self.logs.put_subscription_filter, **request)
 
     def delete_filter(self, *, logGroupName: str, filterName: str) -> None:
-        with translate_errors(f"removing the subscription filter of log group {logGroupName}"):
-            _ignoring(lambda: self.logs.delete_subscription_filter(logGroupName=logGroupName, filterName=filterName),
-                      "ResourceNotFoundException")
+        with translate_errors(f"removing the subscription filter of log group {logGroupName}"), \
+                ignoring("ResourceNotFoundException"):
+            self.logs.delete_subscription_filter(logGroupName=logGroupName, filterName=filterName)
 
     def add_permission(self, **request: Any) -> None:
-        with translate_errors(f"letting CloudWatch Logs invoke {request.get('FunctionName')}"):
-            _ignoring(lambda: self.lam.add_permission(**request), "ResourceConflictException")
+        with translate_errors(f"letting CloudWatch Logs invoke {request.get('FunctionName')}"), \
+                ignoring("ResourceConflictException"):
+            self.lam.add_permission(**request)
 
     def remove_permission(self, *, FunctionName: str, StatementId: str) -> None:
-        with translate_errors(f"removing CloudWatch Logs' permission on {FunctionName}"):
-            _ignoring(lambda: self.lam.remove_permission(FunctionName=FunctionName, StatementId=StatementId),
-                      "ResourceNotFoundException")
-
-
-def _ignoring(call: Callable[[], Any], *codes: str) -> None:
-    try:
-        call()
-    except Exception as exc:
-        if not is_client_error(exc, *codes):
-            raise
-
-
-def _normalized(document: Any) -> str:
-    if isinstance(document, str):
-        document = json.loads(urllib.parse.unquote(document))
-    return json.dumps(document, sort_keys=True) if isinstance(document, Mapping | list) else str(document)
+        with translate_errors(f"removing CloudWatch Logs' permission on {FunctionName}"), \
+                ignoring("ResourceNotFoundException"):
+            self.lam.remove_permission(FunctionName=FunctionName, StatementId=StatementId)

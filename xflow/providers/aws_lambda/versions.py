@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from xflow.aws import AwsSession, is_client_error, translate_errors
+from xflow.aws import AwsSession, ignoring, is_client_error, translate_errors
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import Step
 from xflow.core.rollout import DeployChoice, format_seconds, rollback_target
@@ -96,23 +96,17 @@ class Releases:
     # ------------------------------------------------------------------ reading
 
     def alias(self, function: str) -> dict[str, Any] | None:
-        with translate_errors(f"reading alias {ALIAS} of Lambda function {function}"):
-            try:
-                return dict(self.lam.get_alias(FunctionName=function, Name=ALIAS))
-            except Exception as exc:
-                if is_client_error(exc, "ResourceNotFoundException"):
-                    return None
-                raise
+        with translate_errors(f"reading alias {ALIAS} of Lambda function {function}"), \
+                ignoring("ResourceNotFoundException"):
+            return dict(self.lam.get_alias(FunctionName=function, Name=ALIAS))
+        return None
 
     def version(self, function: str, version: str) -> dict[str, Any] | None:
         """The configuration of one published version (None when there is no such version)."""
-        with translate_errors(f"reading version {version} of Lambda function {function}"):
-            try:
-                return dict(self.lam.get_function(FunctionName=function, Qualifier=version)["Configuration"])
-            except Exception as exc:
-                if is_client_error(exc, "ResourceNotFoundException"):
-                    return None
-                raise
+        with translate_errors(f"reading version {version} of Lambda function {function}"), \
+                ignoring("ResourceNotFoundException"):
+            return dict(self.lam.get_function(FunctionName=function, Qualifier=version)["Configuration"])
+        return None
 
     def versions(self, function: str) -> list[dict[str, Any]]:
         """The function's published versions (not ``$LATEST``), oldest first."""
