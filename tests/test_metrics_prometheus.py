@@ -1,8 +1,8 @@
 """Prometheus metrics from workers: a real Prometheus server (Debian's ``prometheus`` binary, on a free loopback port
 with a config of its own) scrapes ``xflow worker --metrics-port``; PromQL through its HTTP API gives the run's
 delivery counts, and the lag goes to 0 once the worker has drained its backlog. Also: the observer's counts through the
-public API (a re-drive makes a duplicate), several worker processes adding up their counts (multiprocess mode), and a
-port that cannot be bound."""
+public API (a re-drive makes a duplicate), several worker processes adding up their counts (multiprocess mode), a
+port that cannot be bound, and the recent executions read on an interval of their own (longer for a slow tracker)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -183,7 +184,9 @@ def test_prometheus_scrapes_a_worker_delivery_counts_and_lag_to_zero(cli, make_w
         assert server.value(f'sum(xflow_handler_duration_seconds_bucket{{{work},le="0.25"}})') == 0
         assert server.value(f'sum(xflow_handler_duration_seconds_bucket{{{work},le="2.5"}})') == 9
         assert server.value(f"sum(xflow_deliveries_in_flight{{{work}}})") == 0
-        assert server.by('xflow_recent_executions{workflow="scraped"}', "status") == {"succeeded": 7, "failed": 1}
+        # read on an interval of its own (30 s): the reading after the run settled shows each execution's outcome
+        _wait_for("the executions read after the run", lambda: server.by(
+            'xflow_recent_executions{workflow="scraped"}', "status") == {"succeeded": 7, "failed": 1}, 75, shown)
         # the backlog was seen before the worker drained it: the lag of work's partitions went from 8 to 0
         seen = server.value(f"max(max_over_time(xflow_consumer_lag_records{{{work}}}[10m]))")
         # a scrape during the backlog is not guaranteed (the worker may drain it between two 1 s scrapes): the series
@@ -309,3 +312,113 @@ def test_metrics_are_not_imported_without_the_option(make_workflow, tmp_path):
     code = "import sys, xflow.cli; assert 'prometheus_client' not in sys.modules, sorted(sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+
+def _executions_collector(make_workflow: Callable[..., Path], tmp_path: Path, runs: int, delay: float = 0.0,
+                          **options: float) -> tuple[Any, Any, list[str], list[str]]:
+    """A WorkflowCollector over a real engine with ``runs`` executions published (never run: all running), in a
+    registry of its own; the lists record the transport's lag reads and the tracker's history reads (each of these
+    taking ``delay`` seconds more: a slow tracker)."""
+    from prometheus_client import CollectorRegistry
+
+    from xflow import Engine
+    from xflow.monitoring.metrics import WorkflowCollector
+
+    engine = Engine(make_workflow(FLOW, {"steps.py": STEPS}), state_dir=tmp_path / ".xflow")
+    engine.setup()
+    for n in range(runs):
+        engine.publish("Job", {"job": n})
+    lag_reads: list[str] = []
+    history_reads: list[str] = []
+    lag, history = engine.transport.lag, engine.tracker.history
+
+    def counted_lag(group: str, events: list[str]) -> Any:
+        lag_reads.append(group)
+        return lag(group, events)
+
+    def counted_history(execution_id: str) -> Any:
+        history_reads.append(execution_id)
+        time.sleep(delay)
+        return history(execution_id)
+
+    engine.transport.lag = counted_lag
+    engine.tracker.history = counted_history
+    registry = CollectorRegistry()
+    registry.register(WorkflowCollector(lambda: [engine], **options))
+    return engine, registry, lag_reads, history_reads
+
+
+def test_recent_executions_are_read_on_an_interval_of_their_own(make_workflow, tmp_path):
+    """Each scrape may read the lag (lag_interval 0 here), but the executions' histories are rebuilt only once per
+    executions_interval; the metric keeps its name, labels and values, and its help says how often it is read."""
+    engine, registry, lag_reads, history_reads = _executions_collector(
+        make_workflow, tmp_path, 4, lag_interval=0, executions_interval=3600)
+    with engine:
+        for _ in range(3):
+            assert registry.get_sample_value("xflow_recent_executions",
+                                             {"workflow": "scraped", "status": "running"}) == 4
+        assert len(lag_reads) == 3 * 2  # per scrape, once per function (work and tally)
+        assert len(history_reads) == 4, "the executions' histories were read again before their interval"
+        (family,) = [f for f in registry.collect() if f.name == "xflow_recent_executions"]
+        assert "read at most every 3600 s" in family.documentation
+        assert {tuple(sorted(s.labels)) for s in family.samples} == {("status", "workflow")}
+
+
+def test_a_slow_executions_reading_is_kept_longer(make_workflow, tmp_path):
+    """With no interval of its own (0 s), a reading that took T seconds is still kept T / EXECUTIONS_SHARE seconds:
+    reading executions never takes more than that share of the worker's time; then it is read again."""
+    from xflow.monitoring.metrics import EXECUTIONS_SHARE
+
+    engine, registry, _, history_reads = _executions_collector(
+        make_workflow, tmp_path, 3, delay=0.01, lag_interval=0, executions_interval=0)
+    with engine:
+        labels = {"workflow": "scraped", "status": "running"}
+        started = time.monotonic()
+        assert registry.get_sample_value("xflow_recent_executions", labels) == 3
+        took = time.monotonic() - started
+        assert registry.get_sample_value("xflow_recent_executions", labels) == 3
+        if time.monotonic() - started < 0.03 / EXECUTIONS_SHARE:  # a scrape within 1.5 s keeps the reading
+            assert len(history_reads) == 3
+        time.sleep(max(0.0, took / EXECUTIONS_SHARE - (time.monotonic() - started)) + 0.1)
+        assert registry.get_sample_value("xflow_recent_executions", labels) == 3
+        assert len(history_reads) == 6
+
+
+def test_the_documented_way_to_count_for_oneself_keeps_the_metrics_counting(make_workflow, tmp_path):
+    """The recipe of ``xflow.core.observe``'s docstring, run as written while a PrometheusObserver is in place: the
+    application's observer is added beside it, so both are told of each delivery (replacing it would stop the
+    metrics); the recipe's ``remove`` then leaves the metrics' observer alone."""
+    import itertools
+    import textwrap
+
+    from prometheus_client import CollectorRegistry
+
+    from xflow import Engine
+    from xflow.core import observe
+    from xflow.monitoring.metrics import PrometheusObserver
+
+    block = observe.__doc__.split("::\n\n", 1)[1].splitlines()  # the indented block after the first "::"
+    recipe = textwrap.dedent("\n".join(itertools.takewhile(lambda line: not line or line.startswith(" "), block)))
+    adding, _, removing = recipe.partition("\n...\n")  # "..." stands for the application's own work
+    registry = CollectorRegistry()
+    metrics = PrometheusObserver(registry)
+    previous = observe.current()
+    observe.add(metrics)
+    namespace: dict[str, Any] = {}
+    try:
+        exec(adding, namespace)  # noqa: S102 - the documentation's own example
+        (counting,) = [value for value in namespace.values()
+                       if isinstance(value, type) and issubclass(value, observe.Observer) and value is not observe.Observer]
+        seen: list[str] = []
+        counting.settled = lambda self, workflow_id, function, status, duration: seen.append(status)
+        flow = make_workflow(FLOW.replace("time.sleep(0.4)", ""), {"steps.py": STEPS.replace("time.sleep(0.4)", "")})
+        with Engine(flow, state_dir=tmp_path / ".xflow", options={"provider": {"isolation": "thread"}}) as engine:
+            assert engine.run(data={"job": 1}, timeout=60)["status"] == "succeeded"
+        assert seen == ["succeeded", "succeeded"]  # work, then tally
+        assert registry.get_sample_value("xflow_deliveries_total", {"workflow": "scraped", "function": "work",
+                                                                    "status": "succeeded"}) == 1
+        exec(removing, namespace)  # noqa: S102
+        assert observe.current() is metrics
+    finally:
+        observe.install(previous)

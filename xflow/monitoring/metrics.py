@@ -13,7 +13,9 @@ Metrics (every one labelled with ``workflow``):
   transport's :meth:`~xflow.core.interfaces.Transport.lag` says, read at scrape time (at most every
   ``lag_interval`` seconds; absent for a transport that cannot tell);
 - ``xflow_recent_executions{status}``: the statuses (as ``xflow track`` gives them) of the workflow's most recent
-  executions, where the tracker can list them.
+  executions, where the tracker can list them. A tracker stores no status: each reading rebuilds those executions'
+  histories, so it is read on an interval of its own: at most every ``executions_interval`` (30 s), and less often
+  when a reading is slow (reading takes at most :data:`EXECUTIONS_SHARE` of the time).
 
 Counts are taken in the process that runs the dispatcher (handler processes count nothing), so one worker's metrics
 need nothing more. Several worker processes on one machine may share a folder named by ``PROMETHEUS_MULTIPROC_DIR``
@@ -47,6 +49,10 @@ log = logging.getLogger("xflow")
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 #: how many of the most recent executions ``xflow_recent_executions`` counts by status
 RECENT_EXECUTIONS = 100
+#: seconds a reading of ``xflow_recent_executions`` is kept at least: it reads the history of each of those executions
+EXECUTIONS_INTERVAL = 30.0
+#: the share of the time spent reading executions at most: a reading that took T seconds is kept T / share seconds
+EXECUTIONS_SHARE = 0.02
 
 
 def multiprocess_dir() -> str | None:
@@ -124,18 +130,23 @@ class _Reading:
 class WorkflowCollector(Collector):
     """Reads, at scrape time, each workflow's consumer lag (per function and partition) and the statuses of its
     recent executions, through the engines ``engines`` gives (a worker's own: its plugins are shared by threads, and
-    another engine's SQLite files opened once more in a worker process would be unsafe). A reading is kept for
-    ``lag_interval`` seconds, so frequent scrapes do not load the backends; a backend that cannot be read leaves its
-    metrics out of that scrape (and is logged)."""
+    another engine's SQLite files opened once more in a worker process would be unsafe). The lag read is kept for
+    ``lag_interval`` seconds and the executions' for ``executions_interval`` or 1 / :data:`EXECUTIONS_SHARE` times
+    what reading them took, whichever is longer (the tracker has no count by status: each reading rebuilds
+    ``recent_executions`` histories per workflow), so frequent scrapes do not load the backends; a backend that
+    cannot be read leaves its metrics out of that reading (and is logged)."""
 
     def __init__(self, engines: Callable[[], Sequence[Engine]], lag_interval: float = 5.0,
-                 recent_executions: int = RECENT_EXECUTIONS) -> None:
+                 recent_executions: int = RECENT_EXECUTIONS, executions_interval: float = EXECUTIONS_INTERVAL) -> None:
         self._make_engines = engines
         self._engines: Sequence[Engine] | None = None
         self.lag_interval = lag_interval
+        self.executions_interval = executions_interval
         self.recent_executions = recent_executions
         self._lock = threading.Lock()
-        self._reading = _Reading()
+        self._lag = _Reading()
+        self._executions = _Reading()
+        self._executions_kept = executions_interval  # grows when a reading is slow
         self._warned: set[str] = set()
 
     def describe(self) -> list[Any]:
@@ -144,25 +155,38 @@ class WorkflowCollector(Collector):
     def collect(self) -> Iterator[Any]:
         with self._lock:
             now = time.monotonic()
-            if now - self._reading.at >= self.lag_interval:
-                self._reading = _Reading(now, self._read())
-            yield from self._reading.families
+            if self._engines is None:
+                self._engines = list(self._make_engines())
+            if now - self._lag.at >= self.lag_interval:
+                self._lag = _Reading(now, self._read_lags(self._engines))
+            if now - self._executions.at >= self._executions_kept:
+                started = time.monotonic()
+                self._executions = _Reading(now, self._read_all_executions(self._engines))
+                took = time.monotonic() - started
+                self._executions_kept = max(self.executions_interval, took / EXECUTIONS_SHARE)
+            yield from self._lag.families
+            yield from self._executions.families
 
-    def _read(self) -> list[Any]:
-        if self._engines is None:
-            self._engines = list(self._make_engines())
+    def _read_lags(self, engines: Sequence[Engine]) -> list[Any]:
         labels = ["workflow", "function", "event", "partition"]
         records = GaugeMetricFamily("xflow_consumer_lag_records", "Records after the consumer group's committed "
                                     "position, per partition (a lower bound where the transport stops counting).",
                                     labels=labels)
         seconds = GaugeMetricFamily("xflow_consumer_lag_seconds", "How long the oldest record not committed has "
                                     "waited on the transport, per partition.", labels=labels)
-        executions = GaugeMetricFamily("xflow_recent_executions", f"Statuses of the workflow's {self.recent_executions}"
-                                       " most recent executions.", labels=["workflow", "status"])
-        for engine in self._engines:
+        for engine in engines:
             self._read_lag(engine, records, seconds)
+        return [records, seconds]
+
+    def _read_all_executions(self, engines: Sequence[Engine]) -> list[Any]:
+        executions = GaugeMetricFamily(
+            "xflow_recent_executions", f"Statuses of the workflow's {self.recent_executions} most recent executions "
+            f"(read at most every {self.executions_interval:g} s, less often when reading is slow: each reading "
+            "rebuilds their histories).",
+            labels=["workflow", "status"])
+        for engine in engines:
             self._read_executions(engine, executions)
-        return [records, seconds, executions]
+        return [executions]
 
     def _read_lag(self, engine: Engine, records: GaugeMetricFamily, seconds: GaugeMetricFamily) -> None:
         from xflow.monitoring.status import function_lag
@@ -233,11 +257,12 @@ class MetricsServer:
 
 
 def start_metrics_server(port: int, host: str = "127.0.0.1", engines: Callable[[], Sequence[Engine]] = list,
-                         lag_interval: float = 5.0) -> MetricsServer:
+                         lag_interval: float = 5.0, executions_interval: float = EXECUTIONS_INTERVAL) -> MetricsServer:
     """Serve Prometheus metrics on ``host:port`` and add the observer that feeds them
     (:func:`xflow.core.observe.add`: start it before the runners). ``engines`` gives the engines whose lag and
-    executions are read at scrape time (called once, at the first scrape): those of the process's workers. A port
-    that cannot be bound is an XflowError."""
+    executions are read at scrape time (called once, at the first scrape): those of the process's workers; the lag
+    at most every ``lag_interval`` seconds, the executions every ``executions_interval``. A port that cannot be
+    bound is an XflowError."""
     from prometheus_client import start_http_server
 
     from xflow.core import observe
@@ -254,7 +279,7 @@ def start_metrics_server(port: int, host: str = "127.0.0.1", engines: Callable[[
     else:
         exposed = counted
     observer = PrometheusObserver(counted)
-    collector = WorkflowCollector(engines, lag_interval)
+    collector = WorkflowCollector(engines, lag_interval, executions_interval=executions_interval)
     exposed.register(collector)
     from xflow.logs.metrics import LogRoutesCollector
 
