@@ -3,8 +3,9 @@ in flight.
 
 The delivery rules (:mod:`xflow.core.delivery`) and the local provider's dispatcher call the observer installed in
 the process, if any; with none installed (the default) they only test ``current() is None``, so metrics that are off
-cost nothing. ``xflow worker --metrics-port`` installs :class:`xflow.monitoring.metrics.PrometheusObserver`; an
-application embedding a :class:`~xflow.core.worker.Worker` may install its own (a subclass of :class:`Observer`)::
+cost nothing. ``xflow worker --metrics-port`` adds :class:`xflow.monitoring.metrics.PrometheusObserver` and log routes
+(:mod:`xflow.logs`) add theirs; an application embedding a :class:`~xflow.core.worker.Worker` may add its own (a
+subclass of :class:`Observer`) beside them::
 
     from xflow.core import observe
 
@@ -12,11 +13,15 @@ application embedding a :class:`~xflow.core.worker.Worker` may install its own (
         def settled(self, workflow_id, function, status, duration):
             ...
 
-    observe.install(Counting())
+    counting = Counting()
+    observe.add(counting)      # runners started from now on report to it as well
+    ...
+    observe.remove(counting)   # the others stay
 
-Log routes (:mod:`xflow.logs`) report beside it: :func:`add` and :func:`remove` keep several observers at once.
+:func:`add` and :func:`remove` keep several observers at once; :func:`install` replaces whatever is installed
+(metrics and log routes included) and returns it, for a test that puts it back.
 
-The observer is read when a runner starts (install it first); its methods are called from the runners' threads,
+The observer is read when a runner starts (add it first); its methods are called from the runners' threads,
 so they must be quick and thread-safe, and must not raise.
 """
 
