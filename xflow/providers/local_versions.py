@@ -4,11 +4,14 @@ back to an earlier one.
 
 Under ``STATE/WORKFLOW/deployments/``:
 
-- ``code/SHA256/``: a copy of what a function's ``source:`` makes importable, named by its SHA-256 (the file names
-  and bytes, sorted): a folder source whole, a file source with the Python modules of the folder it lies in (they
-  are importable to it, as when it runs in place; the workflow file or data beside it are not code). Caches,
-  ``.git``, virtual environments and the state folder are left out. Functions and versions with the same code
-  share one copy.
+- ``code/SHA256/``: a copy of the folder a function's code lies in, named by its SHA-256 (of the file names and
+  contents, sorted): a folder source whole, for a file source the folder it lies in, so a handler finds the modules
+  and the data beside it (``Path(__file__).parent / "words.txt"``) as when it runs in place. Every regular file is
+  copied, walked as every source is (:func:`xflow.sources.resolve.source_files`: a symbolic link is copied as the
+  file inside the folder it points to, one that leaves the folder is refused) and bounded like one (at most
+  :data:`MAX_FILES` files and :data:`MAX_BYTES`). Caches, ``.git``, virtual environments, the state folder and the
+  workflow file itself (editing it must not make a new version of every function beside it) are left out.
+  Functions and versions with the same code share one copy.
 - ``FUNCTION.json``: the function's versions (number, code SHA-256, handler, environment, time), the live one and
   the ones live before it (newest first). Written whole and atomically, readable by its owner only (the
   environment may hold secrets).
@@ -16,10 +19,11 @@ Under ``STATE/WORKFLOW/deployments/``:
 Setup plans ``local:PublishVersion`` (copy the code unless a copy exists, checking it is still what was planned;
 add the version) and ``local:UpdateAlias`` (make a version live). A function whose live version has the code and
 environment the file gives plans nothing; one whose code matches an earlier version goes back to it without a new
-copy. The last :data:`KEPT` versions of a function are kept (and the live one, and those in its history); copies
-no version names are removed. Functions with a remote source (git, s3://) are fetched by workers as before and have
-no versions. The local provider deploys all at once: a canary or linear strategy applies where traffic can be
-split (the lambda provider).
+copy. The last :data:`KEPT` versions of a function are kept (and the live one, and those in its history); when
+that drops a version, the copies no version names are removed. Each setup reads each ``FUNCTION.json`` once to
+plan, and once for each step it takes on that function. Functions with a remote source (git, s3://) are fetched by
+workers as before and have no versions. The local provider deploys all at once: a canary or linear strategy
+applies where traffic can be split (the lambda provider).
 
 Workers read the live versions when they start: restart running workers after ``xflow rollback``. The next setup
 (``xflow run`` sets up too) deploys what the file says again.
@@ -27,6 +31,7 @@ Workers read the live versions when they start: restart running workers after ``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -35,7 +40,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import Step
 from xflow.core.rollout import chosen_functions, rollback_target
+from xflow.sources.archive import MAX_MEMBERS, MAX_UNPACKED_BYTES
 
 if TYPE_CHECKING:
     from xflow.core.model import Function, Workflow
@@ -52,9 +58,10 @@ log = logging.getLogger("xflow.local")
 ALIAS = "live"
 #: versions kept per function (beyond the live one and those in its history)
 KEPT = 20
-#: the most a deployed copy may hold
-MAX_FILES = 20_000
-MAX_BYTES = 512 * 1024 * 1024
+#: the most a deployed copy may hold: what any source may (an archive's members, what Lambda accepts unzipped)
+MAX_FILES = MAX_MEMBERS
+MAX_BYTES = MAX_UNPACKED_BYTES
+_CHUNK = 1 << 20
 
 
 def deployments_folder(state_dir: Path, workflow_id: str) -> Path:
@@ -62,35 +69,75 @@ def deployments_folder(state_dir: Path, workflow_id: str) -> Path:
 
 
 def code_root(function: Function) -> tuple[Path, str] | None:
-    """The folder a function's deployment copies and where its source lies in it ("" for the folder itself: then
-    every file is copied, else only Python modules), or None for a remote source."""
+    """The folder a function's deployment copies and where its source lies in it ("" for the folder itself), or None
+    for a remote source."""
     path = function.source_path
     if path is None:
         return None
     return (path, "") if path.is_dir() else (path.parent, path.name)
 
 
-def code_digest(root: Path, skip: Iterable[str] = (), python_only: bool = False) -> tuple[str, list[tuple[str, Path]]]:
-    """The SHA-256 (hex) of the files under ``root`` (names and bytes, in name order; with ``python_only`` its
-    ``.py`` files only), and the files."""
+def code_files(root: Path, skip: Iterable[str] = (), leave_out: Iterable[str] = ()) -> list[tuple[str, Path]]:
+    """The files a copy of ``root`` holds, as (name in the copy, the regular file to read), in name order: not the
+    folders named ``skip`` (at any depth), nor the files named ``leave_out`` at its top. An XflowError when there are
+    more than :data:`MAX_FILES` or they add up to more than :data:`MAX_BYTES`, before anything is read."""
     from xflow.sources.resolve import NOT_SHIPPED, source_files
 
-    digest = hashlib.sha256()
+    left_out = set(leave_out)
     files: list[tuple[str, Path]] = []
     size = 0
-    for rel, path in source_files(root, f"source folder {root}", NOT_SHIPPED | set(skip)):
-        name = rel.as_posix()
-        if python_only and not name.endswith(".py"):
-            continue
-        data = path.read_bytes()
-        size += len(data)
-        if len(files) >= MAX_FILES or size > MAX_BYTES:
-            raise XflowError(f"source folder {root} holds more than {MAX_FILES} files or {MAX_BYTES >> 20} MiB: too much "
-                             "to copy for every version", "give each function a folder of its own as 'source:'")
-        digest.update(f"{len(name)}:{name}:{len(data)}:".encode())
-        digest.update(data)
-        files.append((name, path))
-    return digest.hexdigest(), files
+    try:
+        for rel, path in source_files(root, f"source folder {root}", NOT_SHIPPED | set(skip)):
+            name = rel.as_posix()
+            if name in left_out:
+                continue
+            size += path.stat().st_size
+            files.append((name, path))
+            if len(files) > MAX_FILES or size > MAX_BYTES:
+                raise _too_much(root)
+    except OSError as exc:
+        raise XflowError(f"cannot read the source folder {root}: {exc}") from None
+    return files
+
+
+def _too_much(root: Path) -> XflowError:
+    return XflowError(f"source folder {root} holds more than {MAX_FILES} files or {MAX_BYTES >> 20} MiB: too much to "
+                      "copy for every version", "give each function a folder of its own as 'source:'")
+
+
+def files_digest(files: Iterable[tuple[str, Path]], copy_to: Path | None = None) -> str:
+    """The SHA-256 (hex) of ``files`` (each name with the SHA-256 of its bytes, in the order given), reading each file
+    once; with ``copy_to``, the bytes read are written there too (so the copy is exactly what was hashed)."""
+    digest = hashlib.sha256()
+    total = 0
+    for name, path in files:
+        each = hashlib.sha256()
+        target = None if copy_to is None else copy_to / name
+        if target is not None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "rb") as source, (open(target, "xb") if target is not None else contextlib.nullcontext()) as out:
+            while chunk := source.read(_CHUNK):
+                total += len(chunk)
+                if total > MAX_BYTES:  # a file that grew since it was listed
+                    raise _too_much(path.parent)
+                each.update(chunk)
+                if out is not None:
+                    out.write(chunk)
+        digest.update(f"{len(name)}:{name}:".encode() + each.digest())
+    return digest.hexdigest()
+
+
+def code_digest(root: Path, skip: Iterable[str] = (), leave_out: Iterable[str] = ()) -> str:
+    """The SHA-256 (hex) of what a copy of ``root`` holds (:func:`code_files`)."""
+    files = code_files(root, skip, leave_out)
+    try:
+        return files_digest(files)
+    except OSError as exc:
+        raise XflowError(f"cannot read the source folder {root}: {exc}") from None
+
+
+def _live(record: Mapping[str, Any]) -> dict[str, Any] | None:
+    return next((v for v in record["versions"] if v["version"] == record.get("live")), None)
 
 
 class LocalVersions:
@@ -104,6 +151,12 @@ class LocalVersions:
         """The state folder's name when it lies directly in ``root`` (it is never copied)."""
         state = self.state_dir.resolve()
         return {state.name} if state.parent == root.resolve() else set()
+
+    @staticmethod
+    def _leave_out(workflow: Workflow, root: Path) -> list[str]:
+        """The workflow file's name when it lies directly in ``root`` (it is xflow's, not the handler's)."""
+        path = Path(workflow.path)
+        return [path.name] if path.parent.resolve() == root.resolve() else []
 
     # ------------------------------------------------------------------ records
 
@@ -138,26 +191,25 @@ class LocalVersions:
             raise
 
     def live_version(self, function: str) -> dict[str, Any] | None:
-        record = self.record(function)
-        return next((v for v in record["versions"] if v["version"] == record.get("live")), None)
+        return _live(self.record(function))
 
     # ------------------------------------------------------------------ plans (reading only)
 
     def plan_setup(self, workflow: Workflow, functions: Iterable[Function]) -> list[Step]:
         steps: list[Step] = []
-        digests: dict[tuple[Path, bool], str] = {}
+        digests: dict[Path, str] = {}
         for function in functions:
             where = code_root(function)
             if where is None:
                 continue
             root, entry = where
-            if (root, bool(entry)) not in digests:
-                digests[root, bool(entry)] = code_digest(root, self._skip(root), python_only=bool(entry))[0]
-            digest = digests[root, bool(entry)]
+            if root not in digests:
+                digests[root] = code_digest(root, self._skip(root), self._leave_out(workflow, root))
+            digest = digests[root]
             wanted = {"sha256": digest, "entry": entry, "handler": function.handler,
                       "environment": dict(function.environment)}
             record = self.record(function.name)
-            live = self.live_version(function.name)
+            live = _live(record)
             if live is not None and all(live.get(k) == v for k, v in wanted.items()):
                 continue
             same = [v for v in record["versions"] if all(v.get(k) == value for k, value in wanted.items())]
@@ -169,7 +221,8 @@ class LocalVersions:
                 steps.append(Step("create", resource, detail=f"version {version}, code {digest[:12]}",
                                   call="local:PublishVersion", params={
                                       "Function": function.name, "Version": version, "Root": str(root),
-                                      "Skip": sorted(self._skip(root)), **wanted}))
+                                      "Skip": sorted(self._skip(root)), "LeaveOut": self._leave_out(workflow, root),
+                                      **wanted}))
             history = [record["live"], *record.get("history", [])] if record.get("live") else []
             steps.append(Step("update" if record.get("live") else "create", f"alias:{function.name}",
                               detail=f"{ALIAS} -> version {version}", call="local:UpdateAlias",
@@ -195,18 +248,15 @@ class LocalVersions:
                 "local:RemoveVersions": self.remove}
 
     def publish(self, *, Function: str, Version: str, Root: str, Skip: list[str], sha256: str, entry: str,
-                handler: str, environment: Mapping[str, str]) -> None:
+                handler: str, environment: Mapping[str, str], LeaveOut: Sequence[str] = ()) -> None:
         code = self.folder / "code" / sha256
         if not code.exists():
-            digest, files = code_digest(Path(Root), Skip, python_only=bool(entry))
-            if digest != sha256:
-                raise XflowError(f"function {Function}: its code in {Root} changed since the plan", "run setup again")
+            files = code_files(Path(Root), Skip, LeaveOut)
             tmp = self.folder / "code" / f".{sha256}.{uuid.uuid4().hex[:8]}"
             try:
-                for name, path in files:
-                    target = tmp / name
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(path, target)
+                tmp.mkdir(parents=True)
+                if files_digest(files, copy_to=tmp) != sha256:
+                    raise XflowError(f"function {Function}: its code in {Root} changed since the plan", "run setup again")
                 try:
                     os.rename(tmp, code)
                 except OSError:
@@ -224,13 +274,19 @@ class LocalVersions:
         self._write(Function, record)
 
     def update_alias(self, *, Function: str, Version: str, History: list[str]) -> None:
-        record = self.record(Function)
-        if not any(v["version"] == Version for v in record["versions"]):
-            raise XflowError(f"function {Function} has no version {Version} in {self.folder}", "run setup again")
-        record.update(live=Version, history=list(History))
+        self._make_live(Function, self.record(Function), Version, History)
+
+    def _make_live(self, function: str, record: dict[str, Any], version: str, history: list[str]) -> None:
+        """Make ``version`` live in ``record`` (read by the caller), prune it, write it; then, when pruning dropped
+        code no version of this function names any more, remove the copies no function names."""
+        if not any(v["version"] == version for v in record["versions"]):
+            raise XflowError(f"function {function} has no version {version} in {self.folder}", "run setup again")
+        record.update(live=version, history=list(history))
+        before = {v["sha256"] for v in record["versions"]}
         self._prune(record)
-        self._write(Function, record)
-        self._remove_unused_code()
+        self._write(function, record)
+        if before - {v["sha256"] for v in record["versions"]}:
+            self._remove_unused_code(function, record)
 
     def remove(self, *, folder: str) -> None:
         shutil.rmtree(folder, ignore_errors=True)
@@ -241,10 +297,13 @@ class LocalVersions:
         record["versions"] = [v for i, v in enumerate(versions) if v["version"] in keep or i >= len(versions) - KEPT]
         record["history"] = [v for v in record.get("history", []) if any(x["version"] == v for x in record["versions"])]
 
-    def _remove_unused_code(self) -> None:
-        used: set[str] = set()
+    def _remove_unused_code(self, function: str, record: Mapping[str, Any]) -> None:
+        """Remove the copies that no version names (``record``: ``function``'s, as just written; the others are read
+        once each). Copies left by a publish that stopped before its version was recorded go too."""
+        used = {v["sha256"] for v in record["versions"]}
         for path in self.folder.glob("*.json"):
-            used.update(v["sha256"] for v in self.record(path.stem)["versions"])
+            if path.stem != function:
+                used.update(v["sha256"] for v in self.record(path.stem)["versions"])
         for copy in (self.folder / "code").glob("*"):
             if copy.name not in used and not copy.name.startswith("."):
                 shutil.rmtree(copy, ignore_errors=True)
@@ -284,14 +343,15 @@ class LocalVersions:
 
     def rollback(self, workflow: Workflow, function: str | None, to: str | None) -> list[dict[str, Any]]:
         results = []
-        for name in chosen_functions(workflow, self.deployed(workflow), function):
-            record = self.record(name)
+        records = {name: self.record(name) for name in workflow.functions}  # each read once
+        for name in chosen_functions(workflow, [n for n, r in records.items() if r["versions"]], function):
+            record = records[name]
             current = record.get("live")
             numbers = [v["version"] for v in record["versions"]]
             target, history = rollback_target(name, current, record.get("history", []), numbers, to)
             if target is None:
                 results.append({"function": name, "from": current, "to": None, "note": f"no version before {current}"})
                 continue
-            self.update_alias(Function=name, Version=target, History=history)
+            self._make_live(name, record, target, history)
             results.append({"function": name, "from": current, "to": target})
         return results
