@@ -139,3 +139,62 @@ def test_a_bad_destination_is_refused_before_anything_is_made(aws_endpoint, tmp_
     path.write_text(FLOW.format(workflow="refused", destination="arn:aws:sqs:us-east-1:123456789012:queue"))
     done = xflow("setup", str(path), cwd=tmp_path, expect=2)
     assert "logging.aws.destination_arn" in done.stderr and "is not the ARN of a Kinesis stream" in done.stderr
+
+
+def statements(lam: Any, function: str) -> list[str]:
+    """The ids of the statements in a function's resource policy."""
+    try:
+        return [s["Sid"] for s in json.loads(lam.get_policy(FunctionName=function)["Policy"])["Statement"]]
+    except lam.exceptions.ResourceNotFoundException:
+        return []
+
+
+def test_a_lambda_destination_loses_its_permission_when_the_destination_changes_or_the_block_goes(
+        aws_endpoint, tmp_path: Path) -> None:  # noqa: F811
+    import io
+    import zipfile
+
+    import boto3
+
+    workflow = "shippedtofn"
+    statement = f"xflow-{workflow}-logs"
+    iam, lam, logs, kinesis = (boto3.client(s) for s in ("iam", "lambda", "logs", "kinesis"))
+    role = iam.create_role(RoleName="central-logs-fn-role", AssumeRolePolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
+                                                "Action": "sts:AssumeRole"}]}))["Role"]["Arn"]
+    code = io.BytesIO()
+    with zipfile.ZipFile(code, "w") as archive:
+        archive.writestr("index.py", "def handler(event, context):\n    return None\n")
+    function = lam.create_function(FunctionName="central-logs-fn", Runtime="python3.12", Role=role,
+                                   Handler="index.handler", Code={"ZipFile": code.getvalue()})["FunctionArn"]
+    kinesis.create_stream(StreamName="central-logs-to", ShardCount=1)
+    stream = kinesis.describe_stream_summary(StreamName="central-logs-to")["StreamDescriptionSummary"]["StreamARN"]
+    (tmp_path / "h.py").write_text(textwrap.dedent(HANDLERS))
+    path = tmp_path / "flow.yaml"
+    groups = [f"/xflow/{workflow}", *(f"/aws/lambda/{name}" for name in
+                                      (f"{workflow}_reader", f"{workflow}_counter", f"tracker_{workflow}"))]
+
+    def setup(destination: str | None) -> list[tuple[str, str]]:
+        text = FLOW.format(workflow=workflow, destination=destination or "")
+        path.write_text(text if destination else text[:text.index("logging:")])
+        return changes(xflow("setup", str(path), "-o", "json", cwd=tmp_path))
+
+    def destinations() -> set[str]:
+        return {f["destinationArn"] for group in groups for f in filters(logs, group)}
+
+    assert ("create", f"lambda-permission:{statement}") in setup(function)
+    assert statement in statements(lam, function) and destinations() == {function}
+
+    # from the Lambda to a stream: the function's statement goes
+    moved = setup(stream)
+    assert ("delete", f"lambda-permission:{statement}") in moved
+    assert statement not in statements(lam, function) and destinations() == {stream}
+
+    # back to the Lambda (the role made for the stream goes), then the block removed: the filters and the statement go
+    assert ("delete", f"role:xflow-{workflow}-logs") in setup(function)
+    assert statement in statements(lam, function) and destinations() == {function}
+    removed = setup(None)
+    assert ("delete", f"lambda-permission:{statement}") in removed
+    assert statement not in statements(lam, function) and destinations() == set()
+    assert setup(None) == []  # nothing left to remove
+    xflow("teardown", str(path), cwd=tmp_path)

@@ -15,8 +15,11 @@ Firehose delivery stream without ``role_arn``, setup makes the role ``xflow-WORK
 Logs, allowed to put records to that destination only. For a Lambda function, setup adds a permission (statement
 ``xflow-WORKFLOW-logs``) letting CloudWatch Logs invoke it for this account's log groups. A filter that already says
 the same is left alone (a second setup changes nothing); a file without the block removes the filters (and the role
-and permission) setup made; teardown removes them all. The groups' retention is the tracker's (the provider keeps
-each group at it).
+and permission) setup made; teardown removes them all. The function whose permission goes is read from the filters'
+``destinationArn`` (and, at teardown, the file's destination too), so a destination that changed from a Lambda to
+another function or to a stream loses its statement as well; the permission is removed before the filters, so that a
+run that stops half-way still finds it the next time. The groups' retention is the tracker's (the provider keeps each
+group at it).
 """
 
 from __future__ import annotations
@@ -105,11 +108,13 @@ class LogSubscriptions:
     # ------------------------------------------------------------------ plans
 
     def plan_setup(self, workflow: Workflow, groups: Iterable[str]) -> list[Step]:
-        """Steps that give each of ``groups`` the filter ``logging.aws`` asks for (or, without it, remove ours)."""
+        """Steps that give each of ``groups`` the filter ``logging.aws`` asks for (or, without it, remove ours), and
+        remove the permission of a Lambda destination the filters name no more."""
         settings = dict(getattr(getattr(workflow, "logging", None), "aws", None) or {})
         groups = list(dict.fromkeys(groups))
         if not settings.get("destination_arn"):
             return self.plan_teardown(groups, None)
+        filters = {group: self.current_filter(group) for group in groups}
         destination = str(settings["destination_arn"])
         kind = destination_kind(destination)
         steps: list[Step] = []
@@ -130,13 +135,15 @@ class LogSubscriptions:
         for group in groups:
             wanted = {"logGroupName": group, "filterName": self.filter_name, "filterPattern": pattern,
                       "destinationArn": destination, **({"roleArn": role_arn} if role_arn else {})}
-            current = self.current_filter(group)
+            current = filters[group]
             if current is not None and all(current.get(k, "") == v for k, v in wanted.items()):
                 continue
             steps.append(Step("create" if current is None else "update", f"subscription-filter:{group}",
                               detail=destination, call="logs:PutSubscriptionFilter", params=wanted,
                               depends_on=(f"log-group:{group}", *needs)))
-        return steps + (self._plan_role_removal() if kind not in PUT_ACTIONS or settings.get("role_arn") else [])
+        left = [arn for arn in _lambda_destinations(filters.values()) if arn != destination]
+        return self._plan_permission_removal(left) + steps + (
+            self._plan_role_removal() if kind not in PUT_ACTIONS or settings.get("role_arn") else [])
 
     def _plan_role(self, destination: str, kind: str) -> tuple[str, list[Step]]:
         document = {"Version": "2012-10-17", "Statement": [
@@ -162,16 +169,22 @@ class LogSubscriptions:
         return str(role["Arn"]), []
 
     def plan_teardown(self, groups: Iterable[str], workflow: Workflow | None = None) -> list[Step]:
-        """Steps that remove this workflow's filters from ``groups``, the role setup made and the permission."""
-        steps = [Step("delete", f"subscription-filter:{group}", call="logs:DeleteSubscriptionFilter",
-                      params={"logGroupName": group, "filterName": self.filter_name})
-                 for group in dict.fromkeys(groups) if self.current_filter(group) is not None]
+        """Steps that remove the permission of the Lambda destinations (those the filters send to, and the file's),
+        this workflow's filters on ``groups``, and the role setup made."""
+        filters = {group: self.current_filter(group) for group in dict.fromkeys(groups)}
         settings = dict(getattr(getattr(workflow, "logging", None), "aws", None) or {})
-        destination = str(settings.get("destination_arn") or "")
-        if destination.startswith("arn:") and destination.split(":")[2] == "lambda" and self._permission(destination):
-            steps.append(Step("delete", f"lambda-permission:{self.statement_id}", call="lambda:RemovePermission",
-                              params={"FunctionName": destination, "StatementId": self.statement_id}))
+        destinations = _lambda_destinations(filters.values(), str(settings.get("destination_arn") or ""))
+        steps = self._plan_permission_removal(destinations)
+        steps += [Step("delete", f"subscription-filter:{group}", call="logs:DeleteSubscriptionFilter",
+                       params={"logGroupName": group, "filterName": self.filter_name})
+                  for group, found in filters.items() if found is not None]
         return steps + self._plan_role_removal()
+
+    def _plan_permission_removal(self, functions: Iterable[str]) -> list[Step]:
+        """RemovePermission of this workflow's statement from each of ``functions`` whose policy holds it."""
+        return [Step("delete", f"lambda-permission:{self.statement_id}", detail=arn, call="lambda:RemovePermission",
+                     params={"FunctionName": arn, "StatementId": self.statement_id})
+                for arn in functions if self._permission(arn)]
 
     def _plan_role_removal(self) -> list[Step]:
         role, policy = self._role()
@@ -212,3 +225,10 @@ class LogSubscriptions:
         with translate_errors(f"removing CloudWatch Logs' permission on {FunctionName}"), \
                 ignoring("ResourceNotFoundException"):
             self.lam.remove_permission(FunctionName=FunctionName, StatementId=StatementId)
+
+
+def _lambda_destinations(filters: Iterable[dict[str, Any] | None], *more: str) -> list[str]:
+    """The Lambda functions among the filters' destinations and ``more`` (ARNs; anything else is left out)."""
+    arns = [str((found or {}).get("destinationArn") or "") for found in filters] + list(more)
+    return [arn for arn in dict.fromkeys(arns) if arn.startswith("arn:") and len(arn.split(":")) >= 6
+            and arn.split(":")[2] == "lambda"]
