@@ -105,6 +105,7 @@ def _hostile_files(folder: Path) -> dict[str, tuple[Path, str]]:
         "deep object": (b'{"a":' * 100_000 + b"1" + b"}" * 100_000, "deep"),
         "nan": (b'{"x": NaN}', "NaN"),
         "infinity": (b'{"x": [1, Infinity]}', "Infinity"),
+        "number too large for a float": (b'{"x": {"y": [1e999]}}', "Infinity"),
         "minus infinity": (b'{"x": {"y": -Infinity}}', "Infinity"),
         "too deep to carry": (b'{"a":' * (MAX_DATA_DEPTH + 1) + b"1" + b"}" * (MAX_DATA_DEPTH + 1), "levels"),
         "too large": (b'{"x": "' + b"a" * (10 * 1024 * 1024) + b'"}', "MiB"),

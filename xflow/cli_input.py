@@ -42,9 +42,13 @@ def json_object_argument(text: str, what: str) -> dict[str, Any]:
 def json_object(raw: bytes, source: str, what: str,
                 example: str = """write a JSON object, e.g. '{"path": "in.txt"}'""") -> dict[str, Any]:
     """``raw`` as publish takes DATA (also the body of xflow serve's publish routes): a strict JSON object (no
-    NaN/Infinity), at most MAX_DATA_BYTES, UTF-8; else an XflowError naming ``source`` (or ``what``)."""
+    NaN/Infinity), at most MAX_DATA_BYTES, UTF-8; else an XflowError naming ``source`` (or ``what``).
+
+    What only the decoded object can show (nesting deeper than ``MAX_DATA_DEPTH``, a number too large for a float)
+    is refused by the engine's ``check_event_data`` when the event is published, before anything is written.
+    """
     from xflow.core.errors import XflowError
-    from xflow.core.event_data import MAX_DATA_DEPTH, check_event_data
+    from xflow.core.event_data import MAX_DATA_DEPTH
 
     if len(raw) > MAX_DATA_BYTES:
         raise XflowError(f"{source} is larger than {MAX_DATA_BYTES // (1024 * 1024)} MiB",
@@ -65,5 +69,4 @@ def json_object(raw: bytes, source: str, what: str,
     if not isinstance(data, dict):
         kind = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(data), "null")
         raise XflowError(f"{what} must be a JSON object, got a JSON {kind}", example)
-    check_event_data(data, source)
     return data
