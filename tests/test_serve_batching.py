@@ -2,7 +2,8 @@
 
 ``Engine.publish_many`` through the public Python API (one transport append per event name and one tracker write for
 all; a refused event gets its own error and the others are written; an unavailable backend fails them all);
-``PublishBatcher`` over a real engine (requests arriving while a write is in flight go together in the next one); and
+``PublishBatcher`` over a real engine (requests arriving while a write is in flight go together in the next one; a
+write cancelled, or giving a wrong number of outcomes, still answers every request, the latter with a 500); and
 through a real ``xflow serve`` process: concurrent requests share appends, an invalid request among them fails alone,
 and stopping the server while batches are being written loses no answered event and leaves nothing half-written.
 """
@@ -153,6 +154,67 @@ def test_requests_arriving_while_a_write_is_in_flight_are_written_together(tmp_p
         assert isinstance(answers[22], asyncio.CancelledError)
         for execution_id in [*ids, "gone"]:
             assert _published_count(engine, execution_id) == 1
+
+
+def test_a_cancelled_write_answers_its_request_and_those_waiting_behind_it(tmp_path: Path) -> None:
+    """The writer task cancelled mid-write (the server's loop shutting down): the request in the write and those queued
+    behind it get an error each instead of waiting forever, and drain() returns. The events never handed to a write are
+    not written; the one in the write finishes in its thread (hence "not known" in its error)."""
+    with _engine(tmp_path) as engine:
+        release = threading.Event()
+        write_started = threading.Event()
+
+        async def blocking(call: Callable[..., Any], *args: Any) -> Any:
+            def held() -> Any:
+                write_started.set()
+                assert release.wait(30)
+                return call(*args)
+            return await asyncio.get_running_loop().run_in_executor(None, held)
+
+        async def scenario() -> list[Any]:
+            batcher = PublishBatcher(engine, blocking)
+            first = asyncio.create_task(batcher.publish("Placed", {"order": 0}, "in-the-write"))
+            while not write_started.is_set():
+                await asyncio.sleep(0.01)
+            queued = [asyncio.create_task(batcher.publish("Placed", {"order": n}, f"queued-{n}")) for n in range(1, 4)]
+            await asyncio.sleep(0.05)
+            (writer,) = [t for t in asyncio.all_tasks() if t.get_name() == "xflow-serve publish shop"]
+            writer.cancel()
+            try:
+                answers = await asyncio.wait_for(asyncio.gather(first, *queued, return_exceptions=True), 10)
+                await asyncio.wait_for(batcher.drain(), 10)
+            finally:
+                release.set()
+            return answers
+
+        answers = asyncio.run(scenario())
+        assert [type(a) for a in answers] == [RuntimeError] * 4
+        assert "interrupted; whether it was written is not known" in str(answers[0])
+        assert all("stopped writing events before this one was written" in str(a) for a in answers[1:])
+        assert set(engine.recent_executions(10)) == {"in-the-write"}
+
+
+def test_a_write_giving_the_wrong_number_of_outcomes_answers_each_request_with_a_500(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Engine.publish_many's outcomes do not match its events one to one: no request is left waiting; each gets the
+    app's one-line 500 JSON, and the log says why."""
+    from xflow.serve.app import create_app
+
+    with _engine(tmp_path) as engine:
+        publish_many = engine.publish_many
+        engine.publish_many = lambda items: publish_many(items)[:-1]  # type: ignore[method-assign]
+        app = create_app([engine])
+
+        async def scenario() -> list[httpx.Response]:
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+                posts = [client.post("/workflows/shop/events/Placed", json={"order": n}) for n in range(6)]
+                return list(await asyncio.wait_for(asyncio.gather(*posts), 10))
+
+        answers = asyncio.run(scenario())
+    assert [a.status_code for a in answers] == [500] * 6
+    assert {a.text for a in answers} == {'{"error":"the server failed on this request; its log says why","hint":null}'}
+    assert "outcomes for" in caplog.text and "Engine.publish_many gave" in caplog.text
 
 
 # -- through xflow serve ------------------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ workflow (in a worker thread: the backends block); events that arrive meanwhile 
 :meth:`Engine.publish_many <xflow.core.engine.Engine.publish_many>`: one transport append per event name and one
 tracker transaction for all of them. Nothing waits on purpose: a request alone is written at once, as before; under
 load the writes simply grow. Each request still gets its own execution id or its own error, and is answered only once
-the write holding its event has returned.
+the write holding its event has returned. A write that fails past that (outcomes that do not match its events, the
+writer cancelled) answers each of its requests, and those still waiting, with an error: none waits forever.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class PublishBatcher:
     async def drain(self) -> None:
         """Wait until every event handed over so far is written (the server's shutdown calls this)."""
         while self._writer is not None:
-            await asyncio.shield(self._writer)
+            await asyncio.wait({self._writer})  # whatever ended it (its requests are answered either way)
 
     async def _write_all(self) -> None:
         try:
@@ -67,19 +68,36 @@ class PublishBatcher:
                 await self._write(batch)
         finally:
             self._writer = None
+            # only when the loop was cut short (the writer cancelled): these events were never handed to a write
+            left, self._waiting = self._waiting, []
+            _fail(left, "the server stopped writing events before this one was written")
 
     async def _write(self, batch: list[_Waiting]) -> None:
         items = [(w.event, w.data, w.execution_id) for w in batch]
         try:
-            outcomes: list[str | BaseException] = await self._blocking(self.engine.publish_many, items)
-        except Exception as exc:  # noqa: BLE001 - each request answers it (a 500, logged by the app)
-            outcomes = [exc] * len(batch)
-        self.writes += 1
-        self.written += len(batch)
-        for waiting, outcome in zip(batch, outcomes, strict=True):
-            if waiting.answer.done():
-                continue
-            if isinstance(outcome, BaseException):
-                waiting.answer.set_exception(outcome)
-            else:
-                waiting.answer.set_result(outcome)
+            try:
+                outcomes: list[str | BaseException] = list(await self._blocking(self.engine.publish_many, items))
+                if len(outcomes) != len(batch):
+                    raise RuntimeError(f"Engine.publish_many gave {len(outcomes)} outcomes for {len(batch)} events")
+            except Exception as exc:  # noqa: BLE001 - each request answers it (a 500, logged by the app)
+                outcomes = [exc] * len(batch)
+            self.writes += 1
+            self.written += len(batch)
+            for waiting, outcome in zip(batch, outcomes, strict=True):
+                if waiting.answer.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    waiting.answer.set_exception(outcome)
+                else:
+                    waiting.answer.set_result(outcome)
+        finally:
+            # the write was cancelled (or failed past the above): no request waits forever; whether its event was
+            # written is not known (a cancelled write may still finish in its thread)
+            _fail(batch, "the write holding this event was interrupted; whether it was written is not known")
+
+
+def _fail(waiting: list[_Waiting], message: str) -> None:
+    """Answer each request of ``waiting`` not answered yet with a RuntimeError (the app's 500)."""
+    for one in waiting:
+        if not one.answer.done():
+            one.answer.set_exception(RuntimeError(message))
