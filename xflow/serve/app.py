@@ -122,7 +122,7 @@ def create_app(engines: Sequence[Engine], *, token: str | None = None, loopback_
                 await _blocking(worker.stop, stop_timeout)
             for worker in workers:
                 try:
-                    worker.join()
+                    await _blocking(worker.join)  # off the event loop: it waits for the worker's thread
                 except Exception as exc:  # noqa: BLE001 - reported, the server is stopping anyway
                     log.error("the worker of %s stopped with an error: %s", worker.engine.workflow.id, exc)
 
@@ -186,7 +186,7 @@ def _routes(served: Served) -> list[Any]:
         return JSONResponse(summary)
 
     async def redrive(request: Request) -> Response:
-        from xflow.cli import redrive_result
+        from xflow.cli_track import redrive_result
 
         engine = served.engine(request.path_params["workflow_id"])
         functions: list[str] = []
@@ -204,7 +204,9 @@ def _routes(served: Served) -> list[Any]:
         return JSONResponse(result)
 
     async def publish_original(request: Request) -> Response:
-        body = await _json_body(request, max(served.max_body.values(), default=1_000_000), "the body")
+        # the stream is named in the body: read at most the largest limit served, then check its workflow's own
+        raw = await _read_body(request, max(served.max_body.values(), default=1_000_000))
+        body = _parse_object(raw, "the body")
         stream, data = body.get("stream"), body.get("event")
         if not isinstance(stream, str) or not stream:
             raise ApiError(400, "the body needs \"stream\": the name of an event or of its stream",
@@ -216,6 +218,10 @@ def _routes(served: Served) -> list[Any]:
             raise ApiError(400, "the event has no execution_id (a non-empty string)",
                            """send {"stream": NAME, "event": {"execution_id": "1", ...}}""")
         engine, event = served.stream(stream)
+        limit = served.max_body[engine.workflow.id]
+        if len(raw) > limit:
+            raise ApiError(413, f"the body is {len(raw)} bytes; workflow {engine.workflow.id!r}'s transport takes at "
+                                f"most {limit}", "publish a reference (a path or URL) to the data instead")
         published = await served.batchers[engine.workflow.id].publish(event, data)
         return JSONResponse({"execution_id": published, "workflow_id": engine.workflow.id, "event": event})
 
@@ -260,7 +266,7 @@ async def _json_body(request: Request, limit: int, what: str) -> dict[str, Any]:
 
 def _parse_object(raw: bytes, what: str) -> dict[str, Any]:
     """The body as ``xflow publish`` takes DATA: the same checks, the same one-line messages."""
-    from xflow.cli import json_object
+    from xflow.cli_input import json_object
 
     return json_object(raw, what, what, """send a JSON object, e.g. {"path": "in.txt"}""")
 
