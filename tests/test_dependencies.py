@@ -184,3 +184,82 @@ def test_lambda_requirements_are_installed_for_the_functions_platform(tmp_path: 
     ours = Requirements(("--no-index", f"--find-links {wheels}", f"{PACKAGE}==1.2.3"), "test", tmp_path)
     install(ours, tmp_path / "target", runtime="python3.12", architecture="arm64")  # a pure wheel fits every platform
     assert (tmp_path / "target" / PACKAGE / "__init__.py").is_file()
+
+
+#: runs the CLI (argv after the program) with an audit hook that appends to $AUDIT_LOG a line for each ``git fetch``
+#: the process starts (a remote source fetched)
+COUNTING_GIT = """
+import os, runpy, sys
+
+_log = os.open(os.environ["AUDIT_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+
+def _hook(event, args):
+    if event == "subprocess.Popen" and "fetch" in [str(a) for a in (args[1] or ())]:
+        os.write(_log, b"fetch\\n")
+
+
+sys.addaudithook(_hook)
+sys.argv = ["xflow", *sys.argv[1:]]
+runpy.run_module("xflow.cli", run_name="__main__", alter_sys=True)
+"""
+
+
+def git_project(root: Path, wheels: Path, wid: str) -> Path:
+    """A workflow whose function's source is a git repository holding the handler and its requirements.txt."""
+    repo = root / "repo"
+    repo.mkdir(parents=True)
+    (repo / "handler.py").write_text(HANDLER)
+    (repo / "requirements.txt").write_text(f"--no-index\n--find-links {wheels}\n{PACKAGE}==1.2.3\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main"]
+    for args in (["init", "--quiet"], ["add", "."], ["commit", "--quiet", "-m", "handler"]):
+        subprocess.run([*git, *args], cwd=repo, check=True, capture_output=True, timeout=60)
+    flow = root / "flow.yaml"
+    flow.write_text(FLOW.format(wid=wid, extra="").replace("source: fn", f'source: "git+file://{repo}@main#path=."'))
+    return flow
+
+
+def work_until_settled(cli: CLI, flow: Path, execution: str, audit: Path, seconds: float = 90) -> tuple[dict, int]:
+    """Start ``xflow worker`` (git fetches counted in ``audit``) until ``execution`` settles: its summary, the fetches."""
+    import time
+
+    from xflow_cli_testing import clean_env
+
+    log = open(audit.with_suffix(".out"), "w")  # noqa: SIM115
+    worker = subprocess.Popen([sys.executable, "-c", COUNTING_GIT, "worker", str(flow)], cwd=cli.cwd,
+                              env=clean_env(AUDIT_LOG=str(audit)), stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + seconds
+        while True:
+            done = cli("track", flow, execution, "--output", "json")
+            summary = json.loads(done.stdout) if done.stdout.strip() else {}
+            if summary.get("status") in ("succeeded", "failed") or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        log.close()
+    assert summary.get("status") == "succeeded", (summary, audit.with_suffix(".out").read_text())
+    return summary, len(audit.read_text().splitlines()) if audit.exists() else 0
+
+
+def test_a_worker_takes_a_remote_sources_requirements_from_setup_and_fetches_it_once(cli: CLI, tmp_path: Path,
+                                                                                     wheels: Path) -> None:
+    """Setup installed the git source's requirements: a worker fetches the source only to run it, and imports them."""
+    flow = git_project(tmp_path, wheels, "remote")
+    first = cli.json("setup", flow, "--transport", "local", "--provider", "local", "--tracker", "sqlite")
+    assert {"action": "create", "resource": "requirements:uses_dep"} in first["changes"]
+    assert cli("publish", flow, "Go", '{"n": 1}', "--execution-id", "e1").returncode == 0
+    _, fetches = work_until_settled(cli, flow, "e1", tmp_path / "audit-1.log")
+    assert fetches == 1  # the dispatcher's; not one more to look for a requirements.txt
+
+    # a machine where setup did not run (no setup record, no environment): the worker looks in the source itself
+    import shutil
+
+    (tmp_path / ".xflow" / "remote" / "setup.json").unlink()
+    shutil.rmtree(tmp_path / ".xflow" / "remote" / "requirements")
+    assert cli("publish", flow, "Go", '{"n": 2}', "--execution-id", "e2", "--transport", "local").returncode == 0
+    _, fetches = work_until_settled(cli, flow, "e2", tmp_path / "audit-2.log")
+    assert fetches == 2
+    assert (tmp_path / ".xflow" / "remote" / "requirements" / "uses_dep" / ".xflow-requirements").is_file()

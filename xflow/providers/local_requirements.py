@@ -7,6 +7,16 @@ installed (:meth:`~xflow.sources.requirements.Requirements.key`: the lines and t
 ``local:InstallRequirements`` step for each function whose folder is missing or holds another key (planning reads
 only); a worker that starts before any setup on its machine installs what is missing itself. Teardown removes the
 folders with the rest of the workflow's state.
+
+The lines of a remote source's ``requirements.txt`` are installed from the workflow file's folder (the fetched
+copy they were read from is removed at once): a path in them reads from there.
+
+A worker finds a function's requirements without fetching anything: in the file, or in the code setup deployed (the
+live version's copy, :mod:`xflow.providers.local_versions`). A remote source (git, s3://) has no such copy, and only
+the dispatcher fetches it (once, to run it): when setup with the local provider ran in this state folder (its record,
+:mod:`xflow.core.setup_record`), the environment it installed is the function's (none: it found no requirements; run
+setup again after the remote code gains some). Only a worker on a machine where setup did not run fetches a remote
+source first, to look for a ``requirements.txt``.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import sysconfig
 import tempfile
 import uuid
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +54,7 @@ def environment_folder(state_dir: Path, workflow: Workflow, function: str) -> Pa
 
 def function_requirements(workflow: Workflow, function: Function) -> Requirements | None:
     """``function``'s requirements (a remote source is fetched into a temporary folder, removed at once, to find a
-    ``requirements.txt`` in it)."""
+    ``requirements.txt`` in it: see :func:`needs_fetch`)."""
     from xflow.sources.fetch import resolve_source
     from xflow.sources.requirements import requirements_of
 
@@ -55,7 +66,12 @@ def function_requirements(workflow: Workflow, function: Function) -> Requirement
 
         return requirements_of(function, narrow(function.source_path, function.handler), base)
     with tempfile.TemporaryDirectory(prefix="xflow-req-") as tmp:
-        return requirements_of(function, resolve_source(workflow, function, Path(tmp) / "src"), base)
+        found = requirements_of(function, resolve_source(workflow, function, Path(tmp) / "src"), base)
+    if found is None:
+        return None
+    # the fetched copy is gone when the lines are installed: pip gets the lines, run from the workflow file's folder
+    return replace(found, origin=f"the requirements.txt of function {function.name}'s source {function.source!r}",
+                   folder=base, file=None)
 
 
 def installed_key(folder: Path) -> str | None:
@@ -63,6 +79,19 @@ def installed_key(folder: Path) -> str | None:
         return (folder / MARKER).read_text(encoding="utf-8").strip()
     except OSError:
         return None
+
+
+def needs_fetch(function: Function) -> bool:
+    """Whether finding ``function``'s requirements means fetching its source (a remote one, none named in the file)."""
+    return function.requirements is None and function.requirements_file is None and function.source_path is None
+
+
+def set_up_here(workflow: Workflow, state_dir: Path) -> bool:
+    """Whether setup with the local provider ran for ``workflow`` in ``state_dir`` (and installed what it found)."""
+    from xflow.core.setup_record import read_setup_record
+
+    record = read_setup_record(state_dir, workflow.id) or {}
+    return isinstance(record.get("provider"), dict) and record["provider"].get("name") == "local"
 
 
 def plan_environments(workflow: Workflow, state_dir: Path, functions: Iterable[str] | None = None) -> list[Step]:
@@ -108,9 +137,14 @@ def install_requirements(*, function: str, folder: str, key: str, lines: list[st
 
 def import_paths(workflow: Workflow, state_dir: Path, functions: Iterable[str]) -> dict[str, list[str]]:
     """The folder each of ``functions`` imports its requirements from, installing those that are missing or out of
-    date (a worker started where setup did not run)."""
+    date (a worker started where setup did not run). A remote source is not fetched for this when setup ran here: what
+    it installed is used (see the module's docstring)."""
+    functions = list(functions)
+    looked_up = functions
+    if any(needs_fetch(workflow.functions[name]) for name in functions) and set_up_here(workflow, state_dir):
+        looked_up = [name for name in functions if not needs_fetch(workflow.functions[name])]
     found: dict[str, list[str]] = {}
-    for step in plan_environments(workflow, state_dir, functions):
+    for step in plan_environments(workflow, state_dir, looked_up):
         install_requirements(**step.params)
     for name in functions:
         folder = environment_folder(state_dir, workflow, name)
