@@ -1,13 +1,16 @@
 """Reading log records back for ``xflow logs``: from the tracker, from a ``file`` route, or from CloudWatch Logs.
 
 - ``tracker``: every tracker keeps each attempt's output with its outcome; the records are made from those
-  (:func:`~xflow.logs.records.records_of`), for one execution or for the executions started since a time.
+  (:func:`~xflow.logs.records.records_of`), for one execution or for the most recently started ones.
 - ``file``: the JSON lines a ``file`` route wrote (its rotated files too).
 - ``cloudwatch``: on AWS, FilterLogEvents over each function's log group ``/aws/lambda/<function>``, where the
   Lambda runtime shim prints every attempt's outcome with its output.
 
 ``auto`` picks ``file`` when the workflow routes to a file that exists, ``cloudwatch`` when the tracker is
-``cloudwatch``, else ``tracker``. Records come back merged in time order, each once.
+``cloudwatch``, else ``tracker``. Records come back merged in time order, each once. The workflow-wide view reads
+the :data:`MAX_EXECUTIONS` most recently started executions (a warning says so when there are more), keeping their
+records by record time: an execution started long before ``since`` that still logs after it is included.
+``--follow`` reads incrementally (:mod:`xflow.logs.following`).
 """
 
 from __future__ import annotations
@@ -15,14 +18,13 @@ from __future__ import annotations
 import glob
 import json
 import logging
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xflow.core.errors import XflowError
-from xflow.core.interfaces import DeliveryRecord, PluginContext
+from xflow.core.interfaces import DeliveryRecord, ExecutionInfo, PluginContext
 from xflow.logs.file import route_path
 from xflow.logs.records import LogRecord, records_of
 
@@ -89,7 +91,7 @@ class LogReader:
         if self.source == "file":
             found: Iterable[LogRecord] = self._from_files()
         elif self.source == "cloudwatch":
-            found = self._from_cloudwatch(query)
+            found = self.cloudwatch_records(query, query.since)
         else:
             found = self._from_tracker(query)
         return merged(found, query)
@@ -111,23 +113,33 @@ class LogReader:
     def _executions(self, query: Query) -> list[str]:
         if query.execution_id is not None:
             return [query.execution_id]
+        # an execution started before ``since`` may still log after it: read too, its records filtered by their time
+        return [info.execution_id for info in self.executions_since(None)]
+
+    def executions_since(self, start: float | None) -> list[ExecutionInfo]:
+        """The executions started at ``start`` or later (None: any time), newest first, at most
+        :data:`MAX_EXECUTIONS` (a warning says when more were left out)."""
         tracker = self.engine.tracker
-        found: list[str] = []
+        found: list[ExecutionInfo] = []
         cursor = None
-        while len(found) < MAX_EXECUTIONS:
+        while True:
             page = tracker.list_executions(min(100, MAX_EXECUTIONS - len(found)), cursor)
             for info in page.executions:
-                # an execution started before ``since`` may still have lines after it: kept, its records filtered
-                if query.since is not None and info.started_at < query.since - 3600:
+                if start is not None and info.started_at < start:
                     return found
-                found.append(info.execution_id)
+                found.append(info)
             cursor = page.next_cursor
             if cursor is None or not page.executions:
-                break
-        return found
+                return found
+            if len(found) >= MAX_EXECUTIONS:
+                log.warning("reading the logs of the %d most recently started executions only; pass --execution-id "
+                            "for an older one", MAX_EXECUTIONS)
+                return found
 
     # -- CloudWatch Logs (on AWS) ----------------------------------------------------------------------------------
-    def _from_cloudwatch(self, query: Query) -> Iterator[LogRecord]:
+    def cloudwatch_records(self, query: Query, start: float | None) -> Iterator[LogRecord]:
+        """The records of the log events written at ``start`` or later (None: any time), for ``query``'s execution
+        and functions (not filtered by time: an attempt's lines carry its start, before the event was written)."""
         from xflow.trackers.cloudwatch.history import LAMBDA_LOG_PREFIX, belongs_to
         from xflow.trackers.cloudwatch.lines import parse_line
 
@@ -138,7 +150,7 @@ class LogReader:
         workflow = self.engine.workflow
         functions = query.functions or tuple(workflow.functions)
         pattern = f'"{query.execution_id.replace(chr(34), "")}"' if query.execution_id else '"xflow"'
-        window = {"startTime": int(query.since * 1000)} if query.since is not None else {}
+        window = {"startTime": int(start * 1000)} if start is not None else {}
         derived: list[LogRecord] = []
         printed: list[LogRecord] = []
         for function in functions:
@@ -208,19 +220,7 @@ def read_json_lines(path: Path) -> Iterator[LogRecord]:
 
 def follow(reader: LogReader, query: Query, interval: float = 1.0, stop: Any = None,
            caught_up: Callable[[], None] | None = None) -> Iterator[LogRecord]:
-    """The records ``query`` wants, then every new one as it comes (read again every ``interval`` seconds), until
-    ``stop`` (an Event) is set or the caller stops iterating. ``caught_up`` is called once, after the records there
-    were when it started."""
-    seen: set[tuple[Any, ...]] = set()
-    while True:
-        for record in reader.read(query):
-            if record.key not in seen:
-                seen.add(record.key)
-                yield record
-        if caught_up is not None:
-            caught_up()
-            caught_up = None
-        if stop is not None and stop.wait(interval):
-            return
-        if stop is None:
-            time.sleep(interval)
+    """The records ``query`` wants, then every new one as it comes: :func:`xflow.logs.following.follow`."""
+    from xflow.logs.following import follow as following
+
+    return following(reader, query, interval, stop, caught_up)

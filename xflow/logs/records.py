@@ -13,15 +13,21 @@ carry the attempt's start time; the outcome carries its end.
 
 from __future__ import annotations
 
-import datetime
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # only read here: this module uses the standard library alone (the Lambda shim ships a copy)
+if TYPE_CHECKING:  # only read here: this module uses the standard library and xflow's wire format alone (the Lambda
+    # shim ships a copy of each: xflow_logrecords.py beside xflow_wire.py)
     from xflow.core.interfaces import DeliveryRecord
+    from xflow.core.wire import iso_time
+else:
+    try:
+        from xflow.core.wire import iso_time
+    except ImportError:  # the copy in a Lambda zip: xflow_wire.py beside this file, no xflow package
+        from xflow_wire import iso_time
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LEVEL_NUMBERS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
@@ -145,9 +151,9 @@ class LogRecord:
                    None if status is None else str(status), int(data.get("seq") or 0))
 
     def iso_time(self) -> str:
-        """``time`` in RFC 3339, UTC, with milliseconds: ``2026-11-27T13:00:00.123Z``."""
-        moment = datetime.datetime.fromtimestamp(self.time, datetime.timezone.utc)
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+        """``time`` in RFC 3339, UTC, with milliseconds: ``2026-11-27T13:00:00.123Z`` (xflow's one formatter, cut to
+        the millisecond; a time out of range is shown at the nearest end of years 1 to 9999)."""
+        return iso_time(self.time)[:23] + "Z"
 
     def text(self) -> str:
         """The record as one human line: time, level, function and attempt, execution, message."""
@@ -184,9 +190,7 @@ def records_of(workflow: str, delivery: DeliveryRecord, trace_id: str | None = N
         if index >= traceback_from:
             level, message = "ERROR", line
         else:
-            word, space, rest = line.partition(" ")
-            named = _LEVEL_WORDS.get(word) if space else None
-            level, message = (named, rest) if named is not None else ("INFO", line)
+            level, message = parse_level(line)
         found.append(LogRecord(started, level, workflow, execution_id, event, event_id, function, attempt, message,
                                trace, "line", None, index, shared))
     found.append(LogRecord(started + max(0.0, delivery.duration), _OUTCOME_LEVELS.get(status, "ERROR"), workflow,
