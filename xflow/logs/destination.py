@@ -21,12 +21,17 @@ implements the hook ``xflow_log_destinations`` and returns its classes. Each cla
         return [Loki]
 
 ``send`` is called from the route's own background thread, never from a handler's: a destination may block (a
-slow server) without slowing handlers; records wait in the route's bounded buffer meanwhile.
+slow server) without slowing handlers; records wait in the route's bounded buffer meanwhile. When the route is
+closing, :attr:`LogDestination.give_up_at` is the time after which a send should not go on: a destination that waits
+or retries bounds each wait with :meth:`LogDestination.time_left`. One still sending then is not closed under it:
+the route counts its batch as dropped and the sending thread closes the destination when ``send`` returns.
 """
 
 from __future__ import annotations
 
 import abc
+import math
+import time
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -50,6 +55,9 @@ class LogDestination(Plugin):
     #: how long the route waits for a batch to fill before sending what it has, in seconds
     linger: ClassVar[float] = 0.0
 
+    #: when the route is closing: the time (``time.monotonic()``) after which :meth:`send` should give up
+    give_up_at: float = math.inf
+
     def __init__(self, context: PluginContext) -> None:
         cls = type(self)
         name = getattr(cls, "name", cls.__name__)
@@ -59,6 +67,10 @@ class LogDestination(Plugin):
     def send(self, records: Sequence[LogRecord]) -> None:
         """Deliver ``records`` (in this order), or raise: any exception means "not delivered, try again later"
         (:class:`DeliveryRefused`: "never"). Called with at most :attr:`batch_size` records, never with none."""
+
+    def time_left(self, limit: float) -> float:
+        """``limit`` seconds, or less when the route gives up sooner (at least 0): what a send may still wait."""
+        return max(0.0, min(limit, self.give_up_at - time.monotonic()))
 
     def close(self) -> None:
         """Release connections and files; called once, after the last :meth:`send`."""

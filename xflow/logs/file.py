@@ -57,16 +57,26 @@ class FileDestination(LogDestination):
             self._handler = logging.handlers.RotatingFileHandler(
                 self.path, maxBytes=self.context.option("max_bytes"), backupCount=self.context.option("backups"),
                 encoding="utf-8", errors="backslashreplace")
-        except OSError as exc:
-            raise XflowError(f"log destination 'file' cannot open {self.path}: {exc}",
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+            raise XflowError(f"log destination 'file' cannot open {str(self.path)!r}: {exc}",
                              "choose a writable path with the route's path option") from None
         self.max_bytes = self.context.option("max_bytes")
         self._size: int | None = None
+        #: the records of a batch written before its rollover failed (the router sends the whole batch again)
+        self._written: list[LogRecord] = []
 
     def send(self, records: Sequence[LogRecord]) -> None:
         # the handler rotates; the size is counted here (its shouldRollover formats and stats per record), and lines
         # are written here (its emit() swallows write errors, which must reach the router: it sends them again)
         handler = self._handler
+        if self._written:  # the router sends again the batch whose rollover failed: its first records are written
+            done = {id(record) for record in self._written}  # the same objects: the list keeps them alive
+            skip = 0
+            while skip < len(records) and id(records[skip]) in done:
+                skip += 1
+            records, self._written = records[skip:], []
+            if not records:
+                return
         if handler.stream is None:
             handler.stream = handler._open()
         if self._size is None:
@@ -81,13 +91,21 @@ class FileDestination(LogDestination):
         handler = self._handler
         assert self._size is not None and handler.stream is not None
         pending: list[str] = []
-        for record in records:
+        start = 0  # records[start:] are not written yet
+        for index, record in enumerate(records):
             line = record.to_json() + "\n"
             size = len(line) if line.isascii() else len(line.encode("utf-8", "backslashreplace"))
             if self.max_bytes and self._size + size > self.max_bytes and self._size > 0:
-                handler.stream.write("".join(pending))
-                pending.clear()
-                handler.doRollover()  # reopens handler.stream
+                if pending:
+                    handler.stream.write("".join(pending))
+                    pending.clear()
+                    start = index
+                try:
+                    handler.doRollover()  # closes the file (its lines are in it), reopens handler.stream
+                except OSError:
+                    # the lines before are in the old file: remembered, so that sending the batch again skips them
+                    self._written = list(records[:start])
+                    raise
                 self._size = 0
             pending.append(line)
             self._size += size

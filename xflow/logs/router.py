@@ -6,6 +6,10 @@ sender takes up to the destination's ``batch_size`` records at a time and calls 
 goes back to the front of the buffer and is sent again after a backoff (exponential, capped), so records keep their
 order and nothing is lost while the destination is away, as long as the buffer holds them: past ``capacity``, the
 oldest records are dropped and counted (:attr:`Route.dropped`), and a warning says so once per outage.
+
+Closing gives every route one shared deadline: the destination is told it (``give_up_at``) so that its sends end by
+then; a send still going past it is counted as dropped, and the destination is closed by its own thread when that
+send returns, never under it.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ DEFAULT_CAPACITY = 10_000
 BACKOFF_FIRST, BACKOFF_MAX = 0.2, 5.0
 #: how long ``close`` waits for the buffers to empty, by default, in seconds
 CLOSE_TIMEOUT = 5.0
+#: how long past the deadline ``close`` waits for a send that honours it to return, in seconds
+CLOSE_GRACE = 0.5
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,8 @@ class Route:
         self._closing = False
         self._give_up_at = float("inf")
         self._warned = False
+        #: the thread has ended / close stopped waiting for it (it closes the destination itself when it ends)
+        self._finished = self._abandoned = self._destination_closed = False
         self._thread = threading.Thread(target=self._run, name=f"xflow-log-{label}", daemon=True)
         self._thread.start()
 
@@ -102,9 +110,9 @@ class Route:
     def _take(self) -> list[LogRecord] | None:
         """The next batch, waiting for one; None when closing and there is nothing more to send."""
         with self._cond:
-            while not self._buffer:
+            while not self._buffer or self._closing and time.monotonic() >= self._give_up_at:
                 if self._closing:
-                    return None
+                    return None  # nothing more, or past the deadline: what is left is counted by close
                 self._cond.wait()
             if self.linger:  # let a batch fill: fewer, larger sends, and fewer wake-ups beside the runners
                 end = time.monotonic() + self.linger
@@ -116,6 +124,17 @@ class Route:
             return batch
 
     def _run(self) -> None:
+        try:
+            self._send_all()
+        finally:
+            with self._cond:
+                self._finished = True
+                abandoned = self._abandoned
+                self._cond.notify_all()
+            if abandoned:  # close stopped waiting while a send was going: the destination is closed now
+                self._close_destination()
+
+    def _send_all(self) -> None:
         delay = self.backoff_first
         while True:
             batch = self._take()
@@ -125,6 +144,8 @@ class Route:
                 self.destination.send(batch)
             except DeliveryRefused as exc:
                 with self._cond:
+                    if self._abandoned:  # counted as dropped by close already
+                        return
                     self._in_flight = 0
                     self.dropped += len(batch)
                     self.last_error = f"refused: {exc}"
@@ -138,6 +159,8 @@ class Route:
                 delay = min(self.backoff_max, delay * 2)
                 continue
             with self._cond:
+                if self._abandoned:  # close counted it as dropped: it went after all, but too late to say
+                    return
                 self._in_flight = 0
                 self.sent += len(batch)
                 if self.last_error is not None:
@@ -151,6 +174,8 @@ class Route:
         """Put a batch that failed back in front; True when closing has given up on the destination."""
         reason = f"{type(exc).__name__}: {exc}"
         with self._cond:
+            if self._abandoned:
+                return True
             self._in_flight = 0
             self.failures += 1
             first = self.last_error is None
@@ -195,18 +220,51 @@ class Route:
                 self._cond.wait(min(left, 0.1))
         return True
 
+    @property
+    def stopped(self) -> bool:
+        """Whether the sending thread has ended."""
+        with self._cond:
+            return self._finished
+
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """Send what is buffered (for at most ``timeout`` seconds: a destination still away then loses it, counted),
-        stop the thread, close the destination."""
+        stop the thread, close the destination (see :meth:`LogRouter.close` for several routes)."""
+        deadline = time.monotonic() + timeout
+        self.begin_close(deadline)
+        self.end_close(deadline + CLOSE_GRACE)
+
+    def begin_close(self, deadline: float) -> None:
+        """Stop taking records and tell the thread and the destination to give up at ``deadline`` (monotonic)."""
         with self._cond:
             self._closing = True
-            self._give_up_at = time.monotonic() + timeout
+            self._give_up_at = deadline
+            self.destination.give_up_at = deadline
             self._cond.notify_all()
-        self._thread.join(timeout + 1.0)
+
+    def end_close(self, wait_until: float) -> None:
+        """Wait (until ``wait_until``, monotonic) for the thread to end, count what was not sent as dropped, and close
+        the destination; a thread still inside ``send`` then closes it itself when the send returns."""
         with self._cond:
-            if self._buffer:
-                self.dropped += len(self._buffer)
-                self._buffer.clear()
+            while not self._finished and (left := wait_until - time.monotonic()) > 0:
+                self._cond.wait(left)
+            finished = self._finished
+            left_over = len(self._buffer) + (0 if finished else self._in_flight)
+            self._buffer.clear()
+            if not finished:
+                self._abandoned = True
+                self._in_flight = 0
+            self.dropped += left_over
+        if left_over:
+            log.warning("log route %s: %d records not sent before stopping (%s)", self.label, left_over,
+                        "a send was still going" if not finished else self.last_error or "out of time")
+        if finished:
+            self._close_destination()
+
+    def _close_destination(self) -> None:
+        with self._cond:
+            if self._destination_closed:
+                return
+            self._destination_closed = True
         try:
             self.destination.close()
         except Exception as exc:  # noqa: BLE001 - closing must not fail the worker's stop
@@ -248,8 +306,12 @@ class LogRouter(Observer):
         return all([route.flush(max(0.0, deadline - time.monotonic())) for route in self.routes])
 
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Close every route within one shared deadline (``timeout`` seconds from now, not one each)."""
+        deadline = time.monotonic() + timeout
         for route in self.routes:
-            route.close(timeout)
+            route.begin_close(deadline)
+        for route in self.routes:
+            route.end_close(deadline + CLOSE_GRACE)
 
     def stats(self) -> list[RouteStats]:
         return [route.stats() for route in self.routes]

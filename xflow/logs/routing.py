@@ -101,7 +101,11 @@ def make_destination(spec: RouteSpec, workflow: Workflow, state_dir: Path,
     options = resolve_options(info.label, declared, given)
     assert info.cls is not None and issubclass(info.cls, LogDestination)  # the registry checked its kind
     context = PluginContext(workflow.id, options, Path(state_dir), workflow, declared)
-    return info.cls(context)
+    try:
+        return info.cls(context)
+    except (OSError, ValueError) as exc:  # a destination that did not say it in an XflowError (ssl.SSLError too)
+        raise XflowError(f"{spec.where}: log destination {spec.name!r} cannot start: {type(exc).__name__}: {exc}",
+                         "'xflow plugins --options' lists every destination's options") from None
 
 
 def build_router(workflow: Workflow, state_dir: Path, registry: PluginRegistry,

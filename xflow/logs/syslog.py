@@ -87,7 +87,10 @@ class SyslogDestination(LogDestination):
         super().__init__(context)
         option = self.context.option
         address = option("address")
-        parts = urlsplit(address if "://" in address else f"udp://{address}")
+        try:
+            parts = urlsplit(address if "://" in address else f"udp://{address}")
+        except ValueError as exc:  # an unclosed IPv6 bracket
+            raise XflowError(f"log destination 'syslog': address {address!r} is not an address ({exc})") from None
         if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
             raise XflowError(f"log destination 'syslog': address {address!r} is not udp://HOST:PORT, tcp://HOST:PORT "
                              "or tls://HOST:PORT")
@@ -95,6 +98,9 @@ class SyslogDestination(LogDestination):
             port = parts.port or DEFAULT_PORTS[parts.scheme]
         except ValueError:
             raise XflowError(f"log destination 'syslog': address {address!r} has no valid port") from None
+        if any(c.isspace() or not c.isprintable() for c in parts.hostname):
+            raise XflowError(f"log destination 'syslog': address {address!r} has a host name with spaces or control "
+                             "characters")
         self.protocol, self.host, self.port = parts.scheme, parts.hostname, port
         self.timeout = option("timeout")
         self.framing = option("framing")
@@ -110,13 +116,33 @@ class SyslogDestination(LogDestination):
         self._sock: socket.socket | None = None
 
     def _tls_context(self) -> ssl.SSLContext:
+        """The TLS settings; a file option naming a file that is missing, unreadable or not PEM is an XflowError that
+        names the option and the file (checked here, before anything runs, not at the first send)."""
         option = self.context.option
-        context = ssl.create_default_context(cafile=option("ca_file"))
+        ca_file, cert_file, key_file = option("ca_file"), option("cert_file"), option("key_file")
+        if key_file and not cert_file:
+            raise XflowError(f"log destination 'syslog': key_file {key_file!r} is given without cert_file",
+                             "give the client certificate with cert_file, or leave key_file out")
+        for name, path in (("ca_file", ca_file), ("cert_file", cert_file), ("key_file", key_file)):
+            if path:
+                _check_readable(name, path)
+        try:
+            context = ssl.create_default_context(cafile=ca_file)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise XflowError(f"log destination 'syslog': ca_file {ca_file!r} holds no usable PEM certificate "
+                             f"({_reason(exc)})", "ca_file names a PEM file of the authorities that sign the "
+                             "server's certificate") from None
         if not option("verify"):
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-        if option("cert_file"):
-            context.load_cert_chain(option("cert_file"), option("key_file"))
+        if cert_file:
+            try:
+                context.load_cert_chain(cert_file, key_file)
+            except (OSError, ValueError) as exc:
+                given = f"cert_file {cert_file!r}" + (f" with key_file {key_file!r}" if key_file else "")
+                raise XflowError(f"log destination 'syslog': {given} is not a PEM client certificate and its key "
+                                 f"({_reason(exc)})", "cert_file and key_file name PEM files (the key may be in "
+                                 "cert_file when key_file is left out)") from None
         return context
 
     # -- sending ---------------------------------------------------------------------------------------------------
@@ -130,6 +156,7 @@ class SyslogDestination(LogDestination):
         payload = b"".join(self._frame(self.message(record)) for record in records)
         sock = self._connected()
         try:
+            sock.settimeout(max(0.05, self.time_left(self.timeout)))  # ends by a closing route's deadline
             sock.sendall(payload)
         except OSError:
             self._disconnect()
@@ -155,7 +182,7 @@ class SyslogDestination(LogDestination):
         if self._sock is not None and _peer_closed(self._sock, self.timeout):
             self._disconnect()
         if self._sock is None:
-            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+            sock = socket.create_connection((self.host, self.port), timeout=max(0.05, self.time_left(self.timeout)))
             if self._tls is not None:
                 try:
                     sock = self._tls.wrap_socket(sock, server_hostname=self.host)
@@ -195,3 +222,20 @@ def _peer_closed(sock: socket.socket, timeout: float) -> bool:
     except OSError:
         return True
     return not data
+
+
+def _check_readable(option: str, path: str) -> None:
+    """An XflowError naming ``option`` and ``path`` unless ``path`` is a file this process can read."""
+    try:
+        with open(path, "rb"):
+            pass
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise XflowError(f"log destination 'syslog': {option} {path!r} cannot be read ({_reason(exc)})",
+                         f"{option} names a PEM file") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """An OS or TLS error's reason, without the path (the message names it)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
