@@ -11,7 +11,6 @@ next to the user's code (as ``xflow_wire.py``, beside the handler runtime :mod:`
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -96,6 +95,24 @@ def parse_iso_time(text: str) -> float:
 
     Raises ValueError for anything else, and for times outside years 1 to 9999.
     """
+    last = _last_parsed
+    if text == last[0] and type(text) is str:  # the records of a batch were published at one time: read once
+        return last[1]
+    epoch = _parse_iso_time(text)
+    _remember_parsed(text, epoch)
+    return epoch
+
+
+#: the last time :func:`parse_iso_time` read, and its value (one tuple: replaced at once, read by any thread)
+_last_parsed: tuple[Any, float] = (None, 0.0)
+
+
+def _remember_parsed(text: str, epoch: float) -> None:
+    global _last_parsed
+    _last_parsed = (text, epoch)
+
+
+def _parse_iso_time(text: str) -> float:
     if not isinstance(text, str):
         raise ValueError(f"a time must be a string, not {type(text).__name__}")
     text = text.strip()
@@ -140,8 +157,18 @@ _URI_UNSAFE = re.compile(r"%(?![0-9A-Fa-f]{2})|[^A-Za-z0-9\-._~:/?#\[\]@!$&'()*+
 
 def source_uri(producer: str) -> str:
     """``producer`` as a CloudEvents ``source`` (a URI reference): characters a URI cannot hold are percent-encoded."""
-    text = producer or "xflow"
-    return _URI_UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode("utf-8", "surrogatepass")), text)
+    found = _SOURCES.get(producer)
+    if found is None:
+        text = producer or "xflow"
+        found = _URI_UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode("utf-8", "surrogatepass")),
+                                text)
+        if len(_SOURCES) < 1024 and type(producer) is str:  # a worker has a few producers: its functions
+            _SOURCES[producer] = found
+    return found
+
+
+#: :func:`source_uri` of the producers met so far
+_SOURCES: dict[str, str] = {}
 
 
 def encode_event(event: str, data: Mapping[str, Any], execution_id: str, event_id: str,
@@ -282,10 +309,7 @@ def _decode(value: Any, fallback_id: str) -> DecodedEvent:
         raise BadMessage(f"{len(text)} characters, over the limit of {MAX_MESSAGE_BYTES}")
     if _nesting(text) > MAX_NESTING:
         raise BadMessage(f"nested more than {MAX_NESTING} levels deep")
-    try:
-        message = _DECODER.decode(text)
-    except ValueError as exc:
-        raise BadMessage(f"not a JSON document: {exc}") from None
+    message = _parse(text)
     if "\\u" in text and _SURROGATE_ESCAPE.search(text):
         _check_unicode(message)
     if not isinstance(message, dict):
@@ -329,8 +353,10 @@ def _decode_cloudevent(message: dict[str, Any]) -> DecodedEvent:
         raise BadMessage(f"the attribute {HOPS_ATTRIBUTE!r} must be a whole number of at least 0, got {hops!r:.40}")
     published_at = None  # when ``time`` is missing, unreadable or absurd: the time of reading
     if stamp is not None:
-        with contextlib.suppress(ValueError):
+        try:
             published_at = parse_iso_time(stamp)
+        except ValueError:  # (not contextlib.suppress: a context manager per record costs more than the rest here)
+            published_at = None
     # ``data`` belongs to this message alone (just decoded), so it is kept rather than copied
     data["execution_id"] = execution_id
     trace, state = message.get("traceparent"), message.get("tracestate")  # read as text; checked where used
@@ -389,6 +415,25 @@ def _finite_float(text: str) -> float:
 
 
 _DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float)
+_scan_once: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
+
+
+def _parse(text: str) -> Any:
+    """``_DECODER.decode(text)``, or BadMessage. A text that is an object from its first character to its last (what
+    xflow writes) is read by the scanner at once, without the two matches of white space ``decode`` makes; anything
+    else, and any error, goes through ``decode`` (and its message)."""
+    if text[0] == "{" and text[-1] == "}":
+        try:
+            message, end = _scan_once(text, 0)
+        except (StopIteration, ValueError):
+            pass
+        else:
+            if end == len(text):
+                return message
+    try:
+        return _DECODER.decode(text)
+    except ValueError as exc:
+        raise BadMessage(f"not a JSON document: {exc}") from None
 
 
 def _check_unicode(message: Any) -> None:
