@@ -28,12 +28,13 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
 from xflow.core import observe
 from xflow.core.errors import BackendUnavailable, XflowError
+from xflow.core.fastrecords import new_delivery_record, new_event_record
 from xflow.core.interfaces import Delivery, DeliveryRecord, DeliveryStatus, EventRecord, Record, TrackerStore, Transport
 from xflow.core.model import Function, Workflow
 from xflow.core.runtime import (
@@ -119,30 +120,35 @@ def publish_events(workflow: Workflow, transport: Transport, tracker: TrackerSto
                                  "handles it, so do not publish it again", exc.hint) from None
 
 
-@dataclass(eq=False)
 class Job:
-    """A delivery whose handler is to run: its record, the event decoded, and the attempts made so far."""
+    """A delivery whose handler is to run: its record, the event decoded, and the attempts made so far (a plain
+    class with slots: one is made per delivery)."""
 
-    delivery: Delivery
-    event: DecodedEvent
-    #: attempts made so far
-    attempts: int = 0
-    #: ``time.monotonic()`` before which it is not tried again (after a failed attempt)
-    not_before: float = 0.0
-    #: the event's execution id (read often: kept here)
-    execution_id: str = field(init=False)
+    __slots__ = ("delivery", "event", "attempts", "not_before", "execution_id")
 
-    def __post_init__(self) -> None:
-        self.execution_id = self.event.execution_id
+    def __init__(self, delivery: Delivery, event: DecodedEvent, attempts: int = 0, not_before: float = 0.0) -> None:
+        self.delivery = delivery
+        self.event = event
+        #: attempts made so far
+        self.attempts = attempts
+        #: ``time.monotonic()`` before which it is not tried again (after a failed attempt)
+        self.not_before = not_before
+        #: the event's execution id (read often: kept here)
+        self.execution_id: str = event.execution_id
+
+    def __repr__(self) -> str:
+        return f"Job({self.delivery!r}, attempts={self.attempts})"
 
 
-@dataclass(eq=False)
 class Finished:
     """One attempt that ran: the job, the outcome and when (``time.time()``) it started."""
 
-    job: Job
-    outcome: HandlerOutcome
-    started_at: float
+    __slots__ = ("job", "outcome", "started_at")
+
+    def __init__(self, job: Job, outcome: HandlerOutcome, started_at: float) -> None:
+        self.job = job
+        self.outcome = outcome
+        self.started_at = started_at
 
 
 class FunctionDelivery:
@@ -236,7 +242,7 @@ class FunctionDelivery:
         # events this workflow's handlers published were recorded when their handler's attempt was settled (before
         # it counted as succeeded; else it runs again and records them); the others are recorded here
         recorded = [position for position, (_, _, e) in enumerate(decoded) if not e.producer.startswith(self._ours)]
-        records = [EventRecord(e.execution_id, e.event_id, d.event, e.published_at, e.producer, e.data)
+        records = [new_event_record(e.execution_id, e.event_id, d.event, e.published_at, e.producer, e.data)
                    for _, d, e in (decoded[position] for position in recorded)]
         _, broken = self._each(records, self._record_events, self.tracker.record_event)
         decoded = self._set_aside(decoded, {recorded[index]: problem for index, problem in broken.items()})
@@ -311,9 +317,10 @@ class FunctionDelivery:
         outcomes = [item.outcome for item in finished]
         outgoing: dict[int, list[tuple[EventRecord, Record]]] = {}
         now = time.time()
+        spans = self.spans
         for index, item in enumerate(finished):
-            parent = None if self.spans is None else self._spans(self.spans, item, now)
-            if outcomes[index].ok:
+            parent = None if spans is None else self._spans(spans, item, now)
+            if item.outcome.ok and item.outcome.published:
                 events, problem = self._outgoing(item.job, outcomes[index], now, parent)
                 if problem is None:
                     outgoing[index] = events
@@ -331,9 +338,10 @@ class FunctionDelivery:
             if not outcome.ok:
                 log.warning("%s failed on %s (execution %s, attempt %d/%d): %s", self.function.name, job.delivery.event,
                             job.execution_id, job.attempts, self.attempts, outcome.error)
-            records.append(DeliveryRecord(job.execution_id, job.event.event_id, job.delivery.event, self.function.name,
-                                          job.attempts, status, item.started_at, outcome.duration,
-                                          _printable(outcome.error) if outcome.error else None, tuple(outcome.logs)))
+            records.append(new_delivery_record(job.execution_id, job.event.event_id, job.delivery.event,
+                                               self.function.name, job.attempts, status, item.started_at,
+                                               outcome.duration, _printable(outcome.error) if outcome.error else None,
+                                               tuple(outcome.logs)))
             if self.observer is not None:
                 self.observer.settled(self.workflow.id, self.function.name, status, outcome.duration)
         unsettled = self._record(published, [index for index, events in outgoing.items() for _ in events], records)
@@ -406,7 +414,7 @@ class FunctionDelivery:
                     value = encode_event(name, data, execution_id, event_id, self.producer, now, hops, trace, state)
             except (TypeError, ValueError) as exc:
                 return [], f"the data of event {name!r} is not JSON-serialisable: {exc}"
-            events.append((EventRecord(execution_id, event_id, name, now, self.producer, data),
+            events.append((new_event_record(execution_id, event_id, name, now, self.producer, data),
                            Record(execution_id, value)))
         return events, None
 

@@ -201,6 +201,15 @@ class AttemptOutput(io.TextIOBase):
             with contextlib.suppress(OSError):
                 os.write(self.mirror, (line + "\n").encode("utf-8", "backslashreplace"))
 
+    def reset(self, lines: list[str]) -> None:
+        """Start over, for another call, into ``lines`` (a caller that runs one call after another reuses one
+        output rather than making one per call)."""
+        with self._lock:
+            self.lines = lines
+            self._room = self._limit
+            self._dropped = 0
+            self._partial = ""
+
     def finish(self) -> list[str]:
         """The lines, with an unfinished last line and a note of what was dropped; the output stays usable."""
         with self._lock:
@@ -330,14 +339,16 @@ def call_handler(handler: Callable[..., Any], data: dict[str, Any], ctx: Handler
                 result = handler(dict(data), ctx)
         else:
             result = handler(dict(data), ctx)
-        if type(result) is dict or isinstance(result, Mapping):
+        if result is None:
+            pass
+        elif type(result) is dict or isinstance(result, Mapping):
             if len(publishes) != 1:
                 raise TypeError(
                     f"handler returned a dict, but function {ctx.function_name!r} declares "
                     f"{len(publishes)} 'publishes' events (exactly one is needed to publish a returned dict)"
                 )
             ctx.publish(publishes[0], result)
-        elif result is not None:
+        else:
             raise TypeError(f"handler returned {type(result).__name__}; return a dict or None")
     except SystemExit as exc:  # not the worker's exit: the handler's attempt failed
         status = exit_status(exc.code)

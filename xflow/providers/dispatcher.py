@@ -34,7 +34,6 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -66,14 +65,16 @@ HOT_POLL = 0.005
 HOT_SECONDS = 0.5
 
 
-@dataclass(eq=False)
 class _Entry:
     """A delivery a lane holds, from its poll until its partition is committed past it."""
 
-    delivery: Delivery
-    job: Job | None = None
-    settled: bool = False
-    started_at: float = 0.0
+    __slots__ = ("delivery", "job", "settled", "started_at")
+
+    def __init__(self, delivery: Delivery) -> None:
+        self.delivery = delivery
+        self.job: Job | None = None
+        self.settled = False
+        self.started_at = 0.0
 
 
 class LocalDispatcher(Runner):
@@ -429,8 +430,11 @@ class _Lane:
         with contextlib.suppress(queue.Empty):
             while True:
                 done.append(self.ended.get_nowait())
+        running, finished, recent = self.running, self.finished, self.recent
+        if not finished:
+            self.first_finished = time.monotonic()
         for call in done:
-            entry = self.running.pop(call, None)
+            entry = running.pop(call, None)
             if entry is None:
                 continue  # cancelled at stop
             job = entry.job
@@ -438,27 +442,30 @@ class _Lane:
             outcome = call.outcome
             if outcome is None:  # cannot happen: a call is ended with its outcome
                 outcome = HandlerOutcome(False, [], [], "the handler could not be run", 0.0)
-            if not self.finished:
-                self.first_finished = time.monotonic()
             if outcome.duration >= SETTLE_AFTER:
                 # a slow handler gains nothing from waiting for others to settle with: settle it at once (what
                 # ran and is not settled runs again after a crash)
                 self.first_finished = -math.inf
             # when the handler started on it (the call may have waited in the pool for a free slot)
-            self.finished.append((entry, Finished(job, outcome, call.started_at or entry.started_at)))
+            finished.append((entry, Finished(job, outcome, call.started_at or entry.started_at)))
             if outcome.ok:  # the execution's next event may start now; a failure holds it until settled
                 self._release(entry)
-                self.recent[job.event.event_id] = None
-                if len(self.recent) > RECENT_SUCCESSES:
-                    self.recent.popitem(last=False)
+                recent[job.event.event_id] = None
+        if not finished:  # every call taken was cancelled at stop
+            self.first_finished = math.inf
+        while len(recent) > RECENT_SUCCESSES:
+            recent.popitem(last=False)
 
     def _release(self, entry: _Entry) -> None:
         """Take a job out of its execution's queue; the next one may start."""
         assert entry.job is not None
         key = entry.job.execution_id
         queue = self.keys.get(key)
-        if queue is not None and entry in queue:
-            queue.remove(entry)
+        if queue:
+            if queue[0] is entry:  # the usual case: the execution's head
+                queue.popleft()
+            elif entry in queue:
+                queue.remove(entry)
         if self.busy.get(key) is entry:
             del self.busy[key]
         self._next_of(key)
@@ -473,12 +480,14 @@ class _Lane:
             now = time.monotonic()
             for name in published:
                 self.runner.published_at[name] = now
+        dirty = self.dirty
         for entry, item in finished:
             job = item.job
             if id(job) not in retry:
                 if not item.outcome.ok:
                     self._release(entry)
-                self._settled(entry)
+                entry.settled = True  # (what _settled does, inline: once per delivery)
+                dirty.add((entry.delivery.event, entry.delivery.partition))
                 continue
             self.recent.pop(job.event.event_id, None)
             key = job.execution_id

@@ -186,6 +186,9 @@ class _Slot:
         #: thread mode: the call's ``ctx.logger`` and the handler on it that writes into the running call's output
         #: (made once per slot: a slot runs one call at a time, so concurrent calls never see each other's lines)
         self.loggers: dict[tuple[str, str], tuple[logging.Logger, OutputLogHandler]] = {}
+        #: thread mode: the output the slot's calls write into, started over for each call (an abandoned slot's stays
+        #: with the call it was running)
+        self.output: AttemptOutput | None = None
 
 
 def _settle(job: Call, outcome: HandlerOutcome) -> None:
@@ -576,25 +579,34 @@ class HandlerPool:
         return found
 
     def _run_in_thread(self, slot: _Slot, job: Call) -> HandlerOutcome:
-        try:
-            function = self._load()
-        except HandlerLoadError as exc:
-            return HandlerOutcome(False, [], [], f"cannot load handler {self.handler!r}: {exc}", 0.0)
+        function = self._function
+        if function is None:
+            try:
+                function = self._load()
+            except HandlerLoadError as exc:
+                return HandlerOutcome(False, [], [], f"cannot load handler {self.handler!r}: {exc}", 0.0)
         attempt = job.attempt
-        logger, capture = self._logger(slot, attempt)
+        logger, capture = slot.loggers.get((attempt.workflow_id, attempt.function_name)) or self._logger(slot, attempt)
         ctx = HandlerContext(attempt.execution_id, attempt.event_name, attempt.event_id, attempt.attempt,
                              attempt.workflow_id, attempt.function_name, logger)
-        job.output = capture.output = AttemptOutput(ctx.logs)
+        output = slot.output
+        if output is None:
+            output = slot.output = AttemptOutput(ctx.logs)
+        else:
+            output.reset(ctx.logs)
+        job.output = capture.output = output
         data = job.data if job.owned else _private_copy(job.data)  # what the handler changes stays out of a retry's
         if self.timeout is not None:
             self._watch_job(job)
         try:
-            outcome = call_handler(function, data, ctx, self.publishes, redirect=False, output=job.output,
+            outcome = call_handler(function, data, ctx, self.publishes, redirect=False, output=output,
                                    capture_logs=False)
         finally:
             capture.output = None
+        if not outcome.published:
+            return outcome
         outcome, texts = sendable(outcome)
-        if outcome.ok:
+        if texts:
             outcome.published = [(name, JsonObject(data, text))
                                  for (name, data), text in zip(outcome.published, texts, strict=True)]
         return outcome

@@ -33,6 +33,7 @@ from typing import ClassVar
 
 from xflow.core.deploy import dispatch
 from xflow.core.errors import XflowError
+from xflow.core.fastrecords import new_delivery
 from xflow.core.hookspecs import hookimpl
 from xflow.core.interfaces import Consumer, Delivery, PartitionLag, PluginContext, Record, Step, Transport
 from xflow.core.leases import LeaseCoordinator, LeaseStore
@@ -380,9 +381,9 @@ class LocalConsumer(Consumer):
                     rows = db.execute(
                         "SELECT id, key, value FROM records WHERE stream = ? AND part = ? AND id > ? ORDER BY id LIMIT ?",
                         (*unit, position, max_records - len(deliveries))).fetchall()
-                    for record_id, key, value in rows:
-                        deliveries.append(Delivery(self.events[unit[0]], str(unit[1]), str(record_id), key,
-                                                   bytes(value)))
+                    event, part = self.events[unit[0]], str(unit[1])
+                    deliveries.extend([new_delivery(event, part, str(record_id), key, bytes(value), None)
+                                       for record_id, key, value in rows])
                     if rows:
                         advanced[unit] = rows[-1][0]
             self.fetched.update(advanced)

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from xflow.core.fastrecords import new_delivery
 from xflow.core.interfaces import Delivery
 from xflow.transports.kafka.clients.base import KafkaClientError, Offsets, record_time
 
@@ -55,9 +56,9 @@ class ConfluentMember:
                 continue
             topic, key = m.topic(), m.key()
             kind, stamp = m.timestamp()
-            found.append(Delivery(events.get(topic, topic), str(m.partition()), str(m.offset()),
-                                  key.decode("utf-8", "replace") if key is not None else None, m.value() or b"",
-                                  record_time(stamp) if kind != TIMESTAMP_NOT_AVAILABLE else None))
+            found.append(new_delivery(events.get(topic, topic), str(m.partition()), str(m.offset()),
+                                      key.decode("utf-8", "replace") if key is not None else None, m.value() or b"",
+                                      record_time(stamp) if kind != TIMESTAMP_NOT_AVAILABLE else None))
         if problem is not None:
             if not found:  # a broker away (librdkafka reconnects by itself): the caller waits and polls again
                 raise problem

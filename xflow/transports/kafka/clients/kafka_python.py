@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from xflow.core.errors import XflowError
+from xflow.core.fastrecords import new_delivery
 from xflow.core.interfaces import Delivery
 from xflow.transports.kafka.clients.base import (
     ClientSettings,
@@ -317,9 +318,9 @@ class PythonKafkaMember:
         batches = self.client._call("polling", self.consumer.poll, timeout_ms=timeout_ms, max_records=max_records)
         events = self.events
         return [
-            Delivery(events.get(m.topic, m.topic), str(m.partition), str(m.offset),
-                     m.key.decode("utf-8", "replace") if m.key is not None else None, m.value,
-                     record_time(m.timestamp))
+            new_delivery(events.get(m.topic, m.topic), str(m.partition), str(m.offset),
+                         m.key.decode("utf-8", "replace") if m.key is not None else None, m.value,
+                         record_time(m.timestamp))
             for tp in sorted(batches, key=lambda tp: (tp.topic, tp.partition))
             for m in batches[tp]
         ]
