@@ -5,7 +5,7 @@ write would take it past ``max_bytes`` it is renamed ``path.1`` (``path.1`` to `
 ``backups``; the oldest is removed) and a new one is started: the standard library's
 :class:`logging.handlers.RotatingFileHandler` does it. Each process should write its own file (rotation is not
 coordinated between processes): give each worker its own ``path``. ``xflow logs`` reads these files (the rotated
-ones too) when the workflow has a ``file`` route.
+ones too) when the workflow has a ``file`` route whose file exists.
 """
 
 from __future__ import annotations
