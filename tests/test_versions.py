@@ -232,6 +232,94 @@ def test_a_canary_whose_errors_rise_rolls_back_by_itself(aws_endpoint, cli, make
         cloudwatch.delete_alarms(AlarmNames=[alarm])
 
 
+@pytest.mark.aws
+@pytest.mark.parametrize("case", ["named alarm in ALARM before the bake", "own alarm on the stable version's errors",
+                                  "own alarm on the new version's errors"])
+def test_a_canary_is_rolled_back_only_for_the_new_version_s_errors(aws_endpoint, cli, make_workflow, wid, case):  # noqa: F811
+    first = f"{wid}_first"
+    cloudwatch = boto("cloudwatch")
+    named = case.startswith("named")
+    if named:  # an alarm the file names, already firing before the rollout
+        alarm = f"{wid}-firing"
+        cloudwatch.put_metric_alarm(AlarmName=alarm, Namespace="AWS/Lambda", MetricName="Errors", Statistic="Sum",
+                                    Dimensions=[{"Name": "FunctionName", "Value": first}], Period=60,
+                                    EvaluationPeriods=1, Threshold=1, ComparisonOperator="GreaterThanOrEqualToThreshold")
+        deploy = f"deploy:\n  strategy: canary 10 4s\n  alarms: [{alarm}]"
+    else:  # the function's own errors alarm, which monitoring: makes (dimension FunctionName: every version)
+        alarm = f"xflow/{wid}/{first}/errors"
+        deploy = "deploy: canary 10 4s\nmonitoring:\n  errors: 1\n  dashboard: false"
+    flow = make_workflow(flow_text(wid, deploy), {"first.py": HANDLER.format(mark="v1"),
+                                                  "second.py": HANDLER.format(mark="v1")})
+    cli.json("setup", flow, *AWS)
+    try:
+        if named:
+            cloudwatch.set_alarm_state(AlarmName=alarm, StateValue="ALARM", StateReason="errors before the rollout")
+        (flow.parent / "first.py").write_text(HANDLER.format(mark="v2"))
+        proc = start_setup(cli.cwd, str(flow))
+        weights = wait_for_split(first, proc)
+        if not named:  # errors of one version through the alias, and the function's alarm fires
+            failing = "1" if "stable" in case else next(iter(weights))
+            cloudwatch.put_metric_data(Namespace="AWS/Lambda", MetricData=[{
+                "MetricName": "Errors", "Value": 3, "Unit": "Count",
+                "Dimensions": [{"Name": "FunctionName", "Value": first}, {"Name": "Resource", "Value": f"{first}:live"},
+                               {"Name": "ExecutedVersion", "Value": failing}]}])
+            cloudwatch.set_alarm_state(AlarmName=alarm, StateValue="ALARM", StateReason="3 errors")
+        _, err = proc.communicate(timeout=120)
+        if "new version" in case:
+            assert proc.returncode == 1, err
+            assert f"alarm {alarm} is in ALARM" in err and "had 3 errors" in err and "rolled back" in err
+            assert alias(first) == ("1", {})
+        else:  # not the new version's errors: the bake passes and the alias moves
+            assert proc.returncode == 0, err
+            assert alias(first) == ("2", {})
+    finally:
+        cli.json("teardown", flow)
+        if named:
+            cloudwatch.delete_alarms(AlarmNames=[alarm])
+
+
+@pytest.mark.aws
+def test_an_alias_step_run_by_another_process_goes_to_the_planned_code_not_the_newest_version(
+        aws_endpoint, cli, flow, wid):  # noqa: F811
+    import io
+    import zipfile
+
+    from xflow.aws import AwsSession
+    from xflow.core.engine import Engine
+    from xflow.core.errors import XflowError
+    from xflow.providers.aws_lambda.versions import PUBLISHED, Releases
+
+    first = f"{wid}_first"
+    lam = boto("lambda")
+    cli.json("setup", flow, *AWS)
+    try:
+        (flow.parent / "first.py").write_text(HANDLER.format(mark="v2"))
+        # one process plans the new code and publishes it
+        planner = Engine(flow, state_dir=cli.cwd / ".xflow")
+        steps = planner.plan()
+        assert [s.call for s in steps] == ["lambda:UpdateFunctionCode", "lambda:PublishVersion", "lambda:UpdateAlias"]
+        for step in steps[:2]:
+            planner.provider.execute(step)
+        assert published(first) == ["1", "2"]
+        planned = lam.get_function(FunctionName=first, Qualifier="2")["Configuration"]["CodeSha256"]
+        assert steps[2].params["CodeSha256"] == planned  # the alias step carries the code it was planned with
+        # meanwhile other code is published by hand: the newest version is not the planned one
+        other = io.BytesIO()
+        with zipfile.ZipFile(other, "w") as archive:
+            archive.writestr("lambda_shim.py", "def handle(event, context):\n    return None\n")
+        lam.update_function_code(FunctionName=first, ZipFile=other.getvalue())
+        assert lam.publish_version(FunctionName=first)["Version"] == "3"
+        # another process moves the alias: to the version with the planned code
+        Engine(flow, state_dir=cli.cwd / ".xflow").provider.execute(steps[2])
+        assert alias(first) == ("2", {})
+        # no version with the planned code: one line, and the alias stays
+        with pytest.raises(XflowError) as refused:
+            Releases(AwsSession(), wid).resolve(first, PUBLISHED, "A" * 43 + "=")
+        assert "no published version with CodeSha256" in str(refused.value) and "\n" not in str(refused.value)
+    finally:
+        cli.json("teardown", flow)
+
+
 def test_on_the_local_provider_rollback_makes_the_worker_run_the_old_handler(cli, make_workflow, wid, tmp_path):
     flow = make_workflow(f"""
 workflow_id: {wid}

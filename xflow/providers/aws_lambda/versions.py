@@ -9,8 +9,10 @@ sends the new one a share of the invocations (``RoutingConfig.AdditionalVersionW
 step watches the new version's errors for the bake time (:mod:`xflow.providers.aws_lambda.rollout`), then the alias
 is moved whole. Event source mappings invoke the alias, never ``$LATEST``.
 
-A version's number is only known once it is published, so a planned step names it :data:`PUBLISHED`: the version the
-same plan's ``lambda:PublishVersion`` step published for that function. A function whose alias already points, with
+A version's number is only known once it is published, so a planned step names it :data:`PUBLISHED`, with the
+``CodeSha256`` it was planned with: the version the same plan's ``lambda:PublishVersion`` step published for that
+function (a process that did not publish it takes the newest version with that ``CodeSha256``, never merely the newest
+one, which a concurrent setup or a manual publish may have made). A function whose alias already points, with
 no split, at a version equal to what the file wants (same ``CodeSha256``, same configuration) plans nothing.
 
 The alias's description keeps the versions that were live before, newest first (``xflow: previously live 4 2 1``):
@@ -76,6 +78,10 @@ class Release:
     history: list[str] = field(default_factory=list)
     #: alarms watched for this function during a bake
     alarms: list[str] = field(default_factory=list)
+    #: the ``CodeSha256`` of the version this plan publishes
+    sha: str = ""
+    #: those of ``alarms`` that count the errors of every version of the function (``monitoring:``'s own)
+    shared_alarms: list[str] = field(default_factory=list)
 
 
 class Releases:
@@ -140,7 +146,7 @@ class Releases:
                         value_of(current, key) == value for key, value in wanted.items()):
                     continue
             stable = str(alias["FunctionVersion"]) if alias is not None else None
-            releases.append(Release(name, stable, history_of(alias)))
+            releases.append(Release(name, stable, history_of(alias), sha=spec.sha))
         steps: list[Step] = []
         for release in releases:
             spec = next(s for s, _ in functions if s.name == release.name)
@@ -168,6 +174,7 @@ class Releases:
                           and s.action != "delete"}
         for release in gradual:
             release.alarms = [own[release.name]] if own[release.name] in set(existing) | planned_alarms else []
+            release.shared_alarms = list(release.alarms)
             release.alarms += [a for a in deploy.alarms if a not in release.alarms]
         steps: list[Step] = []
         strategy = deploy.strategy
@@ -176,14 +183,16 @@ class Releases:
                 steps.append(Step("update", f"alias:{release.name}", detail=f"{weight:.0%} of invocations to the new "
                                   f"version ({strategy.kind})", call="lambda:UpdateAlias",
                                   params={"FunctionName": release.name, "Name": ALIAS, "FunctionVersion": release.stable,
-                                          "RoutingConfig": {"AdditionalVersionWeights": {PUBLISHED: weight}}},
+                                          "RoutingConfig": {"AdditionalVersionWeights": {PUBLISHED: weight}},
+                                          "CodeSha256": release.sha},
                                   depends_on=(f"version:{release.name}",)))
             watched = ", ".join(f"{r.name}: {', '.join(r.alarms) or 'Errors of the new version'}" for r in gradual)
             steps.append(Step("update", f"rollout:{workflow.id}", detail=f"bake {format_seconds(strategy.interval)} at "
                               f"{weight:.0%}, watching {watched}", call="xflow:WatchVersions",
                               params={"Seconds": strategy.interval, "MaxErrors": deploy.max_errors,
                                       "Functions": [{"FunctionName": r.name, "Alias": ALIAS, "Stable": r.stable,
-                                                     "Version": PUBLISHED, "Alarms": r.alarms} for r in gradual]},
+                                                     "Version": PUBLISHED, "CodeSha256": r.sha, "Alarms": r.alarms,
+                                                     "SharedAlarms": r.shared_alarms} for r in gradual]},
                               depends_on=tuple(f"alias:{r.name}" for r in gradual)))
         return steps
 
@@ -191,7 +200,7 @@ class Releases:
     def _move_step(release: Release, deploy: DeployChoice, baked: bool) -> Step:
         history = [release.stable, *release.history] if release.stable else release.history
         request = {"FunctionName": release.name, "Name": ALIAS, "FunctionVersion": PUBLISHED,
-                   "Description": describe_history(history)}
+                   "Description": describe_history(history), "CodeSha256": release.sha}
         if release.stable is None:
             return Step("create", f"alias:{release.name}", detail=f"{ALIAS} -> the new version", call="lambda:CreateAlias",
                         params=request, depends_on=(f"version:{release.name}",))
@@ -206,14 +215,16 @@ class Releases:
         return {"lambda:PublishVersion": self.publish, "lambda:CreateAlias": self.create_alias,
                 "lambda:UpdateAlias": self.update_alias, "xflow:WatchVersions": self.watch}
 
-    def resolve(self, function: str, version: Any) -> str:
-        """A version a step names: itself, or for :data:`PUBLISHED` the one published for ``function``."""
+    def resolve(self, function: str, version: Any, code_sha256: str | None = None) -> str:
+        """A version a step names: itself, or for :data:`PUBLISHED` the one published for ``function`` (by this
+        process, else the newest version whose ``CodeSha256`` is the planned ``code_sha256``)."""
         if version != PUBLISHED:
             return str(version)
-        if function not in self.published:  # planned by another process: the newest is the one just published
-            found = self.versions(function)
+        if function not in self.published:  # published by another process: the newest with the planned code
+            found = [v for v in self.versions(function) if code_sha256 and v.get("CodeSha256") == code_sha256]
             if not found:
-                raise XflowError(f"function {function} has no published version to point alias {ALIAS} at")
+                raise XflowError(f"function {function} has no published version with CodeSha256 {code_sha256} "
+                                 f"to point alias {ALIAS} at", "run 'xflow setup' again")
             self.published[function] = str(found[-1]["Version"])
         return self.published[function]
 
@@ -229,8 +240,9 @@ class Releases:
                 raise
         self.published[FunctionName] = str(done["Version"])
 
-    def create_alias(self, *, FunctionName: str, Name: str, FunctionVersion: str, **request: Any) -> None:
-        version = self.resolve(FunctionName, FunctionVersion)
+    def create_alias(self, *, FunctionName: str, Name: str, FunctionVersion: str, CodeSha256: str | None = None,
+                     **request: Any) -> None:
+        version = self.resolve(FunctionName, FunctionVersion, CodeSha256)
         with translate_errors(f"creating alias {Name} of Lambda function {FunctionName}"):
             try:
                 self.lam.create_alias(FunctionName=FunctionName, Name=Name, FunctionVersion=version, **request)
@@ -240,10 +252,11 @@ class Releases:
                 self.lam.update_alias(FunctionName=FunctionName, Name=Name, FunctionVersion=version, **request)
 
     def update_alias(self, *, FunctionName: str, Name: str, FunctionVersion: str,
-                     RoutingConfig: Mapping[str, Any] | None = None, **request: Any) -> None:
-        version = self.resolve(FunctionName, FunctionVersion)
+                     RoutingConfig: Mapping[str, Any] | None = None, CodeSha256: str | None = None,
+                     **request: Any) -> None:
+        version = self.resolve(FunctionName, FunctionVersion, CodeSha256)
         if RoutingConfig is not None:
-            weights = {self.resolve(FunctionName, k): float(v)
+            weights = {self.resolve(FunctionName, k, CodeSha256): float(v)
                        for k, v in (RoutingConfig.get("AdditionalVersionWeights") or {}).items()}
             weights.pop(version, None)  # the alias's own version takes the rest already
             request["RoutingConfig"] = {"AdditionalVersionWeights": weights}
@@ -253,7 +266,8 @@ class Releases:
     def watch(self, *, Seconds: float, MaxErrors: int, Functions: list[Mapping[str, Any]]) -> None:
         """Watch the new versions for ``Seconds``; on errors put every alias back on its stable version and raise
         :class:`~xflow.providers.aws_lambda.rollout.RolledBack` (exit status 1)."""
-        watched = [dict(f, Version=self.resolve(str(f["FunctionName"]), f["Version"])) for f in Functions]
+        watched = [dict(f, Version=self.resolve(str(f["FunctionName"]), f["Version"], f.get("CodeSha256")))
+                   for f in Functions]
         watch_versions(self.aws, watched, Seconds, MaxErrors, self.roll_back_to_stable, sleep=self.sleep)
 
     def roll_back_to_stable(self, functions: Sequence[Mapping[str, Any]]) -> None:
