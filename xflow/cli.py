@@ -18,7 +18,6 @@ import click
 from xflow.cli_common import KINDS, OUTPUT, engine_for, plugin_options, print_json, progress_printer, report_changes
 from xflow.cli_deploy import COMMANDS as DEPLOY_COMMANDS
 from xflow.cli_deploy import from_package_option, use_package
-from xflow.cli_input import json_object as json_object  # re-exported until xflow.serve.app imports it from cli_input
 from xflow.cli_input import json_object_argument
 from xflow.cli_logs import add_log_route_option, logs_command
 from xflow.cli_monitoring import metrics_options, start_metrics, status_command
@@ -27,7 +26,6 @@ from xflow.cli_rollout import COMMANDS as ROLLOUT_COMMANDS
 from xflow.cli_rollout import apply_strategy, strategy_option
 from xflow.cli_serve import executions_command, serve_command
 from xflow.cli_track import print_summary, redrive_command, track_command
-from xflow.cli_track import redrive_result as redrive_result  # re-exported until xflow.serve.app imports it from cli_track
 from xflow.emulate import emulate_command
 
 
