@@ -131,6 +131,11 @@ def test_ci_init_mistakes_are_one_line_errors(cli: CLI, tmp_path: Path) -> None:
     ambiguous = cli("ci", "init", "github")
     assert ambiguous.returncode == 2 and "cannot tell which workflow file" in ambiguous.stderr
     assert cli("ci", "init", "github", "--file", "flows/flow.yaml").returncode == 0
+    (tmp_path / "a-file").write_text("")
+    for unwritable in ("a-file/pipeline.yml", "/proc/no-such-folder/pipeline.yml"):
+        refused = cli("ci", "init", "github", "--file", "flows/flow.yaml", "--output", unwritable)
+        assert refused.returncode == 2 and "cannot write the pipeline to" in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.aws

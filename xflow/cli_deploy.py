@@ -129,8 +129,13 @@ def ci_init_command(platform: str, workflow_file: Path | None, stages: str, regi
     target = output or default_output(platform)
     if target.exists() and not force:
         raise XflowError(f"{target} exists", "pass --force to replace it, or --output to write elsewhere")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(render(platform, spec), encoding="utf-8")
+    text = render(platform, spec)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise XflowError(f"cannot write the pipeline to {target}: {exc.strerror or exc}",
+                         "choose a writable path with --output") from None
     click.echo(f"wrote {target}: {platform} pipeline for {spec.workflow_file}, stages {' -> '.join(spec.stages)}")
     click.echo(f"set the CI variable {role_variable} to the ARN of a role that trusts the {platform} OIDC provider")
 
