@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 @OUTPUT
 @click.pass_context
 def plugins_group(ctx: click.Context, with_options: bool, output: str) -> None:
-    """List installed transports, providers and trackers with their distributions (--options: and their options)."""
+    """List installed transports, providers, trackers and log destinations with their distributions (--options: and their
+    options)."""
     if ctx.invoked_subcommand is not None:
         return
     from xflow.core.plugins import PluginRegistry
