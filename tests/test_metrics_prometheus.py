@@ -272,7 +272,7 @@ def test_worker_processes_sharing_a_multiprocess_folder_add_up(cli, make_workflo
     try:
         # jobs keep coming until both workers have handled some (the second may join after the first took all)
         published = 0
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while published < 6 or (len(list(shared.glob("counter_*.db"))) < 2 and time.monotonic() < deadline):
             assert cli("publish", flow, "Job", json.dumps({"job": published})).returncode == 0
             published += 1
@@ -286,7 +286,7 @@ def test_worker_processes_sharing_a_multiprocess_folder_add_up(cli, make_workflo
             return all(page.get(("work", "succeeded")) == published and page.get(("tally", "succeeded")) == published
                        for page in pages)
 
-        _wait_for("both workers' pages to show every job of both", both_see_all, 90,
+        _wait_for("both workers' pages to show every job of both", both_see_all, 120,
                   lambda: str([p.read_text()[-1000:] for p in tmp_path.glob("proc-*.log")]))
     finally:
         for worker in workers:
