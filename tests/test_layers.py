@@ -229,3 +229,26 @@ def test_a_package_whose_functions_name_a_layer_it_lacks_is_refused(tmp_path: Pa
     done = cli("setup", flow, "--from", tmp_path / "pkg", "--dry-run")
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "lacks the shared layer that function" in done.stderr
+
+
+def test_building_shared_layers_fetches_each_function_s_source_once(
+        tmp_path: Path, wheels: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import xflow.sources.fetch
+    from xflow.core.config.loader import load_workflow
+    from xflow.providers.aws_lambda.packaging import build_artifacts
+
+    flow, wid = make_project(tmp_path / "p", wheels)
+    fetched: list[str] = []
+    fetch = xflow.sources.fetch.fetch_source
+
+    def counted(function: Any, *args: Any, **kwargs: Any) -> Path:
+        fetched.append(function.name)
+        return fetch(function, *args, **kwargs)
+
+    monkeypatch.setattr(xflow.sources.fetch, "fetch_source", counted)
+    artifacts = build_artifacts(load_workflow(flow), None, shared_layers=True)
+    assert sorted(fetched) == [f"first{wid}", f"second{wid}"]  # a git clone or an S3 download happens once
+    [layer] = [a for a in artifacts if a.kind == "layer"]
+    assert layer.manifest["functions"] == [f"first{wid}", f"second{wid}"]
+    for artifact in (a for a in artifacts if a.kind == "function"):  # built from the same fetched sources
+        assert "function/steps.py" in zipfile.ZipFile(io.BytesIO(artifact.data)).namelist()

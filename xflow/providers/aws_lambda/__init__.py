@@ -28,6 +28,7 @@ from xflow.providers.aws_lambda.packaging import (
     TRACKER_HANDLER,
     ZIP_DATE,
     FunctionSpec,
+    ZipBuilder,
     _ZipBuilder,
     artifact_path,
     code_sha256,
@@ -39,7 +40,7 @@ from xflow.providers.aws_lambda.provider import LambdaProvider
 __all__ = [
     "ARTIFACTS", "ENV_WORKFLOW", "EXCLUDED_PARTS", "SHIM_HANDLER", "SUPPORTED_RUNTIMES", "TRACKER_HANDLER",
     "TRUST_POLICY", "ZIP_DATE", "EventSource", "FailureQueue", "FunctionSpec", "LambdaProvider", "MappingSpec",
-    "_ZipBuilder", "artifact_path", "code_sha256", "failure_queue_name", "s3_source_arns", "tracker_function_name",
+    "ZipBuilder", "_ZipBuilder", "artifact_path", "code_sha256", "failure_queue_name", "s3_source_arns", "tracker_function_name",
     "xflow_function_providers",
 ]
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from xflow.aws import AwsSession, ignoring, is_client_error, translate_errors
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import Step
-from xflow.providers.aws_lambda.packaging import Artifact, _ZipBuilder
+from xflow.providers.aws_lambda.packaging import Artifact, ZipBuilder
 
 if TYPE_CHECKING:
     from xflow.core.model import Function, Workflow
@@ -47,15 +47,18 @@ _ARN = re.compile(r"^arn:[^:]+:lambda:[^:]+:\d+:layer:([A-Za-z0-9_-]+):(\d+)$")
 LAYER_MANIFEST = "python/xflow_layer.json"
 
 
-def build_layers(workflow: Workflow, aws: AwsSession | None, workdir: Path) -> list[Artifact]:
+def build_layers(workflow: Workflow, aws: AwsSession | None, workdir: Path,
+                 sources: Mapping[str, Path] | None = None) -> list[Artifact]:
     """One layer zip per set of requirements that several functions of one runtime and architecture share (their
-    requirements' key), the packages under ``python/``; sources and installs go under ``workdir``."""
+    requirements' key), the packages under ``python/``; installs go under ``workdir``, and so do the sources that
+    ``sources`` (function name -> where its source was fetched) does not hold."""
     from xflow.sources.fetch import fetch_source
     from xflow.sources.requirements import Requirements, install, lambda_target, packaged_files, requirements_of
 
     found: dict[str, list[tuple[Function, Requirements]]] = {}
     for index, function in enumerate(workflow.functions.values()):
-        wanted = requirements_of(function, fetch_source(function, workdir / f"probe{index}", aws), workflow.path.parent)
+        source = (sources or {}).get(function.name) or fetch_source(function, workdir / f"probe{index}", aws)
+        wanted = requirements_of(function, source, workflow.path.parent)
         if wanted is not None:
             found.setdefault(wanted.key(lambda_target(function.runtime, function.architecture)), []).append(
                 (function, wanted))
@@ -66,7 +69,7 @@ def build_layers(workflow: Workflow, aws: AwsSession | None, workdir: Path) -> l
         first, wanted = users[0]
         target = workdir / f"layer-{key[:12]}"
         install(wanted, target, runtime=first.runtime, architecture=first.architecture)
-        builder = _ZipBuilder()
+        builder = ZipBuilder()
         for name, data, executable in packaged_files(target):
             builder.add(f"python/{name}", data, executable)
         manifest = {"kind": "layer", "key": key, "workflow_id": workflow.unstaged_id, "runtime": first.runtime,

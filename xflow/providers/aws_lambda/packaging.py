@@ -63,7 +63,7 @@ def artifact_path(state_dir: Path, sha: str) -> Path:
     return Path(state_dir) / ARTIFACTS / (base64.b64decode(sha).hex() + ".zip")
 
 
-class _ZipBuilder:
+class ZipBuilder:
     """A deterministic zip: sorted names, fixed dates (1980-01-01), modes 0644 (0755 for files executable by their
     owner) and creator system, so equal code has an equal hash whatever the files' times, the umask or the machine."""
 
@@ -98,6 +98,10 @@ class _ZipBuilder:
                 info.compress_type = zipfile.ZIP_DEFLATED
                 archive.writestr(info, self.files[name])
         return out.getvalue()
+
+
+#: the former name, kept for callers of the package's earlier versions
+_ZipBuilder = ZipBuilder
 
 
 def _is_executable(path: Path) -> bool:
@@ -153,10 +157,11 @@ def deployment_environment(workflow: Workflow, streams: Mapping[str, str], log_g
 
 
 def build_zip(workflow: Workflow, manifest: Mapping[str, Any], aws: AwsSession | None, workdir: Path, *,
-              layered: frozenset[str] = frozenset()) -> tuple[bytes, dict[str, Any]]:
+              layered: frozenset[str] = frozenset(), source: Path | None = None) -> tuple[bytes, dict[str, Any]]:
     """The zip of the function ``manifest`` describes, and the manifest as packaged.
 
-    A user function's source is fetched under ``workdir`` (the caller removes it) and its handler checked without
+    A user function's source (``source``: where it was fetched already) is fetched under ``workdir`` (the caller
+    removes it) and its handler checked without
     importing it. Its requirements (:mod:`xflow.sources.requirements`) are installed with pip under ``workdir`` for its
     runtime and architecture, into the zip's root, unless their key is in ``layered`` (or the manifest says they are
     in a layer): a shared layer holds them."""
@@ -165,12 +170,12 @@ def build_zip(workflow: Workflow, manifest: Mapping[str, Any], aws: AwsSession |
     from xflow.sources.resolve import check_handler
 
     packaged = dict(manifest)
-    builder = _ZipBuilder()
+    builder = ZipBuilder()
     if packaged.get("mode") == "function":
         function = workflow.functions.get(str(packaged.get("function")))
         if function is None:
             raise XflowError(f"function {packaged.get('function')} is not in workflow {workflow.id}")
-        source = fetch_source(function, workdir, aws)
+        source = source or fetch_source(function, workdir, aws)
         check_handler(function, source)
         packaged["source"] = f"function/{source.name}" if source.is_file() else "function"
         builder.add_tree(source, "function")
@@ -246,16 +251,19 @@ class Artifact:
 
 def build_artifacts(workflow: Workflow, aws: AwsSession | None, shared_layers: bool = False) -> list[Artifact]:
     """Every zip of the workflow: the functions', the tracker function's, and (``shared_layers``) one layer per set of
-    requirements that several functions of one runtime and architecture share. No backend is touched; sources are
-    fetched into a temporary folder that is removed."""
+    requirements that several functions of one runtime and architecture share. No backend is touched; each source
+    is fetched once (a git clone, an S3 download), into a temporary folder that is removed."""
     from xflow.providers.aws_lambda.layers import build_layers
+    from xflow.sources.fetch import fetch_source
 
     with tempfile.TemporaryDirectory(prefix="xflow-src-") as tmp:
-        artifacts = build_layers(workflow, aws, Path(tmp)) if shared_layers else []
+        functions = list(workflow.functions.values())
+        sources = {f.name: fetch_source(f, Path(tmp) / str(index), aws) for index, f in enumerate(functions)}
+        artifacts = build_layers(workflow, aws, Path(tmp), sources) if shared_layers else []
         layered = frozenset(a.name for a in artifacts)
-        for index, function in enumerate(workflow.functions.values()):
+        for index, function in enumerate(functions):
             data, manifest = build_zip(workflow, function_manifest(workflow, function), aws, Path(tmp) / str(index),
-                                       layered=layered)
+                                       layered=layered, source=sources[function.name])
             artifacts.append(Artifact("function", function.name, data, manifest, function.runtime,
                                       function.architecture))
         data, manifest = build_zip(workflow, tracker_manifest(workflow), aws, Path(tmp))

@@ -171,6 +171,18 @@ def kinesis_records(event: Mapping[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
+def _xflow_line(message: str) -> dict[str, Any] | None:
+    """The record of one of xflow's JSON log lines (``{"xflow": ...}``, after what Lambda prints before it), or None."""
+    start = message.find('{"xflow"')
+    if start < 0:
+        return None
+    try:
+        line = json.loads(message[start:])
+    except ValueError:
+        return None
+    return line if isinstance(line, dict) else None
+
+
 def _earlier_failures(function: str, execution_id: str, event_id: str, since: float) -> int:
     """How many failed attempts this function already logged for this event since it was published (best effort)."""
     group = f"/aws/lambda/{os.environ.get('AWS_LAMBDA_FUNCTION_NAME') or function}"  # a stage's name differs
@@ -180,13 +192,8 @@ def _earlier_failures(function: str, execution_id: str, event_id: str, since: fl
         for page in paginator.paginate(logGroupName=group, filterPattern='"' + event_id + '"',
                                        startTime=max(0, int((since - 300) * 1000))):
             for item in page.get("events", []):
-                message = item.get("message", "")
-                start = message.find('{"xflow"')
-                if start < 0:
-                    continue
-                try:
-                    line = json.loads(message[start:])
-                except ValueError:
+                line = _xflow_line(item.get("message", ""))
+                if line is None:
                     continue
                 if (line.get("xflow") == "delivery" and line.get("event_id") == event_id
                         and line.get("execution_id") == execution_id and line.get("status") != "succeeded"):
@@ -331,15 +338,8 @@ def _logged_event_ids(logs: Any, group: str, stream: str, pages: int = 10) -> se
     for _ in range(pages):
         page = logs.get_log_events(**kwargs)
         for item in page.get("events", []):
-            message = item.get("message", "")
-            start = message.find('{"xflow"')
-            if start < 0:
-                continue
-            try:
-                line = json.loads(message[start:])
-            except ValueError:
-                continue
-            if line.get("xflow") == "event" and line.get("event_id"):
+            line = _xflow_line(item.get("message", ""))
+            if line is not None and line.get("xflow") == "event" and line.get("event_id"):
                 found.add(str(line["event_id"]))
         token = page.get("nextForwardToken")
         if not page.get("events") or token in (None, kwargs.get("nextToken")):
