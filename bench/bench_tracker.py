@@ -3,9 +3,10 @@
     python bench/bench_tracker.py [--deliveries 3000] [--batch 100] [--no-postgres]
 
 For each store it times, on fresh workflows: recording N deliveries with ``record_delivery`` one by one and with
-``record_deliveries`` in batches; the same for N events (``record_event`` / ``record_events``); and asking
-whether each of N keys has succeeded, with ``has_succeeded`` per key and with ``succeeded_among`` per batch. It
-prints records/s for each and the ratio batched / one by one, measured in the same run (machines are noisy: read
+``record_deliveries`` in batches; the same for N events (``record_event`` / ``record_events``); a batch's events and
+deliveries written with those two batch calls beside one ``record_batch`` (one transaction in sqlite and postgres;
+"records/s" counts the pairs); and asking whether each of N keys has succeeded, with ``has_succeeded`` per key and
+with ``succeeded_among`` per batch. It prints records/s for each and the ratio batched / one by one, measured in the same run (machines are noisy: read
 the ratios, and run it a few times).
 
 Stores: ``sqlite`` always; ``postgres`` (the plugin in ``plugins/xflow-tracker-postgres``) against
@@ -85,6 +86,19 @@ def measure(name: str, factory: Factory, folder: Path, count: int, batch: int) -
         single = timed(lambda: [tracker.record_event(r) for r in events(count, "one")])
         batched = timed(lambda: [tracker.record_events(c) for c in chunks(events(count, "many"), batch)])
         row("record_event / record_events", single, batched)
+
+        def apart(tag: str) -> None:
+            for e, d in zip(chunks(events(count, tag), batch), chunks(deliveries(count, tag), batch), strict=True):
+                tracker.record_events(e)
+                tracker.record_deliveries(d)
+
+        def together(tag: str) -> None:
+            for e, d in zip(chunks(events(count, tag), batch), chunks(deliveries(count, tag), batch), strict=True):
+                tracker.record_batch(e, d)
+
+        single = timed(lambda: apart("apart"))
+        batched = timed(lambda: together("together"))
+        row("events+deliveries: 2 calls / 1", single, batched)
 
         keys = [(r.execution_id, r.event_id, r.function) for r in deliveries(count, "one")]
         answers: list[object] = []

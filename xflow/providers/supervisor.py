@@ -420,8 +420,12 @@ class HandlerPool:
                         self._idle -= 1
                 if job is None:
                     break
-                batch = [job]
-                if self.isolation == "process":
+                if self.isolation == "thread":  # one call at a time
+                    if not job._begin():
+                        continue
+                    batch = [job]
+                else:
+                    batch = [job]
                     for _ in range(self._batch_extra()):
                         try:
                             more = self._jobs.get_nowait()
@@ -431,9 +435,9 @@ class HandlerPool:
                             last = True
                             break
                         batch.append(more)
-                batch = [job for job in batch if job._begin()]
-                if not batch:
-                    continue
+                    batch = [job for job in batch if job._begin()]
+                    if not batch:
+                        continue
                 slot.batch = batch
                 try:
                     if self.isolation == "thread":
@@ -482,7 +486,7 @@ class HandlerPool:
         except BaseException as exc:  # a bug here, or a BaseException the handler raised in thread mode
             log.exception("%s: the call of %s failed unexpectedly", self.label, job.attempt.event_id)
             outcome = HandlerOutcome(False, [], [], f"{type(exc).__name__}: {exc}", 0.0)
-        _settle(job, outcome)
+        job._end(outcome)
 
     def _serve_in_process(self, slot: _Slot, batch: list[Call]) -> None:
         """Run ``batch`` in the slot's process, in order: one message there, an answer per call back. A call that
