@@ -332,23 +332,28 @@ class FunctionDelivery:
         published = [e for events in outgoing.values() for e, _ in events]
         records: list[DeliveryRecord] = []
         retry: list[Job] = []
+        function, attempts, observer = self.function.name, self.attempts, self.observer
         for index, item in enumerate(finished):
             outcome, job = outcomes[index], item.job
-            status: DeliveryStatus = "succeeded" if outcome.ok else "failed" if job.attempts >= self.attempts else "retrying"
-            if not outcome.ok:
-                log.warning("%s failed on %s (execution %s, attempt %d/%d): %s", self.function.name, job.delivery.event,
-                            job.execution_id, job.attempts, self.attempts, outcome.error)
-            records.append(new_delivery_record(job.execution_id, job.event.event_id, job.delivery.event,
-                                               self.function.name, job.attempts, status, item.started_at,
-                                               outcome.duration, _printable(outcome.error) if outcome.error else None,
+            if outcome.ok:
+                status: DeliveryStatus = "succeeded"
+            else:
+                status = "failed" if job.attempts >= attempts else "retrying"
+                log.warning("%s failed on %s (execution %s, attempt %d/%d): %s", function, job.delivery.event,
+                            job.execution_id, job.attempts, attempts, outcome.error)
+            records.append(new_delivery_record(job.execution_id, job.event.event_id, job.delivery.event, function,
+                                               job.attempts, status, item.started_at, outcome.duration,
+                                               _printable(outcome.error) if outcome.error else None,
                                                tuple(outcome.logs)))
-            if self.observer is not None:
-                self.observer.settled(self.workflow.id, self.function.name, status, outcome.duration)
+            if observer is not None:
+                observer.settled(self.workflow.id, function, status, outcome.duration)
         unsettled = self._record(published, [index for index, events in outgoing.items() for _ in events], records)
         if self.observer is not None:  # log routes: the attempts' outcomes and output (None: off)
             self.observer.attempts(self.workflow.id, records, [item.job.event.traceparent for item in finished])
         for index, item in enumerate(finished):
             job, outcome = item.job, outcomes[index]
+            if outcome.ok and not unsettled:
+                continue
             if index in unsettled:
                 reason = self._unsettled(job.delivery, unsettled[index], job.event)
                 self.record_failure(job.delivery.event, job.event, reason)

@@ -372,10 +372,13 @@ class _Lane:
     def _start(self) -> None:
         now = time.monotonic()
         first = 0  # first attempts started (counted once for the batch)
-        while self.ready and len(self.running) < self.window:
-            key = self.ready.popleft()
-            queue = self.keys.get(key)
-            if not queue or key in self.busy:
+        ready, keys, busy, running, window = self.ready, self.keys, self.busy, self.running, self.window
+        workflow_id, function_name = self.runner.workflow.id, self.function.name
+        start, ended = self.pool.start, self.ended.put
+        while ready and len(running) < window:
+            key = ready.popleft()
+            queue = keys.get(key)
+            if not queue or key in busy:
                 continue
             entry = queue[0]
             job = entry.job
@@ -391,17 +394,17 @@ class _Lane:
                 self._settled(entry)
                 self._next_of(key)
                 continue
-            self.busy[key] = entry
+            busy[key] = entry
             job.attempts += 1
             if job.attempts == 1:
                 first += 1
             entry.started_at = time.time()
-            attempt = Attempt(self.runner.workflow.id, self.function.name, job.execution_id, job.delivery.event,
-                              job.event.event_id, job.attempts)
+            attempt = Attempt(workflow_id, function_name, job.execution_id, job.delivery.event, job.event.event_id,
+                              job.attempts)
             # the first attempt gets the decoded data itself; a retry decodes the record again (the first may have
             # changed what it got)
             data = job.event.data if job.attempts == 1 else self._data(job)
-            self.running[self.pool.start(data, attempt, self.ended.put, owned=True)] = entry
+            running[start(data, attempt, ended, owned=True)] = entry
         if first:
             self.runner.count_handled(first)
 

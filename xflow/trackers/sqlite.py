@@ -282,15 +282,24 @@ def _event_row(record: EventRecord) -> tuple[Any, ...]:
     names = (record.event_id, record.execution_id, record.event, record.producer)
     if not _plain(names):
         names = tuple(_text(name) for name in names)  # type: ignore[assignment]
-    return names[0], names[1], names[2], _time(record.published_at), names[3], text
+    at = record.published_at
+    if not (type(at) is float and -math.inf < at < math.inf):  # (the usual case checked here: a row per event)
+        at = _time(at)
+    return names[0], names[1], names[2], at, names[3], text
 
 
 def _delivery_row(record: DeliveryRecord) -> tuple[Any, ...]:
     names = (record.execution_id, record.event_id, record.event, record.function)
     if not _plain(names):
         names = tuple(_text(name) for name in names)  # type: ignore[assignment]
-    return (*names, int(record.attempt), record.status, _time(record.started_at), _time(record.duration, 0.0),
-            _text(record.error), _json([str(line) for line in record.logs]) if record.logs else "[]")
+    started, duration, error = record.started_at, record.duration, record.error
+    # (the usual cases checked here, without a call each: a row per delivery)
+    if not (type(started) is float and -math.inf < started < math.inf):
+        started = _time(started)
+    if not (type(duration) is float and -math.inf < duration < math.inf):
+        duration = _time(duration, 0.0)
+    return (*names, int(record.attempt), record.status, started, duration, None if error is None else _text(error),
+            _json([str(line) for line in record.logs]) if record.logs else "[]")
 
 
 def _plain(values: tuple[Any, ...]) -> bool:
