@@ -6,8 +6,8 @@ For each store it times, on fresh workflows: recording N deliveries with ``recor
 ``record_deliveries`` in batches; the same for N events (``record_event`` / ``record_events``); a batch's events and
 deliveries written with those two batch calls beside one ``record_batch`` (one transaction in sqlite and postgres;
 "records/s" counts the pairs); and asking whether each of N keys has succeeded, with ``has_succeeded`` per key and
-with ``succeeded_among`` per batch. It prints records/s for each and the ratio batched / one by one, measured in the same run (machines are noisy: read
-the ratios, and run it a few times).
+with ``succeeded_among`` per batch. It prints records/s for each and the ratio batched / one by one, measured in the
+same run (machines are noisy: read the ratios, and run it a few times).
 
 Stores: ``sqlite`` always; ``postgres`` (the plugin in ``plugins/xflow-tracker-postgres``) against
 ``XFLOW_TEST_POSTGRES_DSN`` when set, else a throw-away server started as the plugin's tests do (skipped when the
@@ -53,11 +53,11 @@ def events(count: int, tag: str) -> list[EventRecord]:
 def fresh(factory: Factory, folder: Path) -> Iterator[TrackerStore]:
     workflow = kit_workflow(new_workflow_id("bench"), folder / new_workflow_id("wf"))
     tracker = factory(workflow.id)
-    apply_steps(tracker.plan_setup(workflow))
+    apply_steps(tracker.plan_setup(workflow), tracker)
     try:
         yield tracker
     finally:
-        apply_steps(tracker.plan_teardown(workflow))
+        apply_steps(tracker.plan_teardown(workflow), tracker)
         tracker.close()
 
 

@@ -96,3 +96,32 @@ def test_installed_plugin_is_found_by_name(monkeypatch, tmp_path):
         check_options(info, {"url": "x"}, "--option")
     monkeypatch.setenv("XFLOW_POSTGRES_DSN", "postgresql://u@db.example:5433/x")
     assert PostgresTrackerStore(PluginContext("w", {}, tmp_path)).dsn == "postgresql://u@db.example:5433/x"
+
+
+def test_record_batch_is_one_statement_and_all_or_nothing(tracker, monkeypatch):
+    from xflow.core.interfaces import DeliveryRecord
+
+    seen = []
+    connect = tracker._connect
+
+    class Counting:
+        def __init__(self, connection):
+            self.connection = connection
+
+        def execute(self, query, params=None):
+            seen.append(query)
+            return self.connection.execute(query, params)
+
+    monkeypatch.setattr(tracker, "_connect", lambda: Counting(connect()))
+    events = [EventRecord("x", f"e{i}", "Uploaded", float(i), "kit", {"i": i}) for i in range(50)]
+    deliveries = [DeliveryRecord("x", f"e{i}", "Uploaded", "reader", 1, "succeeded", i + 0.5, 0.1) for i in range(50)]
+    tracker.record_batch(events, deliveries)
+    assert len(seen) == 1, "one round trip for the events and the deliveries"
+    history = tracker.history("x")
+    assert (len(history.events), len(history.deliveries)) == (50, 50)
+    assert tracker.has_succeeded("x", "e7", "reader")
+    seen.clear()
+    refused = DeliveryRecord("y", "y1", None, "reader", 1, "succeeded", 1.5, 0.1)  # no event: NOT NULL
+    with pytest.raises(Exception, match="null"):
+        tracker.record_batch([EventRecord("y", "y1", "Uploaded", 1.0, "kit", {"n": 1})], [refused])
+    assert tracker.history("y").events == [], "the events and the deliveries are one statement: all or nothing"

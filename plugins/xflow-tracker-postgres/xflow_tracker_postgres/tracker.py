@@ -18,7 +18,7 @@ number of executions stored. ``has_succeeded`` is one look-up in the partial ind
 deliveries; ``succeeded_among`` answers for a whole batch of keys in one query (the keys passed as
 arrays, ``unnest``-ed and joined with that index). ``record_events`` / ``record_deliveries`` write a
 batch in one statement (one round trip, atomic), the records passed as arrays the same way;
-``record_batch`` writes a batch's events and deliveries in one transaction. A database set up before
+``record_batch`` writes a batch's events and deliveries in one statement too. A database set up before
 that index existed keeps working, more slowly; ``xflow setup`` adds it.
 Teardown deletes the workflow's rows; the tables stay for others.
 """
@@ -298,32 +298,32 @@ class PostgresTrackerStore(TrackerStore):
         """One statement (one round trip, atomic): the batch as arrays, ``unnest``-ed in order, so the first record
         of an ``event_id`` (stored before, or earlier in the batch) wins, as with ``record_event``."""
         if records:
-            self._run("recording events", lambda conn: self._insert_events(conn, records))
+            query, params = self._insert_events(records)
+            self._run("recording events", lambda conn: conn.execute(query, params))
 
     def record_deliveries(self, records: Sequence[DeliveryRecord]) -> None:
         """One statement (one round trip, atomic): the batch as arrays, ``unnest``-ed in order; each record's log
         lines travel as one JSON array (PostgreSQL arrays cannot be ragged)."""
         if records:
-            self._run("recording deliveries", lambda conn: self._insert_deliveries(conn, records))
+            query, params = self._insert_deliveries(records)
+            self._run("recording deliveries", lambda conn: conn.execute(query, params))
 
     def record_batch(self, events: Sequence[EventRecord], deliveries: Sequence[DeliveryRecord]) -> None:
-        """The events' statement, then the deliveries', in one transaction."""
-        if not events and not deliveries:
+        """Both inserts as one statement (one round trip, atomic): the events' insert in a ``WITH`` clause (a
+        data-modifying one, run once whether or not it is read), the deliveries' as the statement itself."""
+        if not events or not deliveries:
+            self.record_events(events)
+            self.record_deliveries(deliveries)
             return
+        (event_query, event_params), (delivery_query, delivery_params) = (self._insert_events(events),
+                                                                          self._insert_deliveries(deliveries))
+        query = f"WITH recorded_events AS ({event_query}) {delivery_query}"
+        self._run("recording events and deliveries", lambda conn: conn.execute(query, (*event_params, *delivery_params)))
 
-        def write(conn: Any) -> None:
-            with conn.transaction():
-                if events:
-                    self._insert_events(conn, events)
-                if deliveries:
-                    self._insert_deliveries(conn, deliveries)
-
-        self._run("recording events and deliveries", write)
-
-    def _insert_events(self, conn: Any, records: Sequence[EventRecord]) -> None:
+    def _insert_events(self, records: Sequence[EventRecord]) -> tuple[str, tuple[Any, ...]]:
         rows = [self._event_row(record) for record in records]
         _, event_ids, execution_ids, events, published, producers, data = (list(c) for c in zip(*rows, strict=True))
-        conn.execute(
+        return (
             f"INSERT INTO {self._table('xflow_events')} "
             "(workflow_id, event_id, execution_id, event, published_at, producer, data) "
             "SELECT %s, k.event_id, k.execution_id, k.event, k.published_at, k.producer, k.data::json "
@@ -332,7 +332,7 @@ class PostgresTrackerStore(TrackerStore):
             "ON CONFLICT (workflow_id, event_id) DO NOTHING",
             (self.workflow_id, event_ids, execution_ids, events, [float(t) for t in published], producers, data))
 
-    def _insert_deliveries(self, conn: Any, records: Sequence[DeliveryRecord]) -> None:
+    def _insert_deliveries(self, records: Sequence[DeliveryRecord]) -> tuple[str, tuple[Any, ...]]:
         columns = (
             [r.execution_id for r in records], [r.event_id for r in records], [r.event for r in records],
             [r.function for r in records], [int(r.attempt) for r in records], [r.status for r in records],
@@ -340,7 +340,7 @@ class PostgresTrackerStore(TrackerStore):
             [_text(r.error) for r in records],
             [json.dumps([_text(line) for line in r.logs], ensure_ascii=False) for r in records],
         )
-        conn.execute(
+        return (
             f"INSERT INTO {self._table('xflow_deliveries')} (workflow_id, execution_id, event_id, event, function, "
             "attempt, status, started_at, duration, error, logs) "
             "SELECT %s, k.execution_id, k.event_id, k.event, k.function, k.attempt, k.status, k.started_at, "
