@@ -8,6 +8,7 @@ whole history).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -374,6 +375,26 @@ def test_cloudwatch_writes_one_call_per_execution(cloudwatch: Callable[[], Any])
     tracker.record_events([_event("x1", "e1", 1.0), _event("x2", "e2", 2.0)])
     assert calls == [], "events known to be in their streams are neither looked up nor written"
     assert len(tracker.stored_events("x0")) == 100
+
+
+@pytest.mark.aws
+def test_cloudwatch_writes_a_batchs_events_and_attempts_in_one_call_per_execution(cloudwatch: Callable[[], Any]) -> None:
+    tracker = cloudwatch()
+    calls = _calls(tracker)
+    events = [_event(f"x{i % 2}", f"p{i}", i) for i in range(10)]
+    attempts = [_delivery(f"x{i % 2}", f"e{i}", i, "succeeded") for i in range(10)]
+    tracker.record_batch(events, attempts)
+    puts = [params for name, params in calls if name == "PutLogEvents"]
+    assert sorted(p["logStreamName"] for p in puts) == ["x0", "x1"], "one call per execution for both kinds"
+    for params in puts:  # the events an attempt published come before it in the stream
+        kinds = [json.loads(e["message"])["xflow"] for e in params["logEvents"]]
+        assert kinds == ["event"] * 5 + ["delivery"] * 5, kinds
+    other = cloudwatch()
+    assert {r.event_id for r in other.stored_events("x0")} == {f"p{i}" for i in range(0, 10, 2)}
+    assert other.succeeded_among([("x1", "e1", "reader"), ("x1", "e2", "reader")]) == {("x1", "e1", "reader")}
+    calls.clear()
+    tracker.record_batch(events, [])
+    assert calls == [], "events known to be in their streams are neither looked up nor written"
 
 
 @pytest.mark.aws

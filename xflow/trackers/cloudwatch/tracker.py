@@ -307,12 +307,32 @@ class CloudWatchTracker(TrackerStore):
 
     def record_deliveries(self, records: Sequence[DeliveryRecord]) -> None:
         """Per execution, one PutLogEvents call (split only at the call's limits); successes are remembered."""
-        for execution_id, group in _by_execution(records).items():
-            lines = [delivery_line(record) for record in group]
+        self.record_batch((), records)
+
+    def record_batch(self, events: Sequence[EventRecord], deliveries: Sequence[DeliveryRecord]) -> None:
+        """Per execution, one PutLogEvents call (split only at the call's limits) holding the events its stream lacks
+        (as :meth:`record_events` finds them), then the attempts: an attempt's line never comes before the lines of
+        the events it published."""
+        by_execution: dict[str, tuple[list[EventRecord], list[DeliveryRecord]]] = {}
+        for execution_id, group in _by_execution(events).items():
+            by_execution[execution_id] = (group, [])
+        for execution_id, group in _by_execution(deliveries).items():
+            by_execution.setdefault(execution_id, ([], []))[1].extend(group)
+        for execution_id, (event_group, delivery_group) in by_execution.items():
+            index = self._index(execution_id)
+            fresh = _first_unknown(event_group, index.event_ids)
+            if fresh:
+                self._catch_up(execution_id, index)
+                fresh = _first_unknown(fresh, index.event_ids)
+            records: list[EventRecord | DeliveryRecord] = [*fresh, *delivery_group]
+            lines = [event_line(r) if isinstance(r, EventRecord) else delivery_line(r) for r in records]
             for start, end in put_ranges(lines):
                 self._put(execution_id, lines[start:end])
-                self._index(execution_id).succeeded.update(
-                    (record.event_id, record.function) for record in group[start:end] if record.status == "succeeded")
+                for record in records[start:end]:
+                    if isinstance(record, EventRecord):
+                        index.event_ids.add(record.event_id)
+                    elif record.status == "succeeded":
+                        index.succeeded.add((record.event_id, record.function))
 
     # ------------------------------------------------------------------ reading
 
