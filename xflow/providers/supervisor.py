@@ -70,7 +70,8 @@ from xflow.core.runtime import (
     handler_file,
     load_handler,
 )
-from xflow.providers.handler_process import HandlerProcess, LoadFailed, describe_exit, pickled_call, seconds, sendable
+from xflow.providers.handler_child import sendable
+from xflow.providers.handler_process import HandlerProcess, LoadFailed, describe_exit, pickled_call, seconds
 
 log = logging.getLogger("xflow.supervisor")
 ISOLATIONS = ("process", "thread")
@@ -93,7 +94,7 @@ class Attempt(NamedTuple):
     attempt: int  # 1-based
 
     def as_tuple(self) -> tuple[str, str, str, int, str, str]:
-        """The order the handler process reads (:func:`xflow.providers.handler_process.main`)."""
+        """The order the handler process reads (:func:`xflow.providers.handler_child.main`)."""
         return self.execution_id, self.event_name, self.event_id, self.attempt, self.workflow_id, self.function_name
 
 
