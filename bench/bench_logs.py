@@ -16,19 +16,15 @@ The goal: routing to ``file`` costs at most 15% of the dispatch rate. Not a test
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_local import CHAIN, _Count, _tracker_span, rate  # noqa: E402
+from harness import Run, best_rates, chain_arguments, parse_chain_arguments, run_chain  # noqa: E402
 
-from xflow import Engine  # noqa: E402
 from xflow.logs.reading import read_json_lines, rotated_files  # noqa: E402
 
 STEPS = """
@@ -45,26 +41,13 @@ logging:
 """
 
 
-def chain(folder: Path, executions: int, isolation: str, routed: bool) -> tuple[int, float]:
-    """One run; (deliveries, their span in seconds)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "steps.py").write_text(STEPS)
-    (folder / "chain.yaml").write_text(textwrap.dedent(CHAIN) + (ROUTE if routed else ""))
-    engine = Engine(folder / "chain.yaml", state_dir=folder / "state", options={"provider": {"isolation": isolation}})
-    engine.setup()
-    ids = [engine.publish("A", {"n": 0}) for _ in range(executions)]
-    done = _Count(folder, "bench_chain", "events", "event = 'D'")
-    try:
-        engine.work(until=lambda: done() >= executions)
-    finally:
-        done.close()
-        engine.close()
-    handled, span = _tracker_span(folder, "bench_chain", set(ids))
-    assert handled == 3 * executions, (handled, 3 * executions)
+def chain(folder: Path, executions: int, isolation: str, routed: bool) -> Run:
+    """One run, with the file route or without; the routed run checks that every record reached the file."""
+    handled, span = run_chain(folder, executions, isolation, steps=STEPS, extra_yaml=ROUTE if routed else "")
     if routed:
         written = sum(1 for path in rotated_files(folder / "logs" / "chain.jsonl") for _ in read_json_lines(path))
         assert written == 3 * handled, f"{written} records in the file, {3 * handled} expected"
-    return handled, span
+    return Run(handled, span)
 
 
 def record_cost(records: int = 100_000) -> float:
@@ -86,24 +69,9 @@ def record_cost(records: int = 100_000) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--executions", type=int, default=2000)
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each, alternating; the best is kept")
-    parser.add_argument("--isolation", choices=("thread", "process"), default="thread")
-    parser.add_argument("--quick", action="store_true", help="a tenth of the executions, two runs of each")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.executions, args.repeat = max(50, args.executions // 10), 2
-    logging.getLogger("xflow").setLevel(logging.ERROR)
-    best: dict[bool, float] = {}
-    with tempfile.TemporaryDirectory(prefix="xflow-bench-logs-") as tmp:
-        for round_ in range(args.repeat):
-            for routed in (False, True):
-                handled, span = chain(Path(tmp) / f"{round_}-{int(routed)}", args.executions, args.isolation, routed)
-                speed = rate(handled, span)
-                print(f"round {round_ + 1} {'file route' if routed else 'no route  '}: {handled} deliveries in "
-                      f"{span:.2f} s = {speed:,.0f}/s")
-                best[routed] = max(best.get(routed, 0.0), speed)
+    args = parse_chain_arguments(chain_arguments(__doc__), argv)
+    best = best_rates({False: "no route  ", True: "file route"}, args.repeat, "xflow-bench-logs-",
+                      lambda folder, routed: chain(folder, args.executions, args.isolation, routed))
     cost = 1 - best[True] / best[False]
     print(f"\nbest: no route {best[False]:,.0f}/s, file route {best[True]:,.0f}/s: routed/unrouted = "
           f"{best[True] / best[False]:.3f}, cost {cost:+.1%} (goal: at most 15%)")

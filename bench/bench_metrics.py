@@ -14,20 +14,18 @@ The goal: metrics on cost at most 10% of the dispatch rate. Not a test: machines
 
 from __future__ import annotations
 
-import argparse
-import logging
 import socket
 import sys
-import tempfile
-import textwrap
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_local import CHAIN, STEPS, _Count, _tracker_span, rate  # noqa: E402
+from harness import Run, best_rates, chain_arguments, parse_chain_arguments, run_chain  # noqa: E402
 
 from xflow import Engine  # noqa: E402
 from xflow.core import observe  # noqa: E402
@@ -39,48 +37,43 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def chain(folder: Path, executions: int, isolation: str, metrics: bool, scrape_interval: float) -> tuple[int, float,
-                                                                                                         int]:
-    """One run; (deliveries, their span in seconds, scrapes made)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "steps.py").write_text(STEPS)
-    (folder / "chain.yaml").write_text(textwrap.dedent(CHAIN))
-    engine = Engine(folder / "chain.yaml", state_dir=folder / "state", options={"provider": {"isolation": isolation}})
-    engine.setup()
-    ids = [engine.publish("A", {"n": 0}) for _ in range(executions)]
-    server = None
-    scrapes = 0
-    stop = threading.Event()
-    scraper = None
-    if metrics:
+class Scraper:
+    """What ``xflow worker --metrics-port`` adds to a run: the exposition server over the worker's engine, read at
+    ``/metrics`` every ``interval`` seconds while the engine works; ``scrapes`` counts the reads made."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval, self.scrapes = interval, 0
+
+    @contextmanager
+    def serving(self, engine: Engine) -> Iterator[None]:
         from xflow.monitoring.metrics import start_metrics_server
 
         server = start_metrics_server(_free_port(), engines=lambda: [engine])
+        stop = threading.Event()
 
         def scrape() -> None:
-            nonlocal scrapes
-            while not stop.wait(scrape_interval):
+            while not stop.wait(self.interval):
                 with urllib.request.urlopen(server.url, timeout=10) as page:  # noqa: S310 - our loopback server
                     page.read()
-                scrapes += 1
+                self.scrapes += 1
 
         scraper = threading.Thread(target=scrape, daemon=True)
         scraper.start()
-    done = _Count(folder, "bench_chain", "events", "event = 'D'")
-    try:
-        engine.work(until=lambda: done() >= executions)
-    finally:
-        stop.set()
-        if scraper is not None:
+        try:
+            yield
+        finally:
+            stop.set()
             scraper.join()
-        if server is not None:
             server.close()
             observe.install(None)
-        done.close()
-        engine.close()
-    handled, span = _tracker_span(folder, "bench_chain", set(ids))
-    assert handled == 3 * executions, (handled, 3 * executions)
-    return handled, span, scrapes
+
+
+def chain(folder: Path, executions: int, isolation: str, scraper: Scraper | None) -> Run:
+    """One run, with metrics on (served and scraped by ``scraper``) or off; the metrics run notes the scrapes made."""
+    if scraper is None:
+        return Run(*run_chain(folder, executions, isolation))
+    handled, span = run_chain(folder, executions, isolation, during=scraper.serving)
+    return Run(handled, span, f" ({scraper.scrapes} scrapes)")
 
 
 def observer_cost(calls: int = 200_000) -> float:
@@ -100,28 +93,19 @@ def observer_cost(calls: int = 200_000) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--executions", type=int, default=2000)
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each, alternating; the best is kept")
-    parser.add_argument("--isolation", choices=("thread", "process"), default="thread")
+    parser = chain_arguments(__doc__)
     parser.add_argument("--scrape-interval", type=float, default=1.0)
-    parser.add_argument("--quick", action="store_true", help="a tenth of the executions, two runs of each")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.executions, args.repeat = max(50, args.executions // 10), 2
-    logging.getLogger("xflow").setLevel(logging.ERROR)
-    best: dict[bool, float] = {}
-    scraped = 0
-    with tempfile.TemporaryDirectory(prefix="xflow-bench-metrics-") as tmp:
-        for round_ in range(args.repeat):
-            for metrics in (False, True):
-                handled, span, scrapes = chain(Path(tmp) / f"{round_}-{int(metrics)}", args.executions,
-                                               args.isolation, metrics, args.scrape_interval)
-                speed = rate(handled, span)
-                scraped += scrapes
-                print(f"round {round_ + 1} metrics {'on ' if metrics else 'off'}: {handled} deliveries in {span:.2f} s "
-                      f"= {speed:,.0f}/s" + (f" ({scrapes} scrapes)" if metrics else ""))
-                best[metrics] = max(best.get(metrics, 0.0), speed)
+    args = parse_chain_arguments(parser, argv)
+    scrapers: list[Scraper] = []
+
+    def run(folder: Path, metrics: bool) -> Run:
+        scraper = Scraper(args.scrape_interval) if metrics else None
+        if scraper is not None:
+            scrapers.append(scraper)
+        return chain(folder, args.executions, args.isolation, scraper)
+
+    best = best_rates({False: "metrics off", True: "metrics on "}, args.repeat, "xflow-bench-metrics-", run)
+    scraped = sum(scraper.scrapes for scraper in scrapers)
     cost = 1 - best[True] / best[False]
     print(f"\nbest: metrics off {best[False]:,.0f}/s, on {best[True]:,.0f}/s ({scraped} scrapes in all): on/off = "
           f"{best[True] / best[False]:.3f}, cost {cost:+.1%} (goal: at most 10%)")

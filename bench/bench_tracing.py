@@ -17,19 +17,14 @@ Not a test: machines are noisy, read the ratios.
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
-import tempfile
-import textwrap
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_local import CHAIN, STEPS, _Count, _tracker_span, rate  # noqa: E402
+from harness import Run, best_rates, chain_arguments, parse_chain_arguments, run_chain  # noqa: E402
 
-from xflow import Engine  # noqa: E402
 from xflow.core import observe  # noqa: E402
 from xflow.core.wire import decode_event, encode_event  # noqa: E402
 from xflow.monitoring import tracing  # noqa: E402
@@ -37,11 +32,8 @@ from xflow.monitoring import tracing  # noqa: E402
 MODES = ("off", "spans", "metrics")
 
 
-def chain(folder: Path, executions: int, isolation: str, mode: str) -> tuple[int, float, int]:
-    """One run; (deliveries, their span in seconds, spans exported)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "steps.py").write_text(STEPS)
-    (folder / "chain.yaml").write_text(textwrap.dedent(CHAIN))
+def chain(folder: Path, executions: int, isolation: str, mode: str) -> Run:
+    """One run in ``mode``; the spans run notes the spans exported."""
     provider = exporter = None
     if mode == "spans":
         from opentelemetry.sdk.trace import TracerProvider
@@ -57,25 +49,17 @@ def chain(folder: Path, executions: int, isolation: str, mode: str) -> tuple[int
         from xflow.monitoring.metrics import PrometheusObserver
 
         observe.install(PrometheusObserver(CollectorRegistry()))
-    engine = Engine(folder / "chain.yaml", state_dir=folder / "state", options={"provider": {"isolation": isolation}})
-    engine.setup()
-    ids = [engine.publish("A", {"n": 0}) for _ in range(executions)]
-    done = _Count(folder, "bench_chain", "events", "event = 'D'")
     try:
-        engine.work(until=lambda: done() >= executions)
+        handled, span = run_chain(folder, executions, isolation)
     finally:
-        done.close()
-        engine.close()
         tracing.install(None)
         observe.install(None)
-    exported = 0
-    if provider is not None and exporter is not None:
-        provider.force_flush()
-        exported = len(exporter.get_finished_spans())
-        provider.shutdown()
-    handled, span = _tracker_span(folder, "bench_chain", set(ids))
-    assert handled == 3 * executions, (handled, 3 * executions)
-    return handled, span, exported
+    if provider is None or exporter is None:
+        return Run(handled, span)
+    provider.force_flush()
+    exported = len(exporter.get_finished_spans())
+    provider.shutdown()
+    return Run(handled, span, f" ({exported} spans)")
 
 
 def context_cost(events: int = 100_000) -> tuple[float, float, float]:
@@ -108,24 +92,9 @@ def context_cost(events: int = 100_000) -> tuple[float, float, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--executions", type=int, default=2000)
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each mode, alternating; the best is kept")
-    parser.add_argument("--isolation", choices=("thread", "process"), default="thread")
-    parser.add_argument("--quick", action="store_true", help="a tenth of the executions, two runs of each")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.executions, args.repeat = max(50, args.executions // 10), 2
-    logging.getLogger("xflow").setLevel(logging.ERROR)
-    best: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="xflow-bench-tracing-") as tmp:
-        for round_ in range(args.repeat):
-            for mode in MODES:
-                handled, span, exported = chain(Path(tmp) / f"{round_}-{mode}", args.executions, args.isolation, mode)
-                speed = rate(handled, span)
-                print(f"round {round_ + 1} {mode:>7}: {handled} deliveries in {span:.2f} s = {speed:,.0f}/s"
-                      + (f" ({exported} spans)" if mode == "spans" else ""))
-                best[mode] = max(best.get(mode, 0.0), speed)
+    args = parse_chain_arguments(chain_arguments(__doc__, each="each mode"), argv)
+    best = best_rates({mode: f"{mode:>7}" for mode in MODES}, args.repeat, "xflow-bench-tracing-",
+                      lambda folder, mode: chain(folder, args.executions, args.isolation, mode))
     print(f"\nbest: spans off {best['off']:,.0f}/s, spans on {best['spans']:,.0f}/s (on/off = "
           f"{best['spans'] / best['off']:.3f}), metrics on and spans off {best['metrics']:,.0f}/s (/off = "
           f"{best['metrics'] / best['off']:.3f})")
