@@ -22,8 +22,10 @@ from pathlib import Path
 import boto3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from aws_server import ENV, start_moto, stop_moto  # noqa: E402
+from harness import interleaved  # noqa: E402
 
 from xflow.core.interfaces import PluginContext, Record  # noqa: E402
 from xflow.core.runtime import encode_event  # noqa: E402
@@ -71,19 +73,20 @@ def main() -> None:
             transport.execute(step)
         client = boto3.client("kinesis")
         records = payloads(args.events, args.size)
-        results = {"xflow": [], "raw": []}
         calls = {"xflow": 0, "raw": 0}
-        for round_ in range(args.rounds):
-            for which in (("xflow", "raw") if round_ % 2 == 0 else ("raw", "xflow")):  # alternate who goes first
-                if which == "xflow":
-                    before = transport.put_calls
-                    start = time.perf_counter()
-                    transport.publish("Bench", records)
-                    results["xflow"].append(time.perf_counter() - start)
-                    calls["xflow"] = transport.put_calls - before
-                else:
-                    seconds, calls["raw"] = raw(client, transport.stream_name("Raw"), records)
-                    results["raw"].append(seconds)
+
+        def run(which: str) -> float:
+            if which == "raw":
+                seconds, calls["raw"] = raw(client, transport.stream_name("Raw"), records)
+                return seconds
+            before = transport.put_calls
+            start = time.perf_counter()
+            transport.publish("Bench", records)
+            seconds = time.perf_counter() - start
+            calls["xflow"] = transport.put_calls - before
+            return seconds
+
+        results = interleaved(("xflow", "raw"), args.rounds, run, swap=True)  # alternate who goes first
         best = {k: min(v) for k, v in results.items()}
         report = {
             "events": args.events, "bytes_per_event": len(records[0].value), "shards": args.shards,

@@ -16,14 +16,20 @@ from __future__ import annotations
 import argparse
 import shutil
 import sqlite3
+import sys
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
-from xflow.core.sqlite_files import SqliteFile
-from xflow.trackers.sqlite import SCHEMA as TRACKER_SCHEMA
-from xflow.transports.local import SCHEMA as LOG_SCHEMA
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import interleaved  # noqa: E402
+
+from xflow.core.sqlite_files import SqliteFile  # noqa: E402
+from xflow.trackers.sqlite import SCHEMA as TRACKER_SCHEMA  # noqa: E402
+from xflow.transports.local import SCHEMA as LOG_SCHEMA  # noqa: E402
 
 
 def publish_and_track(db: sqlite3.Connection, thread: int, index: int) -> None:
@@ -94,10 +100,8 @@ def main() -> None:
     print(f"{'threads':>7}  {'lock ops/s':>10}  {'per-thread ops/s':>16}  {'ratio':>5}  "
           f"{'lock p99 ms':>11}  {'per-thread p99 ms':>17}")
     for threads in args.threads:
-        results: dict[str, list[tuple[float, float]]] = {"lock": [], "per-thread": []}
-        for _ in range(args.rounds):  # interleaved, so that both see the same machine
-            for kind in results:
-                results[kind].append(run(kind, threads, args.operations))
+        # interleaved, so that both see the same machine
+        results = interleaved(("lock", "per-thread"), args.rounds, partial(run, threads=threads, operations=args.operations))
         lock, own = (max(rate for rate, _ in results[kind]) for kind in ("lock", "per-thread"))
         lock_p99, own_p99 = (min(p99 for _, p99 in results[kind]) * 1000 for kind in ("lock", "per-thread"))
         print(f"{threads:>7}  {lock:>10,.0f}  {own:>16,.0f}  {lock / own:>5.2f}  {lock_p99:>11.1f}  {own_p99:>17.1f}")
