@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from xflow.core.runtime import HandlerContext, call_handler, load_handler
-from xflow.providers.supervisor import START_METHOD, Attempt, HandlerPool
+from xflow.providers.handler_calls import Attempt
+from xflow.providers.supervisor import START_METHOD, HandlerPool
 
 HANDLER = "def noop(event, ctx):\n    return None\n"
 ATTEMPT = Attempt("bench", "noop", "ex", "In", "ev", 1)

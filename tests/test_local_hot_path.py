@@ -20,7 +20,8 @@ from xflow import Engine
 from xflow.core.interfaces import EventRecord, PluginContext
 from xflow.core.runtime import JsonObject, encode_event, encode_event_json, json_text
 from xflow.providers import handler_process
-from xflow.providers.supervisor import Attempt, HandlerPool
+from xflow.providers.handler_calls import Attempt
+from xflow.providers.supervisor import HandlerPool
 from xflow.trackers.sqlite import SqliteTrackerStore
 
 pytestmark = pytest.mark.timeout(180)

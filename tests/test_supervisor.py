@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from xflow.core.errors import XflowError
-from xflow.providers.supervisor import Attempt, HandlerPool
+from xflow.providers.handler_calls import Attempt
+from xflow.providers.supervisor import HandlerPool
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from xflow.core.runtime import AttemptOutput
-from xflow.providers.supervisor import Attempt, HandlerPool
+from xflow.providers.handler_calls import Attempt
+from xflow.providers.supervisor import HandlerPool
 
 pytestmark = pytest.mark.timeout(120)
 

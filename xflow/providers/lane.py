@@ -37,7 +37,8 @@ from xflow.core.interfaces import Consumer, Delivery
 from xflow.core.model import Function
 from xflow.core.runtime import BadMessage, HandlerOutcome, decode_event
 from xflow.core.waiting import StopRequested
-from xflow.providers.supervisor import Attempt, Call, HandlerPool
+from xflow.providers.handler_calls import Attempt, Call
+from xflow.providers.supervisor import HandlerPool
 
 if TYPE_CHECKING:
     from xflow.providers.dispatcher import LocalDispatcher
