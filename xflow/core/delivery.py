@@ -28,7 +28,6 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
@@ -51,7 +50,8 @@ from xflow.core.runtime import (
     encode_event_json,
 )
 from xflow.core.sqlite_files import StateFileError
-from xflow.core.waiting import BackendCall, BackendWaiter, StopRequested
+from xflow.core.tracker_batches import batch_method, record_batch_method
+from xflow.core.waiting import BackendWaiter, StopRequested
 from xflow.monitoring import tracing
 
 log = logging.getLogger("xflow")
@@ -59,15 +59,6 @@ log = logging.getLogger("xflow")
 T = TypeVar("T")
 #: the id :func:`decode_event` gives a record that is not a CloudEvent (replaced by where the record lies)
 _NO_ID = "\x00not-a-cloudevent"
-@dataclass(frozen=True)
-class OutgoingEvent:
-    event: str
-    data: dict[str, Any]
-    execution_id: str
-    event_id: str
-    producer: str
-    #: handler publishes between the event published from outside and this one
-    hops: int = 0
 
 
 def hop_limit(workflow: Workflow) -> int:
@@ -77,47 +68,6 @@ def hop_limit(workflow: Workflow) -> int:
         return max(0, int(value))
     except (TypeError, ValueError):
         return DEFAULT_HOP_LIMIT
-
-
-def publish_events(workflow: Workflow, transport: Transport, tracker: TrackerStore,
-                   events: Sequence[OutgoingEvent], call: BackendCall | None = None) -> None:
-    """Publish events to their streams, then record them in the tracker (ids make both idempotent).
-
-    ``call`` runs each backend call (a worker's waits out an unavailable backend); without it, a tracker that
-    is unavailable after the transport took the events is reported as such: the events are out, do not publish
-    them again.
-    """
-    for item in events:
-        if item.event not in workflow.flow:
-            raise XflowError(f"{item.producer} published {item.event!r}, which is not an event of workflow "
-                             f"{workflow.id!r} (known: {', '.join(workflow.flow)})",
-                             "declare it under the function's 'publishes:' or subscribe a function to it")
-    now = time.time()
-    by_event: dict[str, list[Record]] = {}
-    spans = tracing.spans()  # OpenTelemetry, when on: a publish span per event (else a new trace is only carried)
-    for item in events:
-        trace, state = (tracing.started(), None) if spans is None else spans.publish(
-            workflow.id, item.event, item.execution_id, item.event_id, at=now)
-        try:
-            value = encode_event(item.event, item.data, item.execution_id, item.event_id, item.producer, now, item.hops,
-                                 trace, state)
-        except (TypeError, ValueError) as exc:
-            raise XflowError(f"the data of event {item.event!r} is not JSON-serialisable: {exc}") from None
-        by_event.setdefault(item.event, []).append(Record(item.execution_id, value))
-    run: BackendCall = call or (lambda backend, function: function())
-    for event, records in by_event.items():
-        run(f"transport {transport.name!r}", partial(transport.publish, event, records))
-        if (observer := observe.current()) is not None:
-            observer.published(workflow.id, event, len(records))
-    event_records = [EventRecord(item.execution_id, item.event_id, item.event, now, item.producer, item.data)
-                     for item in events]
-    try:
-        run(f"tracker {tracker.name!r}", partial(tracker.record_events, event_records))
-    except BackendUnavailable as exc:
-        if call is not None:
-            raise
-        raise BackendUnavailable(f"{exc.message}; the event was published all the same and a worker records it when it "
-                                 "handles it, so do not publish it again", exc.hint) from None
 
 
 class Job:
@@ -178,10 +128,10 @@ class FunctionDelivery:
         self._transport_label = f"transport {getattr(transport, 'name', type(transport).__name__)!r}"
         self._tracker_label = f"tracker {getattr(tracker, 'name', type(tracker).__name__)!r}"
         # batch calls, unless a subclass of the tracker changed the single call they would bypass
-        self._record_events = _batch(tracker, "record_events", "record_event")
-        self._record_deliveries = _batch(tracker, "record_deliveries", "record_delivery")
-        self._succeeded_among = _batch(tracker, "succeeded_among", "has_succeeded")
-        self._record_batch = _both(tracker, self._record_events, self._record_deliveries)
+        self._record_events = batch_method(tracker, "record_events", "record_event")
+        self._record_deliveries = batch_method(tracker, "record_deliveries", "record_delivery")
+        self._succeeded_among = batch_method(tracker, "succeeded_among", "has_succeeded")
+        self._record_batch = record_batch_method(tracker, self._record_events, self._record_deliveries)
         #: what stops a runner: a problem with a backend, never a record's content
         self.fatal: tuple[type[BaseException], ...] = (
             XflowError, StopRequested, *getattr(transport, "connection_errors", ()),
@@ -486,40 +436,6 @@ class FunctionDelivery:
 def _locked(lock: AbstractContextManager[Any], call: Callable[[], T]) -> T:
     with lock:
         return call()
-
-
-def _batch(tracker: TrackerStore, batch: str, single: str) -> Callable[[Sequence[Any]], Any]:
-    """``tracker``'s batch method ``batch``; or, when a subclass overrides the single method ``single`` below the class
-    whose ``batch`` would bypass it (a tracker adapted by subclassing), a loop over ``single``."""
-    mro = type(tracker).__mro__
-    batch_owner = next(cls for cls in mro if batch in vars(cls))
-    single_owner = next(cls for cls in mro if single in vars(cls))
-    if issubclass(batch_owner, single_owner):
-        return getattr(tracker, batch)
-    one = getattr(tracker, single)
-    if batch == "succeeded_among":
-        return lambda keys: {tuple(key) for key in keys if one(*key)}
-    return lambda items: [one(item) for item in items] and None
-
-
-def _both(tracker: TrackerStore, record_events: Callable[[Sequence[EventRecord]], Any],
-          record_deliveries: Callable[[Sequence[DeliveryRecord]], Any]) -> Callable[[Sequence[EventRecord],
-                                                                                   Sequence[DeliveryRecord]], Any]:
-    """``tracker.record_batch``; or, when a subclass overrides one of the methods below the class whose
-    ``record_batch`` would bypass it, the two batch calls (``record_events`` and ``record_deliveries`` as
-    :func:`_batch` gives them)."""
-    mro = type(tracker).__mro__
-    owner = next(cls for cls in mro if "record_batch" in vars(cls))
-    if all(issubclass(owner, next(cls for cls in mro if name in vars(cls)))
-           for name in ("record_events", "record_deliveries", "record_event", "record_delivery")):
-        return tracker.record_batch
-
-    def both(events: Sequence[EventRecord], deliveries: Sequence[DeliveryRecord]) -> None:
-        if events:
-            record_events(events)
-        if deliveries:
-            record_deliveries(deliveries)
-    return both
 
 
 def _failed(outcome: HandlerOutcome, error: str) -> HandlerOutcome:

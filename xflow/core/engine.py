@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from xflow.core.config import MAPPING_NAME, load_workflow, load_workflow_mapping
-from xflow.core.delivery import OutgoingEvent, publish_events
 from xflow.core.deploy import DisplayOnlyExecutor, Executor
 from xflow.core.errors import BackendUnavailable, XflowError
 from xflow.core.event_data import JSON_TYPES, MAX_DATA_DEPTH, check_event_data
@@ -49,6 +48,7 @@ from xflow.core.model import Workflow
 from xflow.core.options import declared_options
 from xflow.core.plugin_choice import AWS_DEFAULTS, KIND_ORDER, LOCAL_DEFAULTS, PluginChoices
 from xflow.core.plugins import PluginRegistry
+from xflow.core.publishing import OutgoingEvent, publish_events
 from xflow.core.runtime import new_event_id
 from xflow.core.setup_record import (
     default_state_dir,

@@ -27,9 +27,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from xflow.core.delivery import OutgoingEvent, hop_limit, publish_events  # noqa: F401  (older imports)
+from xflow.core.delivery import hop_limit  # noqa: F401  (older imports)
 from xflow.core.errors import XflowError
 from xflow.core.interfaces import Runner
+from xflow.core.publishing import OutgoingEvent, publish_events  # noqa: F401  (older imports)
 
 if TYPE_CHECKING:
     from xflow.core.engine import Engine

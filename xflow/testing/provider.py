@@ -97,7 +97,7 @@ class FunctionProviderContract:
 
     def _publish(self, workflow: Workflow, transport: Transport, tracker: TrackerStore, execution_id: str,
                  data: dict[str, Any], event_id: str | None = None) -> str:
-        from xflow.core.delivery import OutgoingEvent, publish_events
+        from xflow.core.publishing import OutgoingEvent, publish_events
 
         event_id = event_id or uuid.uuid4().hex
         publish_events(workflow, transport, tracker, [OutgoingEvent(
