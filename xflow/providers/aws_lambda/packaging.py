@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from xflow.core.delivery import hop_limit
 from xflow.core.errors import XflowError
-from xflow.core.worker import hop_limit
 
 if TYPE_CHECKING:
     from xflow.aws import AwsSession
