@@ -226,8 +226,8 @@ def _load_partial(schema: Schema, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _local_source(file: Path, source: str, where: tuple[Any, ...], problems: Problems) -> Path | None:
-    if not source or "://" in source or source.startswith("git@"):
-        return None
+    if not source or "://" in source or source.startswith(("git@", "git+")):
+        return None  # a link (a git+ link without "://" is refused by the source check, not looked for as a path)
     try:
         path = Path(os.path.expanduser(source))
         if not path.is_absolute():
