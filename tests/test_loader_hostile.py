@@ -594,6 +594,45 @@ def test_runtimes_are_free_when_the_file_names_no_lambda_provider(cli, tmp_path)
     assert cli("validate", SEED).returncode == 0  # the seed's python2.7 is fine until a provider refuses it
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_validate_and_setup_refuse_a_fifo_as_handler_file_at_once(cli, tmp_path):
+    path = _deep_workflow(tmp_path, VALID.replace("s3://b/k.py", "pipe.py"))
+    os.mkfifo(path.parent / "pipe.py")
+    done = cli("validate", path, timeout=30)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines()[1:] == [
+        f"{path}:4: lambdas.0.handler: pipe.py in source 'pipe.py' is not a regular file"]
+    done = cli("setup", path, "--dry-run", "--transport", "local", "--provider", "local", "--tracker", "sqlite",
+               timeout=30)
+    assert done.returncode == 2 and "pipe.py in source 'pipe.py' is not a regular file" in done.stderr, done.stderr
+
+
+def test_validate_refuses_a_source_folder_that_setup_would_refuse(cli, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("host secret\n")
+    path = _deep_workflow(tmp_path, VALID.replace("s3://b/k.py", "code").replace("handler: h", "handler: mod.go")
+                          + "  - {name: F, subscribers: [b]}\n"
+                          + "  - {name: G, subscribers: [c]}\n")
+    path.write_text(path.read_text().replace("subscriptions:", "  - {name: b, source: inside, handler: mod.go}\n"
+                                                                 "  - {name: c, source: fifo, handler: mod.go}\n"
+                                                                 "subscriptions:"))
+    for folder in ("code", "inside", "fifo"):
+        (path.parent / folder).mkdir()
+        (path.parent / folder / "mod.py").write_text(DEEP_FILES["h.py"])
+    os.symlink(secret, path.parent / "code" / "secret.txt")  # leaves the source: refused
+    os.symlink("mod.py", path.parent / "inside" / "alias.py")  # stays inside: shipped as a copy
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(path.parent / "fifo" / "data.pipe")
+    done = cli("validate", path, timeout=30)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    expected = [f"{path}:3: lambdas.0.source: source 'code': symbolic link 'secret.txt' points outside the source "
+                f"({str(secret)!r})"]
+    if hasattr(os, "mkfifo"):
+        expected.append(f"{path}:6: lambdas.2.source: source 'fifo': 'data.pipe' is not a regular file, a folder or "
+                        "a link")
+    assert done.stderr.splitlines()[1:] == expected
+
+
 def test_validate_never_runs_the_users_code(cli, tmp_path):
     marker = tmp_path / "ran"
     path = _deep_workflow(tmp_path, VALID.replace("s3://b/k.py", "evil.py").replace("handler: h", "handler: nothere"))

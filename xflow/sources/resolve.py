@@ -123,6 +123,8 @@ def check_handler(function: Function, source: Path) -> None:
     where = f"function {function.name}: handler {function.handler!r}"
     if not file.exists():
         raise XflowError(f"{where}: no file {file.name} in source {function.source!r}")
+    if not file.is_file():  # a FIFO, a device or a socket: reading it could block forever
+        raise XflowError(f"{where}: {file.name} in source {function.source!r} is not a regular file")
     try:
         tree = ast.parse(file.read_text(encoding="utf-8"), filename=str(file))
     except (SyntaxError, UnicodeDecodeError) as exc:

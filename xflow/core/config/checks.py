@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 def check_sources(built: Built, problems: Problems) -> None:
     from xflow.sources.git import is_git_source, parse_git_source
     from xflow.sources.links import parse_s3_url
-    from xflow.sources.resolve import check_handler, narrow
+    from xflow.sources.resolve import check_handler, narrow, source_files
 
     for name, function in built.functions.items():
         at = built.where[name]
@@ -40,7 +40,19 @@ def check_sources(built: Built, problems: Problems) -> None:
         except ValueError as exc:
             problems.add(at + ("source",), f"{source!r} cannot be parsed: {one_line(str(exc))}")
         path = function.source_path
-        if path is None or not function.handler or not HANDLER.match(function.handler):
+        if path is None:
+            continue
+        try:  # what setup ships: links that leave the source, FIFOs and devices are refused there
+            if path.is_dir():
+                for _ in source_files(path, f"source {source!r}"):
+                    pass
+        except XflowError as exc:
+            problems.add(at + ("source",), one_line(exc.message))
+            continue
+        except (OSError, RecursionError) as exc:
+            problems.add(at + ("source",), f"cannot be read: {one_line(str(exc))[:200]}")
+            continue
+        if not function.handler or not HANDLER.match(function.handler):
             continue
         try:
             if not path.exists():
