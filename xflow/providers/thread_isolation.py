@@ -135,12 +135,14 @@ class ThreadIsolation:
         return outcome
 
     def _watch_job(self, job: Call) -> None:
-        """Give the call its deadline. The watchdog is woken only when it waits for no call: it sets ``_wake_at``
-        to infinity before it looks at the slots, so a call that starts meanwhile is seen by it, or wakes it (and
-        every call's deadline is later than those of the calls that started before it)."""
+        """Give the call its deadline. The watchdog is woken only when it would wake after that deadline: it sets
+        ``_wake_at`` to infinity while it looks at the slots (a call that starts meanwhile is seen by it, or wakes
+        it), then to the earliest deadline of the calls it saw, or, seeing none, to one timeout from then. Every
+        call's deadline is one timeout after it starts, so it is never earlier than that: the watchdog is not woken
+        per call (calls shorter than the scheduler's turn would otherwise wake it for nothing, once each)."""
         assert self.timeout is not None
-        job.deadline = time.monotonic() + self.timeout
-        if self._wake_at == math.inf:
+        job.deadline = deadline = time.monotonic() + self.timeout
+        if deadline < self._wake_at:
             with self._watch:
                 self._watch.notify()
 
@@ -159,8 +161,11 @@ class ThreadIsolation:
                         self._abandon(job)
                     elif job.deadline < earliest:
                         earliest = job.deadline
+                if earliest == math.inf:  # no call to watch: look again one timeout from now (or when woken)
+                    assert self.timeout is not None
+                    earliest = now + self.timeout
                 self._wake_at = earliest
-                self._watch.wait(None if earliest == math.inf else max(0.0, earliest - now))
+                self._watch.wait(max(0.0, earliest - now))
 
     def _abandon(self, job: Call) -> None:
         lines = job.output.finish()[:] if job.output is not None else []
