@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 
-from xflow.core.errors import XflowError
+from xflow.core.errors import BackendUnavailable, XflowError
 from xflow.core.interfaces import PluginContext, Record
 from xflow.testing import TransportContract, apply_steps, drain, new_workflow_id
 
@@ -146,6 +149,101 @@ def test_an_unreachable_server_is_one_clear_error(tmp_path):
     message = str(caught.value)
     assert "cannot reach redis://:***@127.0.0.1" in message
     assert "s3cret" not in message
+    # a server that is not there may come back: BackendUnavailable (exit 1, workers wait), not a mistake (exit 2)
+    assert isinstance(caught.value, BackendUnavailable) and caught.value.exit_code == 1
+
+
+STEP = """
+workflow_id: {wid}
+lambdas:
+  - {{name: step, source: steps.py, handler: step}}
+subscriptions:
+  - {{name: Started, subscribers: [step]}}
+"""
+
+
+def test_a_worker_rides_out_a_server_restart_and_a_refused_password_is_exit_2(tmp_path):
+    """redis-server (persisting, with a password) stopped and started again under a running ``xflow worker``."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from plugin_servers import _wait_for_port, free_port
+
+    port, password = free_port(), "pw@ s3cret"
+    data, project = tmp_path / "redis", tmp_path / "project"  # apart: the project folder is the functions' code
+    data.mkdir()
+    project.mkdir()
+    server_args = [shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
+                   "--appendonly", "yes", "--requirepass", password, "--logfile", str(data / "redis.log")]
+
+    def start() -> subprocess.Popen[bytes]:
+        server = subprocess.Popen(server_args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        _wait_for_port(port, server, "redis-server", data / "redis.log")
+        return server
+
+    wid = new_workflow_id("rr")
+    (project / "steps.py").write_text("def step(event, ctx):\n    pass\n")
+    (project / "flow.yaml").write_text(STEP.format(wid=wid))
+    url = f"redis://:pw%40%20s3cret@127.0.0.1:{port}/0"
+    env = {**os.environ, "XFLOW_REDIS_URL": url}
+
+    def xflow(*args: str, **more: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "xflow.cli", "--state-dir", str(tmp_path / "state"), *args],
+                              capture_output=True, text=True, cwd=project, timeout=120, env={**env, **more})
+
+    def status(execution: str) -> str:
+        done = xflow("track", "flow.yaml", execution, "--output", "json")
+        return json.loads(done.stdout)["status"] if done.returncode in (0, 1) else done.stderr
+
+    def settled(execution: str, seconds: float) -> float:
+        started = time.monotonic()
+        while status(execution) != "succeeded":
+            assert time.monotonic() - started < seconds, f"{execution} did not settle in {seconds} s"
+            time.sleep(0.3)
+        return time.monotonic() - started
+
+    server = start()
+    log = (tmp_path / "worker.log").open("w")
+    worker = None
+    try:
+        assert xflow("setup", "flow.yaml", "--transport", "redis", "--provider", "local", "--tracker",
+                     "sqlite").returncode == 0
+        wrong = xflow("publish", "flow.yaml", "Started", "{}", XFLOW_REDIS_URL=url.replace("pw%40", "nope"))
+        assert wrong.returncode == 2 and "refused the credentials" in wrong.stderr, wrong.stderr
+        assert "Traceback" not in wrong.stderr and "s3cret" not in wrong.stderr
+        worker = subprocess.Popen([sys.executable, "-m", "xflow.cli", "--state-dir", str(tmp_path / "state"),
+                                   "worker", "flow.yaml"], cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT)
+        assert xflow("publish", "flow.yaml", "Started", "{}", "--execution-id", "before").returncode == 0
+        settled("before", 60)
+        server.send_signal(signal.SIGTERM)  # a clean stop: the append-only file keeps the streams
+        server.wait(30)
+        down = xflow("publish", "flow.yaml", "Started", "{}", "--execution-id", "down")
+        assert down.returncode == 1 and "cannot reach" in down.stderr, down.stderr
+        time.sleep(3)
+        assert worker.poll() is None, (tmp_path / "worker.log").read_text()
+        server = start()
+        assert xflow("publish", "flow.yaml", "Started", "{}", "--execution-id", "after").returncode == 0
+        recovered = settled("after", 60)
+        assert worker.poll() is None, (tmp_path / "worker.log").read_text()
+        # the server loses its data (as a restart without persistence would): one line, exit 2, no traceback
+        subprocess.run(["redis-cli", "-p", str(port), "--no-auth-warning", "-a", password, "flushall"], check=True,
+                       capture_output=True, timeout=30)
+        assert worker.wait(60) == 2, (tmp_path / "worker.log").read_text()
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        log.close()
+        server.terminate()
+        server.wait(30)
+    text = (tmp_path / "worker.log").read_text()
+    print(f"redis restart: the execution published after it settled within {recovered:.1f} s")
+    assert "Traceback" not in text and "s3cret" not in text, text
+    assert text.count("waiting for the transport 'redis'") == 1 and "the transport 'redis' is back after" in text, text
+    assert text.strip().splitlines()[-1].startswith("error: redis transport: a stream or consumer group"), text
 
 
 @pytest.mark.parametrize("options, words", [

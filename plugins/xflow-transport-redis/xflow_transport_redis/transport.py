@@ -38,7 +38,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from xflow.core.deploy import dispatch
-from xflow.core.errors import XflowError
+from xflow.core.errors import BackendUnavailable, XflowError
 from xflow.core.interfaces import Consumer, Delivery, PluginContext, Record, Step, Transport
 from xflow.core.leases import LeaseCoordinator, LeaseStore
 from xflow.core.options import Option
@@ -171,14 +171,26 @@ class RedisTransport(Transport):
 
     @contextlib.contextmanager
     def talking(self, doing: str) -> Iterator[None]:
-        """Turn an unreachable server into one clear XflowError."""
+        """Turn an unreachable server into one clear BackendUnavailable (exit 1: workers wait it out), and a refused
+        password or permission into an XflowError (exit 2: the user's to fix)."""
         redis = _import_redis()
         try:
             yield
+        except (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
+            raise XflowError(f"redis transport: the server at {_safe_url(self.url)} refused the credentials while "
+                             f"{doing}: {exc}", "check the user and password in option url (or XFLOW_REDIS_URL)") from None
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            raise XflowError(f"redis transport: cannot reach {_safe_url(self.url)} while {doing}: {exc}",
-                             "start redis-server, or pass --option url=redis://HOST:PORT/DB "
-                             "(or set XFLOW_REDIS_URL)") from None
+            raise BackendUnavailable(f"redis transport: cannot reach {_safe_url(self.url)} while {doing}: {exc}",
+                                     "start redis-server, or pass --option url=redis://HOST:PORT/DB "
+                                     "(or set XFLOW_REDIS_URL)") from None
+        except redis.exceptions.ResponseError as exc:
+            if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):  # a group, or a stream read with BLOCK, deleted
+                raise
+            raise XflowError(f"redis transport: a stream or consumer group of workflow {self.workflow_id} is gone from "
+                             f"the server at {_safe_url(self.url)} (while {doing}): it lost its data (a restart "
+                             "without persistence?) or the keys were deleted",
+                             "run xflow setup again; keep the server's data across restarts (appendonly yes) so "
+                             "that unread events are not lost") from None
         except redis.exceptions.InvalidResponse:
             raise XflowError(f"redis transport: the server at {_safe_url(self.url)} does not speak the Redis "
                              f"protocol (while {doing})", "check the host and port of option url") from None
