@@ -64,10 +64,10 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_moto(folder: str) -> tuple[subprocess.Popen[bytes], str]:
-    """Start a moto server; return the process and its endpoint URL once it answers."""
+def start_moto(folder: str, port: int = 0) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a moto server (on ``port``, else a free one); return the process and its endpoint URL once it answers."""
     pytest.importorskip("moto.server", reason="moto[server] is not installed (source .ci/install-aws.sh)")
-    port = _free_port()
+    port = port or _free_port()
     log = open(os.path.join(folder, "moto.log"), "wb")  # noqa: SIM115 - lives as long as the server
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(ENV)
@@ -121,3 +121,21 @@ def aws_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             else:
                 os.environ[key] = value
         stop_moto(proc)
+
+
+if __name__ == "__main__":
+    # python tests/aws_server.py [PORT]: the server the tests use, for a deployment by hand (README); Ctrl-C stops it
+    import signal
+    import tempfile
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill %1` stops the server too
+    with tempfile.TemporaryDirectory(prefix="xflow-moto-") as folder:
+        server, endpoint = start_moto(folder, int(sys.argv[1]) if len(sys.argv) > 1 else 0)
+        print(f"export AWS_ENDPOINT_URL={endpoint} AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x "
+              f"AWS_DEFAULT_REGION={REGION}", flush=True)
+        try:
+            server.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stop_moto(server)

@@ -13,6 +13,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -493,3 +498,43 @@ def test_each_event_is_stored_once_with_the_local_provider(cli, lambda_flow):
         assert len(stored) == 3 and len(set(stored)) == 3, f"each event is stored once: {stored}"
     finally:
         cli.json("teardown", path, timeout=300)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_readme_moto_recipe_runs_word_count_as_written(tmp_path):
+    """The README's "Run a deployment on your machine" block, run with bash as written (on a free port instead of
+    5000). A plain moto server failed it twice: Lambda ran in Docker, and a put on a stream mapped to an alias was
+    answered 500, so every publish was retried and every function failed."""
+    pytest.importorskip("moto.server", reason="moto[server] is not installed (source .ci/install-aws.sh)")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("**Run a deployment on your machine**", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    assert "python tests/aws_server.py 5000 &" in block and "xflow emulate" in block
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "aws_server.py").write_bytes((ROOT / "tests" / "aws_server.py").read_bytes())
+    shutil.copytree(ROOT / "examples" / "word_count", tmp_path / "examples" / "word_count")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    # this checkout's xflow and python, whatever is installed; wait for the server as a person would
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
+    (bin_dir / "xflow").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m xflow.cli "$@"\n')
+    (bin_dir / "xflow").chmod(0o755)
+    script = ("set -e\n" + block.replace("5000", port).replace(
+                  "AWS_DEFAULT_REGION=us-east-1\n",
+                  f"AWS_DEFAULT_REGION=us-east-1\nuntil curl -s {'http://127.0.0.1:' + port}/moto-api/ >/dev/null; "
+                  "do sleep 0.2; done\nsleep 1\n", 1)
+              + 'xflow track -flow word_count -execution_id "$id" -o json > track.json\nkill %1\nwait\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "XFLOW_"))}
+    env.update(PYTHONPATH=str(ROOT), PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}")
+    done = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((tmp_path / "track.json").read_text())
+    assert summary["status"] == "succeeded", summary
+    assert [(e["name"], e["count"]) for e in summary["events"]] == [
+        ("FileUploaded", 1), ("FileDownloaded", 1), ("FileParsed", 1), ("FileAggregated", 1), ("FileFiltered", 1),
+        ("FileSummarized", 1)]
+    assert "0 failed invocation(s)" in done.stdout + done.stderr
