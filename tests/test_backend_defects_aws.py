@@ -496,6 +496,11 @@ def test_each_event_is_stored_once_with_the_local_provider(cli, lambda_flow):
         assert done.returncode == 0, done.stdout + done.stderr
         stored = _stored_event_ids(workflow_id, "once-2")
         assert len(stored) == 3 and len(set(stored)) == 3, f"each event is stored once: {stored}"
+        # an id never published is unknown (exit 1), and the hint names the executions CloudWatch holds
+        unknown = cli("track", path, "never-published")
+        assert unknown.returncode == 1, unknown.stdout + unknown.stderr
+        assert "'never-published' is unknown to the cloudwatch tracker" in unknown.stderr
+        assert "the most recent executions: once-2" in unknown.stderr, unknown.stderr
     finally:
         cli.json("teardown", path, timeout=300)
 

@@ -374,6 +374,10 @@ class CloudWatchTracker(TrackerStore):
                     break
         return ExecutionPage(listed[:limit], encode_cursor(token) if token else None)
 
+    def recent_executions(self, limit: int) -> list[str]:
+        """The executions of the most recently written log streams (``track`` names them for an unknown id)."""
+        return [info.execution_id for info in self.list_executions(limit).executions]
+
     def stored_events(self, execution_id: str) -> list[EventRecord]:
         """The event lines of the execution's log stream as written, duplicates included (history drops them)."""
         found = [parse_line(message) for _, message in stream_lines(self.logs, self.log_group, execution_id)]
