@@ -131,6 +131,16 @@ def test_records_carry_the_cloudevents_content_type(kafka_broker, transports, cl
     [row] = read_raw(kafka_broker, transport.stream_name("Uploaded"), 1)
     assert row["value"] == value
     assert row["headers"] == {"content-type": b"application/cloudevents+json"}
+    # the CloudEvents SDK's Kafka binding reads the record as a structured-mode event (by that header)
+    binding = pytest.importorskip("cloudevents.core.bindings.kafka", reason="cloudevents 2.x is not installed")
+    from cloudevents.core.formats.json import JSONFormat
+
+    event = binding.from_kafka(binding.KafkaMessage(headers=row["headers"], key=row["key"], value=row["value"]),
+                               JSONFormat())
+    assert (event.get_type(), event.get_id(), event.get_source()) == ("Uploaded", "id-ct",
+                                                                      f"xflow/{transport.workflow_id}")
+    assert event.get_extension("executionid") == "exec-ct"
+    assert event.get_data() == {"n": 1, "execution_id": "exec-ct"}
 
 
 STEP = """
