@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from xflow.core.errors import XflowError
+from xflow.core.errors import BackendUnavailable, XflowError
 from xflow.core.interfaces import EventRecord, PluginContext
 from xflow.testing import TrackerStoreContract, apply_steps, kit_workflow, new_workflow_id
 
@@ -69,6 +69,106 @@ def test_an_unreachable_server_is_one_clear_error(tmp_path):
     message = str(caught.value)
     assert "cannot reach user=xflow dbname=postgres host=127.0.0.1" in message
     assert "s3cret" not in message
+    # a server that is not there may come back: BackendUnavailable (exit 1, workers wait), not a mistake (exit 2)
+    assert isinstance(caught.value, BackendUnavailable) and caught.value.exit_code == 1
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    ({"sslmode": "bogus"}, "is not usable: invalid sslmode value"),
+    ({"port": "x"}, "is not usable: invalid integer value"),
+    ({"dbname": "no_such_db"}, "refused the connection"),
+    ({"user": "no_such_role"}, "refused the connection"),
+])
+def test_a_dsn_the_server_or_libpq_refuses_is_a_mistake_not_an_outage(postgres_dsn, tmp_path, change, words):
+    import psycopg
+
+    params = {**psycopg.conninfo.conninfo_to_dict(postgres_dsn), "password": "s3cret-pw", **change}
+    store = PostgresTrackerStore(PluginContext("w", {"dsn": psycopg.conninfo.make_conninfo(**params)}, tmp_path))
+    with pytest.raises(XflowError) as caught:
+        store.history("x")
+    assert not isinstance(caught.value, BackendUnavailable) and caught.value.exit_code == 2
+    assert words in str(caught.value) and "s3cret" not in str(caught.value), str(caught.value)
+
+
+STEP = """
+workflow_id: {wid}
+lambdas:
+  - {{name: step, source: steps.py, handler: step}}
+subscriptions:
+  - {{name: Started, subscribers: [step]}}
+"""
+
+
+def test_a_worker_waits_out_a_database_that_refuses_connections_for_a_while(postgres_dsn, tmp_path):
+    """Its connection terminated and new ones refused for a few seconds (as in a restart): the worker waits, goes on."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import psycopg
+
+    database = new_workflow_id("pgo")
+    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {database}")
+    dsn = psycopg.conninfo.make_conninfo(postgres_dsn, dbname=database)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "steps.py").write_text("def step(event, ctx):\n    pass\n")
+    (project / "flow.yaml").write_text(STEP.format(wid=database))
+    env = {**os.environ, "XFLOW_POSTGRES_DSN": dsn}
+
+    def xflow(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "xflow.cli", "--state-dir", str(tmp_path / "state"), *args],
+                              capture_output=True, text=True, cwd=project, timeout=120, env=env)
+
+    def settled(execution: str, seconds: float) -> float:
+        started = time.monotonic()
+        while True:
+            done = xflow("track", "flow.yaml", execution, "--output", "json")
+            if done.returncode in (0, 1) and json.loads(done.stdout)["status"] == "succeeded":
+                return time.monotonic() - started
+            assert time.monotonic() - started < seconds, f"{execution} did not settle in {seconds} s: {done.stderr}"
+            time.sleep(0.3)
+
+    def refuse(admin: psycopg.Connection, refused: bool) -> None:
+        admin.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS {'false' if refused else 'true'}")
+        if refused:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,))
+
+    log = (tmp_path / "worker.log").open("w")
+    worker = None
+    try:
+        assert xflow("setup", "flow.yaml", "--transport", "local", "--provider", "local", "--tracker",
+                     "postgres").returncode == 0
+        worker = subprocess.Popen([sys.executable, "-m", "xflow.cli", "--state-dir", str(tmp_path / "state"),
+                                   "worker", "flow.yaml"], cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT)
+        assert xflow("publish", "flow.yaml", "Started", "{}", "--execution-id", "before").returncode == 0
+        settled("before", 60)
+        with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+            refuse(admin, True)
+            try:
+                down = xflow("publish", "flow.yaml", "Started", "{}", "--execution-id", "during")
+                assert down.returncode == 1 and "cannot reach" in down.stderr, down.stderr
+                assert "published all the same" in down.stderr  # the event log took it: only tracking waits
+                time.sleep(3)
+                assert worker.poll() is None, (tmp_path / "worker.log").read_text()
+            finally:
+                refuse(admin, False)
+        recovered = settled("during", 60)
+        assert worker.poll() is None, (tmp_path / "worker.log").read_text()
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.terminate()
+            worker.wait(30)
+        log.close()
+        with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+    text = (tmp_path / "worker.log").read_text()
+    print(f"postgres refusing connections: the execution published meanwhile settled {recovered:.1f} s after")
+    assert worker.returncode == 0 and "Traceback" not in text, text
+    assert text.count("waiting for the tracker") == 1 and "is back after" in text, text
 
 
 def test_a_dropped_connection_is_reopened(tracker, postgres_dsn):

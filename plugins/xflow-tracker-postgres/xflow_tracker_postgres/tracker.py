@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from xflow.core.deploy import dispatch
-from xflow.core.errors import XflowError
+from xflow.core.errors import BackendUnavailable, XflowError
 from xflow.core.interfaces import DeliveryRecord, EventRecord, ExecutionHistory, PluginContext, Step, TrackerStore
 from xflow.core.options import Option
 from xflow.core.redact import redact, remember, remember_in_text, userinfo_is_ambiguous
@@ -95,6 +95,11 @@ def _import_psycopg() -> Any:
         raise XflowError("the postgres tracker needs psycopg 3",
                          "pip install xflow-tracker-postgres (or: pip install 'psycopg[binary]')") from None
     return psycopg
+
+
+#: what the server says when it answers but refuses the user, the password or the database: the user's to fix
+_REFUSED = ("password authentication failed", "does not exist", "no pg_hba.conf entry", "authentication failed",
+            "permission denied")
 
 
 def _safe_dsn(dsn: str) -> str:
@@ -162,9 +167,18 @@ class PostgresTrackerStore(TrackerStore):
         except psycopg.OperationalError as exc:
             self._drop_connection()
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise XflowError(f"postgres tracker: cannot reach {_safe_dsn(self.dsn)} while {doing}: {first_line}",
-                             "start PostgreSQL, or pass --option dsn=postgresql://USER@HOST:PORT/DB "
-                             "(or set XFLOW_POSTGRES_DSN)") from None
+            if first_line.startswith("connection is bad:"):  # libpq refused an option before connecting
+                raise XflowError(f"postgres tracker: option dsn ({_safe_dsn(self.dsn)}) is not usable: "
+                                 f"{first_line.removeprefix('connection is bad:').strip()}",
+                                 "correct the option dsn (or XFLOW_POSTGRES_DSN)") from None
+            if any(words in first_line for words in _REFUSED):  # the server answered: no such role or database
+                raise XflowError(f"postgres tracker: {_safe_dsn(self.dsn)} refused the connection while {doing}: "
+                                 f"{first_line}", "check the user, password and database in option dsn "
+                                 "(or XFLOW_POSTGRES_DSN)") from None
+            # not there, restarting, or a connection lost: may pass (exit 1; a worker waits and goes on)
+            raise BackendUnavailable(f"postgres tracker: cannot reach {_safe_dsn(self.dsn)} while {doing}: "
+                                     f"{first_line}", "start PostgreSQL, or pass --option "
+                                     "dsn=postgresql://USER@HOST:PORT/DB (or set XFLOW_POSTGRES_DSN)") from None
 
     def _drop_connection(self) -> None:
         if self._connection is not None:
