@@ -229,8 +229,10 @@ def test_a_worker_rides_out_a_server_restart_and_a_refused_password_is_exit_2(tm
         recovered = settled("after", 60)
         assert worker.poll() is None, (tmp_path / "worker.log").read_text()
         # the server loses its data (as a restart without persistence would): one line, exit 2, no traceback
-        subprocess.run(["redis-cli", "-p", str(port), "--no-auth-warning", "-a", password, "flushall"], check=True,
-                       capture_output=True, timeout=30)
+        import redis
+
+        with redis.Redis(port=port, password=password) as client:
+            client.flushall()
         assert worker.wait(60) == 2, (tmp_path / "worker.log").read_text()
     finally:
         if worker is not None and worker.poll() is None:
