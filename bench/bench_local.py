@@ -38,6 +38,7 @@ from typing import Any
 from xflow import Engine
 from xflow.core.interfaces import PluginContext, Record
 from xflow.core.runtime import encode_event, new_event_id
+from xflow.core.wire import derive_event_id
 from xflow.trackers.sqlite import SCHEMA as TRACKER_SCHEMA
 from xflow.transports.local import SCHEMA, LocalTransport, connect
 
@@ -176,8 +177,8 @@ def raw_chain(folder: Path, executions: int, batch: int = 100) -> tuple[int, flo
     log.executescript(SCHEMA)
     tracker.executescript(TRACKER_SCHEMA)
     log.execute("BEGIN IMMEDIATE")
-    for index in range(executions):
-        key = f"x{index}"
+    for _ in range(executions):
+        key = new_event_id()  # an execution id as Engine.publish gives one (32 random hex digits)
         log.execute("INSERT INTO records(stream, part, key, value, appended_at) VALUES ('A', ?, ?, ?, 0)",
                     (zlib.crc32(key.encode()) % 4, key, encode_event("A", {"n": 0}, key, new_event_id(), "bench")))
     log.execute("COMMIT")
@@ -204,7 +205,7 @@ def raw_chain(folder: Path, executions: int, batch: int = 100) -> tuple[int, flo
                     if event["id"] in seen:
                         continue
                     data = {"n": event["data"].get("n", 0) + 1, "execution_id": key}
-                    out_id = new_event_id()
+                    out_id = derive_event_id(event["id"], function, 0)  # as a handler's event ids are made
                     outputs.append((target, part, key, json.dumps({**event, "id": out_id, "type": target, "data": data},
                                                                    separators=(",", ":")).encode(), now))
                     event_rows.append((out_id, key, target, now, function, json.dumps(data)))

@@ -14,9 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -41,7 +41,19 @@ class BadMessage(ValueError):
 
 
 def new_event_id() -> str:
-    return uuid.uuid4().hex
+    """A new event or execution id: 32 hex digits laid out as a UUID of version 7 (RFC 9562), the time in
+    milliseconds first and 74 random bits after it. Ids made later sort later, so the indexes a tracker keeps by
+    id grow at their end instead of at random places (a random id dirties another page of each index per row)."""
+    random_bits = int.from_bytes(os.urandom(10), "big")
+    value = ((time.time_ns() // 1_000_000) & _MILLISECONDS) << 80 | _VERSION_7 | (random_bits >> 62 & 0xFFF) << 64 \
+        | _VARIANT | (random_bits & _RANDOM_B)
+    return f"{value:032x}"
+
+
+_MILLISECONDS = (1 << 48) - 1
+_VERSION_7 = 0x7 << 76
+_VARIANT = 0b10 << 62
+_RANDOM_B = (1 << 62) - 1
 
 
 def derive_event_id(parent_event_id: str, function: str, index: int) -> str:
@@ -50,7 +62,19 @@ def derive_event_id(parent_event_id: str, function: str, index: int) -> str:
     Deterministic, so a re-delivery after a crash republishes the same ids.
     """
     digest = hashlib.sha256(f"{parent_event_id}\x1f{function}\x1f{index}".encode()).hexdigest()
+    if len(parent_event_id) == 32 and parent_event_id[12] == "7" and _TIME_ORDERED.fullmatch(parent_event_id):
+        # a parent made by new_event_id (or derived from one): its time first, then bits of the digest, so the
+        # events of an execution sort near the time it began (see new_event_id) and a tracker's indexes grow at
+        # their end. Older ids (version 4) and other producers' ids give the digest, as they always did.
+        bits = int(digest[:20], 16)
+        value = int(parent_event_id[:12], 16) << 80 | _VERSION_7 | (bits >> 62 & 0xFFF) << 64 | _VARIANT \
+            | (bits & _RANDOM_B)
+        return f"{value:032x}"
     return digest[:32]
+
+
+#: an id :func:`new_event_id` makes: a version-7 UUID as 32 lowercase hex digits
+_TIME_ORDERED = re.compile(r"[0-9a-f]{12}7[0-9a-f]{3}[89ab][0-9a-f]{15}")
 
 
 # -- times ------------------------------------------------------------------------------------
