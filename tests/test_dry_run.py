@@ -272,3 +272,44 @@ def test_subscriber_lookups_match_their_definitions(pairs, extra_events):
     for function in [f"f{i}" for i in range(6)]:
         assert workflow.subscriptions_of(function) == tuple(e for e in flow if function in plain_subscribers(e))
 
+
+
+def _chain(n: int) -> str:
+    """``n`` chained functions over ``n`` events (as bench/bench_setup.py makes them), with a flow naming each."""
+    lines = [f"workflow_id: chain_{n}", "functions:"]
+    for i in range(n):
+        lines += [f"  - {{name: f{i}, source: steps.py, handler: step"
+                  + (f", publishes: [E{i + 1}]}}" if i < n - 1 else "}")]
+    lines += ["subscriptions:", *(f"  - {{event: E{i}, subscribers: [f{i}]}}" for i in range(n)),
+              "workflows:", f"  - {{id: chain_{n}, flow: [{', '.join(f'E{i}' for i in range(n))}]}}"]
+    return "\n".join(lines) + "\n"
+
+
+def test_setup_time_grows_linearly_with_the_functions(tmp_path):
+    """Load, plan and set up (embedded backends) 250 and 1,000 functions in this process, best of 3 each: four times
+    the functions take well under 9 times as long (a quadratic setup takes 16 times, the cubic one that once took
+    27 s for 1,000 functions 64 times), and the plan of 1,000 stays under 3 s."""
+    from xflow.core.engine import Engine
+
+    def timed(n: int, round_: int, dry_run: bool) -> float:
+        folder = tmp_path / f"n{n}-{round_}-{dry_run}"
+        folder.mkdir()
+        (folder / "steps.py").write_text("def step(event, ctx):\n    return {'n': event.get('n', 0) + 1}\n")
+        (folder / "chain.yaml").write_text(_chain(n))
+        start = time.perf_counter()
+        engine = Engine(folder / "chain.yaml", transport="local", provider="local", tracker="sqlite",
+                        state_dir=folder / ".xflow")
+        try:
+            report = engine.setup(dry_run=dry_run)
+        finally:
+            engine.close()
+        elapsed = time.perf_counter() - start
+        assert sum(1 for step in report.steps if step.resource.startswith("stream:")) == n
+        return elapsed
+
+    best = {(n, dry_run): min(timed(n, r, dry_run) for r in range(3)) for n in (250, 1000) for dry_run in (True, False)}
+    for dry_run in (True, False):
+        ratio = best[1000, dry_run] / best[250, dry_run]
+        assert ratio < 9, f"{'plan' if dry_run else 'setup'}: 250 functions {best[250, dry_run]:.2f} s, 1,000 " \
+                          f"{best[1000, dry_run]:.2f} s ({ratio:.1f}x)"
+    assert best[1000, True] < 3.0, f"the plan of 1,000 functions took {best[1000, True]:.2f} s"
