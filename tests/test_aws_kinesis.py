@@ -239,3 +239,49 @@ workflows:
     assert sorted((e, f) for e, f, _ in lines) == sorted((e, f) for e in executions for f in ("double", "note"))
     assert len({worker for _, _, worker in lines}) == 2  # both workers took part
     subprocess.run(["xflow", "teardown", "wf.yaml"], cwd=tmp_path, env=env, check=True, capture_output=True)
+
+
+REGION_FLOW = """
+workflow_id: {wid}
+lambdas:
+  - {{name: double, source: steps.py, handler: double, publishes: [Doubled]}}
+subscriptions:
+  - {{name: Start, subscribers: [double]}}
+"""
+
+
+@pytest.mark.parametrize("variable", ["AWS_REGION", "AWS_DEFAULT_REGION"])
+def test_the_region_may_come_from_aws_region_or_aws_default_region_alone(aws_endpoint, tmp_path, variable):  # noqa: F811
+    """botocore reads AWS_DEFAULT_REGION and the profile only; AWS_REGION alone (as Lambda and CI actions set it,
+    with no AWS config file) is a region too. Without either a command says plainly that there is none."""
+    import os
+    import subprocess
+
+    import boto3
+    from xflow_cli_testing import xflow_command
+
+    wid = f"rg{uuid.uuid4().hex[:6]}"
+    (tmp_path / "steps.py").write_text("def double(event, ctx):\n    return {'n': 2}\n")
+    (tmp_path / "wf.yaml").write_text(REGION_FLOW.format(wid=wid))
+    home = tmp_path / "home"  # no ~/.aws/config to find a region in
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_CONFIG_FILE",
+                        "AWS_SHARED_CREDENTIALS_FILE") and not k.startswith("XFLOW_")}
+    env["HOME"] = str(home)
+
+    def xflow(*args: str, **more: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(xflow_command(*args), cwd=tmp_path, env={**env, **more}, capture_output=True, text=True,
+                              timeout=120)
+
+    plugins = ["--transport", "kinesis", "--provider", "local", "--tracker", "sqlite"]
+    nowhere = xflow("setup", "wf.yaml", *plugins)
+    assert nowhere.returncode == 2, nowhere.stderr
+    assert "no AWS region" in nowhere.stderr
+    done = xflow("setup", "wf.yaml", *plugins, **{variable: "us-east-1"})
+    assert done.returncode == 0, done.stderr
+    streams = boto3.client("kinesis", region_name="us-east-1").list_streams()["StreamNames"]
+    assert f"{wid}-Start" in streams
+    gone = xflow("teardown", "wf.yaml", **{variable: "us-east-1"})
+    assert gone.returncode == 0, gone.stderr
+    assert f"{wid}-Start" not in boto3.client("kinesis", region_name="us-east-1").list_streams()["StreamNames"]

@@ -119,6 +119,11 @@ class AwsSession:
             self.session = boto3.session.Session(**kwargs)
         except Exception as exc:  # ProfileNotFound and friends
             raise XflowError(f"cannot make an AWS session: {exc}", "check the aws: block and your AWS config") from None
+        if not self.session.region_name and os.environ.get("AWS_REGION"):
+            # botocore reads AWS_DEFAULT_REGION and the profile, not AWS_REGION (which the other SDKs, Lambda and CI
+            # actions set): the next place to look
+            kwargs["region_name"] = os.environ["AWS_REGION"]
+            self.session = boto3.session.Session(**kwargs)
         self.region: str | None = self.session.region_name
         self._clients: dict[tuple[str, int, bool], Any] = {}  # (service, thread, long_running)
         self._lock = threading.Lock()
