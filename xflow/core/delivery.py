@@ -5,7 +5,10 @@ every decoded event is recorded (one ``record_events`` call), except those the w
 which were recorded when their handler's attempt was settled; events the function already handled successfully are
 skipped (one ``succeeded_among`` query: re-deliveries after a crash); an event more than the workflow's hop limit of
 handler publishes away from the event published from outside (``general: {hop_limit: N}``, default 1000) is
-recorded failed and dead-lettered, which ends a cycle. The rest become :class:`Job` s for the runner to run.
+recorded failed and dead-lettered, which ends a cycle; so is an event whose budget (the deliveries it and the events
+that follow from it may still make, out of ``general: {event_limit: N}``, default 100,000, per event published from
+outside; :func:`~xflow.core.wire.child_budget`) is smaller than its number of subscribers, which ends a cycle that
+fans out. The rest become :class:`Job` s for the runner to run.
 
 Settling the attempts that finished: the events each successful handler published are checked (events of the
 workflow, JSON) and published grouped per stream, then recorded with every attempt's outcome (one
@@ -37,6 +40,7 @@ from xflow.core.fastrecords import new_delivery_record, new_event_record
 from xflow.core.interfaces import Delivery, DeliveryRecord, DeliveryStatus, EventRecord, Record, TrackerStore, Transport
 from xflow.core.model import Function, Workflow
 from xflow.core.runtime import (
+    DEFAULT_EVENT_LIMIT,
     DEFAULT_HOP_LIMIT,
     MAX_EPOCH,
     MIN_EPOCH,
@@ -44,6 +48,7 @@ from xflow.core.runtime import (
     DecodedEvent,
     HandlerOutcome,
     JsonObject,
+    child_budget,
     decode_event,
     derive_event_id,
     encode_event,
@@ -68,6 +73,15 @@ def hop_limit(workflow: Workflow) -> int:
         return max(0, int(value))
     except (TypeError, ValueError):
         return DEFAULT_HOP_LIMIT
+
+
+def event_limit(workflow: Workflow) -> int:
+    """How many deliveries one event published from outside may lead to (default 100,000)."""
+    value = getattr(workflow, "event_limit", None) or (workflow.general or {}).get("event_limit") or DEFAULT_EVENT_LIMIT
+    try:
+        return max(1, int(value))
+    except (TypeError, ValueError):
+        return DEFAULT_EVENT_LIMIT
 
 
 class Job:
@@ -119,6 +133,9 @@ class FunctionDelivery:
         self.backoff_seconds, self.backoff_max_seconds = max(0.0, backoff_seconds), max(0.0, backoff_max_seconds)
         self.attempts = function.retries + 1
         self.hop_limit = hop_limit(workflow)
+        self.event_limit = event_limit(workflow)
+        #: each event's number of subscribers (what its budget pays for first)
+        self._subscribers: dict[str, int] = {}
         self.producer = f"xflow/{workflow.id}/{function.name}"
         self._ours = f"xflow/{workflow.id}/"
         self.observer = observe.current()  # metrics, when a worker serves them (None: off)
@@ -169,6 +186,12 @@ class FunctionDelivery:
                 failures[index] = exc
         return None, failures
 
+    def subscriber_count(self, event: str) -> int:
+        count = self._subscribers.get(event)
+        if count is None:
+            count = self._subscribers[event] = max(1, len(self.workflow.subscribers(event)))
+        return count
+
     # -- admitting a poll -----------------------------------------------------------------------
     def where(self, delivery: Delivery) -> str:
         return f"{self.transport.stream_name(delivery.event)}:{delivery.partition}:{delivery.position}"
@@ -210,6 +233,15 @@ class FunctionDelivery:
                 reason = (f"execution {event.execution_id} exceeded the hop limit of {self.hop_limit} events; a cycle? "
                           f"({delivery.event} {event.event_id} is {event.hops} handler publishes away from the event "
                           "published from outside; raise general.hop_limit in the workflow file if this is intended)")
+                failures.append((delivery, DeliveryRecord(event.execution_id, event.event_id, delivery.event,
+                                                          self.function.name, 1, "failed", time.time(), 0.0, reason)))
+                continue
+            if event.budget is not None and event.budget < self.subscriber_count(delivery.event):
+                reason = (f"execution {event.execution_id} exceeded the event limit of {self.event_limit} deliveries "
+                          f"from one event published from outside; a cycle that fans out? ({delivery.event} "
+                          f"{event.event_id} has a budget of {event.budget} deliveries left for its "
+                          f"{self.subscriber_count(delivery.event)} subscribers; raise general.event_limit in the "
+                          "workflow file if this is intended)")
                 failures.append((delivery, DeliveryRecord(event.execution_id, event.event_id, delivery.event,
                                                           self.function.name, 1, "failed", time.time(), 0.0, reason)))
                 continue
@@ -352,6 +384,8 @@ class FunctionDelivery:
         encoded already is not encoded again); or the reason they cannot be published."""
         events: list[tuple[EventRecord, Record]] = []
         execution_id, hops = job.execution_id, job.event.hops + 1
+        budget = child_budget(self.event_limit if job.event.budget is None else job.event.budget,
+                              self.subscriber_count(job.delivery.event), len(outcome.published))
         for index, (name, data) in enumerate(outcome.published):
             if name not in self.workflow.flow:
                 return [], (f"{self.producer} published {name!r}, which is not an event of workflow {self.workflow.id!r} "
@@ -364,9 +398,10 @@ class FunctionDelivery:
             try:
                 if type(data) is JsonObject and data.get("execution_id") == execution_id:
                     value = encode_event_json(name, data.json, execution_id, event_id, self.producer, now, hops,
-                                              trace, state)
+                                              trace, state, budget)
                 else:
-                    value = encode_event(name, data, execution_id, event_id, self.producer, now, hops, trace, state)
+                    value = encode_event(name, data, execution_id, event_id, self.producer, now, hops, trace, state,
+                                         budget)
             except (TypeError, ValueError) as exc:
                 return [], f"the data of event {name!r} is not JSON-serialisable: {exc}"
             events.append((new_event_record(execution_id, event_id, name, now, self.producer, data),

@@ -12,6 +12,8 @@ from xflow.core.rollout import DeployChoice
 
 #: ``general.hop_limit`` when the file gives none
 DEFAULT_HOP_LIMIT = 1000
+#: ``general.event_limit`` when the file gives none (the same as :data:`xflow.core.wire.DEFAULT_EVENT_LIMIT`)
+DEFAULT_EVENT_LIMIT = 100_000
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,9 @@ class Workflow:
     plugins: Mapping[str, PluginChoice] = field(default_factory=dict)
     #: ``general.hop_limit``: how many hops (events published one from another) an execution may make
     hop_limit: int = DEFAULT_HOP_LIMIT
+    #: ``general.event_limit``: how many deliveries one event published from outside may lead to, however the
+    #: events that follow from it fan out (a cycle that fans out ends there)
+    event_limit: int = DEFAULT_EVENT_LIMIT
     #: the ``logging:`` block (no routes when absent)
     logging: LoggingChoice = field(default_factory=LoggingChoice)
     #: the ``monitoring:`` block (None when absent: setup makes no alarms, topic or dashboard)

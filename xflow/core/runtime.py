@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from xflow.core.wire import (
+        BUDGET_ATTRIBUTE,
+        DEFAULT_EVENT_LIMIT,
         DEFAULT_HOP_LIMIT,
         EXECUTION_ID_ATTRIBUTE,
         HOPS_ATTRIBUTE,
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
         BadMessage,
         DecodedEvent,
         JsonObject,
+        child_budget,
         decode_event,
         derive_event_id,
         encode_event,
@@ -50,6 +53,8 @@ if TYPE_CHECKING:
 else:
     try:
         from xflow.core.wire import (
+            BUDGET_ATTRIBUTE,
+            DEFAULT_EVENT_LIMIT,
             DEFAULT_HOP_LIMIT,
             EXECUTION_ID_ATTRIBUTE,
             HOPS_ATTRIBUTE,
@@ -61,6 +66,7 @@ else:
             BadMessage,
             DecodedEvent,
             JsonObject,
+            child_budget,
             decode_event,
             derive_event_id,
             encode_event,
@@ -73,6 +79,8 @@ else:
         )
     except ImportError:  # the copy in a Lambda zip: xflow_wire.py beside this file, no xflow package
         from xflow_wire import (
+            BUDGET_ATTRIBUTE,
+            DEFAULT_EVENT_LIMIT,
             DEFAULT_HOP_LIMIT,
             EXECUTION_ID_ATTRIBUTE,
             HOPS_ATTRIBUTE,
@@ -84,6 +92,7 @@ else:
             BadMessage,
             DecodedEvent,
             JsonObject,
+            child_budget,
             decode_event,
             derive_event_id,
             encode_event,
@@ -96,6 +105,8 @@ else:
         )
 
 __all__ = [
+    "BUDGET_ATTRIBUTE",
+    "DEFAULT_EVENT_LIMIT",
     "DEFAULT_HOP_LIMIT",
     "EXECUTION_ID_ATTRIBUTE",
     "HOPS_ATTRIBUTE",
@@ -107,6 +118,7 @@ __all__ = [
     "BadMessage",
     "DecodedEvent",
     "JsonObject",
+    "child_budget",
     "decode_event",
     "derive_event_id",
     "encode_event",

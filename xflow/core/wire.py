@@ -30,6 +30,12 @@ EXECUTION_ID_ATTRIBUTE = "executionid"
 HOPS_ATTRIBUTE = "xflowhops"
 #: the hop limit when the workflow file sets none (``general: {hop_limit: N}``)
 DEFAULT_HOP_LIMIT = 1000
+#: the CloudEvents extension attribute that carries an event's budget: how many deliveries the event and the events
+#: that follow from it may still make (absent on an event published from outside: it gets the workflow's event
+#: limit; see :func:`child_budget`)
+BUDGET_ATTRIBUTE = "xflowbudget"
+#: the event limit when the workflow file sets none (``general: {event_limit: N}``)
+DEFAULT_EVENT_LIMIT = 100_000
 #: the largest record :func:`decode_event` reads, in bytes
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 #: the deepest nesting of arrays and objects :func:`decode_event` accepts
@@ -197,18 +203,31 @@ _SOURCES: dict[str, str] = {}
 
 def encode_event(event: str, data: Mapping[str, Any], execution_id: str, event_id: str,
                  producer: str, published_at: float | None = None, hops: int = 0,
-                 traceparent: str | None = None, tracestate: str | None = None) -> bytes:
+                 traceparent: str | None = None, tracestate: str | None = None, budget: int | None = None) -> bytes:
     """An xflow message: a CloudEvents 1.0 event in the structured JSON format.
 
     ``type`` is the event name, ``source`` the producer (``xflow/<workflow>/<function>``), the execution id the
     extension ``executionid`` (and ``execution_id`` inside ``data``), the hop count the extension ``xflowhops``,
-    the W3C trace context (when given) the distributed-tracing extension ``traceparent`` and ``tracestate``.
+    the budget (when given: events a handler publishes) the extension ``xflowbudget``, the W3C trace context (when
+    given) the distributed-tracing extension ``traceparent`` and ``tracestate``.
     Raises ValueError (or TypeError) for data that is not JSON: NaN and infinities, lone surrogates, other types.
     """
     payload = dict(data)
     payload["execution_id"] = execution_id
     return encode_event_json(event, json_text(payload), execution_id, event_id, producer, published_at, hops,
-                             traceparent, tracestate)
+                             traceparent, tracestate, budget)
+
+
+def child_budget(budget: int, subscribers: int, published: int) -> int:
+    """The budget of each event a handler publishes while handling an event of budget ``budget`` that has
+    ``subscribers`` subscribers, when it publishes ``published`` events.
+
+    An event's budget bounds the deliveries it and the events that follow from it make: its own deliveries (one per
+    subscriber) come out of it, and the rest is shared among the events its subscribers publish. So however a cycle
+    fans out, one event published from outside leads to at most the workflow's event limit of deliveries; an event
+    whose budget is below its number of subscribers is not delivered (it is dead-lettered with the reason)."""
+    subscribers, published = max(1, subscribers), max(1, published)
+    return max(0, (budget - subscribers) // (subscribers * published))
 
 
 def json_text(data: Any) -> str:
@@ -229,7 +248,7 @@ def _not_json(value: Any) -> Any:
 
 def encode_event_json(event: str, data_json: str, execution_id: str, event_id: str, producer: str,
                       published_at: float | None = None, hops: int = 0, traceparent: str | None = None,
-                      tracestate: str | None = None) -> bytes:
+                      tracestate: str | None = None, budget: int | None = None) -> bytes:
     """:func:`encode_event` for data already encoded by :func:`json_text` (an object that holds ``execution_id``):
     the same bytes, without encoding the data again."""
     text = "".join(('{"specversion":"', SPEC_VERSION, '","id":', _quote(event_id), ',"type":', _quote(event),
@@ -237,6 +256,7 @@ def encode_event_json(event: str, data_json: str, execution_id: str, event_id: s
                     iso_time(time.time() if published_at is None else published_at),
                     '","datacontenttype":"application/json","', EXECUTION_ID_ATTRIBUTE, '":', _quote(execution_id),
                     ',"', HOPS_ATTRIBUTE, '":', str(int(hops)),
+                    "" if budget is None else f',"{BUDGET_ATTRIBUTE}":{int(budget)}',
                     _trace_attributes(traceparent, tracestate) if traceparent else "", ',"data":', data_json, "}"))
     return text.encode("utf-8")
 
@@ -281,6 +301,9 @@ class DecodedEvent:
     #: the W3C trace context it carried (the CloudEvents distributed-tracing extension), as text; None when absent
     traceparent: str | None = None
     tracestate: str | None = None
+    #: deliveries it and the events that follow from it may still make (:func:`child_budget`); None when it carries
+    #: none (an event published from outside: the workflow's event limit)
+    budget: int | None = None
 
 
 def decode_event(value: bytes, fallback_id: str) -> DecodedEvent:
@@ -375,6 +398,14 @@ def _decode_cloudevent(message: dict[str, Any]) -> DecodedEvent:
         hops = int(hops)
     elif isinstance(hops, bool) or not isinstance(hops, int) or hops < 0:
         raise BadMessage(f"the attribute {HOPS_ATTRIBUTE!r} must be a whole number of at least 0, got {hops!r:.40}")
+    budget = message.get(BUDGET_ATTRIBUTE)
+    if budget is None or (type(budget) is int and budget >= 0):
+        pass
+    elif isinstance(budget, str) and budget.isascii() and budget.isdigit() and len(budget) <= 18:
+        budget = int(budget)
+    else:
+        raise BadMessage(f"the attribute {BUDGET_ATTRIBUTE!r} must be a whole number of at least 0, "
+                         f"got {budget!r:.40}")
     published_at = None  # when ``time`` is missing, unreadable or absurd: the time of reading
     if stamp is not None:
         try:
@@ -386,7 +417,7 @@ def _decode_cloudevent(message: dict[str, Any]) -> DecodedEvent:
     trace, state = message.get("traceparent"), message.get("tracestate")  # read as text; checked where used
     return DecodedEvent(str(event_id), execution_id, data, producer or "",
                         time.time() if published_at is None else published_at, hops,
-                        trace if type(trace) is str else None, state if type(state) is str else None)
+                        trace if type(trace) is str else None, state if type(state) is str else None, budget)
 
 
 def _check_attributes(message: dict[str, Any]) -> None:

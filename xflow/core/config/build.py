@@ -15,6 +15,7 @@ from xflow.core.config.cycles import warn_cycles
 from xflow.core.config.problems import MAX_WARNINGS_SHOWN, Problems, one_line
 from xflow.core.config.schema import WORKFLOW_ID, FunctionSchema
 from xflow.core.model import (
+    DEFAULT_EVENT_LIMIT,
     DEFAULT_HOP_LIMIT,
     Function,
     LoggingChoice,
@@ -166,7 +167,8 @@ def build_workflow(file: Path, raw: dict[str, Any], data: dict[str, Any], proble
         workflow = Workflow(
             id=workflow_id, path=file.resolve(), functions=functions, subscriptions=tuple(subscriptions),
             flow=tuple(flow), general=general, aws={k: v for k, v in (data.get("aws") or {}).items() if v is not None},
-            plugins=plugins, hop_limit=hop_limit, logging=_logging(data.get("logging")),
+            plugins=plugins, hop_limit=hop_limit,
+            event_limit=_default(general.get("event_limit"), DEFAULT_EVENT_LIMIT), logging=_logging(data.get("logging")),
             monitoring=_monitoring(raw, data.get("monitoring")), deploy=_deploy(data.get("deploy")),
         )
         if data.get("stage"):

@@ -12,6 +12,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, valida
 from xflow.core.stages import STAGE_NAME, STAGE_RULE
 
 MAX_HOP_LIMIT = 1_000_000
+MAX_EVENT_LIMIT = 10**15
 #: the most handler calls of one function a worker runs at once (``concurrency:``)
 MAX_CONCURRENCY = 1024
 # Patterns are matched whole: ``\Z`` (not ``$``, which also matches before a final newline).
@@ -111,6 +112,7 @@ class GeneralSchema(_Strict):
     retries = WholeNumber(allow_none=True, validate=validate.Range(0, 100))
     runtime = fields.Str(allow_none=True, validate=validate.Length(min=1, error="must not be empty"))
     hop_limit = WholeNumber(allow_none=True, validate=validate.Range(1, MAX_HOP_LIMIT))
+    event_limit = WholeNumber(allow_none=True, validate=validate.Range(1, MAX_EVENT_LIMIT))
     architecture = fields.Str(allow_none=True, validate=architecture)
 
 

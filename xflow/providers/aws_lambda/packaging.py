@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from xflow.core.delivery import hop_limit
+from xflow.core.delivery import event_limit, hop_limit
 from xflow.core.errors import XflowError
 
 if TYPE_CHECKING:
@@ -125,7 +125,9 @@ def function_manifest(workflow: Workflow, function: Function) -> dict[str, Any]:
     ``requirements`` are filled in when it is packaged)."""
     manifest = {"workflow_id": workflow.unstaged_id, "function": function.name, "mode": "function",
                 "handler": function.handler, "source": "", "publishes": list(function.publishes),
-                "events": list(workflow.events), "retries": function.retries, "hop_limit": hop_limit(workflow)}
+                "events": list(workflow.events), "retries": function.retries, "hop_limit": hop_limit(workflow),
+                "event_limit": event_limit(workflow),
+                "subscribers": {event: len(workflow.subscribers(event)) for event in workflow.subscriptions_of(function.name)}}
     if function.architecture != "x86_64":
         manifest["architecture"] = function.architecture
     return manifest

@@ -14,8 +14,9 @@ shard, so Lambda retries from there and keeps order. The attempt number is count
 function's earlier failure lines; once ``retries`` is used up the failure is final (``failed``)
 and the shard moves on, as when Lambda discards a record after its last retry. A record that is
 not an event, or that breaks the shim, is set aside with a ``dead_letter`` line; an event more
-than ``hop_limit`` handler publishes away from the event published from outside is not handled
-and is reported ``failed`` at once, as the local worker does.
+than ``hop_limit`` handler publishes away from the event published from outside, or whose budget
+(``xflowbudget``: the deliveries it and the events after it may still make, out of ``event_limit``) is
+below its number of subscribers, is not handled and is reported ``failed`` at once, as the local worker does.
 
 Each delivery line is followed by the attempt's structured log records, one JSON line each (``{"time", "level",
 "workflow", "execution_id", "event", "event_id", "function", "attempt", "message", "trace_id", "kind", "status",
@@ -205,7 +206,7 @@ def _earlier_failures(function: str, execution_id: str, event_id: str, since: fl
 
 def _publish(cfg: Mapping[str, Any], published: list[tuple[str, dict[str, Any]]], parent_id: str,
              execution_id: str, hops: int = 0, handled: tuple[str | None, str | None] = (None, None),
-             spans: tracing.Spans | None = None, context: Any = None) -> None:
+             spans: tracing.Spans | None = None, context: Any = None, budget: int | None = None) -> None:
     """Publish the handler's events; their trace context continues ``handled`` (the handled event's traceparent and
     tracestate), through a publish span each, children of ``context``, when ``spans`` are on."""
     by_stream: dict[str, list[dict[str, Any]]] = {}
@@ -219,7 +220,7 @@ def _publish(cfg: Mapping[str, Any], published: list[tuple[str, dict[str, Any]]]
                         if spans is not None and context is not None else
                         tracing.continued(handled[0], handled[1], event_id, execution_id))
         value = runtime.encode_event(name, data, execution_id, event_id, source, hops=hops + 1, traceparent=trace,
-                                     tracestate=state)
+                                     tracestate=state, budget=budget)
         by_stream.setdefault(stream, []).append({"Data": value, "PartitionKey": execution_id})
     if not by_stream:
         return
@@ -282,6 +283,16 @@ def _handle_record(cfg: Mapping[str, Any], record: Mapping[str, Any], event_name
     line = {"xflow": "delivery", "execution_id": decoded.execution_id, "event_id": decoded.event_id,
             "event": event_name, "function": function, "workflow_id": workflow_id, "started_at": started,
             "trace_id": tracing.trace_id(decoded.traceparent)}
+    event_limit = int(cfg.get("event_limit") or runtime.DEFAULT_EVENT_LIMIT)
+    subscribers = max(1, int((cfg.get("subscribers") or {}).get(event_name) or 1))
+    budget = event_limit if decoded.budget is None else decoded.budget
+    if budget < subscribers:
+        emit({**line, "duration": 0.0, "logs": [], "attempt": 1, "status": "failed",
+              "error": f"execution {decoded.execution_id} exceeded the event limit of {event_limit} deliveries from "
+                       f"one event published from outside; a cycle that fans out? ({event_name} {decoded.event_id} "
+                       f"has a budget of {budget} deliveries left for its {subscribers} subscribers; raise "
+                       "general.event_limit in the workflow file if this is intended)"})
+        return False
     if decoded.hops > hop_limit:
         emit({**line, "duration": 0.0, "logs": [], "attempt": 1, "status": "failed",
               "error": f"execution {decoded.execution_id} exceeded the hop limit of {hop_limit} events; a cycle? "
@@ -304,7 +315,8 @@ def _handle_record(cfg: Mapping[str, Any], record: Mapping[str, Any], event_name
     if outcome.ok:
         try:
             _publish(cfg, outcome.published, decoded.event_id, decoded.execution_id, decoded.hops,
-                     (decoded.traceparent, decoded.tracestate), spans, context)
+                     (decoded.traceparent, decoded.tracestate), spans, context,
+                     runtime.child_budget(budget, subscribers, len(outcome.published)))
         except Exception as exc:
             error = f"publishing failed: {type(exc).__name__}: {exc}"
     line.update(duration=outcome.duration, logs=outcome.logs)
