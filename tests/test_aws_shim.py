@@ -153,3 +153,31 @@ def test_folder_source_with_a_module_handler(aws_endpoint, tmp_path):  # noqa: F
     assert result == {"batchItemFailures": []}
     assert [(x["event_id"], x["status"]) for x in lines] == [("ev-5", "succeeded")]
     boto3.client("kinesis").delete_stream(StreamName=f"{wid}-Out")
+
+
+def test_shim_pays_deliveries_from_the_budget_and_refuses_an_event_that_has_none_left(aws_endpoint, tmp_path):  # noqa: F811
+    """As the local worker: an event whose budget is below its number of subscribers is recorded failed with the
+    reason and not handled; the events a handler publishes carry what is left, shared among them."""
+    import boto3
+
+    wid = f"shim{uuid.uuid4().hex[:6]}"
+    root = build(tmp_path, wid, retries=0)
+    manifest = json.loads((root / "xflow_function.json").read_text())
+    assert manifest["event_limit"] == 100_000 and manifest["subscribers"] == {"In": 1}
+    kinesis = boto3.client("kinesis")
+    kinesis.create_stream(StreamName=f"{wid}-Out", ShardCount=1)
+    kinesis.get_waiter("stream_exists").wait(StreamName=f"{wid}-Out")
+    spent = encode_event("In", {"n": 1}, "ex", "ev-spent", "xflow/w/up", budget=0)
+    funded = encode_event("In", {"n": 2}, "ex", "ev-funded", "xflow/w/up", budget=9)
+    result, lines = run_shim(root, kinesis_event(wid, [spent, funded]))
+    assert result == {"batchItemFailures": []}
+    refused, handled = lines[0], lines[1]
+    assert refused["event_id"] == "ev-spent" and refused["status"] == "failed"
+    assert refused["error"].startswith("execution ex exceeded the event limit of 100000 deliveries")
+    assert handled["event_id"] == "ev-funded" and handled["status"] == "succeeded"
+    shard = kinesis.list_shards(StreamName=f"{wid}-Out")["Shards"][0]["ShardId"]
+    iterator = kinesis.get_shard_iterator(StreamName=f"{wid}-Out", ShardId=shard,
+                                          ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+    (out,) = kinesis.get_records(ShardIterator=iterator)["Records"]
+    assert json.loads(out["Data"])["xflowbudget"] == 8  # 9, less its one delivery, for its one event
+    kinesis.delete_stream(StreamName=f"{wid}-Out")
