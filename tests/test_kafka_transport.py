@@ -80,6 +80,54 @@ def test_bad_options_are_clear_errors(tmp_path):
             KafkaTransport(PluginContext("wf", options, tmp_path)).stream_name("Uploaded")
 
 
+SECURITY_FLOW = """
+workflow_id: sec
+lambdas:
+  - {name: first, source: steps.py, handler: first}
+subscriptions:
+  - {name: Start, subscribers: [first]}
+"""
+
+
+@pytest.mark.parametrize("bad, words", [
+    ("security_protocol=bogus", "security_protocol='bogus' is not a Kafka security protocol; "
+                                "choose one of: PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"),
+    ("sasl_mechanism=bogus", "sasl_mechanism='bogus' is not one kafka-python knows; choose one of: "),
+])
+def test_an_unknown_security_protocol_or_sasl_mechanism_is_named_before_connecting(cli, make_workflow, client, bad,
+                                                                                   words):
+    """Not 'cannot reach the brokers' (exit 1) after a connection attempt: the option and what it may be (exit 2)."""
+    path = make_workflow(SECURITY_FLOW, {"steps.py": "def first(event, ctx):\n    pass\n"})
+    options = ["--transport", "kafka", "--option", f"client={client}", "--option", "bootstrap_servers=127.0.0.1:1",
+               "--option", "connect_timeout_ms=20000", "--option", bad]
+    if bad.startswith("sasl"):
+        options += ["--option", "security_protocol=SASL_PLAINTEXT"]
+    for command in (["setup", path], ["publish", path, "Start", "{}"]):
+        started = time.monotonic()
+        done = cli(*command, *options)
+        assert done.returncode == 2, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert "cannot reach" not in done.stderr
+        assert time.monotonic() - started < 15  # no connection was waited for
+        if client == "kafka-python":  # librdkafka words its own refusal
+            assert words in done.stderr, done.stderr
+        else:
+            named = "security.protocol" if bad.startswith("security") else "sasl mechanism"
+            assert "bogus" in done.stderr and named in done.stderr.lower(), done.stderr
+
+
+def test_kafka_python_gets_the_security_protocol_in_the_case_it_knows(tmp_path):
+    """Kafka takes security.protocol in any case; kafka-python compares it with 'SSL' etc. as written, so 'ssl' would
+    have been plaintext."""
+    pytest.importorskip("kafka")
+    from xflow.transports.kafka import KafkaTransport
+
+    transport = KafkaTransport(PluginContext("wf", {"security_protocol": "sasl_ssl", "sasl_mechanism": "PLAIN"},
+                                             tmp_path))
+    assert transport.client._common()["security_protocol"] == "SASL_SSL"
+    assert transport.client._common()["sasl_mechanism"] == "PLAIN"
+
+
 CLIENT_CONFIG = {
     "kafka-python": '{"linger_ms": 5, "fetch_max_wait_ms": 100, "client_id": "xflow-test"}',
     "confluent": '{"linger.ms": 5, "fetch.wait.max.ms": 100, "client.id": "xflow-test"}',

@@ -33,7 +33,29 @@ from xflow.transports.kafka.clients.base import (
 
 log = logging.getLogger("xflow.kafka")
 
+#: what Kafka's security.protocol may be; Kafka takes any case, kafka-python only these spellings (else plaintext)
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 
+
+def checked_security(security: Mapping[str, str]) -> dict[str, str]:
+    """The security settings as kafka-python wants them, or an XflowError naming a protocol or SASL mechanism it does
+    not know (kafka-python would only fail while connecting, as if the brokers could not be reached)."""
+    checked = dict(security)
+    protocol = checked.get("security_protocol")
+    if protocol is not None:
+        if str(protocol).upper() not in SECURITY_PROTOCOLS:
+            raise XflowError(f"kafka option security_protocol={protocol!r} is not a Kafka security protocol; "
+                             "choose one of: " + ", ".join(SECURITY_PROTOCOLS))
+        checked["security_protocol"] = str(protocol).upper()
+    mechanism = checked.get("sasl_mechanism")
+    try:
+        from kafka.net.sasl import SASL_MECHANISMS
+    except ImportError:  # another layout of kafka-python: it checks the mechanism itself
+        SASL_MECHANISMS = {}
+    if mechanism is not None and SASL_MECHANISMS and mechanism not in SASL_MECHANISMS:
+        raise XflowError(f"kafka option sasl_mechanism={mechanism!r} is not one kafka-python knows; choose one of: "
+                         + ", ".join(sorted(SASL_MECHANISMS)))
+    return checked
 
 
 class PythonKafkaClient:
@@ -47,6 +69,7 @@ class PythonKafkaClient:
         except ImportError:
             raise install_hint("kafka-python", "kafka") from None
         self.settings = settings
+        self._security = checked_security(settings.security)
         self._admin: Any = None
         self._producer: Any = None
 
@@ -58,7 +81,7 @@ class PythonKafkaClient:
             "request_timeout_ms": s.request_timeout_ms,
             "reconnect_backoff_max_ms": 2000,
         }
-        config.update(s.security)
+        config.update(self._security)
         return config
 
     def _config(self, cls: Any, **settings: Any) -> dict[str, Any]:
