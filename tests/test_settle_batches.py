@@ -55,8 +55,12 @@ def test_sqlite_records_a_batch_of_events_and_deliveries_in_one_transaction(sqli
     sqlite_tracker.record_batch([_event("x", f"e{i}", i) for i in range(50)],
                                 [_delivery("x", f"e{i}", i + 0.5) for i in range(50)])
     assert [s for s in statements if not s.startswith("INSERT")] == ["BEGIN IMMEDIATE", "COMMIT"]
-    inserts = [s.split("(")[0] for s in statements if s.startswith("INSERT")]
-    assert inserts == ["INSERT OR IGNORE INTO events"] * 50 + ["INSERT INTO deliveries"] * 50, "events first"
+    inserts = [s for s in statements if s.startswith("INSERT")]
+    # one statement per table (the rows as one VALUES list, in order), events first
+    assert [s.split("(")[0] for s in inserts] == ["INSERT OR IGNORE INTO events", "INSERT INTO deliveries"]
+    assert [inserts[0].count("'e"), inserts[1].count("'e")] == [50, 50]
+    assert sqlite_tracker.db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 50
+    assert sqlite_tracker.db.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0] == 50
     statements.clear()
     sqlite_tracker.record_batch([], [])
     assert statements == [], "an empty batch touches nothing"

@@ -135,7 +135,10 @@ def test_sqlite_writes_a_batch_in_one_transaction(sqlite_tracker: Any, statement
     begins = [s for s in statements if s.startswith("BEGIN")]
     commits = [s for s in statements if s == "COMMIT"]
     inserts = [s for s in statements if s.startswith("INSERT")]
-    assert (len(begins), len(commits), len(inserts)) == (2, 2, 200), statements[:5]
+    # one statement per batch: the rows as one VALUES list (one SQLite step, where a statement per row gives up the
+    # interpreter's lock and takes it back around each)
+    assert (len(begins), len(commits), len(inserts)) == (2, 2, 2), statements[:5]
+    assert [insert.count("'e") for insert in inserts] == [100, 100]
     assert begins == ["BEGIN IMMEDIATE"] * 2
     statements.clear()
     sqlite_tracker.record_events([])
@@ -432,3 +435,23 @@ def test_cloudwatch_answers_successes_without_reading_a_whole_history(cloudwatch
     assert len(seen) == first + 1 and "nextToken" in seen[-1][1], "a later look reads on from where the last stopped"
     writer.record_deliveries([_delivery("x0", "e0", 500.0)])
     assert other.has_succeeded("x0", "e0", "reader"), "what another process wrote since is found"
+
+
+@pytest.mark.parametrize("count", [1, 2, 99, 100, 101, 499, 500, 501, 3001])
+def test_insert_rows_stores_every_row_in_order_and_conflicts_as_row_by_row(tmp_path: Path, count: int) -> None:
+    import sqlite3
+
+    from xflow.core.sqlite_files import MAX_ROWS_PER_INSERT, insert_rows
+
+    db = sqlite3.connect(tmp_path / "rows.db", isolation_level=None)
+    db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY AUTOINCREMENT, k TEXT UNIQUE, v INTEGER)")
+    statements: list[str] = []
+    db.set_trace_callback(statements.append)
+    rows = [(f"k{i % (count // 2 + 1)}", i) for i in range(count)]  # keys repeat: the first of each wins
+    insert_rows(db, "INSERT OR IGNORE INTO t(k, v) VALUES ", 2, rows)
+    assert len(statements) == -(-count // MAX_ROWS_PER_INSERT)
+    firsts: dict[str, int] = {}
+    for key, value in rows:
+        firsts.setdefault(key, value)
+    assert db.execute("SELECT k, v FROM t ORDER BY id").fetchall() == list(firsts.items())
+    db.close()

@@ -29,7 +29,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +63,23 @@ DAMAGED_HINT = "move it away (what it held is lost) or restore it from a backup,
 WRITABLE_HINT = "make the state folder and its files writable by this user, or choose another with --state-dir"
 #: how long a connection that found its log removed waits for others before checkpointing what it sees
 CHECKPOINT_BUSY_MS = 5000
+#: the most parameters one statement of :func:`insert_rows` binds (SQLite's limit: 32766 since 3.32, 999 before)
+MAX_PARAMETERS = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
+#: the most rows one statement of :func:`insert_rows` inserts
+MAX_ROWS_PER_INSERT = 500
+
+
+def insert_rows(db: sqlite3.Connection, insert: str, width: int, rows: Sequence[Sequence[Any]]) -> None:
+    """``insert`` (``"INSERT [OR ...] INTO t(a, b) VALUES "``) for every row of ``width`` values, in order, in as few
+    statements as SQLite's parameter limit allows (rows of one statement are inserted one after another, so a
+    conflict clause treats them as ``executemany`` would). One statement is one step of SQLite, where
+    ``executemany`` takes one per row and gives up the interpreter's lock around each: with other threads busy,
+    taking it back a hundred times is what a batch of a hundred rows would spend its time on."""
+    per = max(1, min(MAX_ROWS_PER_INSERT, MAX_PARAMETERS // width))
+    one = "(" + ",".join("?" * width) + ")"
+    for start in range(0, len(rows), per):
+        chunk = rows[start:start + per] if start or len(rows) > per else rows
+        db.execute(insert + ",".join([one] * len(chunk)), [value for row in chunk for value in row])
 
 
 class DiskFull(BackendUnavailable):

@@ -45,7 +45,7 @@ from xflow.core.interfaces import (
 )
 from xflow.core.options import Option
 from xflow.core.runtime import JsonObject, iso_time
-from xflow.core.sqlite_files import SharedConnection, SqliteFile
+from xflow.core.sqlite_files import SharedConnection, SqliteFile, insert_rows
 
 if TYPE_CHECKING:
     from xflow.core.model import Workflow
@@ -139,14 +139,14 @@ class SqliteTrackerStore(TrackerStore):
         rows = [_event_row(record) for record in records]
         if rows:
             with self._using() as db, _transaction(db):
-                db.executemany(INSERT_EVENT, rows)
+                insert_rows(db, INSERT_EVENT_ROWS, 6, rows)
 
     def record_deliveries(self, records: Sequence[DeliveryRecord]) -> None:
         """All in one transaction."""
         rows = [_delivery_row(record) for record in records]
         if rows:
             with self._using() as db, _transaction(db):
-                db.executemany(INSERT_DELIVERY, rows)
+                insert_rows(db, INSERT_DELIVERY_ROWS, 10, rows)
 
     def record_batch(self, events: Sequence[EventRecord], deliveries: Sequence[DeliveryRecord]) -> None:
         """The events, then the deliveries, in one transaction."""
@@ -155,9 +155,9 @@ class SqliteTrackerStore(TrackerStore):
         if event_rows or delivery_rows:
             with self._using() as db, _transaction(db):
                 if event_rows:
-                    db.executemany(INSERT_EVENT, event_rows)
+                    insert_rows(db, INSERT_EVENT_ROWS, 6, event_rows)
                 if delivery_rows:
-                    db.executemany(INSERT_DELIVERY, delivery_rows)
+                    insert_rows(db, INSERT_DELIVERY_ROWS, 10, delivery_rows)
 
     def history(self, execution_id: str) -> ExecutionHistory:
         with self._using() as db:
@@ -269,6 +269,9 @@ INSERT_EVENT = ("INSERT OR IGNORE INTO events(event_id, execution_id, event, pub
                 "VALUES (?, ?, ?, ?, ?, ?)")
 INSERT_DELIVERY = ("INSERT INTO deliveries(execution_id, event_id, event, function, attempt, status, started_at, "
                    "duration, error, logs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+#: the two inserts for many rows at once (:func:`~xflow.core.sqlite_files.insert_rows`)
+INSERT_EVENT_ROWS = INSERT_EVENT[:INSERT_EVENT.index("VALUES") + 7]
+INSERT_DELIVERY_ROWS = INSERT_DELIVERY[:INSERT_DELIVERY.index("VALUES") + 7]
 #: keys one ``succeeded_among`` query holds (3 parameters each: well under SQLite's 999-parameter floor)
 KEYS_PER_QUERY = 300
 

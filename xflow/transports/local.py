@@ -38,7 +38,7 @@ from xflow.core.hookspecs import hookimpl
 from xflow.core.interfaces import Consumer, Delivery, PartitionLag, PluginContext, Record, Step, Transport
 from xflow.core.leases import LeaseCoordinator, LeaseStore
 from xflow.core.options import Option
-from xflow.core.sqlite_files import SharedConnection, SqliteFile
+from xflow.core.sqlite_files import SharedConnection, SqliteFile, insert_rows
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams(name TEXT PRIMARY KEY, partitions INTEGER NOT NULL, created_at REAL);
@@ -194,7 +194,7 @@ class LocalTransport(Transport):
         now = time.time()
         rows = [(stream, zlib.crc32(r.key.encode()) % partitions, r.key, r.value, now) for r in records]
         with self._using() as db, _immediate(db):
-            db.executemany("INSERT INTO records(stream, part, key, value, appended_at) VALUES (?, ?, ?, ?, ?)", rows)
+            insert_rows(db, "INSERT INTO records(stream, part, key, value, appended_at) VALUES ", 5, rows)
 
     # -- consume ------------------------------------------------------------------------------
     def subscribe(self, group: str, events: Sequence[str]) -> Consumer:
