@@ -2,10 +2,11 @@
 the versions' records.
 
 A copy holds what the handler's folder holds (data files too, so ``Path(__file__).parent / "words.txt"`` reads after
-setup), walked like every source: a link leaving the folder and a folder too big to copy are one-line errors; the
-workflow file is left out, so editing one function in it makes no new version of the others beside it. Setup reads
-each function's record once to plan and once per step on it, whatever the number of functions; rollback reads each
-once. The reads are counted by an audit hook (:func:`sys.addaudithook`) in the CLI's process.
+setup), walked like every source: a link leaving a folder source and a folder too big to copy are one-line errors,
+while a link beside a file source that leaves its folder is left out of the copy with a warning; the workflow file is
+left out, so editing one function in it makes no new version of the others beside it. Setup reads each function's
+record once to plan and once per step on it, whatever the number of functions; rollback reads each once. The reads
+are counted by an audit hook (:func:`sys.addaudithook`) in the CLI's process.
 """
 
 from __future__ import annotations
@@ -153,16 +154,51 @@ def test_editing_the_workflow_file_for_one_function_makes_no_version_of_the_othe
     assert live_versions(cli, flow) == {"counter": "2", "other": "1"}
 
 
-def test_a_link_leaving_the_handlers_folder_is_refused_in_one_line(cli, tmp_path: Path) -> None:
+def test_a_link_leaving_a_file_sources_folder_is_left_out_of_the_copy_with_a_warning(cli, tmp_path: Path) -> None:
+    """A file source's folder is copied only so that what lies beside the file is there too: a link in it that leaves
+    it is not shipped (as no source ever ships one), but it does not stop the run either; a warning names it."""
     flow = write_project(tmp_path / "project", "links")
     (tmp_path / "secret.txt").write_text("not the handler's")
-    (flow.parent / "words.txt").unlink()
-    (flow.parent / "words.txt").symlink_to(tmp_path / "secret.txt")
-    done = cli("setup", flow, *LOCAL)
+    (flow.parent / "notes.txt").symlink_to(tmp_path / "secret.txt")
+    (flow.parent / "nothing.txt").symlink_to("gone.txt")  # dangles: left out too
+    done = cli("run", flow, "--data", '{"n": 1}', "--output", "json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["result"]["words"] == ["alpha", "beta"]
+    assert not [line for line in done.stderr.splitlines() if line.startswith("error:")], done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2, done.stderr
+    assert "symbolic link 'notes.txt' points outside the source" in warnings[0] and "left out" in warnings[0]
+    assert "symbolic link 'nothing.txt' points at nothing" in warnings[1] and "left out" in warnings[1]
+    (copy,) = (tmp_path / ".xflow" / "links" / "deployments" / "code").iterdir()
+    assert sorted(p.name for p in copy.iterdir()) == ["counter.py", "other.py", "words.txt"]
+    state = [p for p in (tmp_path / ".xflow").rglob("*") if p.is_file()]
+    assert state and not any(b"not the handler's" in p.read_bytes() for p in state)
+    again = cli("setup", flow, "--output", "json")  # the same copy: nothing changes
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["changes"] == []
+
+
+def test_a_link_leaving_a_folder_source_is_refused_in_one_line(cli, tmp_path: Path) -> None:
+    """Also when a file source lies in the same folder (planned first: its copy leaves the link out)."""
+    (tmp_path / "secret.txt").write_text("not the handler's")
+    folder = tmp_path / "folder"
+    (folder / "pkg").mkdir(parents=True)
+    (folder / "pkg" / "counter.py").write_text(READER)
+    (folder / "pkg" / "words.txt").write_text("alpha beta")
+    (folder / "pkg" / "notes.txt").symlink_to(tmp_path / "secret.txt")
+    (folder / "flow.yaml").write_text("""
+workflow_id: folderlink
+functions:
+  - {name: single, source: pkg/counter.py, handler: count}
+  - {name: whole, source: pkg, handler: counter.count}
+subscriptions:
+  - {event: Go, subscribers: [single, whole]}
+""")
+    done = cli("run", folder / "flow.yaml", *LOCAL)
     assert done.returncode == 2, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "symbolic link 'words.txt' points outside the source" in errors[0]
-    assert not (tmp_path / ".xflow" / "links" / "deployments" / "code").exists()
+    assert len(errors) == 1 and "symbolic link 'notes.txt' points outside the source" in errors[0], done.stderr
+    assert not (tmp_path / ".xflow" / "folderlink" / "deployments" / "code").exists()
 
 
 def test_a_link_inside_the_folder_is_copied_as_the_file(cli, tmp_path: Path) -> None:

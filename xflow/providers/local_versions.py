@@ -8,7 +8,10 @@ Under ``STATE/WORKFLOW/deployments/``:
   contents, sorted): a folder source whole, for a file source the folder it lies in, so a handler finds the modules
   and the data beside it (``Path(__file__).parent / "words.txt"``) as when it runs in place. Every regular file is
   copied, walked as every source is (:func:`xflow.sources.resolve.source_files`: a symbolic link is copied as the
-  file inside the folder it points to, one that leaves the folder is refused) and bounded like one (at most
+  file inside the folder it points to, one that leaves the folder is refused; beside a file source, where the folder
+  is copied only for convenience, such a link -- or a FIFO -- is left out of the copy with a warning instead; the
+  file itself is never a link there, as the path written in the workflow file is taken as written, resolved) and
+  bounded like one (at most
   :data:`MAX_FILES` files and :data:`MAX_BYTES`). Caches, ``.git``, virtual environments, the state folder and the
   workflow file itself (editing it must not make a new version of every function beside it) are left out.
   Functions and versions with the same code share one copy.
@@ -42,7 +45,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from xflow.core.errors import XflowError
@@ -77,17 +80,26 @@ def code_root(function: Function) -> tuple[Path, str] | None:
     return (path, "") if path.is_dir() else (path.parent, path.name)
 
 
-def code_files(root: Path, skip: Iterable[str] = (), leave_out: Iterable[str] = ()) -> list[tuple[str, Path]]:
+def code_files(root: Path, skip: Iterable[str] = (), leave_out: Iterable[str] = (), entry: str = "",
+               warn: bool = False) -> list[tuple[str, Path]]:
     """The files a copy of ``root`` holds, as (name in the copy, the regular file to read), in name order: not the
     folders named ``skip`` (at any depth), nor the files named ``leave_out`` at its top. An XflowError when there are
-    more than :data:`MAX_FILES` or they add up to more than :data:`MAX_BYTES`, before anything is read."""
+    more than :data:`MAX_FILES` or they add up to more than :data:`MAX_BYTES`, before anything is read.
+
+    For a file source (``entry``: its name in ``root``), what the walk refuses beside it (a link that leaves ``root``,
+    dangles or names a folder; a FIFO) is left out instead, with a warning each when ``warn``."""
     from xflow.sources.resolve import NOT_SHIPPED, source_files
+
+    def beside(rel: PurePosixPath, error: XflowError) -> None:
+        if warn:
+            log.warning("%s: left out of the local copy of the folder %s lies in", error.message, entry)
 
     left_out = set(leave_out)
     files: list[tuple[str, Path]] = []
     size = 0
     try:
-        for rel, path in source_files(root, f"source folder {root}", NOT_SHIPPED | set(skip)):
+        for rel, path in source_files(root, f"source folder {root}", NOT_SHIPPED | set(skip),
+                                      refused=beside if entry else None):
             name = rel.as_posix()
             if name in left_out:
                 continue
@@ -127,9 +139,10 @@ def files_digest(files: Iterable[tuple[str, Path]], copy_to: Path | None = None)
     return digest.hexdigest()
 
 
-def code_digest(root: Path, skip: Iterable[str] = (), leave_out: Iterable[str] = ()) -> str:
+def code_digest(root: Path, skip: Iterable[str] = (), leave_out: Iterable[str] = (), entry: str = "",
+                warn: bool = False) -> str:
     """The SHA-256 (hex) of what a copy of ``root`` holds (:func:`code_files`)."""
-    files = code_files(root, skip, leave_out)
+    files = code_files(root, skip, leave_out, entry, warn)
     try:
         return files_digest(files)
     except OSError as exc:
@@ -197,15 +210,16 @@ class LocalVersions:
 
     def plan_setup(self, workflow: Workflow, functions: Iterable[Function]) -> list[Step]:
         steps: list[Step] = []
-        digests: dict[Path, str] = {}
+        digests: dict[tuple[Path, bool], str] = {}  # by folder, and whether as a file's folder (which skips links)
         for function in functions:
             where = code_root(function)
             if where is None:
                 continue
             root, entry = where
-            if root not in digests:
-                digests[root] = code_digest(root, self._skip(root), self._leave_out(workflow, root))
-            digest = digests[root]
+            if (root, not entry) not in digests:
+                digests[root, not entry] = code_digest(root, self._skip(root), self._leave_out(workflow, root), entry,
+                                                       warn=(root, entry == "") not in digests)
+            digest = digests[root, not entry]
             wanted = {"sha256": digest, "entry": entry, "handler": function.handler,
                       "environment": dict(function.environment)}
             record = self.record(function.name)
@@ -251,7 +265,7 @@ class LocalVersions:
                 handler: str, environment: Mapping[str, str], LeaveOut: Sequence[str] = ()) -> None:
         code = self.folder / "code" / sha256
         if not code.exists():
-            files = code_files(Path(Root), Skip, LeaveOut)
+            files = code_files(Path(Root), Skip, LeaveOut, entry)
             tmp = self.folder / "code" / f".{sha256}.{uuid.uuid4().hex[:8]}"
             try:
                 tmp.mkdir(parents=True)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import ast
 import os
 import stat
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -36,11 +36,15 @@ NOT_SHIPPED = frozenset({"__pycache__", ".git", ".xflow", ".venv", "node_modules
 _LINK_HINT = "replace the link by a copy of what it points to, or point it at a file inside the source"
 
 
-def source_files(root: Path, what: str, skip: Collection[str] = NOT_SHIPPED) -> Iterator[tuple[PurePosixPath, Path]]:
+def source_files(root: Path, what: str, skip: Collection[str] = NOT_SHIPPED, *,
+                 refused: Callable[[PurePosixPath, XflowError], None] | None = None,
+                 ) -> Iterator[tuple[PurePosixPath, Path]]:
     """Each file of the source ``root`` as (name relative to the root, the regular file to read), folder by folder.
 
     ``root`` may be a single file (yielded under its own name). Links are checked as the module
-    docstring says; an XflowError starting with ``what`` names the first one refused.
+    docstring says; an XflowError starting with ``what`` names the first one refused. With ``refused``, what would
+    be refused inside a folder (a link, or something not a regular file) is given to it with that error instead, and
+    left out (it may raise the error).
     """
     if not root.is_dir():
         if not root.is_file():
@@ -60,14 +64,24 @@ def source_files(root: Path, what: str, skip: Collection[str] = NOT_SHIPPED) -> 
             rel = prefix / entry.name
             path = Path(entry.path)
             if entry.is_symlink():
-                yield rel, _link_target(path, real_root, rel, what)
+                try:
+                    target = _link_target(path, real_root, rel, what)
+                except XflowError as exc:
+                    if refused is None:
+                        raise
+                    refused(rel, exc)
+                    continue
+                yield rel, target
             elif entry.is_dir(follow_symlinks=False):
                 subfolders.append((path, rel))
             elif entry.is_file(follow_symlinks=False):
                 yield rel, path
             else:
-                raise XflowError(f"{what}: {rel.as_posix()!r} is not a regular file, a folder or a link",
-                                 "remove it from the source")
+                error = XflowError(f"{what}: {rel.as_posix()!r} is not a regular file, a folder or a link",
+                                   "remove it from the source")
+                if refused is None:
+                    raise error
+                refused(rel, error)
         pending.extend(reversed(subfolders))
 
 
