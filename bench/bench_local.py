@@ -47,6 +47,13 @@ def rate(count: int, seconds: float) -> float:
     return count / seconds if seconds else float("inf")
 
 
+def values(insert: str, width: int, rows: list[tuple[Any, ...]], db: sqlite3.Connection) -> None:
+    """The hand loops' batch insert: every row in one ``INSERT ... VALUES (...), (...)`` statement (a batch here is at
+    most a few hundred rows, well within SQLite's parameter limit), as xflow writes its batches."""
+    if rows:
+        db.execute(insert + ",".join(["(" + ",".join("?" * width) + ")"] * len(rows)), [v for row in rows for v in row])
+
+
 # -- publish ------------------------------------------------------------------------------------------------------------
 def raw_publish(path: Path, payloads: list[bytes], batch: int) -> float:
     """The ceiling: the same INSERTs into the same schema, with plain sqlite3."""
@@ -55,8 +62,8 @@ def raw_publish(path: Path, payloads: list[bytes], batch: int) -> float:
     start = time.perf_counter()
     for i in range(0, len(payloads), batch):
         db.execute("BEGIN IMMEDIATE")
-        db.executemany("INSERT INTO records(stream, part, key, value, appended_at) VALUES (?, ?, ?, ?, ?)",
-                       [("s", zlib.crc32(b"k") % 4, "k", p, time.time()) for p in payloads[i:i + batch]])
+        values("INSERT INTO records(stream, part, key, value, appended_at) VALUES ", 5,
+               [("s", zlib.crc32(b"k") % 4, "k", p, time.time()) for p in payloads[i:i + batch]], db)
         db.execute("COMMIT")
     elapsed = time.perf_counter() - start
     db.close()
@@ -210,15 +217,14 @@ def raw_chain(folder: Path, executions: int, batch: int = 100) -> tuple[int, flo
                                                                    separators=(",", ":")).encode(), now))
                     event_rows.append((out_id, key, target, now, function, json.dumps(data)))
                     delivery_rows.append((key, event["id"], source, function, 1, "succeeded", now, 0.0))
-                log.executemany("INSERT INTO records(stream, part, key, value, appended_at) VALUES (?, ?, ?, ?, ?)",
-                                outputs)
+                values("INSERT INTO records(stream, part, key, value, appended_at) VALUES ", 5, outputs, log)
                 position = rows[-1][0]
                 log.execute("INSERT OR REPLACE INTO offsets VALUES (?, ?, ?, ?)", (function, source, part, position))
                 log.execute("COMMIT")
                 tracker.execute("BEGIN IMMEDIATE")
-                tracker.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?)", event_rows)
-                tracker.executemany("INSERT INTO deliveries(execution_id, event_id, event, function, attempt, status, "
-                                    "started_at, duration) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", delivery_rows)
+                values("INSERT OR IGNORE INTO events VALUES ", 6, event_rows, tracker)
+                values("INSERT INTO deliveries(execution_id, event_id, event, function, attempt, status, started_at, "
+                       "duration) VALUES ", 8, delivery_rows, tracker)
                 tracker.execute("COMMIT")
                 handled += len(delivery_rows)
     elapsed = time.perf_counter() - start
