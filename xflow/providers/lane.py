@@ -59,6 +59,10 @@ SUBMIT_AHEAD = 64
 #: timeout (seconds) rather than the poll interval: a chain of functions in one worker hands its events on at once
 HOT_POLL = 0.005
 HOT_SECONDS = 0.5
+#: how often (seconds) a busy lane commits what it settled: a commit is a write on the transport (a transaction of
+#: the local log, a request to Kafka), and what was settled but not yet committed is only delivered again after a
+#: crash, where it is skipped as already handled (as a Kafka consumer's auto-commit interval leaves it)
+COMMIT_EVERY = 0.1
 
 
 class _Entry:
@@ -106,6 +110,7 @@ class Lane:
         self.finished: list[tuple[_Entry, Finished]] = []
         self.first_finished = math.inf
         self.dirty: set[tuple[str, str]] = set()
+        self.committed_at = -math.inf
         self.recent: OrderedDict[str, None] = OrderedDict()
         self.events = tuple(runner.workflow.subscriptions_of(function.name))
 
@@ -169,7 +174,9 @@ class Lane:
             if self.finished and (len(self.finished) >= self.batch_size or not (self.running or self._startable())
                                   or time.monotonic() - self.first_finished >= SETTLE_AFTER):
                 self._settle()
-            self._commit()
+            if self.dirty and (time.monotonic() - self.committed_at >= COMMIT_EVERY
+                               or self.pending >= self.max_pending // 2):
+                self._commit()
 
     def _drain(self) -> None:
         """Stopping: let the handlers in flight finish until the grace deadline, settle what finished, commit."""
@@ -386,6 +393,7 @@ class Lane:
             if last is not None:
                 done.append(last.delivery)
         self.dirty.clear()
+        self.committed_at = time.monotonic()
         if done:
             consumer = self.consumer
             assert consumer is not None
