@@ -322,7 +322,7 @@ def exit_status(code: Any) -> int:
 
 def call_handler(handler: Callable[..., Any], data: dict[str, Any], ctx: HandlerContext, publishes: list[str], *,
                  redirect: bool = True, output: AttemptOutput | None = None,
-                 exit_as_status: bool = False, capture_logs: bool = True) -> HandlerOutcome:
+                 exit_as_status: bool = False, capture_logs: bool = True, private: bool = False) -> HandlerOutcome:
     """Call ``handler(event, ctx)``; capture its output; never raise for what the handler does (an exception or
     ``sys.exit()``: a failed outcome with the reason and the traceback in ``logs``).
 
@@ -335,6 +335,8 @@ def call_handler(handler: Callable[..., Any], data: dict[str, Any], ctx: Handler
     raises ``SystemExit`` is reported as "exited with status N" (where the process is the handler's own), else
     as "called sys.exit(N)". ``capture_logs``: False when ``ctx.logger`` already writes into ``output`` (a caller
     that keeps one logger and one :class:`OutputLogHandler` for many calls, rather than making them per call).
+    ``private``: ``data`` is the handler's own (a copy made for this call, or decoded for it), so it is handed over
+    as it is rather than copied.
     """
     if output is None:
         output = AttemptOutput(ctx.logs)
@@ -346,11 +348,12 @@ def call_handler(handler: Callable[..., Any], data: dict[str, Any], ctx: Handler
     started = time.perf_counter()
     error = None
     try:
+        event = data if private else dict(data)
         if redirect:
             with contextlib.redirect_stdout(output):
-                result = handler(dict(data), ctx)
+                result = handler(event, ctx)
         else:
-            result = handler(dict(data), ctx)
+            result = handler(event, ctx)
         if result is None:
             pass
         elif type(result) is dict or isinstance(result, Mapping):

@@ -257,7 +257,7 @@ def _call(handler: Any, data: dict[str, Any], attempt: tuple[Any, ...], publishe
                                  logs=output.lines)
     try:
         outcome = runtime.call_handler(handler, data, ctx, publishes, redirect=False, output=output,
-                                       exit_as_status=True, capture_logs=False)
+                                       exit_as_status=True, capture_logs=False, private=True)  # (unpickled for it)
     except BaseException as exc:  # KeyboardInterrupt and the like, raised by the handler itself
         outcome = runtime.HandlerOutcome(False, [], output.finish(), f"{type(exc).__name__}: {exc}", 0.0)
     finally:

@@ -123,7 +123,7 @@ class ThreadIsolation:
             self._watch_job(job)
         try:
             outcome = call_handler(function, data, ctx, self.publishes, redirect=False, output=output,
-                                   capture_logs=False)
+                                   capture_logs=False, private=True)
         finally:
             capture.output = None
         if not outcome.published:
