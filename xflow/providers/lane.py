@@ -7,9 +7,10 @@ function's ``concurrency``. A failed attempt is tried again at a not-before time
 while the lane goes on with other executions; only the later events of that execution wait. Attempts that finished
 are settled together (:meth:`FunctionDelivery.settle`: a batch of tracker writes, publishes grouped per stream), and
 each partition is committed up to its lowest unsettled record (the "lowest incomplete offset" of key-ordered
-parallel consumers), so what was not settled is delivered again after a crash and dropped as already handled if it
-had succeeded. While handlers run, the lane keeps its consumer alive (:meth:`Consumer.keep_alive`, which renews the
-local transport's leases).
+parallel consumers; at most every :data:`COMMIT_EVERY` seconds while busy, and at stop), so what was not settled, or
+settled but not yet committed, is delivered again after a crash and dropped as already handled if it had succeeded.
+While handlers run, the lane keeps its consumer alive (:meth:`Consumer.keep_alive`, which renews the local
+transport's leases).
 
 Stopping: a lane notices the runner's ``halt`` within one poll interval, starts nothing new, gives the handlers in
 flight until the runner's grace deadline to finish, settles what finished and commits it; the rest stays
