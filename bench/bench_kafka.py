@@ -8,7 +8,8 @@ For each broker and client, in the same run, on the same topic:
 - publish: ``KafkaTransport.publish`` in batches of 100 (acks=all, waits for every acknowledgement)
   beside the client's own producer sending the same records with the same batching and acks;
 - consume: xflow's Consumer alone (poll, commit) beside the client's own consumer-group loop reading and
-  committing the same records;
+  committing the same records (each batch: synchronously with kafka-python, asynchronously with confluent, as xflow's
+  Consumer does);
 - dispatch: xflow's worker loop (the local provider's dispatcher, ``isolation: thread``: decode, duplicate check,
   the handler, tracker records, commits after settling) with a no-op handler, and with a relay handler that returns
   the event's data (so xflow encodes and publishes one event per delivery, acknowledged before the commit), both
@@ -124,6 +125,9 @@ def payloads(count: int) -> list[tuple[str, bytes]]:
 
 
 # -- raw client loops ------------------------------------------------------------------------------
+#: confluent producers report failed deliveries only, as xflow's does (a report per record costs librdkafka about
+#: half its throughput), so that the raw loops are as fast as a careful hand would make them
+QUIET_REPORTS = {"delivery.report.only.error": True}
 def raw_publish(client: str, bootstrap: str, topic: str, records: list[tuple[str, bytes]]) -> float:
     if client == "kafka-python":
         from kafka import KafkaProducer
@@ -140,7 +144,7 @@ def raw_publish(client: str, bootstrap: str, topic: str, records: list[tuple[str
         return elapsed
     from confluent_kafka import Producer
 
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0})
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0, **QUIET_REPORTS})
     start = time.perf_counter()
     for i in range(0, len(records), BATCH):
         for k, v in records[i:i + BATCH]:
@@ -151,7 +155,8 @@ def raw_publish(client: str, bootstrap: str, topic: str, records: list[tuple[str
 
 
 def raw_consume(client: str, bootstrap: str, topic: str, count: int) -> float:
-    """A consumer group reading ``count`` records from the start and committing each poll's batch."""
+    """A consumer group reading ``count`` records from the start and committing each poll's batch (kafka-python:
+    synchronously, as xflow's Consumer does with it; confluent: asynchronously, as xflow's does with it)."""
     group = f"raw-{uuid.uuid4().hex}"
     if client == "kafka-python":
         from kafka import KafkaConsumer
@@ -186,7 +191,7 @@ def raw_consume(client: str, bootstrap: str, topic: str, count: int) -> float:
             start = time.perf_counter()  # from the first record: the group join is not the loop's cost
         seen += len(good)
         if good:
-            consumer.commit(asynchronous=False)
+            consumer.commit(asynchronous=True)  # as xflow's Consumer commits with this client (and the raw relay)
     elapsed = time.perf_counter() - (start or time.perf_counter())
     consumer.close()
     return elapsed
@@ -222,7 +227,7 @@ def raw_relay(client: str, bootstrap: str, topic: str, out_topic: str, count: in
         return elapsed
     from confluent_kafka import Consumer, Producer
 
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0})
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0, **QUIET_REPORTS})
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
                          "auto.offset.reset": "earliest", "session.timeout.ms": 3000, "fetch.queue.backoff.ms": 10})
     consumer.subscribe([topic])
