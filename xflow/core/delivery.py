@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 from xflow.core import observe
 from xflow.core.errors import BackendUnavailable, XflowError
-from xflow.core.fastrecords import new_delivery_record, new_event_record
+from xflow.core.fastrecords import new_delivery_record, new_event_record, new_record
 from xflow.core.interfaces import Delivery, DeliveryRecord, DeliveryStatus, EventRecord, Record, TrackerStore, Transport
 from xflow.core.model import Function, Workflow
 from xflow.core.runtime import (
@@ -405,7 +405,7 @@ class FunctionDelivery:
             except (TypeError, ValueError) as exc:
                 return [], f"the data of event {name!r} is not JSON-serialisable: {exc}"
             events.append((new_event_record(execution_id, event_id, name, now, self.producer, data),
-                           Record(execution_id, value)))
+                           new_record(execution_id, value)))
         return events, None
 
     def _publish(self, outgoing: dict[int, list[tuple[EventRecord, Record]]]) -> dict[int, XflowError]:

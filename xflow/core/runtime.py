@@ -362,7 +362,9 @@ def call_handler(handler: Callable[..., Any], data: dict[str, Any], ctx: Handler
                     f"handler returned a dict, but function {ctx.function_name!r} declares "
                     f"{len(publishes)} 'publishes' events (exactly one is needed to publish a returned dict)"
                 )
-            ctx.publish(publishes[0], result)
+            payload = dict(result)  # (what ctx.publish does, without its checks: the name is the declared one)
+            payload["execution_id"] = ctx.execution_id
+            ctx.published.append((publishes[0], payload))
         else:
             raise TypeError(f"handler returned {type(result).__name__}; return a dict or None")
     except SystemExit as exc:  # not the worker's exit: the handler's attempt failed

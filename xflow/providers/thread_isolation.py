@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from xflow.core.fastrecords import maker
 from xflow.core.runtime import (
     AttemptOutput,
     HandlerContext,
@@ -32,6 +33,8 @@ from xflow.providers.handler_child import sendable
 from xflow.providers.handler_process import seconds
 
 log = logging.getLogger("xflow.supervisor")
+#: ``HandlerContext(...)`` with every field given (a context is made per call)
+_new_context = maker(HandlerContext)
 
 
 @contextlib.contextmanager
@@ -110,8 +113,8 @@ class ThreadIsolation:
                 return HandlerOutcome(False, [], [], f"cannot load handler {self.handler!r}: {exc}", 0.0)
         attempt = job.attempt
         logger, capture = slot.loggers.get((attempt.workflow_id, attempt.function_name)) or self._logger(slot, attempt)
-        ctx = HandlerContext(attempt.execution_id, attempt.event_name, attempt.event_id, attempt.attempt,
-                             attempt.workflow_id, attempt.function_name, logger)
+        ctx = _new_context(attempt.execution_id, attempt.event_name, attempt.event_id, attempt.attempt,
+                           attempt.workflow_id, attempt.function_name, logger, [], [])
         output = slot.output
         if output is None:
             output = slot.output = AttemptOutput(ctx.logs)
