@@ -45,6 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from xflow.core.collector import worker_collector  # noqa: E402
 from xflow.core.config import load_workflow  # noqa: E402
 from xflow.core.interfaces import (  # noqa: E402
     Consumer,
@@ -89,7 +90,9 @@ class MemoryTracker(TrackerStore):
 
     def __init__(self, context: PluginContext) -> None:
         super().__init__(context)
-        self.events: dict[str, EventRecord] = {}
+        #: the ids of the events recorded (not the records: a tracker keeps them in its store, not in the worker's
+        #: memory, where the collector would walk them)
+        self.events: set[str] = set()
         self.succeeded: set[tuple[str, str]] = set()
 
     def plan_setup(self, workflow: object) -> list[Step]:
@@ -99,7 +102,7 @@ class MemoryTracker(TrackerStore):
         return []
 
     def record_event(self, record: EventRecord) -> None:
-        self.events.setdefault(record.event_id, record)
+        self.events.add(record.event_id)
 
     def record_delivery(self, record: DeliveryRecord) -> None:
         if record.status == "succeeded":
@@ -418,7 +421,8 @@ def main(argv: list[str] | None = None) -> None:
     for kind in kinds:
         with tempfile.TemporaryDirectory() as folder:
             context = contextlib.nullcontext(args.bootstrap) if args.bootstrap else broker(kind, Path(folder))
-            with context as bootstrap:
+            # the collector as the xflow worker command sets it (xflow.core.collector), for both sides alike
+            with context as bootstrap, worker_collector():
                 for client in clients:
                     run_case(kind, bootstrap, client, args.events, args.repeat, lambda line: print(line, flush=True))
     print("ratio = xflow rate / raw client rate on the same broker and topic (1.00 = no overhead); 'mem' rows: the same "

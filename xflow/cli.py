@@ -167,12 +167,14 @@ def run(ctx: click.Context, file: Path, event: str | None, data: str, execution_
     """
     import threading
 
+    from xflow.core.collector import worker_collector
     from xflow.core.worker import stop_on_signals
 
     payload = json_object_argument(data, "--data")
     engine = engine_for(ctx, str(file), transport=transport, provider=provider, tracker=tracker, options=options)
     stop = threading.Event()
-    with stop_on_signals(stop):  # SIGTERM/Ctrl-C: stop waiting, report what was reached (exit 1 unless done)
+    # SIGTERM/Ctrl-C: stop waiting, report what was reached (exit 1 unless done); the collector set for a worker
+    with stop_on_signals(stop), worker_collector():
         summary = engine.run(event, payload, execution_id, timeout=timeout, stop=stop)
     if output == "json":
         print_json(summary)
@@ -200,11 +202,12 @@ def worker(ctx: click.Context, file: Path, functions: tuple[str, ...], transport
                "stop with Ctrl-C", err=True)
     import threading
 
+    from xflow.core.collector import worker_collector
     from xflow.core.worker import stop_on_signals
 
     start_metrics(ctx, [engine], metrics_port, metrics_host)
     stop = threading.Event()
-    with stop_on_signals(stop):
+    with stop_on_signals(stop), worker_collector():  # this process exists to run the worker: xflow.core.collector
         handled = engine.work(list(functions) or None, stop=stop)
     click.echo(f"worker stopped after {handled} deliveries", err=True)
 
