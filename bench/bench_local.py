@@ -17,7 +17,9 @@ Cases, each measured in the same run so that the ratios hold on a busy machine:
 
 The end-to-end and head-of-line cases run ``--repeat`` rounds (each measuring both sides anew) and print every
 round and the median. The tracker records an attempt as starting when its handler began, so a call that waited for a
-free slot is not counted from when it was handed over. Not a test: machines are noisy, so read the ratios.
+free slot is not counted from when it was handed over. Everything runs under the garbage-collector settings of
+``xflow worker`` (:mod:`xflow.core.collector`), xflow and the hand-written loops alike. Not a test: machines are
+noisy, so read the ratios.
 """
 
 from __future__ import annotations
