@@ -76,3 +76,23 @@ def _write(folder: Path) -> Path:
     path.write_text(FLOW)
     return path
 
+
+
+def test_xflow_serve_running_the_functions_sets_the_collector_too(tmp_path: Path) -> None:
+    from serve_testing import start_server, wait_for
+
+    (tmp_path / "probe.py").write_text(PROBE)
+    flow = _write(tmp_path)
+    server = start_server(tmp_path, flow)  # not set up before: it sets up and runs the functions
+    try:
+        answer = server.post("/workflows/probe/events/Asked", json={})
+        assert answer.status_code == 200, answer.text
+        execution = answer.json()["execution_id"]
+        wait_for(lambda: server.get(f"/workflows/probe/executions/{execution}").json()["status"] == "succeeded", 60,
+                 "the probe")
+    finally:
+        assert server.stop() == 0
+    with Engine(flow, state_dir=tmp_path / ".xflow") as engine:
+        seen = engine.result(execution)
+    assert seen is not None
+    assert seen["young"] == YOUNG_THRESHOLD and seen["frozen"] > 1000, seen

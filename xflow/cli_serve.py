@@ -41,6 +41,7 @@ def serve_command(ctx: click.Context, files: tuple[Path, ...], host: str, port: 
     Publish (POST /workflows/ID/events/EVENT), list executions, track and re-drive over HTTP, and watch executions
     in the browser. A workflow that setup recorded is served on the backends it recorded.
     """
+    from xflow.core.collector import worker_collector
     from xflow.core.errors import XflowError
     from xflow.core.worker import Worker
     from xflow.serve.security import check_bind, is_loopback
@@ -75,10 +76,13 @@ def serve_command(ctx: click.Context, files: tuple[Path, ...], host: str, port: 
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"xflow serve: http://{shown}:{port}/ serving {', '.join(notes)}; stop with Ctrl-C", err=True)
     start_metrics(ctx, engines, metrics_port, metrics_host)  # before the workers: they report to it
+    # with functions to run, this process exists to run a worker too: the collector set for it (xflow.core.collector)
+    collector = worker_collector() if workers else contextlib.nullcontext()
     try:
-        for worker in workers:
-            worker.start()
-        _Server(config).run()
+        with collector:
+            for worker in workers:
+                worker.start()
+            _Server(config).run()
     finally:
         for worker in workers:  # stopped already at shutdown unless the server never started (a port in use)
             worker.stop(10)

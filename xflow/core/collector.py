@@ -1,4 +1,4 @@
-"""Garbage-collector settings for a process that exists to run a worker (``xflow worker``, ``xflow run``).
+"""Garbage-collector settings for a process that exists to run a worker (``xflow worker``, ``run``, ``serve``).
 
 A worker makes a few small objects per delivery (the delivery, the decoded event, the job, the attempt's outcome,
 the records for the tracker) that live from a poll until they are settled, a few milliseconds, and are freed by
